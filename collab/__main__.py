@@ -1,0 +1,5 @@
+"""`python -m collab` is the `collab` command."""
+
+from .cli import main
+
+raise SystemExit(main())

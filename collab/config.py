@@ -1,0 +1,102 @@
+"""Server settings: defaults, `COLLAB_*` environment variables, command-line flags.
+
+Each field of `Settings` is one setting; its flag is `--field-name` and its
+environment variable `COLLAB_FIELD_NAME`. A flag beats the environment, which
+beats the default. Sizes accept `K`/`M`/`G` suffixes (powers of 1024) and
+durations `ms`/`s`/`m`/`h`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["Settings", "env_name", "parse_duration", "parse_size"]
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_size(text: str) -> int:
+    """'64M' -> 67108864; a plain number is bytes."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"not a size: {text!r} (try 1048576, 512K, 64M or 1G)")
+    return int(match[1]) * _SIZE_UNITS[match[2].lower()]
+
+
+def parse_duration(text: str) -> float:
+    """'50ms' -> 0.05; a plain number is seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (try 0.05, 50ms, 30s, 5m or 1h)")
+    return float(match[1]) * _DURATION_UNITS[(match[2] or "s").lower()]
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text.lower() not in allowed:
+            raise ValueError(f"{text!r} is not one of {', '.join(allowed)}")
+        return text.lower()
+
+    return parse
+
+
+def _setting(default: Any, parse: Callable[[str], Any], help: str) -> Any:
+    return field(default=default, metadata={"parse": parse, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `collab serve` can be told."""
+
+    host: str = _setting("127.0.0.1", str, "address to listen on (0.0.0.0 for every interface)")
+    port: int = _setting(1234, int, "TCP port for HTTP and WebSocket (0 picks a free one)")
+    db: Path = _setting(Path("data/collab.db"), Path, "SQLite database file, created if missing")
+    max_message_size: int = _setting(
+        64 * 2**20, parse_size, "largest WebSocket message accepted; larger ones close with 1009"
+    )
+    commit_interval: float = _setting(
+        0.05, parse_duration, "group commit window: an accepted update is durable within about this long"
+    )
+    compact_after: int = _setting(1000, int, "compact a document's update log into a snapshot after this many updates")
+    unload_after: float = _setting(30.0, parse_duration, "unload a room this long after its last client left")
+    sqlite_synchronous: str = _setting(
+        "full", _choice("normal", "full", "extra"), "SQLite synchronous mode (full also survives power loss)"
+    )
+    sqlite_busy_timeout: float = _setting(
+        5.0, parse_duration, "how long a write waits for a lock held by another process before it fails and is retried"
+    )
+    log_level: str = _setting("info", _choice("debug", "info", "warning", "error"), "log verbosity")
+
+    @classmethod
+    def load(cls, flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from flags (None = not given), then `COLLAB_*` variables, then defaults."""
+        flags = flags or {}
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            given = flags.get(item.name)
+            if given is not None:
+                values[item.name] = given
+                continue
+            text = environ.get(env_name(item.name))
+            if text is None:
+                continue
+            try:
+                values[item.name] = item.metadata["parse"](text)
+            except ValueError as error:
+                raise ConfigError(f"{env_name(item.name)}: {error}") from error
+        return cls(**values)
+
+
+def env_name(field_name: str) -> str:
+    return "COLLAB_" + field_name.upper()

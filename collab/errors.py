@@ -1,0 +1,113 @@
+"""Every error collab raises on purpose, and the one place that maps them to close codes.
+
+    CollabError
+    ├── ProtocolError              the peer broke the y-websocket protocol      → 1002
+    │   ├── InvalidUTF8Error       a string in a message is not UTF-8           → 1007
+    │   ├── InvalidUpdateError     a well-formed message carries a bad update   → 1002
+    │   └── UnsupportedDataError   a text frame instead of a binary one         → 1003
+    ├── InvalidRoomNameError       the URL names no acceptable room             → 4400
+    ├── StorageError               the store failed; nothing is lost, retry     → 1011
+    │   └── CorruptDocumentError   a stored row does not decode                 → 1011
+    └── ConfigError                a setting is wrong (the CLI exits with 2)
+
+Anything else escaping a connection handler is a bug in collab: it closes that
+connection with 1011 and no details, since details may be sensitive.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+__all__ = [
+    "CloseReason",
+    "CollabError",
+    "ConfigError",
+    "CorruptDocumentError",
+    "InvalidRoomNameError",
+    "InvalidUTF8Error",
+    "InvalidUpdateError",
+    "ProtocolError",
+    "StorageError",
+    "UnsupportedDataError",
+    "close_reason_for",
+]
+
+
+class CollabError(Exception):
+    """Root of collab's own errors."""
+
+
+class ProtocolError(CollabError):
+    """The peer sent bytes that are not a valid y-websocket frame."""
+
+
+class InvalidUTF8Error(ProtocolError):
+    """A string inside a message is not valid UTF-8."""
+
+
+class InvalidUpdateError(ProtocolError):
+    """A message is well formed but its Yjs update or state vector does not decode."""
+
+
+class UnsupportedDataError(ProtocolError):
+    """The peer sent a text frame; the y-websocket protocol is binary."""
+
+
+class InvalidRoomNameError(CollabError):
+    """The request path does not name an acceptable room."""
+
+
+class StorageError(CollabError):
+    """The store could not read or write; the operation may be retried."""
+
+
+class CorruptDocumentError(StorageError):
+    """A stored snapshot or update of a document does not decode."""
+
+
+class ConfigError(CollabError):
+    """A setting has a value collab cannot use."""
+
+
+class CloseReason(NamedTuple):
+    """A WebSocket close code and the reason text sent with it."""
+
+    code: int
+    reason: str
+
+
+# Close codes, RFC 6455 section 7.4.1 and the 4000-4999 private range. The stock
+# y-websocket client treats 4400-4499 as permanent and stops reconnecting.
+PROTOCOL_ERROR = 1002
+UNSUPPORTED_DATA = 1003
+INVALID_DATA = 1007
+INTERNAL_ERROR = 1011
+BAD_ROOM_NAME = 4400
+
+# A close reason must fit in a control frame: 125 bytes minus the 2-byte code.
+MAX_REASON_BYTES = 123
+
+
+def close_reason_for(error: BaseException) -> CloseReason:
+    """Map an error raised while serving a connection to the close frame it earns."""
+    match error:
+        case InvalidUTF8Error():
+            code = INVALID_DATA
+        case UnsupportedDataError():
+            code = UNSUPPORTED_DATA
+        case ProtocolError():
+            code = PROTOCOL_ERROR
+        case InvalidRoomNameError():
+            code = BAD_ROOM_NAME
+        case StorageError():
+            return CloseReason(INTERNAL_ERROR, "document temporarily unavailable, try again")
+        case _:
+            return CloseReason(INTERNAL_ERROR, "internal error")
+    return CloseReason(code, _truncate(str(error)))
+
+
+def _truncate(reason: str) -> str:
+    encoded = reason.encode()
+    if len(encoded) <= MAX_REASON_BYTES:
+        return reason
+    return encoded[: MAX_REASON_BYTES - 3].decode(errors="ignore") + "..."

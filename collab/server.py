@@ -1,0 +1,165 @@
+"""The network edge: a `websockets` server, one ordered receive loop per connection.
+
+A WebSocket upgrade to `/<room>` joins that room; a plain GET is answered over
+HTTP on the same port (`/healthz`). Everything a connection sends is parsed
+(`protocol.parse_frame`) and handed to its room in order; any `CollabError`
+closes that connection alone, with the code `errors.close_reason_for` picks.
+`run()` adds signal handling and a graceful, flushing shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import signal
+from http import HTTPStatus
+from urllib.parse import urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from .config import Settings
+from .errors import CollabError, UnsupportedDataError, close_reason_for
+from .names import room_name_from_path
+from .protocol import parse_frame
+from .room import Room
+from .rooms import Rooms
+from .store.sqlite import SQLiteStore
+
+__all__ = ["CollabServer", "WebSocketPeer", "run"]
+
+logger = logging.getLogger("collab.server")
+
+# Close codes a peer may end with without that being worth a warning.
+NORMAL_CLOSURES = (1000, 1001, 1005)
+
+
+class WebSocketPeer:
+    """A connection as a room sees it: an id for logs and a non-blocking `send`."""
+
+    __slots__ = ("_ws", "id")
+
+    def __init__(self, ws: ServerConnection, id: str) -> None:
+        self._ws = ws
+        self.id = id
+
+    def send(self, frame: bytes) -> None:
+        # What websockets.broadcast() does for each connection, without its per-call overhead.
+        ws = self._ws
+        if ws.protocol.state is not State.OPEN:
+            return
+        try:
+            ws.protocol.send_binary(frame)
+            ws.send_data()
+        except Exception as error:  # the transport is going away; its handler will clean up
+            logger.debug("conn=%s send failed: %s", self.id, error)
+
+
+class CollabServer:
+    """collab's server: the store, the rooms and the listening socket."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = SQLiteStore(
+            settings.db,
+            commit_interval=settings.commit_interval,
+            synchronous=settings.sqlite_synchronous,
+            busy_timeout=settings.sqlite_busy_timeout,
+        )
+        self.rooms = Rooms(self.store, unload_after=settings.unload_after, compact_after=settings.compact_after)
+        self._server: Server | None = None
+        self._ids = itertools.count(1)
+        self.port = 0
+        """The port listened on, known once started (useful with port 0)."""
+
+    async def start(self) -> None:
+        await self.store.start()
+        self._server = await serve(
+            self._handle,
+            self.settings.host,
+            self.settings.port,
+            process_request=self._process_request,
+            max_size=self.settings.max_message_size,
+            # Yjs updates are small and mostly incompressible; deflate would cost more CPU than it saves.
+            compression=None,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        logger.info(
+            "listening on http://%s:%d (database %s)", self.settings.host, self.port, self.settings.db
+        )
+
+    async def stop(self) -> None:
+        """Close every connection (1001), then make every accepted update durable."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.close(close_connections=True)
+        await server.wait_closed()
+        await self.rooms.close()
+        await self.store.close()
+        logger.info("stopped; everything is on disk")
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None
+        path = urlsplit(request.path).path
+        if path == "/healthz":
+            return connection.respond(HTTPStatus.OK, "ok\n")
+        return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        peer = WebSocketPeer(ws, str(next(self._ids)))
+        room: Room | None = None
+        error: BaseException | None = None
+        try:
+            name = room_name_from_path(ws.request.path if ws.request else "")
+            room = await self.rooms.join(name, peer)
+            logger.debug("conn=%s joined room=%r from %s", peer.id, name, ws.remote_address)
+            async for frame in ws:
+                if type(frame) is str:
+                    raise UnsupportedDataError("text frames are not part of the y-websocket protocol")
+                room.receive(peer, parse_frame(frame))
+        except ConnectionClosed:
+            pass
+        except Exception as caught:
+            error = caught
+            code, reason = close_reason_for(caught)
+            await ws.close(code, reason)
+        finally:
+            if room is not None:
+                self.rooms.leave(room, peer)
+            self._log_close(peer, room, ws, error)
+
+    @staticmethod
+    def _log_close(peer: WebSocketPeer, room: Room | None, ws: ServerConnection, error: BaseException | None) -> None:
+        where = f"conn={peer.id} room={room.name if room else None!r}"
+        if error is not None and not isinstance(error, CollabError):
+            logger.error("%s: unexpected error, closed with %d", where, close_reason_for(error).code, exc_info=error)
+        elif error is not None:
+            logger.warning("%s closed with %d: %s", where, close_reason_for(error).code, error)
+        elif ws.close_code not in NORMAL_CLOSURES:
+            logger.warning("%s closed with %s %s", where, ws.close_code, ws.close_reason)
+        else:
+            logger.debug("%s closed with %s", where, ws.close_code)
+
+
+async def serve_until_signalled(settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down cleanly."""
+    server = CollabServer(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+        logger.info("shutting down: closing connections and flushing")
+    finally:
+        await server.stop()
+
+
+def run(settings: Settings) -> None:
+    asyncio.run(serve_until_signalled(settings))

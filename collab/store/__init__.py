@@ -1,0 +1,69 @@
+"""Persistence behind a small interface, so that rooms never see an engine.
+
+A store keeps, per document name, a snapshot (a whole-document Yjs update) and
+a log of the updates accepted since. Rooms call `append` for every accepted
+update and `compact` to replace the log with a fresh snapshot; both are queued
+and committed in groups, and `flush` waits until what was queued is durable.
+`collab.store.sqlite.SQLiteStore` is the engine; `collab.store.memory` holds
+an in-memory one for tests. A new engine subclasses `GroupCommitStore` (or
+implements `Store` outright) and nothing in rooms changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+__all__ = ["DocumentInfo", "Store", "StoredRecord"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """One stored piece of a document, in the order it must be applied."""
+
+    kind: Literal["snapshot", "update"]
+    id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentInfo:
+    """What a listing shows about a stored document."""
+
+    name: str
+    size: int
+    """Bytes stored: the snapshot plus the log."""
+    log_length: int
+    """Log rows not yet compacted into the snapshot."""
+    created_at: float
+    updated_at: float
+    """Unix time of the last committed change."""
+
+
+class Store(Protocol):
+    async def load(self, name: str) -> list[StoredRecord]:
+        """Everything stored for `name`, snapshot first; [] for a new document.
+
+        Raises `StorageError` when the engine cannot read: never returns [] then.
+        """
+        ...
+
+    def append(self, name: str, update: bytes) -> None:
+        """Queue an accepted update; it is durable after the next group commit."""
+        ...
+
+    def compact(self, name: str, snapshot: bytes) -> None:
+        """Queue replacing everything appended for `name` so far by `snapshot`."""
+        ...
+
+    async def flush(self) -> None:
+        """Return once everything queued before the call is committed."""
+        ...
+
+    async def documents(self) -> list[DocumentInfo]:
+        """Every stored document, by name."""
+        ...
+
+    async def close(self) -> None:
+        """Flush, then release the engine."""
+        ...

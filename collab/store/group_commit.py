@@ -1,0 +1,230 @@
+"""Group commit: writes are queued on the event loop and committed together on one thread.
+
+Rooms queue writes without waiting. A writer task gathers everything queued in
+a window (`commit_interval`, 50 ms by default) and hands it to the engine as
+one batch, run on the store's single worker thread so the event loop never
+blocks on disk. If a commit fails the batch goes back to the head of the queue
+and is retried with backoff, forever: a failing disk delays durability, it
+never drops an update. `flush()` is how callers wait for durability.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from pycrdt import merge_updates
+
+from ..errors import CollabError, StorageError
+from . import DocumentInfo, StoredRecord
+
+__all__ = ["GroupCommitStore", "WriteOp"]
+
+logger = logging.getLogger("collab.store")
+
+T = TypeVar("T")
+
+RETRY_FIRST_DELAY = 0.1
+RETRY_MAX_DELAY = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOp:
+    """One queued write, in the order the rooms made it."""
+
+    kind: Literal["append", "compact"]
+    name: str
+    data: bytes
+    at: float
+    """Unix time the update was accepted (or the snapshot taken)."""
+
+
+class GroupCommitStore(ABC):
+    """The engine-independent half of a store: queueing, batching, retrying, flushing."""
+
+    def __init__(self, *, commit_interval: float = 0.05) -> None:
+        self.commit_interval = commit_interval
+        self._queue: list[WriteOp] = []
+        self._oldest_queued_at = 0.0
+        self._queued = 0
+        self._committed = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collab-store")
+        self._wake: asyncio.Event | None = None
+        self._urgent: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self.failing = False
+        """True while commits fail; cleared by the next successful commit."""
+
+    # Engine hooks, each run on the store's worker thread.
+
+    @abstractmethod
+    def _open(self) -> None: ...
+
+    @abstractmethod
+    def _commit(self, batch: list[WriteOp]) -> None:
+        """Write `batch` in one transaction, all or nothing."""
+
+    @abstractmethod
+    def _load(self, name: str) -> list[StoredRecord]: ...
+
+    @abstractmethod
+    def _documents(self) -> list[DocumentInfo]: ...
+
+    @abstractmethod
+    def _close(self) -> None: ...
+
+    # The Store interface.
+
+    async def start(self) -> None:
+        """Open the engine (running migrations) and start the writer."""
+        self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()
+        await self._on_thread(self._open)
+        self._writer = asyncio.create_task(self._write_forever(), name="collab-store-writer")
+
+    async def load(self, name: str) -> list[StoredRecord]:
+        if any(op.name == name for op in self._queue):
+            await self.flush()
+        return await self._on_thread(self._load, name)
+
+    def append(self, name: str, update: bytes) -> None:
+        self._enqueue(WriteOp("append", name, update, time.time()))
+
+    def compact(self, name: str, snapshot: bytes) -> None:
+        self._enqueue(WriteOp("compact", name, snapshot, time.time()))
+
+    async def flush(self) -> None:
+        target = self._queued
+        if self._committed >= target:
+            return
+        if self._writer is None or self._urgent is None:
+            raise StorageError(f"store is not running; {self.pending} writes cannot be committed")
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, waiter))
+        self._urgent.set()
+        await waiter
+
+    async def documents(self) -> list[DocumentInfo]:
+        return await self._on_thread(self._documents)
+
+    async def close(self) -> None:
+        if self._writer is None:
+            return
+        await self.flush()
+        self._writer.cancel()
+        self._writer = None
+        await self._on_thread(self._close)
+        self._executor.shutdown(wait=True)
+
+    @property
+    def pending(self) -> int:
+        """Writes queued or being committed, not yet durable."""
+        return self._queued - self._committed
+
+    # Internals.
+
+    def _enqueue(self, op: WriteOp) -> None:
+        if self._writer is None:
+            raise StorageError(f"store is not running; cannot write to {op.name!r}")
+        if not self._queue:
+            self._oldest_queued_at = time.monotonic()
+        self._queue.append(op)
+        self._queued += 1
+        assert self._wake is not None
+        self._wake.set()
+
+    async def _on_thread(self, function: Callable[..., T], *args: object) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        except CollabError:
+            raise
+        except Exception as error:
+            raise StorageError(f"{type(error).__name__}: {error}") from error
+
+    async def _write_forever(self) -> None:
+        assert self._wake is not None and self._urgent is not None
+        retry_delay = RETRY_FIRST_DELAY
+        while True:
+            await self._wake.wait()
+            wait = self._oldest_queued_at + self.commit_interval - time.monotonic()
+            if wait > 0 and not self._urgent.is_set():
+                try:
+                    await asyncio.wait_for(self._urgent.wait(), wait)
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+            self._urgent.clear()
+            batch, self._queue = self._queue, []
+            if not batch:
+                continue
+            try:
+                await self._on_thread(self._coalesce_and_commit, batch)
+            except StorageError as error:
+                self.failing = True
+                logger.error(
+                    "store commit failed, %d writes kept in memory, retrying in %.1fs: %s",
+                    len(batch),
+                    retry_delay,
+                    error,
+                )
+                self._queue[:0] = batch
+                self._oldest_queued_at = time.monotonic() - self.commit_interval
+                self._wake.set()
+                await asyncio.sleep(retry_delay)
+                retry_delay = min(retry_delay * 2, RETRY_MAX_DELAY)
+                continue
+            if self.failing:
+                logger.warning("store commits succeed again, %d writes recovered", len(batch))
+                self.failing = False
+            retry_delay = RETRY_FIRST_DELAY
+            self._committed += len(batch)
+            self._wake_waiters()
+
+    def _coalesce_and_commit(self, batch: list[WriteOp]) -> None:
+        self._commit(coalesce(batch))
+
+    def _wake_waiters(self) -> None:
+        still_waiting = []
+        for target, waiter in self._waiters:
+            if waiter.done():
+                continue
+            if target <= self._committed:
+                waiter.set_result(None)
+            else:
+                still_waiting.append((target, waiter))
+        self._waiters = still_waiting
+
+
+def coalesce(batch: list[WriteOp]) -> list[WriteOp]:
+    """Merge each document's consecutive appends into one; drop appends a later compaction covers.
+
+    One row per document per commit keeps the log short; the order of every
+    document's writes is kept.
+    """
+    out: list[WriteOp] = []
+    appends: dict[str, list[WriteOp]] = {}
+    for op in batch:
+        if op.kind == "compact":
+            appends.pop(op.name, None)
+            out.append(op)
+        else:
+            appends.setdefault(op.name, []).append(op)
+    for name, ops in appends.items():
+        if len(ops) == 1:
+            out.append(ops[0])
+            continue
+        try:
+            merged = merge_updates(*(op.data for op in ops))
+        except ValueError:
+            logger.warning("could not merge %d updates of %r, storing them one by one", len(ops), name)
+            out.extend(ops)
+        else:
+            out.append(WriteOp("append", name, merged, ops[-1].at))
+    return out

@@ -1,0 +1,41 @@
+"""Fixtures: real collab servers on 127.0.0.1 with a free port and a real SQLite file."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collab.config import Settings
+from collab.server import CollabServer
+
+StartServer = Callable[..., Awaitable[CollabServer]]
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "collab.db"
+
+
+@pytest.fixture
+async def start_server(db_path: Path) -> AsyncIterator[StartServer]:
+    """Start in-process servers on the test's database; all are stopped at the end."""
+    servers: list[CollabServer] = []
+
+    async def start(**overrides: Any) -> CollabServer:
+        options: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "db": db_path, **overrides}
+        server = CollabServer(Settings(**options))
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
+async def server(start_server: StartServer) -> CollabServer:
+    return await start_server()

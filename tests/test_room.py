@@ -1,0 +1,272 @@
+"""Rooms and presence without sockets: peers are lists of frames, the store is in memory."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pycrdt import Array, Doc, Map, Text, merge_updates
+
+from collab.errors import InvalidUpdateError
+from collab.presence import Presence
+from collab.protocol import (
+    Awareness,
+    AwarenessEntry,
+    Message,
+    QueryAwareness,
+    SyncStep1,
+    SyncStep2,
+    Update,
+    awareness_message,
+    parse_frame,
+)
+from collab.room import Room
+from collab.store.memory import MemoryStore
+
+
+class FramePeer:
+    """A peer that keeps what the room sends it, parsed."""
+
+    def __init__(self, id: str) -> None:
+        self.id = id
+        self.frames: list[bytes] = []
+
+    def send(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def messages(self) -> list[Message]:
+        return [message for frame in self.frames for message in parse_frame(frame)]
+
+    def take(self) -> list[Message]:
+        messages = self.messages()
+        self.frames.clear()
+        return messages
+
+
+def edits(text: str, client_id: int | None = None) -> tuple[Doc, list[bytes]]:
+    doc: Doc = Doc(client_id=client_id)
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    content = doc.get("content", type=Text)
+    for char in text:
+        content += char
+    return doc, updates
+
+
+@pytest.fixture
+async def store() -> MemoryStore:
+    memory = MemoryStore()
+    await memory.start()
+    return memory
+
+
+async def test_join_greets_with_state_vector_and_presence(store: MemoryStore) -> None:
+    room = Room("r", store)
+    first, second = FramePeer("1"), FramePeer("2")
+    room.join(first)
+    assert first.take() == [SyncStep1(b"\x00")]
+    room.receive(first, [Awareness((AwarenessEntry(7, 1, '{"name":"a"}'),))])
+    room.join(second)
+    step1, awareness = second.take()
+    assert isinstance(step1, SyncStep1)
+    assert awareness == Awareness((AwarenessEntry(7, 1, '{"name":"a"}'),))
+
+
+async def test_every_step1_gets_a_step2_even_when_empty(store: MemoryStore) -> None:
+    room = Room("r", store)
+    peer = FramePeer("1")
+    room.join(peer)
+    peer.take()
+    room.receive(peer, [SyncStep1(b"\x00")])
+    assert peer.take() == [SyncStep2(b"\x00\x00")]
+
+
+async def test_updates_are_relayed_to_others_stored_and_merged(store: MemoryStore) -> None:
+    room = Room("r", store)
+    writer, reader = FramePeer("w"), FramePeer("r")
+    room.join(writer)
+    room.join(reader)
+    writer.take(), reader.take()
+    _, updates = edits("hi")
+    frames = [Update(update).encode() for update in updates]
+    for frame in frames:
+        room.receive(writer, parse_frame(frame))
+    assert reader.frames == frames, "the validated bytes are forwarded as they came"
+    assert writer.frames == [], "no echo of one's own update"
+    assert str(room.doc.get("content", type=Text)) == "hi"
+    await store.flush()
+    assert [record.data for record in await store.load("r")] == [merge_updates(*updates)]
+
+
+async def test_step2_is_relayed_as_an_update(store: MemoryStore) -> None:
+    room = Room("r", store)
+    writer, reader = FramePeer("w"), FramePeer("r")
+    room.join(writer)
+    room.join(reader)
+    reader.take()
+    _, updates = edits("x")
+    room.receive(writer, [SyncStep2(updates[0])])
+    assert reader.take() == [Update(updates[0])]
+
+
+async def test_invalid_update_reaches_nobody(store: MemoryStore) -> None:
+    room = Room("r", store)
+    writer, reader = FramePeer("w"), FramePeer("r")
+    room.join(writer)
+    room.join(reader)
+    reader.take()
+    _, updates = edits("ok")
+    with pytest.raises(InvalidUpdateError):
+        # A valid update first, then garbage: the whole frame is refused, nothing takes effect.
+        room.receive(writer, [Update(updates[0]), Update(b"\x01\x02\x03")])
+    assert reader.frames == []
+    assert str(room.doc.get("content", type=Text)) == ""
+    await store.flush()
+    assert await store.load("r") == []
+
+
+async def test_late_joiner_gets_exactly_what_it_lacks(store: MemoryStore) -> None:
+    room = Room("r", store)
+    writer = FramePeer("w")
+    room.join(writer)
+    source, updates = edits("hello world")
+    for update in updates:
+        room.receive(writer, [Update(update)])
+    # The late joiner already has the first five characters.
+    joiner_doc: Doc = Doc()
+    for update in updates[:5]:
+        joiner_doc.apply_update(update)
+    joiner = FramePeer("j")
+    room.join(joiner)
+    joiner.take()
+    room.receive(joiner, [SyncStep1(joiner_doc.get_state())])
+    [step2] = joiner.take()
+    assert isinstance(step2, SyncStep2)
+    assert step2.update == source.get_update(joiner_doc.get_state())
+    joiner_doc.apply_update(step2.update)
+    assert str(joiner_doc.get("content", type=Text)) == "hello world"
+
+
+async def test_awareness_is_echoed_and_removed_when_its_owner_leaves(store: MemoryStore) -> None:
+    room = Room("r", store)
+    owner, other = FramePeer("o"), FramePeer("x")
+    room.join(owner)
+    room.join(other)
+    owner.take(), other.take()
+    frame = awareness_message([AwarenessEntry(5, 1, '{"cursor":1}')])
+    room.receive(owner, parse_frame(frame))
+    assert owner.frames == [frame] and other.frames == [frame]
+    other.take()
+    room.leave(owner)
+    assert other.take() == [Awareness((AwarenessEntry(5, 2, "null"),))]
+
+
+async def test_stale_awareness_is_not_broadcast(store: MemoryStore) -> None:
+    room = Room("r", store)
+    peer = FramePeer("p")
+    room.join(peer)
+    room.receive(peer, [Awareness((AwarenessEntry(5, 3, "{}"),))])
+    peer.take()
+    room.receive(peer, [Awareness((AwarenessEntry(5, 2, '{"old":true}'),))])
+    assert peer.frames == []
+    room.receive(peer, [QueryAwareness()])
+    assert peer.take() == [Awareness((AwarenessEntry(5, 3, "{}"),))]
+
+
+async def test_compaction_replaces_the_log_with_a_snapshot(store: MemoryStore) -> None:
+    room = Room("r", store, compact_after=10)
+    peer = FramePeer("p")
+    room.join(peer)
+    _, updates = edits("abcdefghijklmnopqrstuvwxy")
+    for update in updates:
+        room.receive(peer, [Update(update)])
+    await store.flush()
+    records = await store.load("r")
+    assert [record.kind for record in records] == ["snapshot", "update"]
+    reloaded = Room.from_records("r", records, store)
+    assert str(reloaded.doc.get("content", type=Text)) == "abcdefghijklmnopqrstuvwxy"
+    assert reloaded.log_length == 1
+
+
+def test_presence_keeps_the_newest_clock() -> None:
+    presence = Presence()
+    assert presence.apply("a", [AwarenessEntry(1, 2, "{}")]) == [AwarenessEntry(1, 2, "{}")]
+    assert presence.apply("a", [AwarenessEntry(1, 2, '{"x":1}')]) == []
+    assert presence.apply("a", [AwarenessEntry(1, 2, "null")]) == [AwarenessEntry(1, 2, "null")]
+    assert presence.current() == []
+    assert presence.remove_owner("a") == []
+
+
+def random_edits(seed: int, client_id: int) -> list[bytes]:
+    """A client making random text, map and array edits; its updates in order."""
+    rng = random.Random(seed)
+    doc: Doc = Doc(client_id=client_id)
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    content, meta, items = doc.get("content", type=Text), doc.get("map", type=Map), doc.get("array", type=Array)
+    for _ in range(rng.randint(1, 15)):
+        match rng.randrange(4):
+            case 0:
+                content.insert(rng.randint(0, len(content)), rng.choice(["a", "bc", "def", "ghij"]))
+            case 1 if len(content):
+                start = rng.randrange(len(content))
+                del content[start : min(len(content), start + rng.randint(1, 3))]
+            case 2:
+                meta[rng.choice("xyz")] = rng.randint(0, 9)
+            case _:
+                items.append(rng.randint(0, 9))
+    return updates
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10**6), st.integers(2, 4), st.randoms(use_true_random=False))
+def test_any_delivery_order_converges(seed: int, clients: int, rng: random.Random) -> None:
+    """Each client's updates arrive in order, interleaved at random; rooms and clients all agree."""
+    streams = [random_edits(seed + n, client_id=n + 1) for n in range(clients)]
+    expected: Doc = Doc()
+    for stream in streams:
+        for update in stream:
+            expected.apply_update(update)
+
+    store = RecordingStore()
+    room = Room("r", store)  # type: ignore[arg-type]
+    peers = [FramePeer(str(n)) for n in range(clients)]
+    for peer in peers:
+        room.join(peer)
+    positions = [0] * clients
+    while any(position < len(stream) for position, stream in zip(positions, streams)):
+        n = rng.choice([i for i in range(clients) if positions[i] < len(streams[i])])
+        room.receive(peers[n], [Update(streams[n][positions[n]])])
+        positions[n] += 1
+    assert room.doc.get_state() == expected.get_state()
+    for name, kind in (("content", Text), ("map", Map), ("array", Array)):
+        assert room.doc.get(name, type=kind).to_py() == expected.get(name, type=kind).to_py()
+    # Every peer, applying what was relayed to it plus its own updates, ends in the same state.
+    for n, peer in enumerate(peers):
+        replica: Doc = Doc()
+        for message in peer.messages():
+            if isinstance(message, Update):
+                replica.apply_update(message.update)
+        for update in streams[n]:
+            replica.apply_update(update)
+        assert replica.get_state() == expected.get_state()
+    # And so does what the store was given.
+    stored: Doc = Doc()
+    for update in store.appended:
+        stored.apply_update(update)
+    assert stored.get_state() == expected.get_state()
+
+
+class RecordingStore:
+    """The two writes a room makes, kept in lists (no event loop needed)."""
+
+    def __init__(self) -> None:
+        self.appended: list[bytes] = []
+
+    def append(self, name: str, update: bytes) -> None:
+        self.appended.append(update)
+
+    def compact(self, name: str, snapshot: bytes) -> None:
+        self.appended = [snapshot]
