@@ -1,7 +1,7 @@
 """The network edge: a `websockets` server, one ordered receive loop per connection.
 
 A WebSocket upgrade to `/<room>` joins that room; a plain GET is answered over
-HTTP on the same port (`/healthz`). Everything a connection sends is parsed
+HTTP on the same port by `self.http` (see `collab.http`). Everything a connection sends is parsed
 (`protocol.parse_frame`) and handed to its room in order; any `CollabError`
 closes that connection alone, with the code `errors.close_reason_for` picks.
 `run()` adds signal handling and a graceful, flushing shutdown.
@@ -14,7 +14,6 @@ import itertools
 import logging
 import signal
 from http import HTTPStatus
-from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -23,6 +22,7 @@ from websockets.protocol import State
 
 from .config import Settings
 from .errors import CollabError, UnsupportedDataError, close_reason_for
+from .http import HttpRequest, Router, respond
 from .names import room_name_from_path
 from .protocol import parse_frame
 from .room import Room
@@ -72,6 +72,8 @@ class CollabServer:
         self.rooms = Rooms(self.store, unload_after=settings.unload_after, compact_after=settings.compact_after)
         self._server: Server | None = None
         self._ids = itertools.count(1)
+        self.http = Router()
+        self.http.route("/healthz", self._healthz)
         self.port = 0
         """The port listened on, known once started (useful with port 0)."""
 
@@ -102,13 +104,13 @@ class CollabServer:
         await self.store.close()
         logger.info("stopped; everything is on disk")
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return None
-        path = urlsplit(request.path).path
-        if path == "/healthz":
-            return connection.respond(HTTPStatus.OK, "ok\n")
-        return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        return await self.http.handle(request)
+
+    async def _healthz(self, request: HttpRequest) -> Response:
+        return respond(HTTPStatus.OK, "ok\n")
 
     async def _handle(self, ws: ServerConnection) -> None:
         peer = WebSocketPeer(ws, str(next(self._ids)))
