@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from .api import install_api
 from .config import Settings
 from .errors import CollabError, UnsupportedDataError, close_reason_for
 from .http import HttpRequest, Router, respond
@@ -74,6 +75,7 @@ class CollabServer:
         self._ids = itertools.count(1)
         self.http = Router()
         self.http.route("/healthz", self._healthz)
+        install_api(self.http, self.store)
         self.port = 0
         """The port listened on, known once started (useful with port 0)."""
 

@@ -11,7 +11,7 @@ from collab.client import Client
 from collab.server import CollabServer
 
 from .conftest import StartServer
-from .helpers import room_url, synced, text
+from .helpers import room_url, synced, text, wait_for
 
 
 async def test_two_clients_converge(server: CollabServer) -> None:
@@ -155,3 +155,24 @@ async def test_concurrent_joiners_share_one_load(start_server: StartServer) -> N
         assert loads == 1
     finally:
         await asyncio.gather(*(client.close() for client in clients))
+
+
+async def test_api_lists_stored_documents(server: CollabServer) -> None:
+    import json
+
+    async with synced(room_url(server, "listed/doc 1")) as writer:
+        text(writer).insert(0, "some text")
+        room = server.rooms.get("listed/doc 1")
+        assert room is not None
+        await wait_for(lambda: room.log_length > 0)
+    await server.store.flush()
+
+    def get() -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/api/docs", timeout=5) as response:
+            assert response.headers["Content-Type"] == "application/json"
+            return json.loads(response.read())
+
+    [document] = (await asyncio.to_thread(get))["documents"]
+    assert document["name"] == "listed/doc 1"
+    assert document["size"] > 0
+    assert document["updated_at"].endswith("Z")
