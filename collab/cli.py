@@ -8,7 +8,7 @@ from dataclasses import fields
 
 from . import __version__
 from .config import Settings, env_name
-from .errors import ConfigError
+from .errors import CollabError, ConfigError
 from .logs import configure_logging
 
 __all__ = ["build_parser", "main"]
@@ -76,5 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except ConfigError as error:
         parser.exit(2, f"collab: error: {error}\n")
+    except CollabError as error:
+        parser.exit(1, f"collab: error: {error}\n")
     except KeyboardInterrupt:
         return 130

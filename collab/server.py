@@ -22,7 +22,7 @@ from websockets.protocol import State
 
 from .api import install_api
 from .config import Settings
-from .errors import CollabError, UnsupportedDataError, close_reason_for
+from .errors import CollabError, ConfigError, UnsupportedDataError, close_reason_for
 from .http import HttpRequest, Router, respond
 from .names import room_name_from_path
 from .protocol import parse_frame
@@ -80,16 +80,21 @@ class CollabServer:
         """The port listened on, known once started (useful with port 0)."""
 
     async def start(self) -> None:
+        """Open the store, then listen; raises `StorageError` or `ConfigError` saying what is wrong."""
         await self.store.start()
-        self._server = await serve(
-            self._handle,
-            self.settings.host,
-            self.settings.port,
-            process_request=self._process_request,
-            max_size=self.settings.max_message_size,
-            # Yjs updates are small and mostly incompressible; deflate would cost more CPU than it saves.
-            compression=None,
-        )
+        try:
+            self._server = await serve(
+                self._handle,
+                self.settings.host,
+                self.settings.port,
+                process_request=self._process_request,
+                max_size=self.settings.max_message_size,
+                # Yjs updates are small and mostly incompressible; deflate would cost more CPU than it saves.
+                compression=None,
+            )
+        except OSError as error:
+            await self.store.close()
+            raise ConfigError(f"cannot listen on {self.settings.host}:{self.settings.port}: {error.strerror}") from error
         self.port = self._server.sockets[0].getsockname()[1]
         logger.info(
             "listening on http://%s:%d (database %s)", self.settings.host, self.port, self.settings.db

@@ -85,8 +85,11 @@ class SQLiteStore(GroupCommitStore):
         return self._db
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, check_same_thread=False)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, check_same_thread=False)
+        except (OSError, sqlite3.Error) as error:
+            raise StorageError(f"cannot open database {self.path}: {error}") from error
         db = Database(conn)
         if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
             raise StorageError(f"{self.path}: SQLite refused WAL mode")
