@@ -3,7 +3,7 @@
 Each field of `Settings` is one setting; its flag is `--field-name` and its
 environment variable `COLLAB_FIELD_NAME`. A flag beats the environment, which
 beats the default. Sizes accept `K`/`M`/`G` suffixes (powers of 1024) and
-durations `ms`/`s`/`m`/`h`.
+durations `ms`/`s`/`m`/`h`/`d`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from .errors import ConfigError
 __all__ = ["Settings", "env_name", "parse_duration", "parse_size"]
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_size(text: str) -> int:
@@ -37,7 +37,7 @@ def parse_duration(text: str) -> float:
     """'50ms' -> 0.05; a plain number is seconds."""
     match = _DURATION.match(text)
     if not match:
-        raise ValueError(f"not a duration: {text!r} (try 0.05, 50ms, 30s, 5m or 1h)")
+        raise ValueError(f"not a duration: {text!r} (try 0.05, 50ms, 30s, 5m, 1h or 30d)")
     return float(match[1]) * _DURATION_UNITS[(match[2] or "s").lower()]
 
 
@@ -69,6 +69,12 @@ class Settings:
     )
     compact_after: int = _setting(1000, int, "compact a document's update log into a snapshot after this many updates")
     unload_after: float = _setting(30.0, parse_duration, "unload a room this long after its last client left")
+    history_hourly: float = _setting(
+        86400.0, parse_duration, "keep an hourly checkpoint of each document for this long (0: none)"
+    )
+    history_daily: float = _setting(
+        30 * 86400.0, parse_duration, "keep a daily checkpoint of each document for this long (0: none)"
+    )
     sqlite_synchronous: str = _setting(
         "full", _choice("normal", "full", "extra"), "SQLite synchronous mode (full also survives power loss)"
     )

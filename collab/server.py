@@ -28,6 +28,7 @@ from .names import room_name_from_path
 from .protocol import parse_frame
 from .room import Room
 from .rooms import Rooms
+from .store.history import Retention
 from .store.sqlite import SQLiteStore
 
 __all__ = ["CollabServer", "WebSocketPeer", "run"]
@@ -69,6 +70,7 @@ class CollabServer:
             commit_interval=settings.commit_interval,
             synchronous=settings.sqlite_synchronous,
             busy_timeout=settings.sqlite_busy_timeout,
+            retention=Retention(hourly_for=settings.history_hourly, daily_for=settings.history_daily),
         )
         self.rooms = Rooms(self.store, unload_after=settings.unload_after, compact_after=settings.compact_after)
         self._server: Server | None = None

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from pycrdt import Doc, Text, merge_updates
 
-from collab.errors import ConfigError
-from collab.store.sqlite import SQLiteStore
+from collab.errors import ConfigError, StorageError
+from collab.store.group_commit import WriteOp
+from collab.store.history import DAY, HOUR, Retention, hour_ends, parse_time, to_keep
+from collab.store.sqlite import MIGRATION_NAMES, SQLiteStore
 
 from .helpers import wait_for
 
@@ -74,7 +76,8 @@ async def test_database_is_in_wal_mode_with_a_recorded_schema(store: SQLiteStore
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         names = [name for (name,) in conn.execute("SELECT name FROM _sqlite_migrations WHERE migration_set = 'collab'")]
-    assert names == ["m001_documents_snapshots_updates"]
+    assert names == MIGRATION_NAMES
+    assert names[0] == "m001_documents_snapshots_updates"
 
 
 async def test_a_database_from_a_newer_collab_is_refused_untouched(db_path: Path) -> None:
@@ -118,3 +121,88 @@ async def test_a_failing_disk_delays_writes_but_loses_none(
     assert not store.failing
     assert text_of([record.data for record in await store.load("doc")]) == "durable"
     await store.close()
+
+
+# History: the engine driven directly with chosen timestamps (a real file, no event loop needed).
+
+T0 = 1_800_000_000.0  # a fixed moment, at an hour boundary
+assert T0 % HOUR == 0
+
+
+def engine(db_path: Path, retention: Retention = Retention()) -> SQLiteStore:
+    sqlite_store = SQLiteStore(db_path, retention=retention)
+    sqlite_store._open()
+    return sqlite_store
+
+
+def state_at(sqlite_store: SQLiteStore, at: float | None) -> str:
+    return text_of([record.data for record in sqlite_store._load("doc", at)])
+
+
+def test_point_in_time_reads_survive_compaction(db_path: Path) -> None:
+    sqlite_store = engine(db_path)
+    all_updates = keystrokes("abcdefghXY")
+    updates = all_updates[:8]
+    full: Doc = Doc()
+    # Two keystrokes in each of four consecutive hours, then a compaction an hour later.
+    for n, update in enumerate(updates):
+        sqlite_store._commit([WriteOp("append", "doc", update, T0 + (n // 2) * HOUR + n)])
+        full.apply_update(update)
+    assert state_at(sqlite_store, T0 + HOUR + 10) == "abcd"
+    sqlite_store._commit([WriteOp("compact", "doc", full.get_update(), T0 + 5 * HOUR)])
+    for more in all_updates[8:]:
+        sqlite_store._commit([WriteOp("append", "doc", more, T0 + 5 * HOUR + 60)])
+    # The log is gone, but the end of every hour it covered is a checkpoint.
+    assert state_at(sqlite_store, T0 + 10) == "ab"
+    assert state_at(sqlite_store, T0 + HOUR + 10) == "abcd"
+    assert state_at(sqlite_store, T0 + 3 * HOUR + 10) == "abcdefgh"
+    assert state_at(sqlite_store, T0 + 5 * HOUR + 30) == "abcdefgh"
+    assert state_at(sqlite_store, None) == "abcdefghXY"
+    with pytest.raises(StorageError, match="history starts at"):
+        sqlite_store._load("doc", T0 - HOUR)
+    kinds = [point.kind for point in sqlite_store._history("doc")]
+    assert kinds == ["checkpoint"] * 4 + ["update"] * 2
+    sqlite_store._close()
+
+
+def test_retention_thins_checkpoints_and_keeps_the_chain_readable(db_path: Path) -> None:
+    sqlite_store = engine(db_path, Retention(hourly_for=3 * HOUR, daily_for=2 * DAY))
+    doc: Doc = Doc()
+    content = doc.get("content", type=Text)
+    expected: dict[float, str] = {}
+    # One edit and one compaction every 6 hours for three days.
+    for n in range(12):
+        at = T0 + n * 6 * HOUR
+        before = doc.get_state()
+        content += str(n % 10)
+        sqlite_store._commit([WriteOp("append", "doc", doc.get_update(before), at)])
+        sqlite_store._commit([WriteOp("compact", "doc", doc.get_update(), at + 1)])
+        expected[at] = str(content)  # a checkpoint is dated by the last change it holds
+    now = T0 + 11 * 6 * HOUR
+    kept = [point.at for point in sqlite_store._history("doc") if point.kind == "checkpoint"]
+    assert kept == sorted(kept) and kept[-1] == now
+    # Older than 2 days: gone, but the newest of each day within 2 days survives.
+    assert all(now + 1 - at <= 2 * DAY for at in kept)
+    assert len(kept) < 12
+    for at in kept:
+        assert state_at(sqlite_store, at) == expected[at]
+    assert state_at(sqlite_store, None) == expected[now]
+    sqlite_store._close()
+
+
+def test_retention_policy() -> None:
+    now = T0 + 10 * DAY
+    times = [now - 40 * DAY, now - 3 * DAY - HOUR, now - 3 * DAY, now - 5 * HOUR, now - 4.5 * HOUR, now - 10]
+    keep = to_keep(times, now, Retention(hourly_for=DAY, daily_for=30 * DAY))
+    assert keep == {2, 4, 5}
+    assert to_keep(times, now, Retention(0, 0)) == {5}
+    assert hour_ends([T0, T0 + 10, T0 + HOUR, T0 + 3 * HOUR]) == [1, 2]
+
+
+def test_times_parse_relative_and_iso() -> None:
+    assert parse_time("2h", now=T0) == T0 - 2 * HOUR
+    assert parse_time("3d", now=T0) == T0 - 3 * DAY
+    assert parse_time("2027-01-15T08:00:00Z", now=T0) == parse_time("2027-01-15T09:00:00+01:00", now=T0)
+    assert parse_time("2027-01-15T08:00:00", now=T0) == parse_time("2027-01-15T08:00:00Z", now=T0)
+    with pytest.raises(ValueError, match="not a time"):
+        parse_time("yesterday-ish", now=T0)

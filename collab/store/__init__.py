@@ -14,16 +14,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-__all__ = ["DocumentInfo", "Store", "StoredRecord"]
+__all__ = ["DocumentInfo", "HistoryPoint", "Store", "StoredRecord"]
 
 
 @dataclass(frozen=True, slots=True)
 class StoredRecord:
     """One stored piece of a document, in the order it must be applied."""
 
-    kind: Literal["snapshot", "update"]
+    kind: Literal["snapshot", "update", "checkpoint"]
     id: int
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPoint:
+    """A moment a document's state can be reconstructed at."""
+
+    at: float
+    kind: Literal["checkpoint", "update"]
+    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,13 +47,15 @@ class DocumentInfo:
     created_at: float
     updated_at: float
     """Unix time of the last committed change."""
+    history_size: int = 0
+    """Bytes of point-in-time checkpoints kept besides the snapshot and log."""
 
 
 class Store(Protocol):
-    async def load(self, name: str) -> list[StoredRecord]:
-        """Everything stored for `name`, snapshot first; [] for a new document.
+    async def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
+        """Everything stored for `name` (as of Unix time `at`, if given), in order; [] for a new document.
 
-        Raises `StorageError` when the engine cannot read: never returns [] then.
+        Raises `StorageError` when the engine cannot read, or has no state that old: never returns [] then.
         """
         ...
 
@@ -58,6 +69,10 @@ class Store(Protocol):
 
     async def flush(self) -> None:
         """Return once everything queued before the call is committed."""
+        ...
+
+    async def history(self, name: str) -> list[HistoryPoint]:
+        """The moments `name` can be loaded at, oldest first."""
         ...
 
     async def documents(self) -> list[DocumentInfo]:

@@ -22,7 +22,7 @@ from typing import Literal, TypeVar
 from pycrdt import merge_updates
 
 from ..errors import CollabError, StorageError
-from . import DocumentInfo, StoredRecord
+from . import DocumentInfo, HistoryPoint, StoredRecord
 
 __all__ = ["GroupCommitStore", "WriteOp"]
 
@@ -72,7 +72,10 @@ class GroupCommitStore(ABC):
         """Write `batch` in one transaction, all or nothing."""
 
     @abstractmethod
-    def _load(self, name: str) -> list[StoredRecord]: ...
+    def _load(self, name: str, at: float | None = None) -> list[StoredRecord]: ...
+
+    @abstractmethod
+    def _history(self, name: str) -> list[HistoryPoint]: ...
 
     @abstractmethod
     def _documents(self) -> list[DocumentInfo]: ...
@@ -89,10 +92,14 @@ class GroupCommitStore(ABC):
         await self._on_thread(self._open)
         self._writer = asyncio.create_task(self._write_forever(), name="collab-store-writer")
 
-    async def load(self, name: str) -> list[StoredRecord]:
+    async def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
         if any(op.name == name for op in self._queue):
             await self.flush()
-        return await self._on_thread(self._load, name)
+        return await self._on_thread(self._load, name, at)
+
+    async def history(self, name: str) -> list[HistoryPoint]:
+        """The moments `name` can be loaded at, oldest first."""
+        return await self._on_thread(self._history, name)
 
     def append(self, name: str, update: bytes) -> None:
         self._enqueue(WriteOp("append", name, update, time.time()))

@@ -6,7 +6,8 @@ Nothing survives the process.
 
 from __future__ import annotations
 
-from . import DocumentInfo, StoredRecord
+from ..errors import StorageError
+from . import DocumentInfo, HistoryPoint, StoredRecord
 from .group_commit import GroupCommitStore, WriteOp
 
 __all__ = ["MemoryStore"]
@@ -39,8 +40,13 @@ class MemoryStore(GroupCommitStore):
             self._times[op.name] = (created_at, op.at)
         self.commits += 1
 
-    def _load(self, name: str) -> list[StoredRecord]:
+    def _load(self, name: str, at: float | None = None) -> list[StoredRecord]:
+        if at is not None:
+            raise StorageError("the memory store keeps no history")
         return list(self._records.get(name, []))
+
+    def _history(self, name: str) -> list[HistoryPoint]:
+        return []
 
     def _documents(self) -> list[DocumentInfo]:
         return [

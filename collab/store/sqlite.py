@@ -1,13 +1,16 @@
-"""The SQLite engine: WAL mode, one writer thread, an update log and snapshots.
+"""The SQLite engine: WAL mode, one writer thread, an update log, snapshots, checkpoints.
 
     documents(id, name UNIQUE, created_at, updated_at)
-    snapshots(id, doc_id, created_at, data)   -- the newest one is the base
-    updates(id, doc_id, created_at, data)     -- the log since that snapshot
+    snapshots(id, doc_id, created_at, data)      -- the document as of its last compaction
+    updates(id, doc_id, created_at, data)        -- the log since that snapshot
+    checkpoints(id, doc_id, created_at, base, state_vector, data)
+                                                 -- past states: base=1 whole, else the diff from the previous one
 
-Loading reads the newest snapshot plus the log. Compaction inserts a snapshot
-and deletes the log rows it covers, in the same transaction as the writes
-before it. The schema is versioned with ordered sqlite-utils migrations; a
-database written by a newer collab is refused, never modified or moved aside.
+Loading reads the snapshot plus the log. Compaction, in the same transaction as
+the writes before it, turns the log into checkpoints (see `history`), replaces
+the snapshot and deletes the log. The schema is versioned with ordered
+sqlite-utils migrations; a database written by a newer collab is refused,
+never modified or moved aside. Reads live in `sqlite_read`.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+from pycrdt import get_state, get_update, merge_updates
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from ..errors import ConfigError, StorageError
-from . import DocumentInfo, StoredRecord
+from . import DocumentInfo, HistoryPoint, StoredRecord
 from .group_commit import GroupCommitStore, WriteOp
+from .history import Retention, hour_ends, to_keep
+from .sqlite_read import read_documents, read_history, read_records
 
 __all__ = ["SQLiteStore", "migrations"]
 
@@ -55,6 +61,20 @@ def m001_documents_snapshots_updates(db: Database) -> None:
         db.execute(f"CREATE INDEX {table}_by_doc ON {table}(doc_id, id)")
 
 
+@migration
+def m002_checkpoints(db: Database) -> None:
+    db.execute(
+        """CREATE TABLE checkpoints (
+            id INTEGER PRIMARY KEY,
+            doc_id INTEGER NOT NULL REFERENCES documents(id),
+            created_at REAL NOT NULL,
+            base INTEGER NOT NULL,
+            state_vector BLOB NOT NULL,
+            data BLOB NOT NULL)"""
+    )
+    db.execute("CREATE INDEX checkpoints_by_doc ON checkpoints(doc_id, id)")
+
+
 SYNCHRONOUS_MODES = ("off", "normal", "full", "extra")
 
 
@@ -68,6 +88,7 @@ class SQLiteStore(GroupCommitStore):
         commit_interval: float = 0.05,
         synchronous: str = "full",
         busy_timeout: float = 5.0,
+        retention: Retention = Retention(),
     ) -> None:
         super().__init__(commit_interval=commit_interval)
         if synchronous not in SYNCHRONOUS_MODES:
@@ -75,6 +96,7 @@ class SQLiteStore(GroupCommitStore):
         self.path = Path(path)
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
+        self.retention = retention
         self._db: Database | None = None
         self._doc_ids: dict[str, int] = {}
 
@@ -138,6 +160,8 @@ class SQLiteStore(GroupCommitStore):
         db = self.db
         doc_id = self._doc_id(op.name, op.at)
         if op.kind == "compact":
+            if self.retention.enabled:
+                self._checkpoint_log(doc_id, op)
             db.execute("DELETE FROM updates WHERE doc_id = ?", [doc_id])
             db.execute("DELETE FROM snapshots WHERE doc_id = ?", [doc_id])
             table = "snapshots"
@@ -146,39 +170,61 @@ class SQLiteStore(GroupCommitStore):
         db.execute(f"INSERT INTO {table} (doc_id, created_at, data) VALUES (?, ?, ?)", [doc_id, op.at, op.data])
         db.execute("UPDATE documents SET updated_at = max(updated_at, ?) WHERE id = ?", [op.at, doc_id])
 
-    def _load(self, name: str) -> list[StoredRecord]:
+    def _checkpoint_log(self, doc_id: int, compaction: WriteOp) -> None:
+        """Keep the states the log passed through: each clock hour's last, and the last of all.
+
+        The last is the new snapshot, dated by the last change it holds rather than by
+        the compaction, so that it answers for every moment since that change.
+        """
         db = self.db
-        row = db.execute("SELECT id FROM documents WHERE name = ?", [name]).fetchone()
-        if row is None:
-            return []
-        doc_id = row[0]
-        records = [
-            StoredRecord("snapshot", snapshot_id, data)
-            for snapshot_id, data in db.execute(
-                "SELECT id, data FROM snapshots WHERE doc_id = ? ORDER BY id DESC LIMIT 1", [doc_id]
-            )
-        ]
-        records += [
-            StoredRecord("update", update_id, data)
-            for update_id, data in db.execute("SELECT id, data FROM updates WHERE doc_id = ? ORDER BY id", [doc_id])
-        ]
-        return records
+        log = db.execute("SELECT created_at, data FROM updates WHERE doc_id = ? ORDER BY id", [doc_id]).fetchall()
+        if log:
+            snapshot = db.execute(
+                "SELECT data FROM snapshots WHERE doc_id = ? ORDER BY id DESC LIMIT 1", [doc_id]
+            ).fetchone()
+            state = [] if snapshot is None else [snapshot[0]]
+            done = 0
+            for end in hour_ends([at for at, _ in log]):
+                state = [merge_updates(*state, *(data for _, data in log[done : end + 1]))]
+                done = end + 1
+                self._add_checkpoint(doc_id, log[end][0], state[0])
+            self._add_checkpoint(doc_id, log[-1][0], compaction.data)
+        self._prune_checkpoints(doc_id, now=compaction.at)
+
+    def _add_checkpoint(self, doc_id: int, at: float, whole: bytes) -> None:
+        previous = self.db.execute(
+            "SELECT state_vector FROM checkpoints WHERE doc_id = ? ORDER BY id DESC LIMIT 1", [doc_id]
+        ).fetchone()
+        base, data = (1, whole) if previous is None else (0, get_update(whole, previous[0]))
+        self.db.execute(
+            "INSERT INTO checkpoints (doc_id, created_at, base, state_vector, data) VALUES (?, ?, ?, ?, ?)",
+            [doc_id, at, base, get_state(whole), data],
+        )
+
+    def _prune_checkpoints(self, doc_id: int, now: float) -> None:
+        """Drop what retention does not keep, folding each dropped diff into the next kept checkpoint."""
+        db = self.db
+        rows = db.execute("SELECT id, created_at, base, data FROM checkpoints WHERE doc_id = ? ORDER BY id", [doc_id])
+        rows = rows.fetchall()
+        keep = to_keep([at for _, at, _, _ in rows], now, self.retention)
+        carried: tuple[int, bytes] | None = None  # (base, data) of the dropped run before a kept one
+        for index, (checkpoint_id, _, base, data) in enumerate(rows):
+            if index not in keep:
+                db.execute("DELETE FROM checkpoints WHERE id = ?", [checkpoint_id])
+                carried = (base, data) if carried is None else (carried[0], merge_updates(carried[1], data))
+            elif carried is not None:
+                if not base:
+                    db.execute(
+                        "UPDATE checkpoints SET base = ?, data = ? WHERE id = ?",
+                        [carried[0], merge_updates(carried[1], data), checkpoint_id],
+                    )
+                carried = None
+
+    def _load(self, name: str, at: float | None = None) -> list[StoredRecord]:
+        return read_records(self.db.conn, name, at)
+
+    def _history(self, name: str) -> list[HistoryPoint]:
+        return read_history(self.db.conn, name)
 
     def _documents(self) -> list[DocumentInfo]:
-        rows = self.db.execute(
-            """SELECT d.name, d.created_at, d.updated_at,
-                 coalesce((SELECT sum(length(data)) FROM snapshots s WHERE s.doc_id = d.id), 0),
-                 coalesce((SELECT sum(length(data)) FROM updates u WHERE u.doc_id = d.id), 0),
-                 (SELECT count(*) FROM updates u WHERE u.doc_id = d.id)
-               FROM documents d ORDER BY d.name"""
-        )
-        return [
-            DocumentInfo(
-                name=name,
-                size=snapshot_bytes + log_bytes,
-                log_length=log_length,
-                created_at=created_at,
-                updated_at=updated_at,
-            )
-            for name, created_at, updated_at, snapshot_bytes, log_bytes, log_length in rows
-        ]
+        return read_documents(self.db.conn)

@@ -1,0 +1,139 @@
+"""Reading collab's SQLite schema: shared by the store and by read-only readers (export).
+
+Every function takes a `sqlite3.Connection`; run several inside one read
+transaction (`SQLiteReader.snapshot()`) for a consistent view while a server
+keeps writing (WAL lets readers and the writer proceed without blocking).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pycrdt import merge_updates
+
+from ..errors import CorruptDocumentError, StorageError
+from . import DocumentInfo, HistoryPoint, StoredRecord
+
+__all__ = ["HistoryPoint", "SQLiteReader", "read_documents", "read_history", "read_records"]
+
+
+def _doc_id(conn: sqlite3.Connection, name: str) -> int | None:
+    row = conn.execute("SELECT id FROM documents WHERE name = ?", [name]).fetchone()
+    return None if row is None else int(row[0])
+
+
+def read_records(conn: sqlite3.Connection, name: str, at: float | None = None) -> list[StoredRecord]:
+    """What to apply, in order, to get `name` now or as it was at Unix time `at`; [] if unknown.
+
+    Raises `StorageError` if `at` is before the history kept for the document.
+    """
+    doc_id = _doc_id(conn, name)
+    if doc_id is None:
+        return []
+    snapshot = conn.execute(
+        "SELECT id, created_at, data FROM snapshots WHERE doc_id = ? ORDER BY id DESC LIMIT 1", [doc_id]
+    ).fetchone()
+    if at is None or snapshot is None or at >= snapshot[1]:
+        records = [] if snapshot is None else [StoredRecord("snapshot", snapshot[0], snapshot[2])]
+        condition, args = ("", [doc_id]) if at is None else (" AND created_at <= ?", [doc_id, at])
+        records += [
+            StoredRecord("update", update_id, data)
+            for update_id, data in conn.execute(
+                f"SELECT id, data FROM updates WHERE doc_id = ?{condition} ORDER BY id", args
+            )
+        ]
+        return records
+    return [_checkpoint_at(conn, name, doc_id, at)]
+
+
+def _checkpoint_at(conn: sqlite3.Connection, name: str, doc_id: int, at: float) -> StoredRecord:
+    chain = conn.execute(
+        "SELECT id, created_at, base, data FROM checkpoints WHERE doc_id = ? AND created_at <= ? ORDER BY id",
+        [doc_id, at],
+    ).fetchall()
+    if not chain:
+        oldest = conn.execute("SELECT min(created_at) FROM checkpoints WHERE doc_id = ?", [doc_id]).fetchone()[0]
+        kept = "no history is kept" if oldest is None else f"history starts at {_iso(oldest)}"
+        raise StorageError(f"document {name!r} has no state for {_iso(at)}: {kept}")
+    start = max((index for index, row in enumerate(chain) if row[2]), default=None)
+    if start is None:
+        raise CorruptDocumentError(f"document {name!r}: checkpoint chain has no base before {_iso(at)}")
+    parts = [row[3] for row in chain[start:]]
+    return StoredRecord("checkpoint", chain[-1][0], parts[0] if len(parts) == 1 else merge_updates(*parts))
+
+
+def read_history(conn: sqlite3.Connection, name: str) -> list[HistoryPoint]:
+    """Every moment `name` can be exported at, oldest first; [] if unknown."""
+    doc_id = _doc_id(conn, name)
+    if doc_id is None:
+        return []
+    rows = conn.execute(
+        """SELECT created_at, 'checkpoint', length(data) FROM checkpoints WHERE doc_id = ?1
+           UNION ALL SELECT created_at, 'update', length(data) FROM updates WHERE doc_id = ?1
+           ORDER BY 1""",
+        [doc_id],
+    )
+    return [HistoryPoint(at, kind, size) for at, kind, size in rows]
+
+
+def read_documents(conn: sqlite3.Connection) -> list[DocumentInfo]:
+    rows = conn.execute(
+        """SELECT d.name, d.created_at, d.updated_at,
+             coalesce((SELECT sum(length(data)) FROM snapshots s WHERE s.doc_id = d.id), 0),
+             coalesce((SELECT sum(length(data)) FROM updates u WHERE u.doc_id = d.id), 0),
+             (SELECT count(*) FROM updates u WHERE u.doc_id = d.id),
+             coalesce((SELECT sum(length(data)) FROM checkpoints c WHERE c.doc_id = d.id), 0)
+           FROM documents d ORDER BY d.name"""
+    )
+    return [
+        DocumentInfo(
+            name=name,
+            size=snapshot_bytes + log_bytes,
+            log_length=log_length,
+            created_at=created_at,
+            updated_at=updated_at,
+            history_size=history_bytes,
+        )
+        for name, created_at, updated_at, snapshot_bytes, log_bytes, log_length, history_bytes in rows
+    ]
+
+
+def _iso(timestamp: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class SQLiteReader:
+    """A read-only connection to a collab database: it can never write to it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise StorageError(f"no database at {self.path}")
+        try:
+            self.conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+            self.conn.execute("SELECT count(*) FROM documents").fetchone()
+        except sqlite3.Error as error:
+            raise StorageError(f"{self.path} is not a collab database: {error}") from error
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees the database as of its first read."""
+        self.conn.execute("BEGIN")
+        try:
+            yield self.conn
+        finally:
+            self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> SQLiteReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
