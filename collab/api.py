@@ -1,24 +1,36 @@
-"""The JSON HTTP API: the read side that the web page's document list uses.
+"""The JSON HTTP API, on the server's port: the read side the web page and scripts use.
 
-    GET /api/docs    {"documents": [{"name", "size", "log_length", "created_at", "updated_at"}, ...]}
+    GET /api/docs                 {"documents": [{"name", "size", "log_length", "history_size",
+                                                  "created_at", "updated_at"}, ...]}
+    GET /api/docs/<name>?format=txt|md|json|ydoc[&at=TIME]
+                                  one document, as `collab export` writes it (default json);
+                                  TIME is 2h / 3d (ago) or ISO 8601. 404 if unknown.
 
-Times are ISO 8601 in UTC; sizes are bytes stored.
+`<name>` is percent-encoded and may contain `/`. Without `at`, a document that
+is open in a room is exported from memory, so it includes what is not yet on
+disk. Times are ISO 8601 UTC; sizes are bytes stored.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
+from urllib.parse import quote, unquote
 
+from pycrdt import Doc
 from websockets.http11 import Response
 
-from .http import HttpRequest, Router, json_response
+from .errors import HistoryError, InvalidRoomNameError, StorageError
+from .filenames import file_name_for
+from .formats import FORMATS, doc_from_updates, render
+from .http import HttpRequest, Router, json_response, respond
+from .names import validate_room_name
+from .rooms import Rooms
 from .store import DocumentInfo, Store
+from .store.history import format_time, parse_time
 
 __all__ = ["document_json", "install_api"]
 
-
-def iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+DOCS = "/api/docs"
 
 
 def document_json(info: DocumentInfo) -> dict[str, object]:
@@ -26,15 +38,62 @@ def document_json(info: DocumentInfo) -> dict[str, object]:
         "name": info.name,
         "size": info.size,
         "log_length": info.log_length,
-        "created_at": iso(info.created_at),
-        "updated_at": iso(info.updated_at),
+        "history_size": info.history_size,
+        "created_at": format_time(info.created_at),
+        "updated_at": format_time(info.updated_at),
     }
 
 
-def install_api(router: Router, store: Store) -> None:
+def error_response(status: int, message: str) -> Response:
+    return json_response({"error": message}, status)
+
+
+def install_api(router: Router, store: Store, rooms: Rooms) -> None:
     """Register the API's routes on `router`."""
 
     async def list_documents(request: HttpRequest) -> Response:
         return json_response({"documents": [document_json(info) for info in await store.documents()]})
 
-    router.route("/api/docs", list_documents)
+    async def get_document(request: HttpRequest) -> Response:
+        try:
+            name = validate_room_name(unquote(request.path[len(DOCS) + 1 :], errors="strict"))
+            fmt = request.query.get("format", "json")
+            if fmt not in FORMATS:
+                raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+            at = parse_time(request.query["at"], time.time()) if "at" in request.query else None
+        except (ValueError, InvalidRoomNameError) as error:  # UnicodeDecodeError is a ValueError
+            return error_response(400, str(error))
+        try:
+            doc, info = await _document(store, rooms, name, at)
+        except HistoryError as error:
+            return error_response(404, str(error))
+        except StorageError as error:
+            return error_response(503, f"document temporarily unavailable: {error}")
+        if doc is None:
+            return error_response(404, f"no document named {name!r}")
+        extension, content_type = FORMATS[fmt]
+        headers = {}
+        if fmt == "ydoc":
+            headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(file_name_for(name, extension), safe='')}"
+        return respond(200, render(doc, fmt, info, name), content_type, headers)
+
+    router.route(DOCS, list_documents)
+    router.route(DOCS + "/", get_document)
+
+
+async def _document(store: Store, rooms: Rooms, name: str, at: float | None) -> tuple[Doc | None, DocumentInfo | None]:
+    """The document now (from its room if loaded) or at `at`; None if it does not exist."""
+    infos = await store.documents(name)
+    info = infos[0] if infos else None
+    room = rooms.get(name) if at is None else None
+    if room is not None:
+        room.flush()
+        # A copy: rendering types the roots of the Doc it reads, and the room's must stay untouched.
+        return doc_from_updates([room.doc.get_update()]), info
+    records = await store.load(name, at)
+    if not records:
+        return None, info
+    try:
+        return doc_from_updates([record.data for record in records]), info
+    except ValueError as error:
+        raise StorageError(f"document {name!r} does not decode: {error}") from error

@@ -52,6 +52,7 @@ class Client:
         """Presence states of every client the server told us about (ours included once echoed)."""
         self.permission_denied: str | None = None
         self.received_frames = 0
+        self._step2_received = 0
         self._connect_options = {"max_size": None, "compression": None, **connect_options}
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -97,6 +98,16 @@ class Client:
         self._awareness_clock += 1
         self._local_state = json.dumps(state)
         self._send(awareness_message([AwarenessEntry(self.client_id, self._awareness_clock, self._local_state)]))
+
+    async def resync(self, timeout: float = 10.0) -> None:
+        """Ask the server for what we lack and wait for its answer.
+
+        The server handles a connection's messages in order, so once this returns
+        it has handled everything we sent before.
+        """
+        answered = self._step2_received
+        self._send(SyncStep1(self.doc.get_state()).encode())
+        await self.wait_until(lambda: self._step2_received > answered, timeout)
 
     def send_raw(self, frame: bytes | str) -> None:
         """Send any frame as is: for tests of what the server does with bad input."""
@@ -164,6 +175,7 @@ class Client:
                 self._send(SyncStep2(self.doc.get_update(state_vector)).encode())
             case SyncStep2(update=update):
                 self._apply_remote(update)
+                self._step2_received += 1
                 self.synced.set()
             case Update(update=update):
                 self._apply_remote(update)

@@ -8,6 +8,7 @@
     ├── InvalidRoomNameError       the URL names no acceptable room             → 4400
     ├── StorageError               the store failed; nothing is lost, retry     → 1011
     │   └── CorruptDocumentError   a stored row does not decode                 → 1011
+    ├── HistoryError               no state is kept for the moment asked for (HTTP 404)
     └── ConfigError                a setting is wrong (the CLI exits with 2)
 
 Anything else escaping a connection handler is a bug in collab: it closes that
@@ -23,6 +24,7 @@ __all__ = [
     "CollabError",
     "ConfigError",
     "CorruptDocumentError",
+    "HistoryError",
     "InvalidRoomNameError",
     "InvalidUTF8Error",
     "InvalidUpdateError",
@@ -63,6 +65,10 @@ class StorageError(CollabError):
 
 class CorruptDocumentError(StorageError):
     """A stored snapshot or update of a document does not decode."""
+
+
+class HistoryError(CollabError):
+    """A document has no state kept for the moment asked for."""
 
 
 class ConfigError(CollabError):

@@ -24,6 +24,7 @@ from .api import install_api
 from .config import Settings
 from .errors import CollabError, ConfigError, UnsupportedDataError, close_reason_for
 from .http import HttpRequest, Router, respond
+from .lockfile import DatabaseLock
 from .names import room_name_from_path
 from .protocol import parse_frame
 from .room import Room
@@ -72,18 +73,24 @@ class CollabServer:
             busy_timeout=settings.sqlite_busy_timeout,
             retention=Retention(hourly_for=settings.history_hourly, daily_for=settings.history_daily),
         )
+        self.lock = DatabaseLock(settings.db)
         self.rooms = Rooms(self.store, unload_after=settings.unload_after, compact_after=settings.compact_after)
         self._server: Server | None = None
         self._ids = itertools.count(1)
         self.http = Router()
         self.http.route("/healthz", self._healthz)
-        install_api(self.http, self.store)
+        install_api(self.http, self.store, self.rooms)
         self.port = 0
         """The port listened on, known once started (useful with port 0)."""
 
     async def start(self) -> None:
         """Open the store, then listen; raises `StorageError` or `ConfigError` saying what is wrong."""
-        await self.store.start()
+        self.lock.acquire()
+        try:
+            await self.store.start()
+        except BaseException:
+            self.lock.release()
+            raise
         try:
             self._server = await serve(
                 self._handle,
@@ -96,8 +103,10 @@ class CollabServer:
             )
         except OSError as error:
             await self.store.close()
+            self.lock.release()
             raise ConfigError(f"cannot listen on {self.settings.host}:{self.settings.port}: {error.strerror}") from error
         self.port = self._server.sockets[0].getsockname()[1]
+        self.lock.describe(url=f"ws://{connectable_host(self.settings.host)}:{self.port}")
         logger.info(
             "listening on http://%s:%d (database %s)", self.settings.host, self.port, self.settings.db
         )
@@ -111,6 +120,7 @@ class CollabServer:
         await server.wait_closed()
         await self.rooms.close()
         await self.store.close()
+        self.lock.release()
         logger.info("stopped; everything is on disk")
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -155,6 +165,11 @@ class CollabServer:
             logger.warning("%s closed with %s %s", where, ws.close_code, ws.close_reason)
         else:
             logger.debug("%s closed with %s", where, ws.close_code)
+
+
+def connectable_host(host: str) -> str:
+    """Where a local command reaches a server listening on `host`."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else f"[{host}]" if ":" in host else host
 
 
 async def serve_until_signalled(settings: Settings) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pycrdt import Doc, Text, merge_updates
 
-from collab.errors import ConfigError, StorageError
+from collab.errors import ConfigError, HistoryError
 from collab.store.group_commit import WriteOp
 from collab.store.history import DAY, HOUR, Retention, hour_ends, parse_time, to_keep
 from collab.store.sqlite import MIGRATION_NAMES, SQLiteStore
@@ -158,7 +158,7 @@ def test_point_in_time_reads_survive_compaction(db_path: Path) -> None:
     assert state_at(sqlite_store, T0 + 3 * HOUR + 10) == "abcdefgh"
     assert state_at(sqlite_store, T0 + 5 * HOUR + 30) == "abcdefgh"
     assert state_at(sqlite_store, None) == "abcdefghXY"
-    with pytest.raises(StorageError, match="history starts at"):
+    with pytest.raises(HistoryError, match="history starts at"):
         sqlite_store._load("doc", T0 - HOUR)
     kinds = [point.kind for point in sqlite_store._history("doc")]
     assert kinds == ["checkpoint"] * 4 + ["update"] * 2

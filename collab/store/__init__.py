@@ -55,7 +55,8 @@ class Store(Protocol):
     async def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
         """Everything stored for `name` (as of Unix time `at`, if given), in order; [] for a new document.
 
-        Raises `StorageError` when the engine cannot read, or has no state that old: never returns [] then.
+        Raises `StorageError` when the engine cannot read (never returns [] then), and
+        `HistoryError` when no state that old is kept.
         """
         ...
 
@@ -75,8 +76,8 @@ class Store(Protocol):
         """The moments `name` can be loaded at, oldest first."""
         ...
 
-    async def documents(self) -> list[DocumentInfo]:
-        """Every stored document, by name."""
+    async def documents(self, name: str | None = None) -> list[DocumentInfo]:
+        """Every stored document by name, or only `name` ([] if it is not stored)."""
         ...
 
     async def close(self) -> None:

@@ -78,7 +78,7 @@ class GroupCommitStore(ABC):
     def _history(self, name: str) -> list[HistoryPoint]: ...
 
     @abstractmethod
-    def _documents(self) -> list[DocumentInfo]: ...
+    def _documents(self, name: str | None = None) -> list[DocumentInfo]: ...
 
     @abstractmethod
     def _close(self) -> None: ...
@@ -118,8 +118,8 @@ class GroupCommitStore(ABC):
         self._urgent.set()
         await waiter
 
-    async def documents(self) -> list[DocumentInfo]:
-        return await self._on_thread(self._documents)
+    async def documents(self, name: str | None = None) -> list[DocumentInfo]:
+        return await self._on_thread(self._documents, name)
 
     async def close(self) -> None:
         if self._writer is None:

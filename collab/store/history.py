@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-__all__ = ["DAY", "HOUR", "Retention", "hour_ends", "parse_time", "to_keep"]
+__all__ = ["DAY", "HOUR", "Retention", "format_time", "hour_ends", "parse_time", "to_keep"]
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -70,3 +70,8 @@ def parse_time(text: str, now: float) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
+
+
+def format_time(timestamp: float) -> str:
+    """Unix time -> '2026-11-28T14:00:00.000Z'."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -6,7 +6,7 @@ Nothing survives the process.
 
 from __future__ import annotations
 
-from ..errors import StorageError
+from ..errors import HistoryError
 from . import DocumentInfo, HistoryPoint, StoredRecord
 from .group_commit import GroupCommitStore, WriteOp
 
@@ -42,13 +42,13 @@ class MemoryStore(GroupCommitStore):
 
     def _load(self, name: str, at: float | None = None) -> list[StoredRecord]:
         if at is not None:
-            raise StorageError("the memory store keeps no history")
+            raise HistoryError("the memory store keeps no history")
         return list(self._records.get(name, []))
 
     def _history(self, name: str) -> list[HistoryPoint]:
         return []
 
-    def _documents(self) -> list[DocumentInfo]:
+    def _documents(self, wanted: str | None = None) -> list[DocumentInfo]:
         return [
             DocumentInfo(
                 name=name,
@@ -58,4 +58,5 @@ class MemoryStore(GroupCommitStore):
                 updated_at=self._times[name][1],
             )
             for name, records in sorted(self._records.items())
+            if wanted is None or name == wanted
         ]

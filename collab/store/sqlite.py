@@ -226,5 +226,5 @@ class SQLiteStore(GroupCommitStore):
     def _history(self, name: str) -> list[HistoryPoint]:
         return read_history(self.db.conn, name)
 
-    def _documents(self) -> list[DocumentInfo]:
-        return read_documents(self.db.conn)
+    def _documents(self, name: str | None = None) -> list[DocumentInfo]:
+        return read_documents(self.db.conn, name)

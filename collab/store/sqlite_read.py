@@ -14,8 +14,9 @@ from pathlib import Path
 
 from pycrdt import merge_updates
 
-from ..errors import CorruptDocumentError, StorageError
+from ..errors import CorruptDocumentError, HistoryError, StorageError
 from . import DocumentInfo, HistoryPoint, StoredRecord
+from .history import format_time
 
 __all__ = ["HistoryPoint", "SQLiteReader", "read_documents", "read_history", "read_records"]
 
@@ -28,7 +29,7 @@ def _doc_id(conn: sqlite3.Connection, name: str) -> int | None:
 def read_records(conn: sqlite3.Connection, name: str, at: float | None = None) -> list[StoredRecord]:
     """What to apply, in order, to get `name` now or as it was at Unix time `at`; [] if unknown.
 
-    Raises `StorageError` if `at` is before the history kept for the document.
+    Raises `HistoryError` if `at` is before the history kept for the document.
     """
     doc_id = _doc_id(conn, name)
     if doc_id is None:
@@ -56,11 +57,11 @@ def _checkpoint_at(conn: sqlite3.Connection, name: str, doc_id: int, at: float) 
     ).fetchall()
     if not chain:
         oldest = conn.execute("SELECT min(created_at) FROM checkpoints WHERE doc_id = ?", [doc_id]).fetchone()[0]
-        kept = "no history is kept" if oldest is None else f"history starts at {_iso(oldest)}"
-        raise StorageError(f"document {name!r} has no state for {_iso(at)}: {kept}")
+        kept = "no history is kept" if oldest is None else f"history starts at {format_time(oldest)}"
+        raise HistoryError(f"document {name!r} has no state for {format_time(at)}: {kept}")
     start = max((index for index, row in enumerate(chain) if row[2]), default=None)
     if start is None:
-        raise CorruptDocumentError(f"document {name!r}: checkpoint chain has no base before {_iso(at)}")
+        raise CorruptDocumentError(f"document {name!r}: checkpoint chain has no base before {format_time(at)}")
     parts = [row[3] for row in chain[start:]]
     return StoredRecord("checkpoint", chain[-1][0], parts[0] if len(parts) == 1 else merge_updates(*parts))
 
@@ -79,14 +80,17 @@ def read_history(conn: sqlite3.Connection, name: str) -> list[HistoryPoint]:
     return [HistoryPoint(at, kind, size) for at, kind, size in rows]
 
 
-def read_documents(conn: sqlite3.Connection) -> list[DocumentInfo]:
+def read_documents(conn: sqlite3.Connection, name: str | None = None) -> list[DocumentInfo]:
+    """Every stored document by name, or just `name` (then [] if it is unknown)."""
+    where, args = ("", []) if name is None else ("WHERE d.name = ?", [name])
     rows = conn.execute(
         """SELECT d.name, d.created_at, d.updated_at,
              coalesce((SELECT sum(length(data)) FROM snapshots s WHERE s.doc_id = d.id), 0),
              coalesce((SELECT sum(length(data)) FROM updates u WHERE u.doc_id = d.id), 0),
              (SELECT count(*) FROM updates u WHERE u.doc_id = d.id),
              coalesce((SELECT sum(length(data)) FROM checkpoints c WHERE c.doc_id = d.id), 0)
-           FROM documents d ORDER BY d.name"""
+           FROM documents d {where} ORDER BY d.name""".format(where=where),
+        args,
     )
     return [
         DocumentInfo(
@@ -99,12 +103,6 @@ def read_documents(conn: sqlite3.Connection) -> list[DocumentInfo]:
         )
         for name, created_at, updated_at, snapshot_bytes, log_bytes, log_length, history_bytes in rows
     ]
-
-
-def _iso(timestamp: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class SQLiteReader:

@@ -1,0 +1,123 @@
+"""`collab export`: documents from a database file to files, now or as they were.
+
+The database is opened read-only and read in one transaction, so the export is
+one consistent moment even while a server keeps writing (WAL), it never blocks
+that server, and it includes updates still in the log, not only snapshots.
+Updates accepted in the last commit window (`--commit-interval`) may not be on
+disk yet and are then not included.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CollabError, StorageError
+from .filenames import MANIFEST, file_name_for
+from .formats import FORMATS, doc_from_updates, render
+from .store import DocumentInfo
+from .store.history import format_time
+from .store.sqlite_read import SQLiteReader, read_documents, read_records
+
+__all__ = ["ExportError", "Exported", "export", "select_names"]
+
+
+class ExportError(CollabError):
+    """The export cannot be done as asked; nothing was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class Exported:
+    name: str
+    file: str | None
+    bytes: int
+
+
+def select_names(available: list[str], patterns: list[str]) -> list[str]:
+    """The names matching any pattern (exact names or shell globs); every pattern must match something."""
+    if not patterns:
+        return list(available)
+    chosen: dict[str, None] = {}
+    for pattern in patterns:
+        matches = [name for name in available if name == pattern or fnmatch.fnmatchcase(name, pattern)]
+        if not matches:
+            raise ExportError(f"no document matches {pattern!r}")
+        chosen.update(dict.fromkeys(matches))
+    return list(chosen)
+
+
+def export(db: Path, out: str, fmt: str, patterns: list[str], at: float | None = None) -> list[Exported]:
+    """Write the selected documents to directory `out` (or stdout if `out` is '-'); return what was written."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    with SQLiteReader(db) as reader, reader.snapshot() as conn:
+        infos = {info.name: info for info in read_documents(conn)}
+        names = select_names(list(infos), patterns)
+        if at is not None:
+            names = [name for name in names if infos[name].created_at <= at]
+            if not names:
+                raise ExportError(f"no selected document existed at {format_time(at)}")
+        if out == "-" and len(names) != 1:
+            raise ExportError(f"--out - writes one document, but {len(names)} match; name exactly one")
+        rendered = {name: _render(conn, infos[name], fmt, at) for name in names}
+    if out == "-":
+        [(name, data)] = rendered.items()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return [Exported(name, None, len(data))]
+    return _write_files(Path(out), fmt, rendered, infos, at)
+
+
+def _render(conn: object, info: DocumentInfo, fmt: str, at: float | None) -> bytes:
+    records = read_records(conn, info.name, at)  # type: ignore[arg-type]
+    try:
+        doc = doc_from_updates([record.data for record in records])
+    except ValueError as error:
+        raise StorageError(f"document {info.name!r} does not decode: {error}") from error
+    return render(doc, fmt, info)
+
+
+def _write_files(
+    out: Path, fmt: str, rendered: dict[str, bytes], infos: dict[str, DocumentInfo], at: float | None
+) -> list[Exported]:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".collab-export-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ExportError(f"cannot write to {out}: {error.strerror or error}") from error
+    extension = FORMATS[fmt][0]
+    written = []
+    for name, data in rendered.items():
+        file_name = file_name_for(name, extension)
+        _write_atomically(out / file_name, data)
+        written.append(Exported(name, file_name, len(data)))
+    manifest = {
+        "format": fmt,
+        "exported_at": format_time(time.time()),
+        "at": None if at is None else format_time(at),
+        "documents": [
+            {
+                "name": item.name,
+                "file": item.file,
+                "bytes": item.bytes,
+                "size": infos[item.name].size,
+                "updated_at": format_time(infos[item.name].updated_at),
+            }
+            for item in written
+        ],
+    }
+    _write_atomically(out / MANIFEST, (json.dumps(manifest, ensure_ascii=False, indent=2) + "\n").encode())
+    return written
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(data)
+    temporary.replace(path)

@@ -1,0 +1,124 @@
+"""A document as a file: plain text, Markdown, JSON of every root type, or the Yjs update itself.
+
+The web editor and most clients keep a document's text in the root `Y.Text`
+named `content`; `txt` and `md` export that. `json` exports every root, whose
+types are not recorded in a Yjs update and are found by looking (see
+`root_types`). `ydoc` is the whole document as one Yjs v1 update, which any Yjs
+or pycrdt client can load, and which `collab import` merges back.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
+
+from .store import DocumentInfo
+from .store.history import format_time
+
+__all__ = ["CONTENT_ROOT", "FORMATS", "Format", "doc_from_updates", "render", "root_types", "to_json"]
+
+CONTENT_ROOT = "content"
+
+Format = Literal["txt", "md", "json", "ydoc"]
+FORMATS: dict[str, tuple[str, str]] = {
+    "txt": ("txt", "text/plain; charset=utf-8"),
+    "md": ("md", "text/markdown; charset=utf-8"),
+    "json": ("json", "application/json"),
+    "ydoc": ("ydoc", "application/octet-stream"),
+}
+"""format -> (file extension, content type)"""
+
+RootType = type[Map] | type[Text] | type[XmlFragment] | type[Array]
+
+
+def doc_from_updates(updates: list[bytes]) -> Doc:
+    doc: Doc = Doc()
+    with doc.transaction():
+        for update in updates:
+            doc.apply_update(update)
+    return doc
+
+
+def root_types(update: bytes) -> dict[str, RootType | None]:
+    """The type of every root of a document, by viewing it each way on a scratch copy.
+
+    A Yjs update names its roots but not their types, and viewing a root as a
+    type fixes it for good, hence one copy per candidate type. A map has keys,
+    a text has characters, an XML fragment has element or text children, an
+    array has items; a root that shows none of these (emptied) is None.
+    """
+    probes: list[tuple[RootType, Callable[[Any], bool]]] = [
+        (Map, lambda root: len(root) > 0),
+        (Text, lambda root: len(str(root)) > 0),
+        (XmlFragment, lambda root: len(root.children) > 0),
+        (Array, lambda root: len(root) > 0),
+    ]
+    names = list(doc_from_updates([update]).keys())
+    found: dict[str, RootType | None] = dict.fromkeys(names)
+    for root_type, has_content in probes:
+        scratch = doc_from_updates([update])
+        for name in names:
+            if found[name] is None and has_content(scratch.get(name, type=root_type)):
+                found[name] = root_type
+    return found
+
+
+def to_json(value: Any) -> Any:
+    """A shared type (or plain value inside one) as JSON-compatible data, faithfully."""
+    if isinstance(value, Text):
+        return str(value)
+    if isinstance(value, Map):
+        return {key: to_json(item) for key, item in value.items()}
+    if isinstance(value, Array):
+        return [to_json(item) for item in value]
+    if isinstance(value, XmlFragment):
+        return {"type": "fragment", "children": [to_json(child) for child in value.children]}
+    if isinstance(value, XmlElement):
+        return {
+            "type": "element",
+            "name": value.tag,
+            "attributes": {key: to_json(item) for key, item in value.attributes.items()},
+            "children": [to_json(child) for child in value.children],
+        }
+    if isinstance(value, XmlText):
+        return {"type": "text", "delta": [_delta_chunk(chunk) for chunk in value.diff()]}
+    if isinstance(value, bytes):
+        return {"type": "binary", "base64": base64.b64encode(value).decode()}
+    if isinstance(value, Doc):
+        return {"type": "subdocument", "guid": str(value.guid)}
+    return value
+
+
+def _delta_chunk(chunk: tuple[Any, dict[str, Any] | None]) -> dict[str, Any]:
+    content, attributes = chunk
+    entry: dict[str, Any] = {"insert": to_json(content)}
+    if attributes:
+        entry["attributes"] = {key: to_json(item) for key, item in attributes.items()}
+    return entry
+
+
+def render(doc: Doc, fmt: str, info: DocumentInfo | None = None, name: str | None = None) -> bytes:
+    """The document in format `fmt` (one of FORMATS)."""
+    if fmt in ("txt", "md"):
+        return str(doc.get(CONTENT_ROOT, type=Text)).encode() if CONTENT_ROOT in doc.keys() else b""
+    update = doc.get_update()
+    if fmt == "ydoc":
+        return update
+    if fmt == "json":
+        roots = {
+            root: None if root_type is None else to_json(doc.get(root, type=root_type))
+            for root, root_type in sorted(root_types(update).items())
+        }
+        document = {
+            "name": name if name is not None else info.name if info else None,
+            "size": info.size if info else len(update),
+            "updated_at": format_time(info.updated_at) if info else None,
+            "state_vector": base64.b64encode(doc.get_state()).decode(),
+            "roots": roots,
+        }
+        return (json.dumps(document, ensure_ascii=False, indent=2) + "\n").encode()
+    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

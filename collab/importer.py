@@ -1,0 +1,91 @@
+"""`collab import`: merge a `ydoc` backup into a document.
+
+Merging is a CRDT merge: whatever the document already has is not added again,
+so importing the same backup twice changes nothing. If a server is running on
+the database (see `lockfile`), the import goes through it as a WebSocket
+client: connected clients see the content at once and the server stores it.
+Otherwise it is written to the database file directly, holding the database
+lock so that no server starts meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from pycrdt import Doc
+
+from .client import Client
+from .errors import CollabError, InvalidUpdateError
+from .formats import doc_from_updates
+from .lockfile import DatabaseLock, running_server
+from .names import validate_room_name
+from .room import check_update
+from .store.sqlite import SQLiteStore
+
+__all__ = ["ImportFailed", "Imported", "import_update"]
+
+SERVER_TIMEOUT = 60.0
+
+
+class ImportFailed(CollabError):
+    """The backup cannot be imported as asked."""
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    name: str
+    changed: bool
+    via: str
+    """'server ws://…' or 'database PATH'."""
+
+
+async def import_update(db: Path, update: bytes, name: str) -> Imported:
+    """Merge `update` (a Yjs v1 update) into document `name`."""
+    validate_room_name(name)
+    try:
+        check_update(update)
+    except InvalidUpdateError as error:
+        raise ImportFailed(f"not a Yjs update (expected a .ydoc file from collab export): {error}") from error
+    server = running_server(db)
+    if server is not None:
+        if "url" not in server:
+            raise ImportFailed(f"a collab server (pid {server.get('pid')}) is starting on {db}; try again")
+        return await _through_server(f"{server['url']}/{quote(name)}", update, name)
+    if not db.is_file():
+        raise ImportFailed(f"no database at {db} (start the server once, or check --db)")
+    return await _into_database(db, update, name)
+
+
+async def _through_server(url: str, update: bytes, name: str) -> Imported:
+    async with asyncio.timeout(SERVER_TIMEOUT):
+        async with Client(url) as client:
+            await client.synced.wait()
+            before = client.doc.get_update()
+            client.doc.apply_update(update)  # the client sends what is new to the server
+            changed = client.doc.get_update() != before
+            # A round trip after the update: once answered, the server has handled the update.
+            await client.resync()
+    return Imported(name, changed, f"server {url.rsplit('/', 1)[0]}")
+
+
+async def _into_database(db: Path, update: bytes, name: str) -> Imported:
+    lock = DatabaseLock(db)
+    lock.acquire()
+    try:
+        store = SQLiteStore(db)
+        await store.start()
+        try:
+            current: Doc = doc_from_updates([record.data for record in await store.load(name)])
+            before_state, before = current.get_state(), current.get_update()
+            current.apply_update(update)
+            changed = current.get_update() != before
+            if changed:
+                store.append(name, current.get_update(before_state))
+        finally:
+            await store.close()
+    finally:
+        lock.release()
+    return Imported(name, changed, f"database {db}")
