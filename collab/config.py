@@ -69,6 +69,9 @@ class Settings:
     )
     compact_after: int = _setting(1000, int, "compact a document's update log into a snapshot after this many updates")
     unload_after: float = _setting(30.0, parse_duration, "unload a room this long after its last client left")
+    history_recent: float = _setting(
+        3600.0, parse_duration, "keep every change of each document for this long, for export --at (0: none)"
+    )
     history_hourly: float = _setting(
         86400.0, parse_duration, "keep an hourly checkpoint of each document for this long (0: none)"
     )

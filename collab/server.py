@@ -71,7 +71,11 @@ class CollabServer:
             commit_interval=settings.commit_interval,
             synchronous=settings.sqlite_synchronous,
             busy_timeout=settings.sqlite_busy_timeout,
-            retention=Retention(hourly_for=settings.history_hourly, daily_for=settings.history_daily),
+            retention=Retention(
+                recent_for=settings.history_recent,
+                hourly_for=settings.history_hourly,
+                daily_for=settings.history_daily,
+            ),
         )
         self.lock = DatabaseLock(settings.db)
         self.rooms = Rooms(self.store, unload_after=settings.unload_after, compact_after=settings.compact_after)

@@ -12,7 +12,7 @@ from pycrdt import Doc, Text, merge_updates
 
 from collab.errors import ConfigError, HistoryError
 from collab.store.group_commit import WriteOp
-from collab.store.history import DAY, HOUR, Retention, hour_ends, parse_time, to_keep
+from collab.store.history import DAY, HOUR, Retention, parse_time, to_keep
 from collab.store.sqlite import MIGRATION_NAMES, SQLiteStore
 
 from .helpers import wait_for
@@ -152,7 +152,7 @@ def test_point_in_time_reads_survive_compaction(db_path: Path) -> None:
     sqlite_store._commit([WriteOp("compact", "doc", full.get_update(), T0 + 5 * HOUR)])
     for more in all_updates[8:]:
         sqlite_store._commit([WriteOp("append", "doc", more, T0 + 5 * HOUR + 60)])
-    # The log is gone, but the end of every hour it covered is a checkpoint.
+    # The log is gone, but the last state of every hour it covered is a checkpoint.
     assert state_at(sqlite_store, T0 + 10) == "ab"
     assert state_at(sqlite_store, T0 + HOUR + 10) == "abcd"
     assert state_at(sqlite_store, T0 + 3 * HOUR + 10) == "abcdefgh"
@@ -166,7 +166,7 @@ def test_point_in_time_reads_survive_compaction(db_path: Path) -> None:
 
 
 def test_retention_thins_checkpoints_and_keeps_the_chain_readable(db_path: Path) -> None:
-    sqlite_store = engine(db_path, Retention(hourly_for=3 * HOUR, daily_for=2 * DAY))
+    sqlite_store = engine(db_path, Retention(recent_for=HOUR, hourly_for=3 * HOUR, daily_for=2 * DAY))
     doc: Doc = Doc()
     content = doc.get("content", type=Text)
     expected: dict[float, str] = {}
@@ -193,10 +193,10 @@ def test_retention_thins_checkpoints_and_keeps_the_chain_readable(db_path: Path)
 def test_retention_policy() -> None:
     now = T0 + 10 * DAY
     times = [now - 40 * DAY, now - 3 * DAY - HOUR, now - 3 * DAY, now - 5 * HOUR, now - 4.5 * HOUR, now - 10]
-    keep = to_keep(times, now, Retention(hourly_for=DAY, daily_for=30 * DAY))
+    keep = to_keep(times, now, Retention(recent_for=0, hourly_for=DAY, daily_for=30 * DAY))
     assert keep == {2, 4, 5}
-    assert to_keep(times, now, Retention(0, 0)) == {5}
-    assert hour_ends([T0, T0 + 10, T0 + HOUR, T0 + 3 * HOUR]) == [1, 2]
+    assert to_keep(times, now, Retention(0, 0, 0)) == {5}
+    assert to_keep(times, now, Retention(recent_for=6 * HOUR, hourly_for=0, daily_for=0)) == {3, 4, 5}
 
 
 def test_times_parse_relative_and_iso() -> None:
@@ -206,3 +206,19 @@ def test_times_parse_relative_and_iso() -> None:
     assert parse_time("2027-01-15T08:00:00", now=T0) == parse_time("2027-01-15T08:00:00Z", now=T0)
     with pytest.raises(ValueError, match="not a time"):
         parse_time("yesterday-ish", now=T0)
+
+
+def test_recent_changes_are_all_kept_and_history_can_be_turned_off(db_path: Path) -> None:
+    sqlite_store = engine(db_path)
+    updates = keystrokes("abc")
+    for n, update in enumerate(updates):
+        sqlite_store._commit([WriteOp("append", "doc", update, T0 + n)])
+    sqlite_store._commit([WriteOp("compact", "doc", merge_updates(*updates), T0 + 10)])
+    assert [state_at(sqlite_store, T0 + n) for n in range(3)] == ["a", "ab", "abc"]
+    sqlite_store._close()
+    without_history = engine(db_path, Retention(0, 0, 0))
+    without_history._commit([WriteOp("compact", "doc", merge_updates(*updates), T0 + 20)])
+    assert without_history._history("doc") == []
+    with pytest.raises(HistoryError, match="no history is kept"):
+        without_history._load("doc", T0 + 1)
+    without_history._close()

@@ -174,13 +174,14 @@ class GroupCommitStore(ABC):
             try:
                 await self._on_thread(self._coalesce_and_commit, batch)
             except StorageError as error:
-                self.failing = True
                 logger.error(
                     "store commit failed, %d writes kept in memory, retrying in %.1fs: %s",
                     len(batch),
                     retry_delay,
                     error,
+                    exc_info=None if self.failing else error,  # the whole story once per outage
                 )
+                self.failing = True
                 self._queue[:0] = batch
                 self._oldest_queued_at = time.monotonic() - self.commit_interval
                 self._wake.set()

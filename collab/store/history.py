@@ -1,11 +1,12 @@
 """Point-in-time history: which checkpoints to keep, and time arithmetic for them. No I/O.
 
-When a document's log is compacted, the states it passed through are kept as
-checkpoints: one at the end of every clock hour the log covers, and one for the
-new snapshot. Retention then thins them out: the newest checkpoint of each hour
-for `hourly_for` (a day by default), the newest of each day for `daily_for`
-(30 days), and always the newest of all. Checkpoints are stored as a chain: the
-oldest whole, each later one as the difference from the one before.
+When a document's log is compacted, its rows are not thrown away: each becomes
+a checkpoint (the first of a document whole, every later one the change since
+the one before). Retention then thins them out: every checkpoint for
+`recent_for` (an hour by default), the newest of each clock hour for
+`hourly_for` (a day), the newest of each day for `daily_for` (30 days), and
+always the newest of all. A dropped checkpoint's change is folded into the next
+kept one, so the chain still adds up to every kept state.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-__all__ = ["DAY", "HOUR", "Retention", "format_time", "hour_ends", "parse_time", "to_keep"]
+__all__ = ["DAY", "HOUR", "Retention", "format_time", "parse_time", "to_keep"]
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -26,14 +27,15 @@ _UNITS = {"s": 1.0, "m": 60.0, "h": HOUR, "d": DAY, "w": 7 * DAY}
 
 @dataclass(frozen=True, slots=True)
 class Retention:
-    """How long checkpoints are kept at each granularity; zero and zero keeps no history."""
+    """How long checkpoints are kept at each granularity; all zero keeps no history."""
 
+    recent_for: float = HOUR
     hourly_for: float = DAY
     daily_for: float = 30 * DAY
 
     @property
     def enabled(self) -> bool:
-        return self.hourly_for > 0 or self.daily_for > 0
+        return self.recent_for > 0 or self.hourly_for > 0 or self.daily_for > 0
 
 
 def to_keep(times: list[float], now: float, retention: Retention) -> set[int]:
@@ -43,16 +45,13 @@ def to_keep(times: list[float], now: float, retention: Retention) -> set[int]:
     newest_per_bucket: dict[tuple[str, int], int] = {}
     for index, time in enumerate(times):
         age = now - time
+        if age <= retention.recent_for:
+            newest_per_bucket[("each", index)] = index
         if age <= retention.hourly_for:
             newest_per_bucket[("hour", math.floor(time / HOUR))] = index
         if age <= retention.daily_for:
             newest_per_bucket[("day", math.floor(time / DAY))] = index
     return set(newest_per_bucket.values()) | {len(times) - 1}
-
-
-def hour_ends(times: list[float]) -> list[int]:
-    """Indexes of the last entry of each clock hour in `times` (ascending), except the final hour."""
-    return [i for i in range(len(times) - 1) if math.floor(times[i] / HOUR) != math.floor(times[i + 1] / HOUR)]
 
 
 def parse_time(text: str, now: float) -> float:

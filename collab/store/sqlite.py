@@ -3,8 +3,8 @@
     documents(id, name UNIQUE, created_at, updated_at)
     snapshots(id, doc_id, created_at, data)      -- the document as of its last compaction
     updates(id, doc_id, created_at, data)        -- the log since that snapshot
-    checkpoints(id, doc_id, created_at, base, state_vector, data)
-                                                 -- past states: base=1 whole, else the diff from the previous one
+    checkpoints(id, doc_id, created_at, base, data)
+                                                 -- past states: base=1 whole, else the change since the previous one
 
 Loading reads the snapshot plus the log. Compaction, in the same transaction as
 the writes before it, turns the log into checkpoints (see `history`), replaces
@@ -19,14 +19,14 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from pycrdt import get_state, get_update, merge_updates
+from pycrdt import merge_updates
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from ..errors import ConfigError, StorageError
 from . import DocumentInfo, HistoryPoint, StoredRecord
 from .group_commit import GroupCommitStore, WriteOp
-from .history import Retention, hour_ends, to_keep
+from .history import Retention, to_keep
 from .sqlite_read import read_documents, read_history, read_records
 
 __all__ = ["SQLiteStore", "migrations"]
@@ -69,7 +69,6 @@ def m002_checkpoints(db: Database) -> None:
             doc_id INTEGER NOT NULL REFERENCES documents(id),
             created_at REAL NOT NULL,
             base INTEGER NOT NULL,
-            state_vector BLOB NOT NULL,
             data BLOB NOT NULL)"""
     )
     db.execute("CREATE INDEX checkpoints_by_doc ON checkpoints(doc_id, id)")
@@ -162,6 +161,9 @@ class SQLiteStore(GroupCommitStore):
         if op.kind == "compact":
             if self.retention.enabled:
                 self._checkpoint_log(doc_id, op)
+            else:
+                # Without history the chain would miss these changes: it ends here.
+                db.execute("DELETE FROM checkpoints WHERE doc_id = ?", [doc_id])
             db.execute("DELETE FROM updates WHERE doc_id = ?", [doc_id])
             db.execute("DELETE FROM snapshots WHERE doc_id = ?", [doc_id])
             table = "snapshots"
@@ -171,35 +173,24 @@ class SQLiteStore(GroupCommitStore):
         db.execute("UPDATE documents SET updated_at = max(updated_at, ?) WHERE id = ?", [op.at, doc_id])
 
     def _checkpoint_log(self, doc_id: int, compaction: WriteOp) -> None:
-        """Keep the states the log passed through: each clock hour's last, and the last of all.
-
-        The last is the new snapshot, dated by the last change it holds rather than by
-        the compaction, so that it answers for every moment since that change.
-        """
+        """Turn the log rows into checkpoints (each row is the change since the one before), then prune."""
         db = self.db
         log = db.execute("SELECT created_at, data FROM updates WHERE doc_id = ? ORDER BY id", [doc_id]).fetchall()
-        if log:
+        if log and db.execute("SELECT 1 FROM checkpoints WHERE doc_id = ? LIMIT 1", [doc_id]).fetchone() is None:
+            # The chain starts whole: the snapshot so far (if any) with the first change.
             snapshot = db.execute(
                 "SELECT data FROM snapshots WHERE doc_id = ? ORDER BY id DESC LIMIT 1", [doc_id]
             ).fetchone()
-            state = [] if snapshot is None else [snapshot[0]]
-            done = 0
-            for end in hour_ends([at for at, _ in log]):
-                state = [merge_updates(*state, *(data for _, data in log[done : end + 1]))]
-                done = end + 1
-                self._add_checkpoint(doc_id, log[end][0], state[0])
-            self._add_checkpoint(doc_id, log[-1][0], compaction.data)
-        self._prune_checkpoints(doc_id, now=compaction.at)
-
-    def _add_checkpoint(self, doc_id: int, at: float, whole: bytes) -> None:
-        previous = self.db.execute(
-            "SELECT state_vector FROM checkpoints WHERE doc_id = ? ORDER BY id DESC LIMIT 1", [doc_id]
-        ).fetchone()
-        base, data = (1, whole) if previous is None else (0, get_update(whole, previous[0]))
-        self.db.execute(
-            "INSERT INTO checkpoints (doc_id, created_at, base, state_vector, data) VALUES (?, ?, ?, ?, ?)",
-            [doc_id, at, base, get_state(whole), data],
+            first_at, first = log.pop(0)
+            whole = first if snapshot is None else merge_updates(snapshot[0], first)
+            db.execute(
+                "INSERT INTO checkpoints (doc_id, created_at, base, data) VALUES (?, ?, 1, ?)", [doc_id, first_at, whole]
+            )
+        db.conn.executemany(
+            "INSERT INTO checkpoints (doc_id, created_at, base, data) VALUES (?, ?, 0, ?)",
+            [(doc_id, at, data) for at, data in log],
         )
+        self._prune_checkpoints(doc_id, now=compaction.at)
 
     def _prune_checkpoints(self, doc_id: int, now: float) -> None:
         """Drop what retention does not keep, folding each dropped diff into the next kept checkpoint."""
