@@ -54,7 +54,7 @@ def root_types(update: bytes) -> dict[str, RootType | None]:
     probes: list[tuple[RootType, Callable[[Any], bool]]] = [
         (Map, lambda root: len(root) > 0),
         (Text, lambda root: len(str(root)) > 0),
-        (XmlFragment, lambda root: len(root.children) > 0),
+        (XmlFragment, lambda root: any(isinstance(child, (XmlElement, XmlText)) for child in root.children)),
         (Array, lambda root: len(root) > 0),
     ]
     names = list(doc_from_updates([update]).keys())
@@ -81,7 +81,7 @@ def to_json(value: Any) -> Any:
         return {
             "type": "element",
             "name": value.tag,
-            "attributes": {key: to_json(item) for key, item in value.attributes.items()},
+            "attributes": {key: to_json(item) for key, item in value.attributes},
             "children": [to_json(child) for child in value.children],
         }
     if isinstance(value, XmlText):

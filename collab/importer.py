@@ -4,8 +4,8 @@ Merging is a CRDT merge: whatever the document already has is not added again,
 so importing the same backup twice changes nothing. If a server is running on
 the database (see `lockfile`), the import goes through it as a WebSocket
 client: connected clients see the content at once and the server stores it.
-Otherwise it is written to the database file directly, holding the database
-lock so that no server starts meanwhile.
+Otherwise it is written to the database file directly (created if missing),
+holding the database lock so that no server starts meanwhile.
 """
 
 from __future__ import annotations
@@ -54,8 +54,6 @@ async def import_update(db: Path, update: bytes, name: str) -> Imported:
         if "url" not in server:
             raise ImportFailed(f"a collab server (pid {server.get('pid')}) is starting on {db}; try again")
         return await _through_server(f"{server['url']}/{quote(name)}", update, name)
-    if not db.is_file():
-        raise ImportFailed(f"no database at {db} (start the server once, or check --db)")
     return await _into_database(db, update, name)
 
 

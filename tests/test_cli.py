@@ -88,3 +88,14 @@ def test_a_busy_port_and_an_unusable_database_are_clear_errors(tmp_path: Path) -
     assert result.returncode == 1
     assert "cannot open database" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_scripts_export_wraps_collab_export(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(Path(__file__).parent.parent / "scripts" / "export"), "--db", str(tmp_path / "none.db")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "no database at" in result.stderr

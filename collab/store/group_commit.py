@@ -211,28 +211,30 @@ class GroupCommitStore(ABC):
 
 
 def coalesce(batch: list[WriteOp]) -> list[WriteOp]:
-    """Merge each document's consecutive appends into one; drop appends a later compaction covers.
+    """Merge each document's consecutive appends into one, keeping every document's order.
 
-    One row per document per commit keeps the log short; the order of every
-    document's writes is kept.
+    One row per document per commit keeps the log short. Appends before a
+    compaction are kept too: compaction turns the log into history.
     """
     out: list[WriteOp] = []
     appends: dict[str, list[WriteOp]] = {}
     for op in batch:
         if op.kind == "compact":
-            appends.pop(op.name, None)
+            out.extend(_merged(op.name, appends.pop(op.name, [])))
             out.append(op)
         else:
             appends.setdefault(op.name, []).append(op)
     for name, ops in appends.items():
-        if len(ops) == 1:
-            out.append(ops[0])
-            continue
-        try:
-            merged = merge_updates(*(op.data for op in ops))
-        except ValueError:
-            logger.warning("could not merge %d updates of %r, storing them one by one", len(ops), name)
-            out.extend(ops)
-        else:
-            out.append(WriteOp("append", name, merged, ops[-1].at))
+        out.extend(_merged(name, ops))
     return out
+
+
+def _merged(name: str, ops: list[WriteOp]) -> list[WriteOp]:
+    if len(ops) <= 1:
+        return ops
+    try:
+        merged = merge_updates(*(op.data for op in ops))
+    except ValueError:
+        logger.warning("could not merge %d updates of %r, storing them one by one", len(ops), name)
+        return ops
+    return [WriteOp("append", name, merged, ops[-1].at)]
