@@ -6,6 +6,12 @@
     │   ├── InvalidUpdateError     a well-formed message carries a bad update   → 1002
     │   └── UnsupportedDataError   a text frame instead of a binary one         → 1003
     ├── InvalidRoomNameError       the URL names no acceptable room             → 4400
+    ├── AuthError                  (the client is told why in an auth message first)
+    │   ├── UnauthenticatedError   no token, a forged or an expired one         → 4401
+    │   └── ForbiddenError         a valid token for another document           → 4403
+    ├── LimitError
+    │   ├── ServerBusyError        too many connections or rooms; retry later   → 1013
+    │   └── RateLimitError         a client sends faster than allowed           → 1008
     ├── StorageError               the store failed; nothing is lost, retry     → 1011
     │   └── CorruptDocumentError   a stored row does not decode                 → 1011
     ├── HistoryError               no state is kept for the moment asked for (HTTP 404)
@@ -23,7 +29,13 @@ __all__ = [
     "CloseReason",
     "CollabError",
     "ConfigError",
+    "AuthError",
     "CorruptDocumentError",
+    "ForbiddenError",
+    "LimitError",
+    "RateLimitError",
+    "ServerBusyError",
+    "UnauthenticatedError",
     "HistoryError",
     "InvalidRoomNameError",
     "InvalidUTF8Error",
@@ -59,6 +71,30 @@ class InvalidRoomNameError(CollabError):
     """The request path does not name an acceptable room."""
 
 
+class AuthError(CollabError):
+    """The client may not open this document."""
+
+
+class UnauthenticatedError(AuthError):
+    """No token, or one that is forged, malformed or expired."""
+
+
+class ForbiddenError(AuthError):
+    """A valid token that does not cover this document."""
+
+
+class LimitError(CollabError):
+    """A configured limit protects the server from this client."""
+
+
+class ServerBusyError(LimitError):
+    """Too many connections or rooms right now; the client should retry later."""
+
+
+class RateLimitError(LimitError):
+    """The client sends more messages per second than allowed."""
+
+
 class StorageError(CollabError):
     """The store could not read or write; the operation may be retried."""
 
@@ -88,7 +124,11 @@ PROTOCOL_ERROR = 1002
 UNSUPPORTED_DATA = 1003
 INVALID_DATA = 1007
 INTERNAL_ERROR = 1011
+POLICY_VIOLATION = 1008
+TRY_AGAIN_LATER = 1013
 BAD_ROOM_NAME = 4400
+UNAUTHENTICATED = 4401
+FORBIDDEN = 4403
 
 # A close reason must fit in a control frame: 125 bytes minus the 2-byte code.
 MAX_REASON_BYTES = 123
@@ -105,6 +145,14 @@ def close_reason_for(error: BaseException) -> CloseReason:
             code = PROTOCOL_ERROR
         case InvalidRoomNameError():
             code = BAD_ROOM_NAME
+        case UnauthenticatedError():
+            code = UNAUTHENTICATED
+        case ForbiddenError():
+            code = FORBIDDEN
+        case RateLimitError():
+            code = POLICY_VIOLATION
+        case ServerBusyError():
+            code = TRY_AGAIN_LATER
         case StorageError():
             return CloseReason(INTERNAL_ERROR, "document temporarily unavailable, try again")
         case _:
