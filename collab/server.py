@@ -29,6 +29,7 @@ from .protocol import parse_frame
 from .room import Room
 from .rooms import Rooms
 from .store.sqlite import SQLiteStore
+from .web import install_web
 
 __all__ = ["CollabServer", "WebSocketPeer", "run"]
 
@@ -76,6 +77,7 @@ class CollabServer:
         self.http = Router()
         self.http.route("/healthz", self._healthz)
         install_api(self.http, self.store)
+        install_web(self.http)
         self.port = 0
         """The port listened on, known once started (useful with port 0)."""
 
