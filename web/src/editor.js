@@ -88,7 +88,9 @@ function main () {
 
   trackConnection(provider, doc, {
     onSynced: () => view.dispatch({ effects: hint.reconfigure(placeholder('Start writing… (Markdown works)')) }),
-    onRefused: () => view.dispatch({ effects: editable.reconfigure([EditorState.readOnly.of(true), EditorView.editable.of(false)]) })
+    onRefused: () => view.dispatch({
+      effects: [editable.reconfigure([EditorState.readOnly.of(true), EditorView.editable.of(false)]), hint.reconfigure([])]
+    })
   })
   setUpPresence(provider, view)
   setUpShareButton()
@@ -186,6 +188,7 @@ function setUpPresence (provider, view) {
   const apply = (chosen) => {
     identity = chosen
     awareness.setLocalStateField('user', awarenessUser(chosen))
+    document.documentElement.style.setProperty('--me', chosen.color)
     const me = $('#me')
     me.replaceChildren(
       h('span', { class: 'avatar', style: { '--person': chosen.color }, 'aria-hidden': 'true' }, initials(chosen.name)),

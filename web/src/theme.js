@@ -17,7 +17,7 @@ export const editorTheme = EditorView.theme({
   '&.cm-focused': { outline: 'none' },
   '.cm-scroller': { fontFamily: MONO, lineHeight: '1.65', overflow: 'auto' },
   // Room above the first line for a remote caret's name label.
-  '.cm-content': { padding: '28px 0 40vh', caretColor: 'var(--accent)' },
+  '.cm-content': { padding: '28px 0 40vh', caretColor: 'var(--me, var(--accent))' },
   '.cm-line': { padding: '0 24px 0 12px' },
   '.cm-gutters': {
     backgroundColor: 'var(--surface)',
@@ -28,7 +28,8 @@ export const editorTheme = EditorView.theme({
   '.cm-lineNumbers .cm-gutterElement': { padding: '0 8px 0 4px', minWidth: '2.5ch', fontSize: '13px' },
   '.cm-activeLine': { backgroundColor: 'var(--active-line)' },
   '.cm-activeLineGutter': { backgroundColor: 'transparent', color: 'var(--muted)' },
-  '.cm-cursor, .cm-dropCursor': { borderLeftColor: 'var(--accent)', borderLeftWidth: '2px' },
+  // My caret in my colour, as the others see it.
+  '.cm-cursor, .cm-dropCursor': { borderLeftColor: 'var(--me, var(--accent))', borderLeftWidth: '2px' },
   '&.cm-focused > .cm-scroller > .cm-selectionLayer .cm-selectionBackground, .cm-selectionBackground, ::selection': {
     backgroundColor: 'var(--selection) !important'
   },
