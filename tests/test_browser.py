@@ -38,6 +38,7 @@ ARTIFACTS = ROOT / "artifacts"
 LAPTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 TIMEOUT_MS = 15_000
+expect.set_options(timeout=TIMEOUT_MS)
 
 ADA = ("Ada", "Indigo", "rgb(79, 70, 229)")
 GRACE = ("Grace", "Emerald", "rgb(5, 150, 105)")
@@ -152,8 +153,14 @@ async def test_two_people_type_at_once_and_see_each_other(browser: Browser, serv
     await expect(ada.page.locator("#people .person:not(.is-me) .person-name")).to_have_text([GRACE[0]])
     await expect(grace.page.locator("#me")).to_contain_text(GRACE[0])
 
-    await ada.screenshot("editor-ada.png")
-    await grace.screenshot("editor-grace-sees-ada.png")
+    # Line numbers, and Markdown highlighting: the heading is drawn bold and larger than body text.
+    await expect(grace.page.locator(".cm-lineNumbers .cm-gutterElement", has_text="6")).to_be_visible()
+    heading = grace.page.locator(".cm-line").first.locator("span", has_text="Launch plan")
+    await expect(heading).to_have_css("font-weight", "700")
+    assert await heading.evaluate("(span) => parseFloat(getComputedStyle(span).fontSize) > 15 * 1.3")
+
+    await grace.screenshot("two-users-editing.png")
+    await ada.screenshot("two-users-editing-ada-view.png")
     ada.assert_no_errors()
     grace.assert_no_errors()
 
@@ -280,6 +287,10 @@ async def test_a_refused_document_says_so_and_stops_trying(browser: Browser, ser
     await expect(banner).to_contain_text("4400")
     assert await ada.page.evaluate("window.collab.provider.shouldConnect") is False
     await expect(ada.page.locator(".cm-content")).to_have_attribute("contenteditable", "false")
+    # A name that is not even valid percent-encoded UTF-8 is refused by the page itself.
+    await ada.page.goto(f"http://127.0.0.1:{server.port}/d/%FF")
+    await ada.wait_status("refused")
+    await expect(ada.page.locator("#banner")).to_contain_text("This link is broken")
     ada.assert_no_errors()
 
 

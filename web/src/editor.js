@@ -174,7 +174,11 @@ function trackConnection (provider, doc, { onSynced, onRefused }) {
     if (origin !== provider && !(status === 'connected' && provider.synced)) unsentEdits = true
   })
   window.addEventListener('beforeunload', (event) => {
-    if (unsentEdits && !refused) event.preventDefault() // the browser asks before edits only this tab holds are lost
+    if (unsentEdits && !refused) {
+      // The browser asks before edits that only this tab holds are lost.
+      event.preventDefault()
+      event.returnValue = ''
+    }
   })
   render()
 }
