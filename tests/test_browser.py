@@ -90,7 +90,9 @@ class Person:
 
     async def text(self) -> str:
         """The document as this page's Y.Text holds it; the editor must show the same."""
-        shared, shown = await self.page.evaluate("[window.collab.text.toString(), window.collab.view.state.doc.toString()]")
+        shared, shown = await self.page.evaluate(
+            "[window.collab.text.toString(), window.collab.view.state.doc.toString()]"
+        )
         assert shared == shown
         return str(shared)
 
@@ -119,7 +121,9 @@ def editor_url(port: int, name: str) -> str:
     return f"http://127.0.0.1:{port}/d/{quote(name)}"
 
 
-async def test_two_people_type_at_once_and_see_each_other(browser: Browser, server: CollabServer, db_path: Path) -> None:
+async def test_two_people_type_at_once_and_see_each_other(
+    browser: Browser, server: CollabServer, db_path: Path
+) -> None:
     url = editor_url(server.port, "team/launch plan")
     ada = await Person.arrive(browser, url)
     await ada.introduce(*ADA[:2])
@@ -346,7 +350,10 @@ async def test_the_editor_fits_a_phone(browser: Browser, server: CollabServer) -
     url = editor_url(server.port, "team/on the go")
     ada = await Person.arrive(browser, url)
     await ada.introduce(*ADA[:2])
-    await ada.type_at("Control+End", "# On the go\n\nA long line of text that has to wrap on a narrow screen rather than scroll sideways.")
+    await ada.type_at(
+        "Control+End",
+        "# On the go\n\nA long line of text that has to wrap on a narrow screen rather than scroll sideways.",
+    )
     phone = await Person.arrive(browser, url, viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
     await phone.introduce(*GRACE[:2])
     await phone.wait_status("connected")

@@ -77,10 +77,13 @@ async def test_assets_have_their_types_and_are_cached_forever(server: CollabServ
     for path in paths:
         status, headers, body = await get(server, path)
         assert status == 200
-        assert headers["content-type"] == {
-            ".js": "text/javascript; charset=utf-8",
-            ".css": "text/css; charset=utf-8",
-        }[Path(path).suffix]
+        assert (
+            headers["content-type"]
+            == {
+                ".js": "text/javascript; charset=utf-8",
+                ".css": "text/css; charset=utf-8",
+            }[Path(path).suffix]
+        )
         assert headers["cache-control"] == "public, max-age=31536000, immutable"
         assert headers["x-content-type-options"] == "nosniff"
         assert body == (WEB_DIR / path.lstrip("/")).read_bytes()
