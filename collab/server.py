@@ -31,6 +31,7 @@ from .room import Room
 from .rooms import Rooms
 from .store.history import Retention
 from .store.sqlite import SQLiteStore
+from .web import install_web
 
 __all__ = ["CollabServer", "WebSocketPeer", "run"]
 
@@ -84,6 +85,7 @@ class CollabServer:
         self.http = Router()
         self.http.route("/healthz", self._healthz)
         install_api(self.http, self.store, self.rooms)
+        install_web(self.http)
         self.port = 0
         """The port listened on, known once started (useful with port 0)."""
 

@@ -44,3 +44,18 @@ ensure_node_packages() { # ensure_node_packages DIR   (a folder with package.jso
     echo "$want" > "$dir/node_modules/.collab-installed"
   fi
 }
+
+ensure_chromium() { # Debian's Chromium for the browser tests (never a browser download of a test tool's own)
+  if [ -x /usr/bin/chromium ]; then
+    return 0
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    say "the browser tests need Chromium at /usr/bin/chromium (Debian package: chromium)"
+    exit 1
+  fi
+  say "installing Debian's chromium and chromium-driver for the browser tests"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+}

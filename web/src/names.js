@@ -1,0 +1,46 @@
+// Document names and the URLs that carry them. The server is the authority on what a valid name is
+// (collab/names.py, close code 4400); `nameProblem` mirrors its rules so the open field can say why early.
+
+export const MAX_NAME_LENGTH = 255
+
+/** Why `name` is not an acceptable document name, or null if it is. */
+export function nameProblem (name) {
+  if (name === '') return 'Type a name for the document.'
+  if ([...name].length > MAX_NAME_LENGTH) return `A name is at most ${MAX_NAME_LENGTH} characters.`
+  if (name !== name.trim()) return 'A name cannot start or end with a space.'
+  // Unicode categories Cc (control) and Cs (lone surrogate), as the server checks.
+  if (/[\u0000-\u001f\u007f-\u009f]|\p{Cs}/u.test(name)) return 'A name cannot contain control characters.'
+  return null
+}
+
+/**
+ * The editor page's path for a document: /d/ then the name, percent-encoded segment by segment so that a
+ * name with slashes reads naturally (/d/team/plan%201). A name with a "." or ".." segment would be folded
+ * away by URL normalisation, so such a name is encoded whole, its slashes as %2F.
+ */
+export function editorPath (name) {
+  const segments = name.split('/')
+  if (segments.some((segment) => segment === '.' || segment === '..')) return '/d/' + encodeURIComponent(name)
+  return '/d/' + segments.map(encodeURIComponent).join('/')
+}
+
+/**
+ * The document name an editor page's path names; throws URIError if it is not valid percent-encoded UTF-8.
+ * The server percent-decodes the whole path the same way, %2F included.
+ */
+export function nameFromEditorPath (pathname) {
+  return decodeURIComponent(pathname.replace(/^\/d\//, ''))
+}
+
+/** The WebSocket server that served this page: ws(s)://<same host>. */
+export function websocketServer (where = window.location) {
+  return `${where.protocol === 'https:' ? 'wss:' : 'ws:'}//${where.host}`
+}
+
+/**
+ * A document's room as the last part of its WebSocket URL (the provider joins server + '/' + room).
+ * Encoded whole, slashes too: no dot segment can be normalised away, and the server decodes %2F to "/".
+ */
+export function roomPath (name) {
+  return encodeURIComponent(name)
+}
