@@ -8,7 +8,9 @@
 
 `<name>` is percent-encoded and may contain `/`. Without `at`, a document that
 is open in a room is exported from memory, so it includes what is not yet on
-disk. Times are ISO 8601 UTC; sizes are bytes stored.
+disk. Times are ISO 8601 UTC; sizes are bytes stored. With access control on,
+requests carry a token (`?token=` or `Authorization: Bearer`): read permission
+on the document, and the listing shows only what the token covers (401/403).
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from urllib.parse import quote, unquote
 from pycrdt import Doc
 from websockets.http11 import Response
 
-from .errors import HistoryError, InvalidRoomNameError, StorageError
+from .auth import Access
+from .errors import AuthError, ForbiddenError, HistoryError, InvalidRoomNameError, StorageError
 from .filenames import file_name_for
 from .formats import FORMATS, doc_from_updates, render
 from .http import HttpRequest, Router, json_response, respond
 from .names import validate_room_name
 from .rooms import Rooms
+from .server_metrics import ServerMetrics
 from .store import DocumentInfo, Store
 from .store.history import format_time, parse_time
 
@@ -48,11 +52,28 @@ def error_response(status: int, message: str) -> Response:
     return json_response({"error": message}, status)
 
 
-def install_api(router: Router, store: Store, rooms: Rooms) -> None:
+def request_token(request: HttpRequest) -> str | None:
+    if "token" in request.query:
+        return request.query["token"]
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    return credentials.strip() or None if scheme.lower() == "bearer" else None
+
+
+def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metrics: ServerMetrics) -> None:
     """Register the API's routes on `router`."""
 
+    def refused(error: AuthError) -> Response:
+        metrics.auth_failures.inc(error.label)
+        return error_response(403 if isinstance(error, ForbiddenError) else 401, str(error))
+
     async def list_documents(request: HttpRequest) -> Response:
-        return json_response({"documents": [document_json(info) for info in await store.documents()]})
+        try:
+            grant = access.check(request_token(request))
+        except AuthError as error:
+            return refused(error)
+        infos = await store.documents()
+        visible = [info for info in infos if grant is None or grant.covers(info.name)]
+        return json_response({"documents": [document_json(info) for info in visible]})
 
     async def get_document(request: HttpRequest) -> Response:
         try:
@@ -63,6 +84,10 @@ def install_api(router: Router, store: Store, rooms: Rooms) -> None:
             at = parse_time(request.query["at"], time.time()) if "at" in request.query else None
         except (ValueError, InvalidRoomNameError) as error:  # UnicodeDecodeError is a ValueError
             return error_response(400, str(error))
+        try:
+            access.check(request_token(request), name)
+        except AuthError as error:
+            return refused(error)
         try:
             doc, info = await _document(store, rooms, name, at)
         except HistoryError as error:

@@ -26,7 +26,16 @@ from enum import Enum
 
 from .errors import ForbiddenError, UnauthenticatedError
 
-__all__ = ["Grant", "Permission", "TOKEN_SUBPROTOCOL_PREFIX", "mint_token", "token_from_subprotocols", "verify_token"]
+__all__ = [
+    "TOKEN_SUBPROTOCOL_PREFIX",
+    "Access",
+    "Grant",
+    "Permission",
+    "authorize",
+    "mint_token",
+    "token_from_subprotocols",
+    "verify_token",
+]
 
 TOKEN_SUBPROTOCOL_PREFIX = "token."
 _HEADER = {"alg": "HS256", "typ": "JWT"}
@@ -79,7 +88,7 @@ def mint_token(secret: bytes, scope: str, permission: Permission, ttl: float, no
 def verify_token(secret: bytes, token: str | None, now: float | None = None) -> Grant:
     """Check a token's signature and expiry; raise `UnauthenticatedError` saying what is wrong."""
     if not token:
-        raise UnauthenticatedError("a token is required (?token=... or the subprotocol token.<TOKEN>)")
+        raise UnauthenticatedError("a token is required (?token=... or the subprotocol token.<TOKEN>)", "missing")
     parts = token.split(".")
     if len(parts) != 3:
         raise UnauthenticatedError("malformed token")
@@ -95,7 +104,7 @@ def verify_token(secret: bytes, token: str | None, now: float | None = None) -> 
     if header.get("alg") != "HS256" or not isinstance(scope, str):
         raise UnauthenticatedError("malformed token claims")
     if expires_at <= (time.time() if now is None else now):
-        raise UnauthenticatedError("token expired")
+        raise UnauthenticatedError("token expired", "expired")
     return Grant(scope, permission, expires_at)
 
 
@@ -103,8 +112,27 @@ def authorize(secret: bytes, token: str | None, name: str, now: float | None = N
     """The grant `token` gives on document `name`; `ForbiddenError` if it is for another document."""
     grant = verify_token(secret, token, now)
     if not grant.covers(name):
-        raise ForbiddenError(f"token is for {grant.scope!r}, not {name!r}")
+        raise ForbiddenError(f"token is for {grant.scope!r}, not {name!r}", "forbidden")
     return grant
+
+
+class Access:
+    """The server's access policy: open when no secret is configured, tokens otherwise."""
+
+    def __init__(self, secret: bytes | None) -> None:
+        self.secret = secret
+
+    @property
+    def enabled(self) -> bool:
+        return self.secret is not None
+
+    def check(self, token: str | None, name: str | None = None) -> Grant | None:
+        """The grant for `name` (or any name, for a listing); None when access control is off."""
+        if self.secret is None:
+            return None
+        if name is None:
+            return verify_token(self.secret, token)
+        return authorize(self.secret, token, name)
 
 
 def token_from_subprotocols(offered: Sequence[str]) -> str | None:

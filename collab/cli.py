@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import __version__
-from .config import Settings, env_name
+from .config import Settings, env_name, parse_duration
 from .errors import CollabError, ConfigError
 from .formats import FORMATS
 from .logs import configure_logging
@@ -63,6 +64,25 @@ example:
 """
 
 
+TOKEN_EPILOG = """\
+prints only the token, so it can be captured: TOKEN=$(collab token notes/plan --write)
+
+examples:
+  collab token notes/plan --write --ttl 8h
+  collab token team/ --ttl 7d                   read access to every document under team/
+"""
+
+STATS_EPILOG = """\
+example:
+  collab stats --db data/collab.db
+"""
+
+ROOMS_EPILOG = """\
+example:
+  collab rooms --json
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="collab",
@@ -101,6 +121,27 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--name", help="document to merge into [default: the name the file name stands for]")
     restore.set_defaults(handler=_import)
 
+    token = command(
+        "token",
+        "mint an access token",
+        "Mint a token for a document (or a prefix ending in /) with the configured auth secret.",
+        TOKEN_EPILOG,
+    )
+    token.add_argument("name", help="document name, or a prefix ending in / for every document under it")
+    token.add_argument("--write", action="store_true", help="allow editing [default: read only]")
+    token.add_argument("--ttl", type=parse_duration, default=3600.0, help="lifetime: 30m, 12h, 7d [default 1h]")
+    token.add_argument("--auth-secret-file", type=Path, help="[COLLAB_AUTH_SECRET_FILE, or COLLAB_AUTH_SECRET]")
+    token.set_defaults(handler=_token)
+
+    stats = command("stats", "database totals", "Totals for a database: documents, bytes, log rows, history.", STATS_EPILOG)
+    _add_db_flag(stats)
+    stats.set_defaults(handler=_stats)
+
+    rooms = command("rooms", "list documents", "Every document: size, log length, history, last change.", ROOMS_EPILOG)
+    _add_db_flag(rooms)
+    rooms.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rooms.set_defaults(handler=_rooms)
+
     history = command("history", "list the moments a document can be exported at", "List a document's history.", HISTORY_EPILOG)
     _add_db_flag(history)
     history.add_argument("name", help="document name")
@@ -131,7 +172,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .server import run
 
     settings = Settings.load(vars(args))
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     run(settings)
     return 0
 
@@ -158,6 +199,61 @@ def _import(args: argparse.Namespace) -> int:
     result = asyncio.run(import_update(_db(args), update, name))
     outcome = "merged into" if result.changed else "already contained in"
     print(f"{args.file}: {outcome} {result.name!r} ({result.via})", file=sys.stderr)
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from .auth import Permission, mint_token
+    from .names import validate_room_name
+
+    secret = Settings.load({"auth_secret_file": args.auth_secret_file}).secret()
+    if secret is None:
+        raise ConfigError("no auth secret: set COLLAB_AUTH_SECRET or pass --auth-secret-file")
+    validate_room_name(args.name)
+    permission = Permission.WRITE if args.write else Permission.READ
+    print(mint_token(secret, args.name, permission, args.ttl))
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from .lockfile import running_server
+    from .store.sqlite_read import SQLiteReader, read_documents
+
+    db = _db(args)
+    with SQLiteReader(db) as reader, reader.snapshot() as conn:
+        infos = read_documents(conn)
+    files = sum(path.stat().st_size for path in db.parent.glob(db.name + "*") if path.suffix != ".lock")
+    server = running_server(db)
+    lines = {
+        "database": f"{db} ({files} bytes on disk, with WAL)",
+        "server": f"running, pid {server.get('pid')}, {server.get('url', 'starting')}" if server else "not running",
+        "documents": str(len(infos)),
+        "stored bytes": f"{sum(info.size for info in infos)} (snapshots and logs)",
+        "history bytes": str(sum(info.history_size for info in infos)),
+        "log rows": f"{sum(info.log_length for info in infos)} (not yet compacted)",
+    }
+    if infos:
+        from .store.history import format_time
+
+        lines["last change"] = format_time(max(info.updated_at for info in infos))
+    for key, value in lines.items():
+        print(f"{key + ':':<15} {value}")
+    return 0
+
+
+def _rooms(args: argparse.Namespace) -> int:
+    from .api import document_json
+    from .store.sqlite_read import SQLiteReader, read_documents
+
+    with SQLiteReader(_db(args)) as reader, reader.snapshot() as conn:
+        documents = [document_json(info) for info in read_documents(conn)]
+    if args.json:
+        print(json.dumps({"documents": documents}, ensure_ascii=False, indent=2))
+        return 0
+    columns = ("name", "size", "log_length", "history_size", "updated_at")
+    widths = {column: max([len(column), *(len(str(doc[column])) for doc in documents)]) for column in columns}
+    for row in [dict(zip(columns, columns, strict=True)), *documents]:
+        print("  ".join(str(row[column]).ljust(widths[column]) for column in columns).rstrip())
     return 0
 
 

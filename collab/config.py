@@ -50,6 +50,10 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def _origins(text: str) -> tuple[str, ...]:
+    return tuple(origin.strip().rstrip("/") for origin in text.split(",") if origin.strip())
+
+
 def _setting(default: Any, parse: Callable[[str], Any], help: str) -> Any:
     return field(default=default, metadata={"parse": parse, "help": help})
 
@@ -84,7 +88,42 @@ class Settings:
     sqlite_busy_timeout: float = _setting(
         5.0, parse_duration, "how long a write waits for a lock held by another process before it fails and is retried"
     )
+    auth_secret: str | None = _setting(
+        None, str, "turn access control on: the secret tokens are signed with (prefer --auth-secret-file)"
+    )
+    auth_secret_file: Path | None = _setting(None, Path, "read the auth secret from this file")
+    allowed_origin: tuple[str, ...] = _setting(
+        (), _origins, "comma-separated origins browsers may connect from (https://app.example.com); empty: any"
+    )
+    certfile: Path | None = _setting(None, Path, "TLS certificate (PEM): serve wss:// and https://")
+    keyfile: Path | None = _setting(None, Path, "TLS private key (PEM) for --certfile")
+    max_connections: int = _setting(10_000, int, "connections in total; more are closed with 1013")
+    max_room_connections: int = _setting(1_000, int, "connections per room; more are closed with 1013")
+    max_rooms: int = _setting(10_000, int, "rooms loaded in memory; a connection needing one more is closed with 1013")
+    max_messages_per_second: float = _setting(
+        500.0, float, "messages a connection may send per second (bursts of twice that); faster closes with 1008; 0: no limit"
+    )
+    max_buffered: int = _setting(
+        16 * 2**20, parse_size, "bytes queued for a client that reads too slowly before it is closed with 1013"
+    )
+    handshake_timeout: float = _setting(10.0, parse_duration, "close connections that do not complete the handshake in time")
     log_level: str = _setting("info", _choice("debug", "info", "warning", "error"), "log verbosity")
+    log_format: str = _setting("text", _choice("text", "json"), "log lines as text (key=value fields) or JSON objects")
+
+    def secret(self) -> bytes | None:
+        """The auth secret, from the setting or its file; None when access control is off."""
+        if self.auth_secret_file is not None:
+            try:
+                text = self.auth_secret_file.read_text().strip()
+            except OSError as error:
+                raise ConfigError(f"cannot read --auth-secret-file {self.auth_secret_file}: {error.strerror}") from error
+        else:
+            text = self.auth_secret
+        if text is None:
+            return None
+        if len(text) < 16:
+            raise ConfigError("the auth secret must be at least 16 characters long")
+        return text.encode()
 
     @classmethod
     def load(cls, flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:

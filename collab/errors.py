@@ -72,7 +72,11 @@ class InvalidRoomNameError(CollabError):
 
 
 class AuthError(CollabError):
-    """The client may not open this document."""
+    """The client may not open this document; `label` names why, for metrics."""
+
+    def __init__(self, message: str, label: str = "invalid") -> None:
+        super().__init__(message)
+        self.label = label
 
 
 class UnauthenticatedError(AuthError):

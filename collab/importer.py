@@ -11,13 +11,16 @@ holding the database lock so that no server starts meanwhile.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 from pycrdt import Doc
 
+from .auth import Permission, mint_token
 from .client import Client
+from .config import Settings
 from .errors import CollabError, InvalidUpdateError
 from .formats import doc_from_updates
 from .lockfile import DatabaseLock, running_server
@@ -53,20 +56,39 @@ async def import_update(db: Path, update: bytes, name: str) -> Imported:
     if server is not None:
         if "url" not in server:
             raise ImportFailed(f"a collab server (pid {server.get('pid')}) is starting on {db}; try again")
-        return await _through_server(f"{server['url']}/{quote(name)}", update, name)
+        return await _through_server(f"{server['url']}/{quote(name, safe='')}{_token_query(server, name)}", update, name)
     return await _into_database(db, update, name)
 
 
+def _token_query(server: dict[str, object], name: str) -> str:
+    """A short-lived write token when the server checks tokens (minted with the same secret)."""
+    if not server.get("auth"):
+        return ""
+    secret = Settings.load().secret()
+    if secret is None:
+        raise ImportFailed("the server requires tokens: set COLLAB_AUTH_SECRET (or COLLAB_AUTH_SECRET_FILE) to its secret")
+    return "?token=" + mint_token(secret, name, Permission.WRITE, ttl=SERVER_TIMEOUT * 2)
+
+
 async def _through_server(url: str, update: bytes, name: str) -> Imported:
+    # The server was found through its lock file on this machine; its certificate may name a public host.
+    tls = _loopback_tls() if url.startswith("wss:") else None
     async with asyncio.timeout(SERVER_TIMEOUT):
-        async with Client(url) as client:
+        async with Client(url, ssl=tls) as client:
             await client.synced.wait()
             before = client.doc.get_update()
             client.doc.apply_update(update)  # the client sends what is new to the server
             changed = client.doc.get_update() != before
             # A round trip after the update: once answered, the server has handled the update.
             await client.resync()
-    return Imported(name, changed, f"server {url.rsplit('/', 1)[0]}")
+    return Imported(name, changed, f"server {url.split('/')[0]}//{url.split('/')[2]}")
+
+
+def _loopback_tls() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 async def _into_database(db: Path, update: bytes, name: str) -> Imported:

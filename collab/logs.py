@@ -1,15 +1,63 @@
-"""Log set-up: one event per line, `key=value` fields, to stderr."""
+"""Log set-up: one event per line, with its fields (`conn`, `room`, `code`...), as text or JSON.
+
+Log calls pass fields as `extra=fields(conn=..., room=...)`; the text format
+appends them as `key=value`, the JSON format makes them keys of the object.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "fields"]
 
-FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format=FORMAT)
+def fields(**values: Any) -> dict[str, Any]:
+    """`extra=` for a log call: the event's fields."""
+    return {"fields": values}
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extra = getattr(record, "fields", None)
+        if not extra:
+            return line
+        first, newline, rest = line.partition("\n")
+        pairs = " ".join(f"{key}={_text(value)}" for key, value in extra.items())
+        return f"{first} {pairs}{newline}{rest}"
+
+
+class JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "time": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+            **getattr(record, "fields", {}),
+        }
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        return json.dumps(event, default=str, ensure_ascii=False)
+
+
+def _text(value: Any) -> str:
+    text = str(value)
+    return repr(text) if not text or any(char.isspace() or char in "='\"" for char in text) else text
+
+
+def configure_logging(level: str, format: str = "text") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JSONFormatter() if format == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
     # websockets logs every failed handshake at INFO; collab logs what matters itself.
-    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, root.level))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from .errors import ServerBusyError
 from .room import Peer, Room
 from .store import Store
 
@@ -23,10 +24,20 @@ logger = logging.getLogger("collab.rooms")
 class Rooms:
     """Every room in memory, by name."""
 
-    def __init__(self, store: Store, *, unload_after: float = 30.0, compact_after: int = 1000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        unload_after: float = 30.0,
+        compact_after: int = 1000,
+        max_rooms: int = 10_000,
+        max_room_connections: int = 1_000,
+    ) -> None:
         self.store = store
         self.unload_after = unload_after
         self.compact_after = compact_after
+        self.max_rooms = max_rooms
+        self.max_room_connections = max_room_connections
         self._rooms: dict[str, Room] = {}
         self._loading: dict[str, asyncio.Task[Room]] = {}
         self._unloading: dict[str, asyncio.Task[None]] = {}
@@ -41,8 +52,14 @@ class Rooms:
         return self._rooms.get(name)
 
     async def join(self, name: str, peer: Peer) -> Room:
-        """Add `peer` to room `name`, loading it first if needed; raises `StorageError` if it can't load."""
+        """Add `peer` to room `name`, loading it first if needed.
+
+        Raises `StorageError` if it cannot be loaded, `ServerBusyError` if it is full
+        or no more rooms may be loaded.
+        """
         room = self._rooms.get(name) or await self.load(name)
+        if len(room.peers) >= self.max_room_connections:
+            raise ServerBusyError(f"document {name!r} has its limit of {self.max_room_connections} connections")
         if self._rooms.get(name) is not room:
             # Unloaded again between the end of its load and now (another peer came and went).
             return await self.join(name, peer)
@@ -65,6 +82,8 @@ class Rooms:
             return room
         task = self._loading.get(name)
         if task is None:
+            if len(self._rooms) + len(self._loading) >= self.max_rooms:
+                raise ServerBusyError(f"the server has its limit of {self.max_rooms} documents open")
             task = asyncio.create_task(self._load(name), name=f"load {name}")
             self._loading[name] = task
         # Shielded: one joiner giving up must not cancel the load the others wait for.

@@ -1,10 +1,13 @@
 """The network edge: a `websockets` server, one ordered receive loop per connection.
 
 A WebSocket upgrade to `/<room>` joins that room; a plain GET is answered over
-HTTP on the same port by `self.http` (see `collab.http`). Everything a connection sends is parsed
-(`protocol.parse_frame`) and handed to its room in order; any `CollabError`
-closes that connection alone, with the code `errors.close_reason_for` picks.
-`run()` adds signal handling and a graceful, flushing shutdown.
+HTTP on the same port by `self.http` (see `collab.http`). Before a connection
+gets any document data it passes the limits (`--max-connections`, the room's
+own) and, when a secret is configured, the token check. Everything it sends is
+then parsed (`protocol.parse_frame`) and handed to its room in order; any
+`CollabError` closes that connection alone, with the code
+`errors.close_reason_for` picks. `run()` adds signals and a graceful,
+flushing shutdown.
 """
 
 from __future__ import annotations
@@ -13,22 +16,41 @@ import asyncio
 import itertools
 import logging
 import signal
+import ssl
+from collections.abc import Sequence
 from http import HTTPStatus
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
+from websockets.typing import Subprotocol
 
 from .api import install_api
+from .auth import TOKEN_SUBPROTOCOL_PREFIX, Access, token_from_subprotocols
 from .config import Settings
-from .errors import CollabError, ConfigError, UnsupportedDataError, close_reason_for
+from .errors import (
+    AuthError,
+    CollabError,
+    ConfigError,
+    ProtocolError,
+    RateLimitError,
+    ServerBusyError,
+    StorageError,
+    UnsupportedDataError,
+    close_reason_for,
+)
 from .http import HttpRequest, Router, respond
+from .limits import TokenBucket
 from .lockfile import DatabaseLock
+from .logs import fields
+from .metrics import render
 from .names import room_name_from_path
-from .protocol import parse_frame
-from .room import Room
+from .protocol import Auth, Message, SyncStep2, Update, parse_frame
+from .room import EMPTY_UPDATE, Room
 from .rooms import Rooms
+from .server_metrics import ServerMetrics
 from .store.history import Retention
 from .store.sqlite import SQLiteStore
 from .web import install_web
@@ -39,27 +61,46 @@ logger = logging.getLogger("collab.server")
 
 # Close codes a peer may end with without that being worth a warning.
 NORMAL_CLOSURES = (1000, 1001, 1005)
+SUBPROTOCOL = Subprotocol("collab")
+READ_ONLY_NOTICE = "read-only access: your edits are not saved or shared"
+READY_TIMEOUT = 2.0
 
 
 class WebSocketPeer:
     """A connection as a room sees it: an id for logs and a non-blocking `send`."""
 
-    __slots__ = ("_ws", "id")
+    __slots__ = ("_metrics", "_ws", "dropped", "id", "max_buffered", "read_only", "told_read_only")
 
-    def __init__(self, ws: ServerConnection, id: str) -> None:
+    def __init__(self, ws: ServerConnection, id: str, metrics: ServerMetrics, max_buffered: int) -> None:
         self._ws = ws
+        self._metrics = metrics
         self.id = id
+        self.max_buffered = max_buffered
+        self.read_only = False
+        self.told_read_only = False
+        self.dropped = False
 
     def send(self, frame: bytes) -> None:
         # What websockets.broadcast() does for each connection, without its per-call overhead.
         ws = self._ws
-        if ws.protocol.state is not State.OPEN:
+        if ws.protocol.state is not State.OPEN or self.dropped:
             return
         try:
             ws.protocol.send_binary(frame)
             ws.send_data()
         except Exception as error:  # the transport is going away; its handler will clean up
-            logger.debug("conn=%s send failed: %s", self.id, error)
+            logger.debug("send failed", extra=fields(conn=self.id, error=error))
+            return
+        self._metrics.count_sent(frame)
+        if ws.transport.get_write_buffer_size() > self.max_buffered:
+            self._drop_slow_client()
+
+    def _drop_slow_client(self) -> None:
+        """Stop queueing for a client that does not keep up; it resyncs when it reconnects."""
+        self.dropped = True
+        self._metrics.rejected.inc("slow_client")
+        logger.warning("closing a client that reads too slowly", extra=fields(conn=self.id, limit=self.max_buffered))
+        asyncio.get_running_loop().create_task(self._ws.close(1013, "too slow: reconnect to resync"))
 
 
 class CollabServer:
@@ -67,6 +108,9 @@ class CollabServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.access = Access(settings.secret())
+        if (settings.certfile is None) != (settings.keyfile is None):
+            raise ConfigError("TLS needs both --certfile and --keyfile")
         self.store = SQLiteStore(
             settings.db,
             commit_interval=settings.commit_interval,
@@ -79,18 +123,33 @@ class CollabServer:
             ),
         )
         self.lock = DatabaseLock(settings.db)
-        self.rooms = Rooms(self.store, unload_after=settings.unload_after, compact_after=settings.compact_after)
+        self.rooms = Rooms(
+            self.store,
+            unload_after=settings.unload_after,
+            compact_after=settings.compact_after,
+            max_rooms=settings.max_rooms,
+            max_room_connections=settings.max_room_connections,
+        )
+        self.peers: set[WebSocketPeer] = set()
+        self.metrics = ServerMetrics(self)
         self._server: Server | None = None
         self._ids = itertools.count(1)
         self.http = Router()
         self.http.route("/healthz", self._healthz)
-        install_api(self.http, self.store, self.rooms)
+        self.http.route("/readyz", self._readyz)
+        self.http.route("/metrics", self._metrics)
+        install_api(self.http, self.store, self.rooms, self.access, self.metrics)
         install_web(self.http)
         self.port = 0
         """The port listened on, known once started (useful with port 0)."""
 
+    @property
+    def scheme(self) -> str:
+        return "wss" if self.settings.certfile else "ws"
+
     async def start(self) -> None:
         """Open the store, then listen; raises `StorageError` or `ConfigError` saying what is wrong."""
+        tls = self._tls_context()
         self.lock.acquire()
         try:
             await self.store.start()
@@ -102,8 +161,11 @@ class CollabServer:
                 self._handle,
                 self.settings.host,
                 self.settings.port,
+                ssl=tls,
                 process_request=self._process_request,
+                select_subprotocol=self._select_subprotocol,
                 max_size=self.settings.max_message_size,
+                open_timeout=self.settings.handshake_timeout,
                 # Yjs updates are small and mostly incompressible; deflate would cost more CPU than it saves.
                 compression=None,
             )
@@ -112,10 +174,27 @@ class CollabServer:
             self.lock.release()
             raise ConfigError(f"cannot listen on {self.settings.host}:{self.settings.port}: {error.strerror}") from error
         self.port = self._server.sockets[0].getsockname()[1]
-        self.lock.describe(url=f"ws://{connectable_host(self.settings.host)}:{self.port}")
-        logger.info(
-            "listening on http://%s:%d (database %s)", self.settings.host, self.port, self.settings.db
+        self.lock.describe(
+            url=f"{self.scheme}://{connectable_host(self.settings.host)}:{self.port}", auth=self.access.enabled
         )
+        http = "https" if tls else "http"
+        logger.info(
+            "listening on %s://%s:%d",
+            http,
+            self.settings.host,
+            self.port,
+            extra=fields(database=self.settings.db, access_control=self.access.enabled),
+        )
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if self.settings.certfile is None or self.settings.keyfile is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.settings.certfile, self.settings.keyfile)
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError(f"cannot load TLS certificate {self.settings.certfile}: {error}") from error
+        return context
 
     async def stop(self) -> None:
         """Close every connection (1001), then make every accepted update durable."""
@@ -129,48 +208,134 @@ class CollabServer:
         self.lock.release()
         logger.info("stopped; everything is on disk")
 
+    # HTTP.
+
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            return None
-        return await self.http.handle(request)
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return await self.http.handle(request)
+        origin = request.headers.get("Origin")
+        allowed = self.settings.allowed_origin
+        if allowed and origin is not None and origin.rstrip("/") not in allowed:
+            self.metrics.auth_failures.inc("origin")
+            logger.warning("refused an upgrade from another origin", extra=fields(origin=origin))
+            return respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
+        return None
+
+    def _select_subprotocol(self, connection: ServerConnection, offered: Sequence[str]) -> Subprotocol | None:
+        """Browsers fail a connection whose offered subprotocols are all declined: accept one."""
+        if SUBPROTOCOL in offered:
+            return SUBPROTOCOL
+        return next((Subprotocol(p) for p in offered if p.startswith(TOKEN_SUBPROTOCOL_PREFIX)), None)
 
     async def _healthz(self, request: HttpRequest) -> Response:
         return respond(HTTPStatus.OK, "ok\n")
 
+    async def _readyz(self, request: HttpRequest) -> Response:
+        """Ready when the store can take a write lock now and its last commit succeeded."""
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                await self.store.check_writable()
+        except (StorageError, TimeoutError) as error:
+            return respond(HTTPStatus.SERVICE_UNAVAILABLE, f"store not writable: {error or 'timed out'}\n")
+        if self.store.failing:
+            return respond(HTTPStatus.SERVICE_UNAVAILABLE, "store not writable: commits are failing\n")
+        return respond(HTTPStatus.OK, "ready\n")
+
+    async def _metrics(self, request: HttpRequest) -> Response:
+        return respond(HTTPStatus.OK, render(self.metrics.all()), "text/plain; version=0.0.4; charset=utf-8")
+
+    # WebSocket connections.
+
     async def _handle(self, ws: ServerConnection) -> None:
-        peer = WebSocketPeer(ws, str(next(self._ids)))
+        peer = WebSocketPeer(ws, str(next(self._ids)), self.metrics, self.settings.max_buffered)
+        self.peers.add(peer)
         room: Room | None = None
         error: BaseException | None = None
         try:
-            name = room_name_from_path(ws.request.path if ws.request else "")
+            if len(self.peers) > self.settings.max_connections:
+                raise ServerBusyError(f"server is at its limit of {self.settings.max_connections} connections")
+            request_path = ws.request.path if ws.request else ""
+            name = room_name_from_path(request_path)
+            grant = self.access.check(self._token(ws, request_path), name)
+            peer.read_only = grant is not None and not grant.can_write
             room = await self.rooms.join(name, peer)
-            logger.debug("conn=%s joined room=%r from %s", peer.id, name, ws.remote_address)
-            async for frame in ws:
-                if type(frame) is str:
-                    raise UnsupportedDataError("text frames are not part of the y-websocket protocol")
-                room.receive(peer, parse_frame(frame))
+            logger.debug(
+                "joined", extra=fields(conn=peer.id, room=name, peer=ws.remote_address, read_only=peer.read_only)
+            )
+            await self._receive_loop(ws, peer, room)
         except ConnectionClosed:
             pass
         except Exception as caught:
             error = caught
-            code, reason = close_reason_for(caught)
-            await ws.close(code, reason)
+            await self._refuse(ws, caught)
         finally:
+            self.peers.discard(peer)
             if room is not None:
                 self.rooms.leave(room, peer)
             self._log_close(peer, room, ws, error)
 
+    async def _receive_loop(self, ws: ServerConnection, peer: WebSocketPeer, room: Room) -> None:
+        rate = self.settings.max_messages_per_second
+        loop = asyncio.get_running_loop()
+        bucket = TokenBucket(rate, 2 * rate, loop.time()) if rate > 0 else None
+        count_received = self.metrics.count_received
+        async for frame in ws:
+            if type(frame) is str:
+                raise UnsupportedDataError("text frames are not part of the y-websocket protocol")
+            messages = parse_frame(frame)
+            count_received(frame, messages)
+            if bucket is not None and not bucket.take(len(messages), loop.time()):
+                raise RateLimitError(f"more than {rate:g} messages per second")
+            if peer.read_only:
+                messages = self._drop_updates(peer, messages)
+            room.receive(peer, messages)
+
+    def _drop_updates(self, peer: WebSocketPeer, messages: list[Message]) -> list[Message]:
+        """A read-only peer's updates go nowhere; it is told so once and stays connected."""
+        kept = [message for message in messages if type(message) is not Update and type(message) is not SyncStep2]
+        if len(kept) < len(messages):
+            edits = [m for m in messages if type(m) in (Update, SyncStep2) and m.update != EMPTY_UPDATE]  # type: ignore[union-attr]
+            if edits:
+                self.metrics.rejected.inc("read_only", amount=len(edits))
+                if not peer.told_read_only:
+                    peer.told_read_only = True
+                    peer.send(Auth(READ_ONLY_NOTICE).encode())
+        return kept
+
+    @staticmethod
+    def _token(ws: ServerConnection, request_path: str) -> str | None:
+        query = parse_qs(urlsplit(request_path).query)
+        if "token" in query:
+            return query["token"][-1]
+        offered = ws.request.headers.get_all("Sec-WebSocket-Protocol") if ws.request else []
+        return token_from_subprotocols([p.strip() for header in offered for p in header.split(",")])
+
+    async def _refuse(self, ws: ServerConnection, error: Exception) -> None:
+        """Close with the code the error earns; an auth failure is explained in an auth message first."""
+        code, reason = close_reason_for(error)
+        if isinstance(error, AuthError):
+            self.metrics.auth_failures.inc(error.label)
+            try:
+                await ws.send(Auth(f"permission denied: {error}").encode())
+            except ConnectionClosed:
+                return
+        elif isinstance(error, ProtocolError | RateLimitError | ServerBusyError):
+            self.metrics.rejected.inc(type(error).__name__)
+        await ws.close(code, reason)
+
     @staticmethod
     def _log_close(peer: WebSocketPeer, room: Room | None, ws: ServerConnection, error: BaseException | None) -> None:
-        where = f"conn={peer.id} room={room.name if room else None!r}"
+        where = {"conn": peer.id, "room": room.name if room else None}
         if error is not None and not isinstance(error, CollabError):
-            logger.error("%s: unexpected error, closed with %d", where, close_reason_for(error).code, exc_info=error)
+            code = close_reason_for(error).code
+            logger.error("unexpected error, connection closed", extra=fields(**where, code=code), exc_info=error)
         elif error is not None:
-            logger.warning("%s closed with %d: %s", where, close_reason_for(error).code, error)
+            code = close_reason_for(error).code
+            logger.warning("connection closed", extra=fields(**where, code=code, reason=str(error)))
         elif ws.close_code not in NORMAL_CLOSURES:
-            logger.warning("%s closed with %s %s", where, ws.close_code, ws.close_reason)
+            logger.warning("connection closed", extra=fields(**where, code=ws.close_code, reason=ws.close_reason))
         else:
-            logger.debug("%s closed with %s", where, ws.close_code)
+            logger.debug("connection closed", extra=fields(**where, code=ws.close_code))
 
 
 def connectable_host(host: str) -> str:

@@ -58,7 +58,9 @@ async def test_malformed_frames_close_only_the_sender(
             code, reason = await attacker.wait_closed()
             assert code == 1002, (code, reason)
             assert reason
-            await wait_for(lambda: any("closed with 1002" in record.getMessage() for record in caplog.records))
+            await wait_for(lambda: any(getattr(record, "fields", {}).get("code") == 1002 for record in caplog.records))
+        [logged] = [record for record in caplog.records if getattr(record, "fields", {}).get("code") == 1002]
+        assert logged.fields["room"] == "target" and logged.fields["reason"]  # type: ignore[attr-defined]
         await assert_room_still_works(server, "target", healthy, "still here")
 
 

@@ -22,6 +22,7 @@ from typing import Literal, TypeVar
 from pycrdt import merge_updates
 
 from ..errors import CollabError, StorageError
+from ..metrics import Histogram
 from . import DocumentInfo, HistoryPoint, StoredRecord
 
 __all__ = ["GroupCommitStore", "WriteOp"]
@@ -61,6 +62,13 @@ class GroupCommitStore(ABC):
         self._writer: asyncio.Task[None] | None = None
         self.failing = False
         """True while commits fail; cleared by the next successful commit."""
+        self.committed_updates = 0
+        self.committed_compactions = 0
+        self.commit_seconds = Histogram(
+            "collab_store_commit_seconds",
+            "Duration of group commits to the store",
+            (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        )
 
     # Engine hooks, each run on the store's worker thread.
 
@@ -82,6 +90,9 @@ class GroupCommitStore(ABC):
 
     @abstractmethod
     def _close(self) -> None: ...
+
+    def _check_writable(self) -> None:
+        """Engines that can fail to write override this with a cheap probe."""
 
     # The Store interface.
 
@@ -120,6 +131,12 @@ class GroupCommitStore(ABC):
 
     async def documents(self, name: str | None = None) -> list[DocumentInfo]:
         return await self._on_thread(self._documents, name)
+
+    async def check_writable(self) -> None:
+        """Raise `StorageError` unless the engine can take a write lock right now."""
+        if self._writer is None:
+            raise StorageError("store is not running")
+        await self._on_thread(self._check_writable)
 
     async def close(self) -> None:
         if self._writer is None:
@@ -171,6 +188,7 @@ class GroupCommitStore(ABC):
             batch, self._queue = self._queue, []
             if not batch:
                 continue
+            started = time.perf_counter()
             try:
                 await self._on_thread(self._coalesce_and_commit, batch)
             except StorageError as error:
@@ -192,6 +210,10 @@ class GroupCommitStore(ABC):
                 logger.warning("store commits succeed again, %d writes recovered", len(batch))
                 self.failing = False
             retry_delay = RETRY_FIRST_DELAY
+            self.commit_seconds.observe(time.perf_counter() - started)
+            compactions = sum(op.kind == "compact" for op in batch)
+            self.committed_compactions += compactions
+            self.committed_updates += len(batch) - compactions
             self._committed += len(batch)
             self._wake_waiters()
 

@@ -125,6 +125,11 @@ class SQLiteStore(GroupCommitStore):
         migrations.apply(db)
         self._db = db
 
+    def _check_writable(self) -> None:
+        # Taking the write lock (and giving it back) is what a commit needs first.
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute("ROLLBACK")
+
     def _close(self) -> None:
         if self._db is not None:
             self._db.conn.close()
