@@ -321,7 +321,15 @@ class CollabServer:
                 return
         elif isinstance(error, ProtocolError | RateLimitError | ServerBusyError):
             self.metrics.rejected.inc(type(error).__name__)
-        await ws.close(code, reason)
+        closing = asyncio.create_task(ws.close(code, reason))
+        # Discard what the client sent before it saw our close frame: with the receive queue
+        # full, websockets stops reading and would never see the client's answering close.
+        try:
+            async for _ in ws:
+                pass
+        except ConnectionClosed:
+            pass
+        await closing
 
     @staticmethod
     def _log_close(peer: WebSocketPeer, room: Room | None, ws: ServerConnection, error: BaseException | None) -> None:

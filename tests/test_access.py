@@ -1,0 +1,180 @@
+"""Access control: every token path, on WebSocket and HTTP, and the origin check."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from pycrdt import Text
+from websockets.asyncio.client import connect
+
+from collab.auth import Permission, mint_token
+from collab.client import Client
+from collab.server import CollabServer
+
+from .conftest import StartServer
+from .helpers import room_url, stored_text, synced, text, wait_for
+
+SECRET = "a-test-secret-of-enough-length"
+
+
+def token(scope: str, permission: Permission = Permission.WRITE, ttl: float = 600) -> str:
+    return mint_token(SECRET.encode(), scope, permission, ttl)
+
+
+@pytest.fixture
+async def secured(start_server: StartServer) -> CollabServer:
+    return await start_server(auth_secret=SECRET)
+
+
+def with_token(url: str, value: str) -> str:
+    return f"{url}?token={value}"
+
+
+async def refused(url: str, **options: object) -> Client:
+    client = await Client(url, **options).connect()
+    await client.wait_closed()
+    return client
+
+
+@pytest.mark.parametrize(
+    ("make_token", "code", "reason", "label"),
+    [
+        (lambda: None, 4401, "a token is required", "missing"),
+        (lambda: token("notes") + "x", 4401, "invalid token signature", "invalid"),
+        (lambda: mint_token(b"another-secret-entirely", "notes", Permission.WRITE, 600), 4401, "signature", "invalid"),
+        (lambda: token("notes", ttl=-1), 4401, "token expired", "expired"),
+        (lambda: "garbage", 4401, "malformed", "invalid"),
+        (lambda: token("other"), 4403, "token is for 'other', not 'notes'", "forbidden"),
+        (lambda: token("team/"), 4403, "not 'notes'", "forbidden"),
+    ],
+)
+async def test_bad_tokens_are_refused_before_any_document_data(
+    secured: CollabServer, make_token, code: int, reason: str, label: str
+) -> None:
+    async with synced(with_token(room_url(secured, "notes"), token("notes"))) as owner:
+        text(owner).insert(0, "secret plans")
+        await owner.resync()
+        value = make_token()
+        url = room_url(secured, "notes") if value is None else with_token(room_url(secured, "notes"), value)
+        intruder = await refused(url)
+        assert intruder.close_code == code
+        assert intruder.permission_denied is not None and reason in intruder.permission_denied
+        assert not intruder.synced.is_set()
+        assert str(text(intruder)) == "", "no document data before the check"
+        assert intruder.received_frames == 1, "only the auth message"
+    assert secured.metrics.auth_failures.get(label) == 1
+
+
+async def test_write_tokens_work_by_query_and_by_subprotocol(secured: CollabServer) -> None:
+    by_query = with_token(room_url(secured, "team/plan"), token("team/"))
+    async with synced(by_query) as first:
+        text(first).insert(0, "hello")
+        async with Client(
+            room_url(secured, "team/plan"), subprotocols=["collab", f"token.{token('team/plan')}"]
+        ) as second:
+            await second.synced.wait()
+            assert second.ws.subprotocol == "collab"
+            await second.wait_until(lambda: str(text(second)) == "hello")
+            text(second).insert(5, " world")
+            await first.wait_until(lambda: str(text(first)) == "hello world")
+
+
+async def test_a_read_token_reads_and_shares_presence_but_cannot_write(secured: CollabServer, db_path: Path) -> None:
+    url = room_url(secured, "notes")
+    async with synced(with_token(url, token("notes"))) as writer:
+        text(writer).insert(0, "original")
+        await wait_for(lambda: stored_text(db_path, "notes") == "original")
+        async with synced(with_token(url, token("notes", Permission.READ))) as reader:
+            assert str(text(reader)) == "original"
+            reader.set_awareness({"user": "viewer"})
+            await writer.wait_until(lambda: writer.awareness.get(reader.client_id) == {"user": "viewer"})
+            text(reader).insert(0, "vandalism ")
+            text(reader).insert(0, "more ")
+            await reader.resync()
+            assert reader.permission_denied is not None and "read-only" in reader.permission_denied
+            assert reader.close_code is None, "stays connected"
+            text(writer).insert(8, "!")
+            await reader.wait_until(lambda: str(text(reader)).endswith("original!"))
+            await writer.resync()
+            assert str(text(writer)) == "original!"
+            room = secured.rooms.get("notes")
+            assert room is not None and str(room.doc.get("content", type=Text)) == "original!"
+            await secured.store.flush()
+            assert stored_text(db_path, "notes") == "original!"
+    assert secured.metrics.rejected.get("read_only") >= 2
+
+
+async def test_without_a_secret_everything_is_open(server: CollabServer) -> None:
+    async with synced(room_url(server, "open")) as client:
+        text(client).insert(0, "no token needed")
+        await client.resync()
+
+
+async def test_http_api_honours_tokens(secured: CollabServer) -> None:
+    async with synced(with_token(room_url(secured, "team/a"), token("team/a"))) as writer:
+        text(writer).insert(0, "A")
+        await writer.resync()
+    async with synced(with_token(room_url(secured, "other"), token("other"))) as writer:
+        text(writer).insert(0, "B")
+        await writer.resync()
+    await secured.store.flush()
+
+    def get(path: str, bearer: str | None = None) -> tuple[int, bytes]:
+        request = urllib.request.Request(f"http://127.0.0.1:{secured.port}{path}")
+        if bearer:
+            request.add_header("Authorization", f"Bearer {bearer}")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    assert (await asyncio.to_thread(get, "/api/docs"))[0] == 401
+    status, body = await asyncio.to_thread(get, "/api/docs", token("team/", Permission.READ))
+    assert status == 200 and [doc["name"] for doc in json.loads(body)["documents"]] == ["team/a"]
+    assert (await asyncio.to_thread(get, "/api/docs/team%2Fa?format=txt&token=" + token("team/a", Permission.READ))) == (
+        200,
+        b"A",
+    )
+    assert (await asyncio.to_thread(get, "/api/docs/other?format=txt", token("team/")))[0] == 403
+    assert (await asyncio.to_thread(get, "/api/docs/other?format=txt", token("other", ttl=-5)))[0] == 401
+    assert (await asyncio.to_thread(get, "/"))[0] == 200, "the page itself holds no document data"
+
+
+async def test_allowed_origins_refuse_other_browsers(start_server: StartServer) -> None:
+    server = await start_server(allowed_origin=("https://app.example.com",))
+    async with connect(room_url(server, "x"), origin="https://app.example.com") as allowed:
+        await allowed.recv()
+    with pytest.raises(Exception, match="403"):
+        async with connect(room_url(server, "x"), origin="https://evil.example.com"):
+            pass
+    async with synced(room_url(server, "x")):  # non-browser clients send no Origin
+        pass
+    assert server.metrics.auth_failures.get("origin") == 1
+
+
+def test_token_command_prints_only_a_token(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from collab.auth import verify_token
+
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "collab", "token", "team/", "--write", "--ttl", "2h", "--auth-secret-file", str(secret_file)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    grant = verify_token(SECRET.encode(), result.stdout.strip())
+    assert grant.scope == "team/" and grant.can_write
+    assert 7000 < grant.expires_at - time.time() <= 7200
+    assert result.stdout.count("\n") == 1

@@ -1,0 +1,94 @@
+"""Each limit trips with its documented close code while a well-behaved client carries on."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pycrdt import Text
+
+from collab.client import Client
+from collab.protocol import AwarenessEntry, awareness_message
+from collab.server import CollabServer
+
+from .conftest import StartServer
+from .helpers import room_url, synced, text, wait_for
+
+
+async def still_works(server: CollabServer, client: Client, room: str, marker: str) -> None:
+    """The client's edit reaches the server's document."""
+    text(client).insert(len(str(text(client))), marker)
+    await client.resync()
+    document = server.rooms.get(room)
+    assert document is not None and marker in str(document.doc.get("content", type=Text))
+
+
+async def test_too_many_connections_are_closed_with_1013(start_server: StartServer) -> None:
+    server = await start_server(max_connections=2)
+    async with synced(room_url(server, "a")) as first, synced(room_url(server, "b")):
+        extra = await Client(room_url(server, "c")).connect()
+        assert (await extra.wait_closed())[0] == 1013
+        await still_works(server, first, "a", "ok")
+    assert server.metrics.rejected.get("ServerBusyError") == 1
+
+
+async def test_a_full_room_and_too_many_rooms_are_closed_with_1013(start_server: StartServer) -> None:
+    server = await start_server(max_room_connections=1, max_rooms=1)
+    async with synced(room_url(server, "only")) as first:
+        same_room = await Client(room_url(server, "only")).connect()
+        code, reason = await same_room.wait_closed()
+        assert code == 1013 and "limit of 1 connections" in (reason or "")
+        other_room = await Client(room_url(server, "another")).connect()
+        code, reason = await other_room.wait_closed()
+        assert code == 1013 and "limit of 1 documents" in (reason or "")
+        await still_works(server, first, "only", "fine")
+
+
+async def test_a_flooding_client_is_closed_with_1008(start_server: StartServer) -> None:
+    server = await start_server(max_messages_per_second=50)
+    async with synced(room_url(server, "flood")) as polite:
+        flooder = await Client(room_url(server, "flood")).connect()
+        await flooder.synced.wait()
+        for clock in range(1, 400):
+            flooder.send_raw(awareness_message([AwarenessEntry(flooder.client_id, clock, '{"spam":true}')]))
+        code, reason = await flooder.wait_closed()
+        assert code == 1008 and "messages per second" in (reason or "")
+        await still_works(server, polite, "flood", "calm")
+        # Typing at a human pace stays well under the limit.
+        for char in "typing":
+            text(polite).insert(0, char)
+            await polite.resync()
+        assert polite.close_code is None
+
+
+async def test_a_client_that_never_completes_the_handshake_is_dropped(start_server: StartServer) -> None:
+    server = await start_server(handshake_timeout=0.2)
+    async with synced(room_url(server, "handshake")) as healthy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /handshake HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never finishes the request
+        async with asyncio.timeout(10):
+            assert await reader.read() == b"", "the server closed the connection"
+        writer.close()
+        await still_works(server, healthy, "handshake", "alive")
+
+
+async def test_a_client_that_reads_too_slowly_is_closed_with_1013(start_server: StartServer) -> None:
+    server = await start_server(max_buffered=256 * 1024)
+    async with synced(room_url(server, "slow")) as writer, synced(room_url(server, "slow")) as healthy:
+        slow = await Client(room_url(server, "slow")).connect()
+        await slow.synced.wait()
+        slow.ws.transport.pause_reading()  # stops reading: the kernel buffers, then the server's, fill up
+        chunk = "x" * 50_000
+        for _ in range(400):  # 20 MB in all, far beyond what the sockets and the cap hold
+            text(writer).insert(len(str(text(writer))), chunk)
+            await asyncio.sleep(0)
+            if server.metrics.rejected.get("slow_client"):
+                break
+        await wait_for(lambda: server.metrics.rejected.get("slow_client") == 1)
+        await writer.resync()
+        await healthy.wait_until(lambda: len(str(text(healthy))) == len(str(text(writer))))
+        slow.ws.transport.resume_reading()
+        code, reason = await slow.wait_closed(timeout=30)
+        assert code == 1013 and "too slow" in (reason or "")
+        # The slow client's reconnection resyncs everything.
+        async with synced(room_url(server, "slow")) as back:
+            assert len(str(text(back))) == len(str(text(writer)))
