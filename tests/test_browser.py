@@ -17,6 +17,8 @@ from urllib.parse import quote
 import pytest
 from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, async_playwright, expect
 
+from pycrdt import Text
+
 from collab.server import CollabServer
 
 from .conftest import StartServer
@@ -366,3 +368,35 @@ async def test_the_editor_fits_a_phone(browser: Browser, server: CollabServer) -
     assert max(widths[:2]) <= widths[2], widths
     await phone.screenshot("editor-phone.png")
     phone.assert_no_errors()
+
+
+async def test_pages_carry_the_access_token(browser: Browser, start_server: StartServer) -> None:
+    from collab.auth import Permission, mint_token
+
+    secret = "browser-test-secret-0123456789"
+    server = await start_server(auth_secret=secret)
+    token = mint_token(secret.encode(), "team/", Permission.WRITE, 600)
+    async with synced(f"{room_url(server, 'team/plan')}?token={token}") as client:
+        text(client).insert(0, "for the team")
+        await client.resync()
+    await server.store.flush()
+
+    home = await Person.arrive(browser, f"http://127.0.0.1:{server.port}/?token={token}")
+    rows = home.page.locator("#documents .doc-row")
+    await expect(rows).to_have_count(1)
+    await rows.first.click()
+    await home.introduce(*ADA[:2])
+    await home.wait_status("connected")
+    await home.wait_text("(text) => text === 'for the team'")
+    await home.type_at("Control+End", "!")
+    room = server.rooms.get("team/plan")
+    assert room is not None
+    await wait_for(lambda: str(room.doc.get("content", type=Text)) == "for the team!")
+    home.assert_no_errors()
+
+    stranger = await Person.arrive(browser, f"http://127.0.0.1:{server.port}/d/team/plan")
+    await stranger.introduce(*GRACE[:2])
+    await stranger.wait_status("refused")
+    await expect(stranger.page.locator("#banner")).to_contain_text("4401")
+    await stranger.page.goto(f"http://127.0.0.1:{server.port}/")
+    await expect(stranger.page.locator("#list-error")).to_contain_text("needs an access token")

@@ -16,7 +16,7 @@ import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
 
 import { h, initials } from './dom.js'
 import { askIdentity, awarenessUser, loadIdentity } from './identity.js'
-import { nameFromEditorPath, roomPath, websocketServer } from './names.js'
+import { nameFromEditorPath, pageToken, roomPath, websocketServer, withToken } from './names.js'
 import { editorTheme, markdownHighlighting } from './theme.js'
 
 /** The root Y.Text every collab client edits; other clients and the export script use the same name. */
@@ -52,7 +52,9 @@ function main () {
 
   const doc = new Y.Doc()
   const text = doc.getText(CONTENT)
-  const provider = new WebsocketProvider(websocketServer(), roomPath(name), doc)
+  // With access control on, the page's ?token= goes to the server as the provider's URL parameter.
+  const token = pageToken()
+  const provider = new WebsocketProvider(websocketServer(), roomPath(name), doc, { params: token ? { token } : {} })
   const undoManager = new Y.UndoManager(text)
   const editable = new Compartment()
   const hint = new Compartment()
@@ -120,7 +122,7 @@ function showRefusal (message) {
   showBanner('error',
     h('strong', {}, 'This document can’t be opened. '),
     message, ' ',
-    h('a', { href: '/' }, 'Back to all documents')
+    h('a', { href: withToken('/') }, 'Back to all documents')
   )
 }
 

@@ -2,7 +2,7 @@
 // Typing in the field also filters the list.
 
 import { h } from './dom.js'
-import { editorPath, nameProblem } from './names.js'
+import { editorPath, nameProblem, withToken } from './names.js'
 
 const $ = (selector) => document.querySelector(selector)
 const REFRESH_EVERY_MS = 15000
@@ -42,7 +42,7 @@ function render () {
   const shown = documents.filter((doc) => !query || doc.name.toLowerCase().includes(query))
   $('#documents').replaceChildren(...shown.map((doc) =>
     h('li', {},
-      h('a', { class: 'doc-row', href: editorPath(doc.name) },
+      h('a', { class: 'doc-row', href: withToken(editorPath(doc.name)) },
         h('span', { class: 'doc-title' }, h('span', { class: 'doc-icon', 'aria-hidden': 'true' }), h('span', { class: 'doc-name-text' }, doc.name)),
         h('span', { class: 'doc-size' }, formatSize(doc.size)),
         h('time', { class: 'doc-when', datetime: doc.updated_at, title: absolute.format(new Date(doc.updated_at)) }, formatWhen(doc.updated_at))
@@ -61,7 +61,11 @@ function render () {
 
 async function load () {
   try {
-    const response = await fetch('/api/docs', { cache: 'no-store' })
+    const response = await fetch(withToken('/api/docs'), { cache: 'no-store' })
+    if (response.status === 401 || response.status === 403) {
+      const { error } = await response.json()
+      throw new Error(`this server needs an access token: open the link with ?token=… you were given (${error})`)
+    }
     if (!response.ok) throw new Error(`the server answered ${response.status}`)
     documents = (await response.json()).documents
       .sort((a, b) => b.updated_at.localeCompare(a.updated_at) || a.name.localeCompare(b.name))
@@ -85,7 +89,7 @@ $('#open-form').addEventListener('submit', (event) => {
   const name = $('#open-name').value.trim()
   const problem = nameProblem(name)
   showProblem(problem)
-  if (!problem) window.location.assign(editorPath(name))
+  if (!problem) window.location.assign(withToken(editorPath(name)))
 })
 $('#open-name').addEventListener('input', () => {
   showProblem(null)

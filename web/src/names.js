@@ -44,3 +44,14 @@ export function websocketServer (where = window.location) {
 export function roomPath (name) {
   return encodeURIComponent(name)
 }
+
+/** The access token this page was opened with (`?token=...`), or null when the server needs none. */
+export function pageToken (where = window.location) {
+  return new URLSearchParams(where.search).get('token')
+}
+
+/** `path` with the page's access token carried along, for links and API requests. */
+export function withToken (path, token = pageToken()) {
+  if (!token) return path
+  return `${path}${path.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`
+}
