@@ -16,7 +16,6 @@ from urllib.parse import quote
 
 import pytest
 from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, async_playwright, expect
-
 from pycrdt import Text
 
 from collab.server import CollabServer
