@@ -178,3 +178,20 @@ def test_token_command_prints_only_a_token(tmp_path: Path) -> None:
     assert grant.scope == "team/" and grant.can_write
     assert 7000 < grant.expires_at - time.time() <= 7200
     assert result.stdout.count("\n") == 1
+
+
+def test_the_readme_minting_snippet_makes_valid_tokens() -> None:
+    import re
+
+    from collab.auth import verify_token
+
+    from .helpers import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    snippet = re.search(r"```python\n(import base64, hashlib.*?)```", readme, re.DOTALL)
+    assert snippet, "the README shows how an app server mints tokens"
+    namespace: dict[str, object] = {}
+    exec(snippet[1], namespace)  # noqa: S102 - our own README
+    minted = namespace["collab_token"](SECRET.encode(), "team/", "read", 60)  # type: ignore[operator]
+    grant = verify_token(SECRET.encode(), minted)
+    assert grant.scope == "team/" and not grant.can_write
