@@ -153,6 +153,10 @@ def _add_db_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", type=Path, help=f"database file [{env_name('db')}, default {Settings.db}]")
 
 
+def _shown(default: object) -> str:
+    return "none" if default is None or default == () else str(default)
+
+
 def _db(args: argparse.Namespace) -> Path:
     return Settings.load({"db": args.db}).db
 
@@ -164,7 +168,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
             type=item.metadata["parse"],
             default=None,
             metavar=item.name.split("_")[-1].upper(),
-            help=f"{item.metadata['help']} [{env_name(item.name)}, default {item.default}]",
+            help=f"{item.metadata['help']} [{env_name(item.name)}, default {_shown(item.default)}]",
         )
 
 
