@@ -44,3 +44,14 @@ ensure_node_packages() { # ensure_node_packages DIR   (a folder with package.jso
     echo "$want" > "$dir/node_modules/.collab-installed"
   fi
 }
+
+BENCH_REFERENCE="$ROOT/.cache/bench/reference"
+
+ensure_bench_reference() { # the reference @y/websocket-server that scripts/bench compares with, in .cache/bench/
+  local src="$ROOT/scripts/benchlib/reference" file
+  mkdir -p "$BENCH_REFERENCE"
+  for file in package.json package-lock.json; do
+    cmp -s "$src/$file" "$BENCH_REFERENCE/$file" || cp "$src/$file" "$BENCH_REFERENCE/$file"
+  done
+  ensure_node_packages "$BENCH_REFERENCE"
+}
