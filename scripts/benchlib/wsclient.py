@@ -16,6 +16,7 @@ import base64
 import hashlib
 import os
 from collections.abc import Callable
+from typing import cast
 from urllib.parse import urlsplit
 
 from websockets.speedups import apply_mask  # C; the same masking the servers undo
@@ -68,9 +69,8 @@ class WsClient(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass, but quacks alike
+        self.transport.write(
             b"GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
             % (self._path.encode(), self._host.encode(), self._key)
@@ -120,6 +120,11 @@ class WsClient(asyncio.Protocol):
         """Send a frame made by `encode_frame`; dropped once the connection is closing."""
         if self.transport is not None and not self._close_sent:
             self.transport.write(frame)
+
+    def write_frames(self, frames: list[bytes]) -> None:
+        """Send several frames made by `encode_frame` in one write."""
+        if self.transport is not None and not self._close_sent:
+            self.transport.writelines(frames)
 
     async def drain(self) -> None:
         """Wait while the transport's write buffer is above its high-water mark."""

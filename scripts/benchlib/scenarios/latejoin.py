@@ -45,13 +45,14 @@ async def run(ctx: Context, target: Target) -> Result:
     size = ctx.sizes.latejoin
     result = Result("latejoin", target.name, params={**vars(size), "ops": list(size.ops)})
     samples: dict[str, list[float]] = {}
+    streams = [ctx.stream("latejoin", 0, ops) for ops in size.ops]
+    uploads = [chunked(stream, size.upload_chunk) for stream in streams]
     with Meter(target) as meter:
-        for index, ops in enumerate(size.ops):
+        for index, (ops, stream, upload) in enumerate(zip(size.ops, streams, uploads)):
             room = ctx.room("latejoin", index)
-            stream = ctx.stream("latejoin", 0, ops)
             expected = expected_text([stream])
             writer = await join(target.url(room), keep=False)
-            for i, frame in enumerate(chunked(stream, size.upload_chunk)):
+            for i, frame in enumerate(upload):
                 writer.ws.write_frame(frame)
                 if i % 100 == 99:
                     await writer.ws.drain()

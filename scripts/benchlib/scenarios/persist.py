@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
-from pycrdt import get_state
+from pycrdt import get_update
+
+from collab.protocol import encode_var_uint
 
 from ..context import Context, close_all
 from ..peer import Peer, join, text_of
@@ -83,9 +86,16 @@ def clock(state_vector: bytes, client_id: int) -> int:
     return 0
 
 
-def durable(db: Database, room: str, stream: Stream) -> bool:
+def holds_last_keystroke(stream: Stream) -> Callable[[bytes], bool]:
+    """A test of a stored row: does it contain the stream's last keystroke (an insert, at clock final - 1)?
+
+    `get_update(row, sv)` keeps the structs of `row` that `sv` lacks; with sv = {writer: final - 1} only the
+    last keystroke can remain, and an update's first byte is its number of clients with structs.
+    (pycrdt's get_state(update) cannot tell: it reports only clocks contiguous from 0.)
+    """
     final = clock(stream.state_vector, stream.client_id)
-    return any(clock(get_state(row), stream.client_id) >= final for row in db.newest_rows(room))
+    before_last = encode_var_uint(1) + encode_var_uint(stream.client_id) + encode_var_uint(final - 1)
+    return lambda row: get_update(row, before_last)[0] != 0
 
 
 async def send_all(writer: Peer, stream: Stream) -> None:
@@ -112,11 +122,12 @@ async def run(ctx: Context, target: Target) -> Result:
         with Meter(target) as meter:
             start = loop.time()
             sending = asyncio.gather(*(send_all(writer, stream) for writer, stream in zip(writers, streams)))
+            done = [holds_last_keystroke(stream) for stream in streams]
             pending = set(range(size.rooms))
             deadline = start + DURABLE_TIMEOUT
             while pending and loop.time() < deadline:
                 await asyncio.sleep(POLL_S)
-                pending = {r for r in pending if not durable(db, rooms[r], streams[r])}
+                pending = {r for r in pending if not any(map(done[r], db.newest_rows(rooms[r])))}
             end = loop.time()
             await sending
         meter.record(result)
