@@ -38,6 +38,7 @@ examples:
   scripts/bench                                 # the standard suite (a few minutes)
   scripts/bench saturate fanout --set saturate.seconds=20
   scripts/bench --no-reference --server hocuspocus=ws://127.0.0.1:1235
+  git archive HEAD~3 collab | tar -x -C /tmp/before && scripts/bench saturate --collab before=/tmp/before
 """
 
 UNLOAD_AFTER_S = 0.5
@@ -64,10 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=URL",
         help="also measure a running server (ws://host:port)",
     )
+    parser.add_argument(
+        "--collab",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="also run the collab package found in DIR (e.g. an older commit, from git archive), as NAME",
+    )
     parser.add_argument("--json-out", type=Path, help="also write every result to this file, as a JSON list")
     parser.add_argument("--seed", type=int, default=1, help="seed of the typing workloads")
     parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="load generator's loop")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (server logs, databases)")
+    parser.add_argument(
+        "--py-spy", type=Path, metavar="DIR", help="profile collab with py-spy during each scenario, into DIR"
+    )
     return parser
 
 
@@ -83,7 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     targets: list[Target] = []
     if not args.no_collab:
-        targets.append(collab_target(UNLOAD_AFTER_S))
+        collab = collab_target(UNLOAD_AFTER_S)
+        collab.profile_dir = args.py_spy.resolve() if args.py_spy else None
+        targets.append(collab)
+    for spec in args.collab:
+        name, sep, source = spec.partition("=")
+        if not sep or name in ("collab", "reference"):
+            parser.error(f"--collab {spec!r}: expected NAME=DIR, NAME neither collab nor reference")
+        targets.append(collab_target(UNLOAD_AFTER_S, name, Path(source)))
     if not args.no_reference:
         targets.append(reference_target(args.reference_dir))
     for spec in args.server:

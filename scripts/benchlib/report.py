@@ -9,7 +9,7 @@ from .results import Number, Result
 
 __all__ = ["render"]
 
-LOWER_IS_BETTER = ("_ms", "_kb", "_mb", "ratio")
+LOWER_IS_BETTER = ("_ms", "_kb", "_mb", "ratio", "_per_update")
 
 
 @dataclass(frozen=True)

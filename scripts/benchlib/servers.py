@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -99,10 +100,16 @@ class ManagedTarget(Target):
     base_url: str = ""
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    profile_dir: Path | None = None
+    """If set, py-spy records the server while each scenario runs (raw collapsed stacks, one file each)."""
+    profiler: subprocess.Popen[bytes] | None = None
 
     @property
     def can_unload(self) -> bool:
         return self.kind == "collab"
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "kind": self.kind, "version": self.version}
 
     async def start(self, scenario: str, run_dir: Path) -> None:
         port = free_port()
@@ -120,8 +127,14 @@ class ManagedTarget(Target):
         self.pid = self.process.pid
         self.base_url = f"ws://127.0.0.1:{port}"
         await wait_listening(port, self.process, self.log_path)
+        if self.profile_dir is not None:
+            self.profiler = start_py_spy(self.pid, self.profile_dir / f"{self.name}-{scenario}.txt")
 
     async def stop(self) -> None:
+        profiler, self.profiler = self.profiler, None
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            await asyncio.to_thread(profiler.wait, 30)
         process, self.process = self.process, None
         if process is None:
             return
@@ -157,20 +170,38 @@ class ManagedTarget(Target):
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def describe(self) -> dict[str, object]:
-        return {"name": self.name, "kind": self.kind, "version": self.version}
 
 
-def collab_target(unload_after: float) -> ManagedTarget:
-    """collab with persistence on: a fresh SQLite file per scenario, default settings otherwise."""
-    from collab import __version__
+def collab_target(unload_after: float, name: str = "collab", source: Path | None = None) -> ManagedTarget:
+    """collab with persistence on: a fresh SQLite file per scenario, default settings otherwise.
 
+    `source`: a directory holding another `collab` package (say, an older commit's tree from `git archive`)
+    to run instead of the installed one, with the same Python and dependencies.
+    """
     command = [sys.executable, "-m", "collab", "serve", "--host", "127.0.0.1", "--port", "{port}"]
     command += ["--db", "{dir}/collab.db", "--unload-after", str(unload_after)]
     debug = ["--log-level", "debug"]  # only where the harness waits for "unloaded room"
+    env = {}
+    if source is not None:
+        if not (source / "collab" / "__init__.py").exists():
+            raise SystemExit(f"--collab {name}={source}: no collab package there")
+        env["PYTHONPATH"] = str(source.resolve())
     return ManagedTarget(
-        "collab", "collab", command, version=__version__, scenario_args={"latejoin": debug, "persist": debug}
+        name,
+        "collab",
+        command,
+        env=env,
+        version=collab_version(source),
+        scenario_args={"latejoin": debug, "persist": debug},
     )
+
+
+def collab_version(source: Path | None) -> str:
+    root = source or ROOT
+    described = subprocess.run(
+        ["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
+    )
+    return described.stdout.strip() or str(root)
 
 
 def reference_target(directory: Path = REFERENCE_DIR) -> ManagedTarget:
@@ -188,6 +219,16 @@ def reference_target(directory: Path = REFERENCE_DIR) -> ManagedTarget:
         env={"HOST": "127.0.0.1", "PORT": "{port}"},
         version=f"@y/websocket-server {version[1] if version else '?'}, yjs {yjs_version[1] if yjs_version else '?'}",
     )
+
+
+def start_py_spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    """Sample `pid` at 100 Hz without pausing it (--nonblocking), into collapsed stacks at `output`."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        raise RuntimeError("--py-spy needs py-spy: .venv/bin/pip install py-spy")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    command = [py_spy, "record", "--pid", str(pid), "--rate", "100", "--nonblocking", "--format", "raw"]
+    return subprocess.Popen([*command, "--output", str(output)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def free_port() -> int:

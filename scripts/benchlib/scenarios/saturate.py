@@ -111,6 +111,9 @@ async def run(ctx: Context, target: Target) -> Result:
             "updates": total,
             "seconds": round(elapsed, 3),
         }
+        if meter.server_cpu is not None:
+            # Less noisy than updates/s on a shared machine: what each update cost the server, all included.
+            result.metrics["server_us_per_update"] = round(meter.server_cpu / total * 1e6, 2)
         result.checks["drained"] = drained
         if any(count == size.cap for count in counts):
             result.notes.append(f"a writer used all {size.cap} prepared keystrokes: raise saturate.cap")
