@@ -13,6 +13,7 @@ Message bytes (see collab.protocol): 0 0 ... sync step 1, 0 1 ... sync step 2, 0
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable
 
 from pycrdt import Doc, Text, merge_updates
@@ -42,7 +43,7 @@ class Peer:
         self.frames = 0
         self.updates = 0
         self.synced: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        """Resolves to the loop time the server's sync step 2 arrived."""
+        """Resolves to the time.perf_counter() at which the server's sync step 2 arrived."""
         self.on_update: Callable[[Peer, bytes], None] | None = None
         self.index = index
         self.step2 = b""
@@ -65,7 +66,7 @@ class Peer:
                 self.kept.append(message)
             if not self.synced.done():
                 self.step2 = message
-                self.synced.set_result(asyncio.get_running_loop().time())
+                self.synced.set_result(time.perf_counter())
             elif self._answer is not None and not self._answer.done():
                 self._answer.set_result(message)
         elif kind == 0:

@@ -171,7 +171,6 @@ class ManagedTarget(Target):
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-
 def collab_target(unload_after: float, name: str = "collab", source: Path | None = None) -> ManagedTarget:
     """collab with persistence on: a fresh SQLite file per scenario, default settings otherwise.
 

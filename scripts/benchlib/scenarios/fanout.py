@@ -1,7 +1,7 @@
 """`fanout`: rooms of clients, a few writers typing at a fixed rate; delivery latency and convergence.
 
 Writer w sends its k-th keystroke at start + k / rate (writers staggered evenly within one interval) and
-notes when. Every other client of the room, on receiving an update, reads the writer's client id from the
+notes when, by time.perf_counter() (not loop.time(), which uvloop caches per iteration in milliseconds). Every other client of the room, on receiving an update, reads the writer's client id from the
 update's first bytes (`writer_of`) and counts that writer's updates: the k-th one received is the k-th sent,
 since a server relays one connection's updates in order. Latency is receive time minus send time, on one
 monotonic clock (all clients live in this process). The rate is meant to be well below saturation.
@@ -10,6 +10,7 @@ monotonic clock (all clients live in this process). The rate is meant to be well
 from __future__ import annotations
 
 import asyncio
+import time
 
 from ..context import Context, close_all
 from ..peer import Peer, text_of
@@ -33,10 +34,10 @@ class Latencies:
     def listen(self, peer: Peer, own_writer: int | None) -> None:
         received = [0] * len(self.sent_at)
         writer_index, sent_at, samples = self.writer_index, self.sent_at, self.samples
-        loop = asyncio.get_running_loop()
+        perf_counter = time.perf_counter
 
         def on_update(peer: Peer, message: bytes) -> None:
-            now = loop.time()
+            now = perf_counter()
             w = writer_index[writer_of(message)]
             if w == own_writer:
                 self.echoes += 1
@@ -48,13 +49,12 @@ class Latencies:
 
 
 async def paced(peer: Peer, stream: Stream, sent_at: list[float], start: float, rate: float) -> None:
-    loop = asyncio.get_running_loop()
     interval = 1.0 / rate
     for k, frame in enumerate(stream.frames):
-        delay = start + k * interval - loop.time()
+        delay = start + k * interval - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        sent_at.append(loop.time())
+        sent_at.append(time.perf_counter())
         peer.ws.write_frame(frame)
 
 
@@ -70,10 +70,9 @@ async def run(ctx: Context, target: Target) -> Result:
         for peer in room_peers:
             latencies.listen(peer, r * size.writers + peer.index if peer.index < size.writers else None)
     expected_deliveries = size.rooms * size.writers * n * (size.clients - 1)
-    loop = asyncio.get_running_loop()
     try:
         with Meter(target) as meter:
-            start = loop.time() + 0.05
+            start = time.perf_counter() + 0.05
             total_writers = size.rooms * size.writers
             await asyncio.gather(
                 *(

@@ -12,6 +12,7 @@ what a newcomer gets from the server.
 from __future__ import annotations
 
 import asyncio
+import time
 
 from ..context import Context, close_all
 from ..peer import Peer, text_of
@@ -51,7 +52,7 @@ class RoomLoad:
             self.waiting = False
             self.wake.set()
         if reader.updates == self.sent:
-            self.last_delivery = asyncio.get_running_loop().time()
+            self.last_delivery = time.perf_counter()
 
     def stop(self) -> None:
         self.stopped = True
@@ -89,8 +90,8 @@ async def run(ctx: Context, target: Target) -> Result:
     loop = asyncio.get_running_loop()
     try:
         with Meter(target) as meter:
-            start = loop.time()
-            timers = [loop.call_at(start + size.seconds, load.stop) for load in loads]
+            start = time.perf_counter()
+            timers = [loop.call_later(size.seconds, load.stop) for load in loads]
             counts = await asyncio.gather(
                 *(
                     load.write(writer, stream)
@@ -101,7 +102,7 @@ async def run(ctx: Context, target: Target) -> Result:
             for timer in timers:
                 timer.cancel()  # if every writer ran out of keystrokes early
             drained = await wait_until(lambda: all(load.delivered() == load.sent for load in loads), DRAIN_TIMEOUT)
-            end = max(load.last_delivery for load in loads) if drained else loop.time()
+            end = max(load.last_delivery for load in loads) if drained else time.perf_counter()
         meter.record(result)
         total = sum(counts)
         elapsed = end - start
