@@ -40,7 +40,13 @@ NORMAL_CLOSURES = (1000, 1001, 1005)
 
 
 class WebSocketPeer:
-    """A connection as a room sees it: an id for logs and a non-blocking `send`."""
+    """A connection as a room sees it: an id for logs and a non-blocking `send`.
+
+    The relay's hot path (profiled in docs/benchmarks.md). Each message becomes a WebSocket frame once,
+    shared by every recipient (`server_frame`), and written straight to the transport: with compression
+    off, no extension transforms frames, so what websockets' send_binary() would serialize per peer is
+    the same bytes for all.
+    """
 
     __slots__ = ("_ws", "id")
 
@@ -49,15 +55,41 @@ class WebSocketPeer:
         self.id = id
 
     def send(self, frame: bytes) -> None:
-        # What websockets.broadcast() does for each connection, without its per-call overhead.
         ws = self._ws
         if ws.protocol.state is not State.OPEN:
             return
         try:
-            ws.protocol.send_binary(frame)
-            ws.send_data()
+            ws.transport.write(server_frame(frame))
         except Exception as error:  # the transport is going away; its handler will clean up
             logger.debug("conn=%s send failed: %s", self.id, error)
+
+
+class _FrameCache:
+    """The last message's frame: a room hands the same bytes object to each of its peers in turn."""
+
+    __slots__ = ("frame", "message")
+
+    def __init__(self) -> None:
+        self.message = b""
+        self.frame = b"\x82\x00"  # the empty message's frame, so that the cache is never wrong
+
+
+_last = _FrameCache()
+
+
+def server_frame(message: bytes) -> bytes:
+    """A final, unmasked binary frame carrying `message` (RFC 6455 section 5.2), made once per message."""
+    if message is _last.message:
+        return _last.frame
+    length = len(message)
+    if length < 126:
+        header = bytes((0x82, length))
+    elif length < 1 << 16:
+        header = b"\x82\x7e" + length.to_bytes(2, "big")
+    else:
+        header = b"\x82\x7f" + length.to_bytes(8, "big")
+    _last.message, _last.frame = message, header + message
+    return _last.frame
 
 
 class CollabServer:
