@@ -45,23 +45,57 @@ class WebSocketPeer:
     The relay's hot path (profiled in docs/benchmarks.md). Each message becomes a WebSocket frame once,
     shared by every recipient (`server_frame`), and written straight to the transport: with compression
     off, no extension transforms frames, so what websockets' send_binary() would serialize per peer is
-    the same bytes for all.
+    the same bytes for all. Frames queued during one turn of the event loop go out together, one write
+    per peer, when the turn ends (`Outbox`), not one system call per frame.
     """
 
-    __slots__ = ("_ws", "id")
+    __slots__ = ("_out", "_outbox", "_ws", "id")
 
-    def __init__(self, ws: ServerConnection, id: str) -> None:
+    def __init__(self, ws: ServerConnection, id: str, outbox: Outbox | None = None) -> None:
         self._ws = ws
         self.id = id
+        self._outbox = outbox or Outbox()
+        self._out: list[bytes] | None = None
+        """Frames queued this turn of the loop, or None when nothing is."""
 
     def send(self, frame: bytes) -> None:
+        if self._ws.protocol.state is not State.OPEN:
+            return
+        out = self._out
+        if out is None:
+            self._out = out = []
+            self._outbox.add(self)
+        out.append(server_frame(frame))
+
+    def flush(self) -> None:
+        """Write what is queued now; dropped if the connection is no longer open, as `send` would."""
+        out, self._out = self._out, None
         ws = self._ws
-        if ws.protocol.state is not State.OPEN:
+        if not out or ws.protocol.state is not State.OPEN:
             return
         try:
-            ws.transport.write(server_frame(frame))
+            ws.transport.writelines(out)
         except Exception as error:  # the transport is going away; its handler will clean up
             logger.debug("conn=%s send failed: %s", self.id, error)
+
+
+class Outbox:
+    """A server's peers with queued frames, flushed by one callback at the next turn of the loop."""
+
+    __slots__ = ("peers",)
+
+    def __init__(self) -> None:
+        self.peers: list[WebSocketPeer] = []
+
+    def add(self, peer: WebSocketPeer) -> None:
+        if not self.peers:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.peers.append(peer)
+
+    def flush(self) -> None:
+        peers, self.peers = self.peers, []
+        for peer in peers:
+            peer.flush()
 
 
 class _FrameCache:
@@ -106,6 +140,7 @@ class CollabServer:
         self.rooms = Rooms(self.store, unload_after=settings.unload_after, compact_after=settings.compact_after)
         self._server: Server | None = None
         self._ids = itertools.count(1)
+        self._outbox = Outbox()
         self.http = Router()
         self.http.route("/healthz", self._healthz)
         install_api(self.http, self.store)
@@ -148,7 +183,7 @@ class CollabServer:
         return respond(HTTPStatus.OK, "ok\n")
 
     async def _handle(self, ws: ServerConnection) -> None:
-        peer = WebSocketPeer(ws, str(next(self._ids)))
+        peer = WebSocketPeer(ws, str(next(self._ids)), self._outbox)
         room: Room | None = None
         error: BaseException | None = None
         try:
@@ -164,6 +199,7 @@ class CollabServer:
         except Exception as caught:
             error = caught
             code, reason = close_reason_for(caught)
+            peer.flush()  # what was sent before the error goes out before the close frame
             await ws.close(code, reason)
         finally:
             if room is not None:

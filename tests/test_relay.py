@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from websockets.frames import Frame, Opcode
 
+from collab.protocol import SyncStep1
 from collab.server import CollabServer, server_frame
 from tests.helpers import room_url, synced, text
 
@@ -29,3 +30,15 @@ async def test_updates_of_every_frame_length_reach_the_other_clients(server: Col
             text(writer).insert(len(expected), "x" * length)
             expected += "x" * length
         await reader.wait_until(lambda: str(text(reader)) == expected)
+
+
+async def test_a_reply_queued_before_a_protocol_error_is_sent_before_the_close(server: CollabServer) -> None:
+    """The server answers a sync step 1 and then meets garbage in the same read: answer first, then 1002."""
+    async with synced(room_url(server, "reply-then-error")) as client:
+        before = client.received_frames
+        step1 = Frame(Opcode.BINARY, SyncStep1(b"\x00").encode()).serialize(mask=True, extensions=[])
+        garbage = Frame(Opcode.BINARY, b"\x09").serialize(mask=True, extensions=[])
+        client.ws.transport.write(step1 + garbage)  # one write: the server reads both in one turn
+        code, _ = await client.wait_closed()
+        assert code == 1002
+        assert client.received_frames == before + 1  # the sync step 2 answer
