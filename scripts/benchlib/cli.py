@@ -23,7 +23,7 @@ from .context import Context
 from .report import render
 from .results import Result
 from .scenarios import SCENARIOS
-from .servers import REFERENCE_DIR, ExternalTarget, ManagedTarget, Target, collab_target, reference_target
+from .servers import REFERENCE_DIR, ROOT, ExternalTarget, ManagedTarget, Target, collab_target, reference_target
 from .sizes import DEFAULT, TINY, apply_overrides
 
 __all__ = ["main"]
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json-out", type=Path, help="also write every result to this file, as a JSON list")
     parser.add_argument("--seed", type=int, default=1, help="seed of the typing workloads")
+    parser.add_argument("--no-cache", action="store_true", help="type the workloads again (not from .cache/bench)")
     parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="load generator's loop")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (server logs, databases)")
     parser.add_argument(
@@ -113,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("nothing to measure")
     raise_fd_limit()
     run_dir = Path(tempfile.mkdtemp(prefix="collab-bench-"))
-    ctx = Context(sizes, uuid.uuid4().hex[:8], run_dir, seed=args.seed)
+    cache = None if args.no_cache else ROOT / ".cache" / "bench" / "workloads"
+    ctx = Context(sizes, uuid.uuid4().hex[:8], run_dir, seed=args.seed, cache=cache)
     loop_name = loop_choice(args.loop)
     try:
         results = run_loop(loop_name, suite(ctx, targets, args.scenarios or list(SCENARIOS)))
@@ -198,7 +200,7 @@ def environment(targets: list[Target], ctx: Context, loop_name: str) -> str:
         (
             f"load generator: pycrdt {version('pycrdt')}, websockets {version('websockets')},"
             f" loop {loop_name} {version(loop_name) if loop_name == 'uvloop' else ''};"
-            f" workloads made in {ctx.generation_s:.1f} s before any clock started"
+            f" workloads made or read in {ctx.generation_s:.1f} s before any clock started"
         ),
     ]
     lines += [f"server {target.name}: {target.describe()}" for target in targets]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .peer import Peer
 from .sizes import Sizes
-from .workload import Stream, typing
+from .workload import Stream, load_or_type
 
 __all__ = ["Context", "close_all"]
 
@@ -23,8 +23,10 @@ class Context:
     run_id: str
     run_dir: Path
     seed: int = 1
+    cache: Path | None = None
+    """Where generated workloads are kept between runs (None: make them every run)."""
     generation_s: float = 0.0
-    """Time spent making workloads (before any clock starts)."""
+    """Time spent making (or reading) workloads, before any clock starts."""
     _streams: dict[tuple[str, int, int], Stream] = field(default_factory=dict)
 
     def room(self, scenario: str, index: int) -> str:
@@ -37,7 +39,7 @@ class Context:
         if stream is None:
             started = time.perf_counter()
             client_id = CLIENT_ID_BASE + len(self._streams)
-            stream = typing(n, client_id, seed=self.seed * 7919 + len(self._streams))
+            stream = load_or_type(n, client_id, self.seed * 7919 + len(self._streams), self.cache)
             self._streams[key] = stream
             self.generation_s += time.perf_counter() - started
         return stream

@@ -30,7 +30,7 @@ class Saturate:
     seconds: float = 8.0
     window: int = 100
     """Updates per writer sent but not yet received by every reader of its room."""
-    cap: int = 40_000
+    cap: int = 80_000
     """Keystrokes made ready per writer: the run stops early (and says so) if a writer gets through them."""
 
 

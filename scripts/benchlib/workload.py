@@ -11,8 +11,11 @@ masked (`frames`), so that sending costs the load generator one `transport.write
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
 
 from pycrdt import Doc, Text, TransactionEvent, merge_updates
 
@@ -21,8 +24,10 @@ from collab.protocol import Update
 from .peer import TEXT_NAME
 from .wsclient import encode_frame
 
-__all__ = ["Stream", "chunked", "expected_text", "expected_update_size", "typing", "writer_of"]
+__all__ = ["Stream", "chunked", "expected_text", "expected_update_size", "load_or_type", "typing", "writer_of"]
 
+GENERATOR_VERSION = 1
+"""Part of every cache file's name: bump it when `typing` changes what it generates."""
 ALPHABET = "etaoin shrdlu cmfwyp vbgkjqxz,.\n"
 P_JUMP = 0.005  # mean run of about 200 characters between cursor jumps
 P_BACKSPACE = 0.03
@@ -69,6 +74,41 @@ def typing(n: int, client_id: int, seed: int) -> Stream:
     stream = Stream(client_id, updates, doc.get_update(), doc.get_state())
     stream.frames = [encode_frame(Update(update).encode()) for update in updates]
     return stream
+
+
+def load_or_type(n: int, client_id: int, seed: int, cache: Path | None) -> Stream:
+    """`typing(n, client_id, seed)`, read from `cache` if an earlier run wrote it there (and written if not).
+
+    Long streams take seconds to type (pycrdt's cost per keystroke grows with the run), always the same
+    ones for the same arguments and pycrdt version.
+    """
+    if cache is None:
+        return typing(n, client_id, seed)
+    path = cache / f"typing-v{GENERATOR_VERSION}-pycrdt{version('pycrdt')}-{n}-{client_id}-{seed}.bin"
+    if path.exists():
+        state, state_vector, *updates = _unpack(path.read_bytes())
+        stream = Stream(client_id, updates, state, state_vector)
+        stream.frames = [encode_frame(Update(update).encode()) for update in updates]
+        return stream
+    stream = typing(n, client_id, seed)
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_bytes(_pack([stream.state, stream.state_vector, *stream.updates]))
+    partial.replace(path)
+    return stream
+
+
+def _pack(items: list[bytes]) -> bytes:
+    return b"".join(len(item).to_bytes(4, "big") + item for item in items)
+
+
+def _unpack(data: bytes) -> list[bytes]:
+    items, pos = [], 0
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        items.append(data[pos + 4 : pos + 4 + length])
+        pos += 4 + length
+    return items
 
 
 def chunked(stream: Stream, size: int) -> list[bytes]:
