@@ -221,6 +221,9 @@ class _Reader:
 
 def parse_frame(frame: bytes) -> list[Message]:
     """Parse every message of one binary frame; raise `ProtocolError` if any is malformed."""
+    update = _single_update(frame)
+    if update is not None:
+        return [update]
     if not frame:
         raise ProtocolError("empty frame")
     reader = _Reader(frame)
@@ -232,6 +235,24 @@ def parse_frame(frame: bytes) -> list[Message]:
         # Keep the message's exact bytes for forwarding; slicing a whole bytes object is free.
         object.__setattr__(message, "raw", frame[start : reader.pos])
     return messages
+
+
+def _single_update(frame: bytes) -> Update | None:
+    """The fast path for what a typing client sends all day: a frame that is exactly one update message
+    (0, 2, a length of one or two bytes, the update) is that Update, as the general parser would build it;
+    anything else is None, for the general parser to handle (or reject)."""
+    if len(frame) < 3 or frame[0] != MESSAGE_SYNC or frame[1] != SYNC_UPDATE:
+        return None
+    length = frame[2]
+    start = 3
+    if length >= 0x80:
+        if len(frame) < 4 or frame[3] >= 0x80:
+            return None
+        length = (length & 0x7F) | (frame[3] << 7)
+        start = 4
+    if start + length != len(frame):
+        return None
+    return Update(frame[start:], frame)
 
 
 def _parse_message(reader: _Reader) -> Message:

@@ -17,7 +17,7 @@ import itertools
 import logging
 import signal
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
@@ -67,11 +67,21 @@ READY_TIMEOUT = 2.0
 
 
 class WebSocketPeer:
-    """A connection as a room sees it: an id for logs and a non-blocking `send`."""
+    """A connection as a room sees it: an id for logs and a non-blocking `send`.
 
-    __slots__ = ("_metrics", "_ws", "dropped", "id", "max_buffered", "read_only", "told_read_only")
+    The relay's hot path (profiled in docs/benchmarks.md). Each message becomes a WebSocket frame once,
+    shared by every recipient (`server_frame`), and written straight to the transport: with compression
+    off, no extension transforms frames, so what websockets' send_binary() would serialize per peer is
+    the same bytes for all. Frames queued during one turn of the event loop go out together, one write
+    per peer, when the turn ends (`Outbox`), not one system call per frame. A peer whose unsent bytes
+    exceed `max_buffered` is dropped: it reads too slowly, and resyncs when it reconnects.
+    """
 
-    def __init__(self, ws: ServerConnection, id: str, metrics: ServerMetrics, max_buffered: int) -> None:
+    __slots__ = ("_metrics", "_out", "_outbox", "_ws", "dropped", "id", "max_buffered", "read_only", "told_read_only")
+
+    def __init__(
+        self, ws: ServerConnection, id: str, metrics: ServerMetrics, max_buffered: int, outbox: Outbox
+    ) -> None:
         self._ws = ws
         self._metrics = metrics
         self.id = id
@@ -79,19 +89,31 @@ class WebSocketPeer:
         self.read_only = False
         self.told_read_only = False
         self.dropped = False
+        self._outbox = outbox
+        self._out: list[bytes] | None = None
+        """Frames queued this turn of the loop, or None when nothing is."""
 
     def send(self, frame: bytes) -> None:
-        # What websockets.broadcast() does for each connection, without its per-call overhead.
+        if self.dropped or self._ws.protocol.state is not State.OPEN:
+            return
+        out = self._out
+        if out is None:
+            self._out = out = []
+            self._outbox.add(self)
+        out.append(server_frame(frame))
+        self._metrics.count_sent(frame)
+
+    def flush(self) -> None:
+        """Write what is queued now; dropped if the connection is no longer open, as `send` would."""
+        out, self._out = self._out, None
         ws = self._ws
-        if ws.protocol.state is not State.OPEN or self.dropped:
+        if not out or self.dropped or ws.protocol.state is not State.OPEN:
             return
         try:
-            ws.protocol.send_binary(frame)
-            ws.send_data()
+            ws.transport.writelines(out)
         except Exception as error:  # the transport is going away; its handler will clean up
             logger.debug("send failed", extra=fields(conn=self.id, error=error))
             return
-        self._metrics.count_sent(frame)
         if ws.transport.get_write_buffer_size() > self.max_buffered:
             self._drop_slow_client()
 
@@ -101,6 +123,52 @@ class WebSocketPeer:
         self._metrics.rejected.inc("slow_client")
         logger.warning("closing a client that reads too slowly", extra=fields(conn=self.id, limit=self.max_buffered))
         asyncio.get_running_loop().create_task(self._ws.close(1013, "too slow: reconnect to resync"))
+
+class Outbox:
+    """A server's peers with queued frames, flushed by one callback at the next turn of the loop."""
+
+    __slots__ = ("peers",)
+
+    def __init__(self) -> None:
+        self.peers: list[WebSocketPeer] = []
+
+    def add(self, peer: WebSocketPeer) -> None:
+        if not self.peers:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.peers.append(peer)
+
+    def flush(self) -> None:
+        peers, self.peers = self.peers, []
+        for peer in peers:
+            peer.flush()
+
+
+class _FrameCache:
+    """The last message's frame: a room hands the same bytes object to each of its peers in turn."""
+
+    __slots__ = ("frame", "message")
+
+    def __init__(self) -> None:
+        self.message = b""
+        self.frame = b"\x82\x00"  # the empty message's frame, so that the cache is never wrong
+
+
+_last = _FrameCache()
+
+
+def server_frame(message: bytes) -> bytes:
+    """A final, unmasked binary frame carrying `message` (RFC 6455 section 5.2), made once per message."""
+    if message is _last.message:
+        return _last.frame
+    length = len(message)
+    if length < 126:
+        header = bytes((0x82, length))
+    elif length < 1 << 16:
+        header = b"\x82\x7e" + length.to_bytes(2, "big")
+    else:
+        header = b"\x82\x7f" + length.to_bytes(8, "big")
+    _last.message, _last.frame = message, header + message
+    return _last.frame
 
 
 class CollabServer:
@@ -134,6 +202,7 @@ class CollabServer:
         self.metrics = ServerMetrics(self)
         self._server: Server | None = None
         self._ids = itertools.count(1)
+        self._outbox = Outbox()
         self.http = Router()
         self.http.route("/healthz", self._healthz)
         self.http.route("/readyz", self._readyz)
@@ -247,7 +316,7 @@ class CollabServer:
     # WebSocket connections.
 
     async def _handle(self, ws: ServerConnection) -> None:
-        peer = WebSocketPeer(ws, str(next(self._ids)), self.metrics, self.settings.max_buffered)
+        peer = WebSocketPeer(ws, str(next(self._ids)), self.metrics, self.settings.max_buffered, self._outbox)
         self.peers.add(peer)
         room: Room | None = None
         error: BaseException | None = None
@@ -267,6 +336,7 @@ class CollabServer:
             pass
         except Exception as caught:
             error = caught
+            peer.flush()  # what was sent before the error goes out before the close frame
             await self._refuse(ws, caught)
         finally:
             self.peers.discard(peer)
@@ -367,4 +437,19 @@ async def serve_until_signalled(settings: Settings) -> None:
 
 
 def run(settings: Settings) -> None:
-    asyncio.run(serve_until_signalled(settings))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(serve_until_signalled(settings))
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed, else asyncio's own (None).
+
+    uvloop (libuv, in C) runs the same code with cheaper socket reads and writes, callbacks and timers:
+    in scripts/bench's saturate, the server's CPU per relayed update fell by about a third (see
+    docs/benchmarks.md).
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

@@ -137,3 +137,37 @@ def test_awareness_entries_round_trip(items: list[tuple[int, int, str]]) -> None
 def test_var_uint_round_trip(value: int) -> None:
     [message] = parse_frame(b"\x00\x00" + encode_var_uint(len(payload := b"\x01" + encode_var_uint(value) * 2)) + payload)
     assert message == SyncStep1(payload)
+
+
+def _general_parse(frame: bytes) -> list[object]:
+    """parse_frame without its fast path for single updates, message by message."""
+    from collab.protocol import _parse_message, _Reader
+
+    reader = _Reader(frame)
+    messages = []
+    while not reader.at_end:
+        start = reader.pos
+        message = _parse_message(reader)
+        object.__setattr__(message, "raw", frame[start : reader.pos])
+        messages.append(message)
+    return messages
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 300, 16383, 16384, 70_000])
+def test_the_single_update_fast_path_parses_as_the_general_path_does(size: int) -> None:
+    frame = Update(bytes(range(256)) * (size // 256) + bytes(size % 256)).encode()
+    fast = parse_frame(frame)
+    assert fast == _general_parse(frame) and fast[0].raw == frame  # type: ignore[union-attr]
+
+
+@given(st.binary(min_size=1, max_size=40))
+def test_frames_starting_like_an_update_parse_as_the_general_path_does(tail: bytes) -> None:
+    frame = b"\x00\x02" + tail
+    try:
+        expected = _general_parse(frame)
+    except ProtocolError:
+        with pytest.raises(ProtocolError):
+            parse_frame(frame)
+        return
+    parsed = parse_frame(frame)
+    assert parsed == expected and [m.raw for m in parsed] == [m.raw for m in expected]  # type: ignore[attr-defined]

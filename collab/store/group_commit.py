@@ -16,8 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Literal, NamedTuple, TypeVar
 
 from pycrdt import merge_updates
 
@@ -35,9 +34,12 @@ RETRY_FIRST_DELAY = 0.1
 RETRY_MAX_DELAY = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class WriteOp:
-    """One queued write, in the order the rooms made it."""
+class WriteOp(NamedTuple):
+    """One queued write, in the order the rooms made it.
+
+    One is made per accepted update, on the relay's hot path: a NamedTuple is built in half the time
+    of a frozen dataclass, with the same fields and the same immutability.
+    """
 
     kind: Literal["append", "compact"]
     name: str

@@ -59,3 +59,14 @@ ensure_chromium() { # Debian's Chromium for the browser tests (never a browser d
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
 }
+
+BENCH_REFERENCE="$ROOT/.cache/bench/reference"
+
+ensure_bench_reference() { # the reference @y/websocket-server that scripts/bench compares with, in .cache/bench/
+  local src="$ROOT/scripts/benchlib/reference" file
+  mkdir -p "$BENCH_REFERENCE"
+  for file in package.json package-lock.json; do
+    cmp -s "$src/$file" "$BENCH_REFERENCE/$file" || cp "$src/$file" "$BENCH_REFERENCE/$file"
+  done
+  ensure_node_packages "$BENCH_REFERENCE"
+}

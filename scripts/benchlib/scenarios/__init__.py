@@ -1,0 +1,22 @@
+"""The standard suite, in the order it runs. Each scenario is `run(ctx, target) -> Result`."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from ..context import Context
+from ..results import Result
+from ..servers import Target
+from . import conns, fanout, latejoin, persist, saturate
+
+__all__ = ["SCENARIOS", "Scenario"]
+
+Scenario = Callable[[Context, Target], Awaitable[Result]]
+
+SCENARIOS: dict[str, Scenario] = {
+    "fanout": fanout.run,
+    "saturate": saturate.run,
+    "latejoin": latejoin.run,
+    "conns": conns.run,
+    "persist": persist.run,
+}

@@ -1,0 +1,255 @@
+"""The servers under test: collab and the reference started fresh for each scenario, or any server by URL.
+
+A `Target` says how to reach a server (`url(room)`), and, when the harness started it, its process id
+(for RSS and CPU time from /proc) and its log. collab runs as `python -m collab serve` with persistence
+on, in a temporary SQLite file; the reference is `@y/websocket-server` from `.cache/bench/reference`
+(installed by `scripts/bench`), started as its package's `bin` is, with HOST and PORT in the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+__all__ = ["ExternalTarget", "ManagedTarget", "Target", "collab_target", "reference_target"]
+
+ROOT = Path(__file__).resolve().parents[2]
+REFERENCE_DIR = ROOT / ".cache" / "bench" / "reference"
+REFERENCE_ENTRY = Path("node_modules/@y/websocket-server/src/server.js")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Target:
+    """A server to measure."""
+
+    name: str
+    kind: str
+    base_url: str
+    pid: int | None = None
+
+    def url(self, room: str) -> str:
+        return f"{self.base_url}/{quote(room)}"
+
+    @property
+    def can_unload(self) -> bool:
+        """Whether `wait_unloaded` can tell that a room went from memory to disk (a cold join)."""
+        return False
+
+    async def start(self, scenario: str, run_dir: Path) -> None:
+        """Start a fresh server for `scenario` (a no-op for a server named by URL)."""
+
+    async def stop(self) -> None:
+        pass
+
+    async def wait_unloaded(self, room: str, timeout: float, occurrence: int = 1) -> None:
+        raise NotImplementedError(f"{self.name} cannot unload rooms on request")
+
+    def rss_bytes(self) -> int | None:
+        """Resident set size of the server process (VmRSS), if it is ours."""
+        if self.pid is None:
+            return None
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return None
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the server process used so far."""
+        if self.pid is None:
+            return None
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15)
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "kind": self.kind}
+
+
+@dataclass
+class ExternalTarget(Target):
+    """A server someone else started: `--server NAME=ws://host:port`."""
+
+    name: str
+    base_url: str
+    kind: str = "external"
+
+    def __post_init__(self) -> None:
+        self.base_url = self.base_url.rstrip("/")
+
+
+@dataclass
+class ManagedTarget(Target):
+    """A server process the harness starts, one per scenario, and stops afterwards."""
+
+    name: str
+    kind: str
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    version: str = ""
+    scenario_args: dict[str, list[str]] = field(default_factory=dict)
+    """Extra arguments for some scenarios (e.g. debug logs where the harness waits for log lines)."""
+    base_url: str = ""
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    profile_dir: Path | None = None
+    """If set, py-spy records the server while each scenario runs (raw collapsed stacks, one file each)."""
+    profiler: subprocess.Popen[bytes] | None = None
+
+    @property
+    def can_unload(self) -> bool:
+        return self.kind == "collab"
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "kind": self.kind, "version": self.version}
+
+    async def start(self, scenario: str, run_dir: Path) -> None:
+        port = free_port()
+        workdir = run_dir / f"{self.name}-{scenario}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / "server.log"
+        argv = [part.format(port=port, dir=workdir) for part in self.command]
+        argv += self.scenario_args.get(scenario, [])
+        env = {**os.environ, **{key: value.format(port=port) for key, value in self.env.items()}}
+        # Popen returns as soon as the child exists; the readiness wait below is the async part.
+        with open(self.log_path, "wb") as log:  # noqa: ASYNC230
+            self.process = subprocess.Popen(  # noqa: ASYNC220
+                argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir
+            )
+        self.pid = self.process.pid
+        self.base_url = f"ws://127.0.0.1:{port}"
+        await wait_listening(port, self.process, self.log_path)
+        if self.profile_dir is not None:
+            self.profiler = start_py_spy(self.pid, self.profile_dir / f"{self.name}-{scenario}.txt")
+
+    async def stop(self) -> None:
+        profiler, self.profiler = self.profiler, None
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            await asyncio.to_thread(profiler.wait, 30)
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(process.wait, 30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            await asyncio.to_thread(process.wait, 10)
+        self.pid = None
+
+    @property
+    def db_path(self) -> Path:
+        assert self.log_path is not None
+        return self.log_path.parent / "collab.db"
+
+    async def wait_unloaded(self, room: str, timeout: float, occurrence: int = 1) -> None:
+        """Wait until collab logged (at debug level) its `occurrence`-th unload of `room`: compacted, flushed, dropped."""
+        await self.wait_log(rf"unloaded room {re.escape(repr(room))}$", timeout, occurrence)
+
+    async def wait_log(self, pattern: str, timeout: float, occurrence: int = 1) -> None:
+        """Wait until the server's log has `occurrence` lines matching `pattern`."""
+        assert self.log_path is not None
+        regex = re.compile(pattern, re.MULTILINE)
+        deadline = time.monotonic() + timeout
+        while len(regex.findall(self.log_path.read_text(errors="replace"))) < occurrence:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} never logged {pattern!r}")
+            await asyncio.sleep(0.02)
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def collab_target(unload_after: float, name: str = "collab", source: Path | None = None) -> ManagedTarget:
+    """collab with persistence on: a fresh SQLite file per scenario, default settings but the rate limit.
+
+    `source`: a directory holding another `collab` package (say, an older commit's tree from `git archive`)
+    to run instead of the installed one, with the same Python and dependencies.
+    """
+    command = [sys.executable, "-m", "collab", "serve", "--host", "127.0.0.1", "--port", "{port}"]
+    command += ["--db", "{dir}/collab.db", "--unload-after", str(unload_after)]
+    debug = ["--log-level", "debug"]  # only where the harness waits for "unloaded room"
+    # saturate's writers send far faster than the per-connection rate limit allows a real client;
+    # lifting it through the environment also works for older trees that lack the setting.
+    env = {"COLLAB_MAX_MESSAGES_PER_SECOND": "0"}
+    if source is not None:
+        if not (source / "collab" / "__init__.py").exists():
+            raise SystemExit(f"--collab {name}={source}: no collab package there")
+        env["PYTHONPATH"] = str(source.resolve())
+    return ManagedTarget(
+        name,
+        "collab",
+        command,
+        env=env,
+        version=collab_version(source),
+        scenario_args={"latejoin": debug, "persist": debug},
+    )
+
+
+def collab_version(source: Path | None) -> str:
+    root = source or ROOT
+    described = subprocess.run(
+        ["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
+    )
+    return described.stdout.strip() or str(root)
+
+
+def reference_target(directory: Path = REFERENCE_DIR) -> ManagedTarget:
+    entry = directory / REFERENCE_ENTRY
+    if not entry.exists():
+        raise SystemExit(f"the reference server is not installed in {directory}: run scripts/bench, which installs it")
+    package = (entry.parent.parent / "package.json").read_text()
+    version = re.search(r'"version":\s*"([^"]+)"', package)
+    yjs = (directory / "node_modules/yjs/package.json").read_text()
+    yjs_version = re.search(r'"version":\s*"([^"]+)"', yjs)
+    return ManagedTarget(
+        "reference",
+        "reference",
+        ["node", str(entry)],
+        env={"HOST": "127.0.0.1", "PORT": "{port}"},
+        version=f"@y/websocket-server {version[1] if version else '?'}, yjs {yjs_version[1] if yjs_version else '?'}",
+    )
+
+
+def start_py_spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    """Sample `pid` at 100 Hz without pausing it (--nonblocking), into collapsed stacks at `output`."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        raise RuntimeError("--py-spy needs py-spy: .venv/bin/pip install py-spy")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    command = [py_spy, "record", "--pid", str(pid), "--rate", "100", "--nonblocking", "--format", "raw"]
+    return subprocess.Popen([*command, "--output", str(output)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_listening(port: int, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server not listening on {port} after {timeout}s") from None
+            await asyncio.sleep(0.05)
+        else:
+            writer.close()
+            await writer.wait_closed()
+            return

@@ -1,0 +1,99 @@
+"""How big each scenario is: the default suite, `--tiny` for a seconds-long smoke run, `--set` to change one.
+
+scripts/bench --set saturate.seconds=20 --set conns.connections=5000
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+__all__ = ["DEFAULT", "TINY", "Sizes", "apply_overrides"]
+
+
+@dataclass(frozen=True)
+class Fanout:
+    rooms: int = 10
+    clients: int = 10
+    """Per room, writers included."""
+    writers: int = 2
+    rate: float = 20.0
+    """Updates per second per writer."""
+    seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class Saturate:
+    rooms: int = 10
+    clients: int = 5
+    writers: int = 1
+    seconds: float = 8.0
+    window: int = 100
+    """Updates per writer sent but not yet received by every reader of its room."""
+    cap: int = 80_000
+    """Keystrokes made ready per writer: the run stops early (and says so) if a writer gets through them."""
+
+
+@dataclass(frozen=True)
+class Latejoin:
+    ops: tuple[int, ...] = (10_000, 100_000)
+    warm_joins: int = 5
+    cold_joins: int = 3
+    upload_chunk: int = 100
+    """Keystrokes merged into each update while the document is uploaded (setup, not measured)."""
+
+
+@dataclass(frozen=True)
+class Conns:
+    connections: int = 2000
+    rooms: int = 100
+    concurrency: int = 50
+    """Handshakes in flight at once while connecting."""
+
+
+@dataclass(frozen=True)
+class Persist:
+    rooms: int = 10
+    updates: int = 10_000
+    """Per room, from one writer."""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    fanout: Fanout = field(default_factory=Fanout)
+    saturate: Saturate = field(default_factory=Saturate)
+    latejoin: Latejoin = field(default_factory=Latejoin)
+    conns: Conns = field(default_factory=Conns)
+    persist: Persist = field(default_factory=Persist)
+
+
+DEFAULT = Sizes()
+TINY = Sizes(
+    fanout=Fanout(rooms=2, clients=3, writers=1, rate=50.0, seconds=1.0),
+    saturate=Saturate(rooms=2, clients=3, writers=1, seconds=1.0, window=20, cap=3000),
+    latejoin=Latejoin(ops=(500, 2000), warm_joins=2, cold_joins=1, upload_chunk=50),
+    conns=Conns(connections=40, rooms=4, concurrency=10),
+    persist=Persist(rooms=2, updates=500),
+)
+
+
+def apply_overrides(sizes: Sizes, overrides: list[str]) -> Sizes:
+    """Apply `scenario.field=value` settings; raise ValueError naming what is wrong."""
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        scenario, dot, name = key.partition(".")
+        if not sep or not dot or scenario not in {f.name for f in fields(Sizes)}:
+            raise ValueError(f"--set {override!r}: expected scenario.field=value, e.g. saturate.seconds=20")
+        current = getattr(sizes, scenario)
+        known = {f.name: f for f in fields(current)}
+        if name not in known:
+            raise ValueError(f"--set {override!r}: {scenario} has no {name!r} (one of {', '.join(known)})")
+        value: Any = _parse(getattr(current, name), text)
+        sizes = replace(sizes, **{scenario: replace(current, **{name: value})})
+    return sizes
+
+
+def _parse(example: Any, text: str) -> Any:
+    if isinstance(example, tuple):
+        return tuple(int(part) for part in text.split(","))
+    return type(example)(text)

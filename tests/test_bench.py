@@ -1,0 +1,120 @@
+"""The benchmark harness (scripts/bench) runs, at tiny sizes, and reports well-formed results.
+
+A benchmark is not a test: nothing here asserts a speed. This only keeps the harness from rotting: every
+scenario runs against collab and the reference (which scripts/test installs into .cache/bench/), every
+client converges, and every result has the fields the table and docs/benchmarks.md rely on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from benchlib.sizes import TINY, apply_overrides
+from benchlib.wsclient import WsClient
+
+REFERENCE = ROOT / ".cache" / "bench" / "reference" / "node_modules" / "@y" / "websocket-server"
+SCENARIOS = ["fanout", "saturate", "latejoin", "conns", "persist"]
+EXPECTED_METRICS = {
+    "fanout": {"p50_ms", "p99_ms", "max_ms"},
+    "saturate": {"updates_per_s", "deliveries_per_s"},
+    "latejoin": {"warm_500_ms", "warm_2k_ms"},
+    "conns": {"connects_per_s", "rss_per_conn_kb"},
+    "persist": {"updates_per_s", "storage_ratio", "stored_kb_per_doc"},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], list[dict]]:
+    if not REFERENCE.exists():
+        pytest.fail("the reference server is not installed: run scripts/test, which installs it")
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "scripts")}
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchlib", "--tiny", "--json-out", str(out)],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    return completed, json.loads(out.read_text())
+
+
+def test_every_scenario_ran_against_both_servers(tiny_run: tuple[subprocess.CompletedProcess[str], list[dict]]) -> None:
+    completed, results = tiny_run
+    lines = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
+    assert lines == results
+    assert [(r["scenario"], r["server"]) for r in results] == [
+        (scenario, server) for scenario in SCENARIOS for server in ("collab", "reference")
+    ]
+
+
+def test_results_are_well_formed(tiny_run: tuple[subprocess.CompletedProcess[str], list[dict]]) -> None:
+    _, results = tiny_run
+    for result in results:
+        where = f"{result['scenario']}/{result['server']}"
+        if result["scenario"] == "persist" and result["server"] == "reference":
+            assert result["skipped"], "the reference keeps no database: persist is skipped, not faked"
+            continue
+        assert result["ok"] and result["error"] is None, (where, result)
+        assert result["checks"] and all(result["checks"].values()), (where, result["checks"])
+        missing = EXPECTED_METRICS[result["scenario"]] - result["metrics"].keys()
+        assert not missing, (where, missing)
+        for name, value in result["metrics"].items():
+            assert isinstance(value, int | float) and math.isfinite(value) and value >= 0, (where, name, value)
+        assert result["loadgen_cpu_s"] >= 0 and result["wall_s"] > 0, where
+    collab_latejoin = next(r for r in results if r["scenario"] == "latejoin" and r["server"] == "collab")
+    assert {"cold_500_ms", "cold_2k_ms"} <= collab_latejoin["metrics"].keys()
+
+
+def test_the_run_ends_with_the_table(tiny_run: tuple[subprocess.CompletedProcess[str], list[dict]]) -> None:
+    completed, _ = tiny_run
+    table = completed.stdout[completed.stdout.index("scenario  metric") :]
+    assert "collab/ref" in table and "saturate  updates_per_s" in table
+    assert "targets (issue 5):" in table and "load generator CPU" in table
+
+
+def test_sizes_can_be_overridden() -> None:
+    sizes = apply_overrides(TINY, ["saturate.seconds=3", "latejoin.ops=100,200"])
+    assert sizes.saturate.seconds == 3.0 and sizes.latejoin.ops == (100, 200)
+    with pytest.raises(ValueError, match="has no 'speed'"):
+        apply_overrides(TINY, ["saturate.speed=3"])
+
+
+async def test_client_parses_frames_split_anywhere() -> None:
+    """Server frames (unmasked) of every length class, cut at every byte, come out whole and in order."""
+    messages = [b"\x00\x02" + bytes([i]) * size for i, size in enumerate((0, 1, 125, 126, 300, 65535, 65536, 70000))]
+    stream = b"".join(_server_frame(message) for message in messages)
+    for cut in [*range(1, 12), 127, 1000, 65537, len(stream) - 1]:
+        client = WsClient("127.0.0.1", "/")
+        client.opened.set_result(None)
+        received: list[bytes] = []
+        client.set_handler(received.append)
+        for start in range(0, len(stream), cut):
+            client.data_received(stream[start : start + cut])
+        assert received == messages, cut
+    await asyncio.sleep(0)
+
+
+def _server_frame(payload: bytes, opcode: int = 0x2) -> bytes:
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x80 | opcode, length))
+    elif length < 1 << 16:
+        header = bytes((0x80 | opcode, 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((0x80 | opcode, 127)) + length.to_bytes(8, "big")
+    return header + payload
