@@ -17,6 +17,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
@@ -188,6 +189,7 @@ class CollabServer:
         error: BaseException | None = None
         try:
             name = room_name_from_path(ws.request.path if ws.request else "")
+            forget_handshake(ws)
             room = await self.rooms.join(name, peer)
             logger.debug("conn=%s joined room=%r from %s", peer.id, name, ws.remote_address)
             async for frame in ws:
@@ -217,6 +219,19 @@ class CollabServer:
             logger.warning("%s closed with %s %s", where, ws.close_code, ws.close_reason)
         else:
             logger.debug("%s closed with %s", where, ws.close_code)
+
+
+_NO_HEADERS = Headers()
+
+
+def forget_handshake(ws: ServerConnection) -> None:
+    """Release the handshake's headers (about 3 KB per connection), which websockets keeps for the
+    connection's whole life but never reads after the handshake. Call it once collab has what it needs
+    from them. `ws.request` itself must stay: websockets takes a missing request to mean "no handshake yet".
+    """
+    if ws.request is not None:
+        ws.request.headers = _NO_HEADERS
+    ws.response = None
 
 
 async def serve_until_signalled(settings: Settings) -> None:
