@@ -20,6 +20,10 @@ class Fanout:
     rate: float = 20.0
     """Updates per second per writer."""
     seconds: float = 10.0
+    preload: int = 0
+    """Keystrokes each writer typed before the clock starts (uploaded in merged chunks): a long document."""
+    pattern: str = "typing"
+    """typing, or append: a typist who never moves nor backspaces (workload.PATTERNS)."""
 
 
 @dataclass(frozen=True)
