@@ -49,8 +49,9 @@ class Latejoin:
 
 @dataclass(frozen=True)
 class Conns:
-    connections: int = 2000
-    rooms: int = 100
+    connections: int = 5000
+    """Enough for the connect rate to be measured over a few seconds (2,000 took ~1 s: too noisy)."""
+    rooms: int = 250
     concurrency: int = 50
     """Handshakes in flight at once while connecting."""
 
