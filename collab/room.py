@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from pycrdt import Doc, get_state, merge_updates
+from pycrdt import Doc, get_state, get_update, merge_updates
 
 from .errors import CorruptDocumentError, InvalidUpdateError
 from .presence import Presence
@@ -39,6 +39,8 @@ logger = logging.getLogger("collab.room")
 
 # A v1 update with no structs and no deletions: what a client with nothing new sends in step 2.
 EMPTY_UPDATE = b"\x00\x00"
+# The state vector of an empty document: what a newcomer with nothing sends in step 1.
+EMPTY_STATE_VECTOR = b"\x00"
 
 
 class Peer(Protocol):
@@ -75,7 +77,10 @@ class Room:
     ) -> None:
         """`schedule(callback)` runs a flush later (e.g. `loop.call_soon`); without it, flushes are immediate."""
         self.name = name
-        self.doc: Doc = doc if doc is not None else Doc()
+        self._doc: Doc = doc if doc is not None else Doc()
+        self._stored: bytes | None = None
+        """The document as loaded from the store, checked but not yet applied to `_doc` (see `from_records`)."""
+        self._stored_state = b""
         self.peers: dict[Peer, None] = {}
         self.presence = Presence()
         self.log_length = log_length
@@ -87,17 +92,38 @@ class Room:
 
     @classmethod
     def from_records(cls, name: str, records: list[StoredRecord], store: Store, **options: object) -> Room:
-        """Rebuild a room from what the store holds; raise `CorruptDocumentError` naming a bad record."""
-        doc: Doc = Doc()
+        """Rebuild a room from what the store holds; raise `CorruptDocumentError` naming a bad record.
+
+        Every record is decoded here, in full, so a document that cannot be read is refused before anyone
+        is served; but the Doc is built from them only when first needed (`doc`). Until then a newcomer
+        is answered from the stored bytes (`state_vector`, `diff`): building a large Doc costs several
+        times what decoding it does (4-6 ms against ~1 ms for a 100,000-keystroke document), and a
+        newcomer to a room just loaded from disk need not wait for it.
+        """
+        states = []
         for record in records:
             try:
-                doc.apply_update(record.data)
+                states.append(get_state(record.data))
             except ValueError as error:
                 raise CorruptDocumentError(
                     f"document {name!r}: stored {record.kind} #{record.id} does not decode ({error})"
                 ) from error
         log_length = sum(record.kind == "update" for record in records)
-        return cls(name, store, doc=doc, log_length=log_length, **options)  # type: ignore[arg-type]
+        room = cls(name, store, log_length=log_length, **options)  # type: ignore[arg-type]
+        if len(records) == 1:
+            room._stored, room._stored_state = records[0].data, states[0]
+        elif records:
+            room._stored = merge_updates(*(record.data for record in records))
+            room._stored_state = get_state(room._stored)
+        return room
+
+    @property
+    def doc(self) -> Doc:
+        """The server's copy of the document (built from what was loaded on first use)."""
+        if self._stored is not None:
+            stored, self._stored = self._stored, None
+            self._doc.apply_update(stored)
+        return self._doc
 
     # Membership.
 
@@ -184,11 +210,20 @@ class Room:
             self.log_length = 0
 
     def state_vector(self) -> bytes:
+        if self._stored is not None and not self._pending:
+            return self._stored_state
         self.flush()
         return self.doc.get_state()
 
     def diff(self, state_vector: bytes) -> bytes:
         """What a peer with `state_vector` is missing."""
+        if self._stored is not None and not self._pending:
+            if state_vector == EMPTY_STATE_VECTOR:
+                return self._stored
+            try:
+                return get_update(self._stored, state_vector)
+            except ValueError as error:
+                raise InvalidUpdateError(f"invalid state vector: {error}") from error
         self.flush()
         try:
             return self.doc.get_update(state_vector)

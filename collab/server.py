@@ -22,6 +22,7 @@ from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
@@ -327,6 +328,7 @@ class CollabServer:
             name = room_name_from_path(request_path)
             grant = self.access.check(self._token(ws, request_path), name)
             peer.read_only = grant is not None and not grant.can_write
+            forget_handshake(ws)  # everything needed from the headers is read by now
             room = await self.rooms.join(name, peer)
             logger.debug(
                 "joined", extra=fields(conn=peer.id, room=name, peer=ws.remote_address, read_only=peer.read_only)
@@ -419,6 +421,19 @@ class CollabServer:
 def connectable_host(host: str) -> str:
     """Where a local command reaches a server listening on `host`."""
     return "127.0.0.1" if host in ("", "0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+
+
+_NO_HEADERS = Headers()
+
+
+def forget_handshake(ws: ServerConnection) -> None:
+    """Release the handshake's headers (about 3 KB per connection), which websockets keeps for the
+    connection's whole life but never reads after the handshake. Call it once collab has what it needs
+    from them. `ws.request` itself must stay: websockets takes a missing request to mean "no handshake yet".
+    """
+    if ws.request is not None:
+        ws.request.headers = _NO_HEADERS
+    ws.response = None
 
 
 async def serve_until_signalled(settings: Settings) -> None:

@@ -27,19 +27,19 @@ class Context:
     """Where generated workloads are kept between runs (None: make them every run)."""
     generation_s: float = 0.0
     """Time spent making (or reading) workloads, before any clock starts."""
-    _streams: dict[tuple[str, int, int], Stream] = field(default_factory=dict)
+    _streams: dict[tuple[str, int, int, str], Stream] = field(default_factory=dict)
 
     def room(self, scenario: str, index: int) -> str:
         return f"{scenario}-{self.run_id}-{index}"
 
-    def stream(self, scenario: str, index: int, n: int) -> Stream:
+    def stream(self, scenario: str, index: int, n: int, pattern: str = "typing") -> Stream:
         """Writer `index`'s n keystrokes for `scenario`: made on first use, the same for every server."""
-        key = (scenario, index, n)
+        key = (scenario, index, n, pattern)
         stream = self._streams.get(key)
         if stream is None:
             started = time.perf_counter()
             client_id = CLIENT_ID_BASE + len(self._streams)
-            stream = load_or_type(n, client_id, self.seed * 7919 + len(self._streams), self.cache)
+            stream = load_or_type(n, client_id, self.seed * 7919 + len(self._streams), self.cache, pattern)
             self._streams[key] = stream
             self.generation_s += time.perf_counter() - started
         return stream

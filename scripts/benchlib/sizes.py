@@ -20,6 +20,10 @@ class Fanout:
     rate: float = 20.0
     """Updates per second per writer."""
     seconds: float = 10.0
+    preload: int = 0
+    """Keystrokes each writer typed before the clock starts (uploaded in merged chunks): a long document."""
+    pattern: str = "typing"
+    """typing, or append: a typist who never moves nor backspaces (workload.PATTERNS)."""
 
 
 @dataclass(frozen=True)
@@ -45,8 +49,9 @@ class Latejoin:
 
 @dataclass(frozen=True)
 class Conns:
-    connections: int = 2000
-    rooms: int = 100
+    connections: int = 5000
+    """Enough for the connect rate to be measured over a few seconds (2,000 took ~1 s: too noisy)."""
+    rooms: int = 250
     concurrency: int = 50
     """Handshakes in flight at once while connecting."""
 

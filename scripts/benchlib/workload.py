@@ -46,8 +46,14 @@ class Stream:
     """`updates` as masked WebSocket frames carrying y-websocket update messages."""
 
 
-def typing(n: int, client_id: int, seed: int) -> Stream:
+PATTERNS = {"typing": (P_JUMP, P_BACKSPACE), "append": (0.0, 0.0)}
+"""typing: as above. append: one character after another at the end, never a backspace: the worst case for
+pycrdt, whose cost per applied keystroke grows with such a run (a backspace ends it)."""
+
+
+def typing(n: int, client_id: int, seed: int, pattern: str = "typing") -> Stream:
     """n keystrokes by one typist; the last one is always an insert, so the stream's end is visible in a state vector."""
+    p_jump, p_backspace = PATTERNS[pattern]
     rnd = random.Random(seed)
     doc: Doc[Text] = Doc(client_id=client_id)
     text = doc.get(TEXT_NAME, type=Text)
@@ -60,9 +66,9 @@ def typing(n: int, client_id: int, seed: int) -> Stream:
     cursor = length = 0
     for i in range(n):
         roll = rnd.random()
-        if roll < P_JUMP and length:
+        if roll < p_jump and length:
             cursor = rnd.randrange(length + 1)
-        elif roll < P_JUMP + P_BACKSPACE and cursor and i < n - 1:
+        elif roll < p_jump + p_backspace and cursor and i < n - 1:
             del text[cursor - 1 : cursor]
             cursor -= 1
             length -= 1
@@ -76,21 +82,21 @@ def typing(n: int, client_id: int, seed: int) -> Stream:
     return stream
 
 
-def load_or_type(n: int, client_id: int, seed: int, cache: Path | None) -> Stream:
-    """`typing(n, client_id, seed)`, read from `cache` if an earlier run wrote it there (and written if not).
+def load_or_type(n: int, client_id: int, seed: int, cache: Path | None, pattern: str = "typing") -> Stream:
+    """`typing(n, client_id, seed, pattern)`, read from `cache` if an earlier run wrote it there (and written if not).
 
     Long streams take seconds to type (pycrdt's cost per keystroke grows with the run), always the same
     ones for the same arguments and pycrdt version.
     """
     if cache is None:
-        return typing(n, client_id, seed)
-    path = cache / f"typing-v{GENERATOR_VERSION}-pycrdt{version('pycrdt')}-{n}-{client_id}-{seed}.bin"
+        return typing(n, client_id, seed, pattern)
+    path = cache / f"{pattern}-v{GENERATOR_VERSION}-pycrdt{version('pycrdt')}-{n}-{client_id}-{seed}.bin"
     if path.exists():
         state, state_vector, *updates = _unpack(path.read_bytes())
         stream = Stream(client_id, updates, state, state_vector)
         stream.frames = [encode_frame(Update(update).encode()) for update in updates]
         return stream
-    stream = typing(n, client_id, seed)
+    stream = typing(n, client_id, seed, pattern)
     cache.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")
     partial.write_bytes(_pack([stream.state, stream.state_vector, *stream.updates]))
@@ -111,12 +117,11 @@ def _unpack(data: bytes) -> list[bytes]:
     return items
 
 
-def chunked(stream: Stream, size: int) -> list[bytes]:
-    """The stream's keystrokes merged `size` at a time, as frames: a fast way to upload a long history."""
-    return [
-        encode_frame(Update(merge_updates(*stream.updates[i : i + size])).encode())
-        for i in range(0, len(stream.updates), size)
-    ]
+def chunked(stream: Stream, size: int, count: int | None = None) -> list[bytes]:
+    """The stream's first `count` (default: all) keystrokes merged `size` at a time, as frames: a fast way
+    to upload a long history."""
+    updates = stream.updates[:count]
+    return [encode_frame(Update(merge_updates(*updates[i : i + size])).encode()) for i in range(0, len(updates), size)]
 
 
 def expected_text(streams: list[Stream]) -> str:

@@ -5,6 +5,10 @@ notes when, by time.perf_counter() (not loop.time(), which uvloop caches per ite
 update's first bytes (`writer_of`) and counts that writer's updates: the k-th one received is the k-th sent,
 since a server relays one connection's updates in order. Latency is receive time minus send time, on one
 monotonic clock (all clients live in this process). The rate is meant to be well below saturation.
+
+With `preload`, each writer's first `preload` keystrokes are uploaded (merged, by a separate connection)
+before anyone joins: the clients start from a long document, and the writers go on with their long runs,
+which is what makes each keystroke cost pycrdt more (see workload.PATTERNS).
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ import asyncio
 import time
 
 from ..context import Context, close_all
-from ..peer import Peer, text_of
+from ..peer import EMPTY_STATE_VECTOR, Peer, join, text_of
 from ..results import Meter, Result, percentile
 from ..servers import Target
-from ..workload import Stream, writer_of
+from ..workload import Stream, chunked, writer_of
 from .common import fill_room, server_text, wait_until
 
 DRAIN_TIMEOUT = 30.0
@@ -48,9 +52,23 @@ class Latencies:
         peer.on_update = on_update
 
 
-async def paced(peer: Peer, stream: Stream, sent_at: list[float], start: float, rate: float) -> None:
+async def upload(url: str, streams: list[Stream], count: int) -> None:
+    """Send each stream's first `count` keystrokes, merged 100 at a time, and wait until the server has them."""
+    uploader = await join(url, keep=False)
+    try:
+        for stream in streams:
+            for i, frame in enumerate(chunked(stream, 100, count)):
+                uploader.ws.write_frame(frame)
+                if i % 100 == 99:
+                    await uploader.ws.drain()
+        await uploader.barrier(EMPTY_STATE_VECTOR)
+    finally:
+        await uploader.close()
+
+
+async def paced(peer: Peer, frames: list[bytes], sent_at: list[float], start: float, rate: float) -> None:
     interval = 1.0 / rate
-    for k, frame in enumerate(stream.frames):
+    for k, frame in enumerate(frames):
         delay = start + k * interval - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -63,7 +81,13 @@ async def run(ctx: Context, target: Target) -> Result:
     result = Result("fanout", target.name, params=vars(size).copy())
     n = max(1, round(size.rate * size.seconds))
     rooms = [ctx.room("fanout", r) for r in range(size.rooms)]
-    streams = [[ctx.stream("fanout", r * size.writers + w, n) for w in range(size.writers)] for r in range(size.rooms)]
+    streams = [
+        [ctx.stream("fanout", r * size.writers + w, size.preload + n, size.pattern) for w in range(size.writers)]
+        for r in range(size.rooms)
+    ]
+    if size.preload:
+        for room, room_streams in zip(rooms, streams):
+            await upload(target.url(room), room_streams, size.preload)
     peers = [await fill_room(target.url(room), size.clients) for room in rooms]
     latencies = Latencies([stream for room_streams in streams for stream in room_streams])
     for r, room_peers in enumerate(peers):
@@ -78,7 +102,7 @@ async def run(ctx: Context, target: Target) -> Result:
                 *(
                     paced(
                         peers[r][w],
-                        streams[r][w],
+                        streams[r][w].frames[size.preload :],
                         latencies.sent_at[r * size.writers + w],
                         start + (r * size.writers + w) / total_writers / size.rate,
                         size.rate,
@@ -98,6 +122,8 @@ async def run(ctx: Context, target: Target) -> Result:
             "deliveries": len(samples),
             "updates": size.rooms * size.writers * n,
         }
+        if meter.server_cpu is not None:
+            result.metrics["server_us_per_update"] = round(meter.server_cpu / (size.rooms * size.writers * n) * 1e6, 1)
         if latencies.echoes:
             result.notes.append(f"the server echoed {latencies.echoes} updates to their senders")
         result.checks["converged"] = await verify(target, rooms, peers, streams, size.writers)
