@@ -203,7 +203,7 @@ class Room:
         if pending:
             self._pending = []
             batch = pending[0] if len(pending) == 1 else merge_updates(*pending)
-            self._store.append(self.name, batch)
+            self._store.append(self.name, batch, len(pending))
             self.doc.apply_update(batch)
         if self.log_length >= self.compact_after:
             self.compact()

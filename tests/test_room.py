@@ -265,7 +265,7 @@ class RecordingStore:
     def __init__(self) -> None:
         self.appended: list[bytes] = []
 
-    def append(self, name: str, update: bytes) -> None:
+    def append(self, name: str, update: bytes, updates: int = 1) -> None:
         self.appended.append(update)
 
     def compact(self, name: str, snapshot: bytes) -> None:

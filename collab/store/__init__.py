@@ -60,8 +60,8 @@ class Store(Protocol):
         """
         ...
 
-    def append(self, name: str, update: bytes) -> None:
-        """Queue an accepted update; it is durable after the next group commit."""
+    def append(self, name: str, update: bytes, updates: int = 1) -> None:
+        """Queue an accepted update (merging `updates` client updates); durable after the next group commit."""
         ...
 
     def compact(self, name: str, snapshot: bytes) -> None:
