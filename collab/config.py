@@ -106,6 +106,9 @@ class Settings:
     max_buffered: int = _setting(
         16 * 2**20, parse_size, "bytes queued for a client that reads too slowly before it is closed with 1013"
     )
+    keepalive: float = _setting(
+        20.0, parse_duration, "ping connections silent this long, drop them if no answer within as long again; 0: never"
+    )
     handshake_timeout: float = _setting(10.0, parse_duration, "close connections that do not complete the handshake in time")
     log_level: str = _setting("info", _choice("debug", "info", "warning", "error"), "log verbosity")
     log_format: str = _setting("text", _choice("text", "json"), "log lines as text (key=value fields) or JSON objects")

@@ -92,3 +92,20 @@ async def test_a_client_that_reads_too_slowly_is_closed_with_1013(start_server: 
         # The slow client's reconnection resyncs everything.
         async with synced(room_url(server, "slow")) as back:
             assert len(str(text(back))) == len(str(text(writer)))
+
+
+async def test_a_silent_dead_peer_is_dropped_and_its_cursor_cleared(start_server: StartServer) -> None:
+    server = await start_server(keepalive=0.2)
+    async with synced(room_url(server, "keepalive")) as watcher:
+        # An idle but live client answers the pings and stays.
+        idle = await Client(room_url(server, "keepalive")).connect()
+        await idle.synced.wait()
+        ghost = await Client(room_url(server, "keepalive")).connect()
+        await ghost.synced.wait()
+        ghost.set_awareness({"user": "ghost"})
+        await watcher.wait_until(lambda: ghost.client_id in watcher.awareness)
+        ghost.ws.transport.pause_reading()  # like a peer whose machine went to sleep: no pong ever comes
+        await watcher.wait_until(lambda: ghost.client_id not in watcher.awareness)
+        assert len(server.peers) == 2
+        assert idle.close_code is None
+        await idle.close()
