@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import sqlite3
 import sys
 import time
 from dataclasses import dataclass
@@ -73,8 +74,8 @@ def export(db: Path, out: str, fmt: str, patterns: list[str], at: float | None =
     return _write_files(Path(out), fmt, rendered, infos, at)
 
 
-def _render(conn: object, info: DocumentInfo, fmt: str, at: float | None) -> bytes:
-    records = read_records(conn, info.name, at)  # type: ignore[arg-type]
+def _render(conn: sqlite3.Connection, info: DocumentInfo, fmt: str, at: float | None) -> bytes:
+    records = read_records(conn, info.name, at)
     try:
         doc = doc_from_updates([record.data for record in records])
     except ValueError as error:

@@ -224,15 +224,10 @@ class Room:
 
     def diff(self, state_vector: bytes) -> bytes:
         """What a peer with `state_vector` is missing."""
-        if self._stored is not None and not self._pending:
-            if state_vector == EMPTY_STATE_VECTOR:
-                return self._stored
-            try:
-                return get_update(self._stored, state_vector)
-            except ValueError as error:
-                raise InvalidUpdateError(f"invalid state vector: {error}") from error
-        self.flush()
         try:
+            if self._stored is not None and not self._pending:
+                return self._stored if state_vector == EMPTY_STATE_VECTOR else get_update(self._stored, state_vector)
+            self.flush()
             return self.doc.get_update(state_vector)
         except ValueError as error:
             raise InvalidUpdateError(f"invalid state vector: {error}") from error

@@ -22,10 +22,8 @@ from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from .api import install_api
@@ -48,6 +46,7 @@ from .lockfile import DatabaseLock
 from .logs import fields
 from .metrics import render
 from .names import room_name_from_path
+from .peer import Outbox, WebSocketPeer, forget_handshake
 from .protocol import Auth, Message, SyncStep2, Update, parse_frame
 from .room import EMPTY_UPDATE, Room
 from .rooms import Rooms
@@ -56,7 +55,7 @@ from .store.history import Retention
 from .store.sqlite import SQLiteStore
 from .web import install_web
 
-__all__ = ["CollabServer", "WebSocketPeer", "run"]
+__all__ = ["CollabServer", "run"]
 
 logger = logging.getLogger("collab.server")
 
@@ -65,136 +64,6 @@ NORMAL_CLOSURES = (1000, 1001, 1005)
 SUBPROTOCOL = Subprotocol("collab")
 READ_ONLY_NOTICE = "read-only access: your edits are not saved or shared"
 READY_TIMEOUT = 2.0
-
-
-class WebSocketPeer:
-    """A connection as a room sees it: an id for logs and a non-blocking `send`.
-
-    The relay's hot path (profiled in docs/benchmarks.md). Each message becomes a WebSocket frame once,
-    shared by every recipient (`server_frame`), and written straight to the transport: with compression
-    off, no extension transforms frames, so what websockets' send_binary() would serialize per peer is
-    the same bytes for all. Frames queued during one turn of the event loop go out together, one write
-    per peer, when the turn ends (`Outbox`), not one system call per frame. A peer whose unsent bytes
-    exceed `max_buffered` is dropped: it reads too slowly, and resyncs when it reconnects.
-    """
-
-    __slots__ = (
-        "_metrics",
-        "_out",
-        "_outbox",
-        "_ws",
-        "dropped",
-        "id",
-        "last_heard",
-        "max_buffered",
-        "read_only",
-        "told_read_only",
-    )
-
-    def __init__(
-        self, ws: ServerConnection, id: str, metrics: ServerMetrics, max_buffered: int, outbox: Outbox
-    ) -> None:
-        self._ws = ws
-        self._metrics = metrics
-        self.id = id
-        self.max_buffered = max_buffered
-        self.read_only = False
-        self.told_read_only = False
-        self.dropped = False
-        self.last_heard = 0.0
-        """Event-loop time of the last frame received from this peer."""
-        self._outbox = outbox
-        self._out: list[bytes] | None = None
-        """Frames queued this turn of the loop, or None when nothing is."""
-
-    def send(self, frame: bytes) -> None:
-        if self.dropped or self._ws.protocol.state is not State.OPEN:
-            return
-        out = self._out
-        if out is None:
-            self._out = out = []
-            self._outbox.add(self)
-        out.append(server_frame(frame))
-        self._metrics.count_sent(frame)
-
-    def flush(self) -> None:
-        """Write what is queued now; dropped if the connection is no longer open, as `send` would."""
-        out, self._out = self._out, None
-        ws = self._ws
-        if not out or self.dropped or ws.protocol.state is not State.OPEN:
-            return
-        try:
-            ws.transport.writelines(out)
-        except Exception as error:  # the transport is going away; its handler will clean up
-            logger.debug("send failed", extra=fields(conn=self.id, error=error))
-            return
-        if ws.transport.get_write_buffer_size() > self.max_buffered:
-            self._drop_slow_client()
-
-    async def check_alive(self, timeout: float) -> None:
-        """Ping; a peer that does not answer within `timeout` is gone (its TCP connection is cut)."""
-        try:
-            pong = await self._ws.ping()
-            async with asyncio.timeout(timeout):
-                await pong
-        except ConnectionClosed:
-            pass
-        except TimeoutError:
-            logger.info("no answer to a keepalive ping, dropping the connection", extra=fields(conn=self.id))
-            self._ws.transport.abort()
-
-    def _drop_slow_client(self) -> None:
-        """Stop queueing for a client that does not keep up; it resyncs when it reconnects."""
-        self.dropped = True
-        self._metrics.rejected.inc("slow_client")
-        logger.warning("closing a client that reads too slowly", extra=fields(conn=self.id, limit=self.max_buffered))
-        asyncio.get_running_loop().create_task(self._ws.close(1013, "too slow: reconnect to resync"))
-
-class Outbox:
-    """A server's peers with queued frames, flushed by one callback at the next turn of the loop."""
-
-    __slots__ = ("peers",)
-
-    def __init__(self) -> None:
-        self.peers: list[WebSocketPeer] = []
-
-    def add(self, peer: WebSocketPeer) -> None:
-        if not self.peers:
-            asyncio.get_running_loop().call_soon(self.flush)
-        self.peers.append(peer)
-
-    def flush(self) -> None:
-        peers, self.peers = self.peers, []
-        for peer in peers:
-            peer.flush()
-
-
-class _FrameCache:
-    """The last message's frame: a room hands the same bytes object to each of its peers in turn."""
-
-    __slots__ = ("frame", "message")
-
-    def __init__(self) -> None:
-        self.message = b""
-        self.frame = b"\x82\x00"  # the empty message's frame, so that the cache is never wrong
-
-
-_last = _FrameCache()
-
-
-def server_frame(message: bytes) -> bytes:
-    """A final, unmasked binary frame carrying `message` (RFC 6455 section 5.2), made once per message."""
-    if message is _last.message:
-        return _last.frame
-    length = len(message)
-    if length < 126:
-        header = bytes((0x82, length))
-    elif length < 1 << 16:
-        header = b"\x82\x7e" + length.to_bytes(2, "big")
-    else:
-        header = b"\x82\x7f" + length.to_bytes(8, "big")
-    _last.message, _last.frame = message, header + message
-    return _last.frame
 
 
 class CollabServer:
@@ -393,7 +262,7 @@ class CollabServer:
                 if type(frame) is str:
                     raise UnsupportedDataError("text frames are not part of the y-websocket protocol")
                 messages = parse_frame(frame)
-                count_received(frame, messages)
+                count_received(messages)
                 if bucket is not None and not bucket.take(len(messages), now):
                     raise RateLimitError(f"more than {rate:g} messages per second")
                 if peer.read_only:
@@ -470,27 +339,6 @@ class CollabServer:
 def connectable_host(host: str) -> str:
     """Where a local command reaches a server listening on `host`."""
     return "127.0.0.1" if host in ("", "0.0.0.0", "::") else f"[{host}]" if ":" in host else host
-
-
-_NO_HEADERS = Headers()
-
-
-def forget_handshake(ws: ServerConnection) -> None:
-    """Slim an idle connection down once collab has read what it needs from its handshake.
-
-    - The handshake's headers (about 3 KB), which websockets keeps for the connection's whole life but
-      never reads after the handshake. `ws.request` itself must stay: websockets takes a missing request
-      to mean "no handshake yet".
-    - The deque of flow-control waiters (about 0.7 KB even when empty, as every deque): websockets only
-      appends to it, removes from it and iterates it (asyncio.FlowControlMixin's pattern), which a list
-      does the same for 56 bytes. collab's own frames bypass that flow control (see WebSocketPeer).
-    - The per-connection closure around `_select_subprotocol`, only needed during the handshake.
-    """
-    if ws.request is not None:
-        ws.request.headers = _NO_HEADERS
-    ws.response = None
-    ws.drain_waiters = []  # type: ignore[assignment]
-    ws.protocol.__dict__.pop("select_subprotocol", None)
 
 
 async def serve_until_signalled(settings: Settings) -> None:

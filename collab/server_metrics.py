@@ -40,7 +40,7 @@ class ServerMetrics:
         )
         self.auth_failures = Counter("collab_auth_failures_total", "Refused tokens and origins, by reason", ("reason",))
 
-    def count_received(self, frame: bytes, messages: list[Message]) -> None:
+    def count_received(self, messages: list[Message]) -> None:
         for message in messages:
             kind = RECEIVED_KINDS[type(message)]
             self.messages_received.inc(kind)

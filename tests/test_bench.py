@@ -16,6 +16,7 @@ import sys
 
 import pytest
 
+from collab.peer import server_frame
 from tests.helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -97,7 +98,7 @@ def test_sizes_can_be_overridden() -> None:
 async def test_client_parses_frames_split_anywhere() -> None:
     """Server frames (unmasked) of every length class, cut at every byte, come out whole and in order."""
     messages = [b"\x00\x02" + bytes([i]) * size for i, size in enumerate((0, 1, 125, 126, 300, 65535, 65536, 70000))]
-    stream = b"".join(_server_frame(message) for message in messages)
+    stream = b"".join(server_frame(message) for message in messages)
     for cut in [*range(1, 12), 127, 1000, 65537, len(stream) - 1]:
         client = WsClient("127.0.0.1", "/")
         client.opened.set_result(None)
@@ -108,13 +109,3 @@ async def test_client_parses_frames_split_anywhere() -> None:
         assert received == messages, cut
     await asyncio.sleep(0)
 
-
-def _server_frame(payload: bytes, opcode: int = 0x2) -> bytes:
-    length = len(payload)
-    if length < 126:
-        header = bytes((0x80 | opcode, length))
-    elif length < 1 << 16:
-        header = bytes((0x80 | opcode, 126)) + length.to_bytes(2, "big")
-    else:
-        header = bytes((0x80 | opcode, 127)) + length.to_bytes(8, "big")
-    return header + payload

@@ -6,7 +6,8 @@ import pytest
 from websockets.frames import Frame, Opcode
 
 from collab.protocol import SyncStep1
-from collab.server import CollabServer, server_frame
+from collab.peer import server_frame
+from collab.server import CollabServer
 from tests.helpers import room_url, synced, text
 
 

@@ -150,16 +150,17 @@ def writer_of(message: bytes) -> int:
     while message[pos] & 0x80:  # skip the update's length
         pos += 1
     pos += 1
-    clients, pos = _var_uint(message, pos)
+    clients, pos = var_uint(message, pos)
     if clients:
-        _, pos = _var_uint(message, pos)  # number of structs of that client
+        _, pos = var_uint(message, pos)  # number of structs of that client
     else:
-        _, pos = _var_uint(message, pos)  # number of clients in the delete set
-    client, _ = _var_uint(message, pos)
+        _, pos = var_uint(message, pos)  # number of clients in the delete set
+    client, _ = var_uint(message, pos)
     return client
 
 
-def _var_uint(data: bytes, pos: int) -> tuple[int, int]:
+def var_uint(data: bytes, pos: int) -> tuple[int, int]:
+    """lib0 varUint at `pos`: (value, position after it)."""
     value = shift = 0
     while True:
         byte = data[pos]

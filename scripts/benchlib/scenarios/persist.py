@@ -27,7 +27,7 @@ from ..context import Context, close_all
 from ..peer import Peer, join, text_of
 from ..results import Meter, Result
 from ..servers import ManagedTarget, Target
-from ..workload import Stream, expected_text, expected_update_size
+from ..workload import Stream, expected_text, expected_update_size, var_uint
 
 POLL_S = 0.02
 DURABLE_TIMEOUT = 120.0
@@ -67,21 +67,10 @@ class Database:
 
 def clock(state_vector: bytes, client_id: int) -> int:
     """The clock a Yjs state vector holds for `client_id` (0 if absent)."""
-    pos = 0
-
-    def var_uint() -> int:
-        nonlocal pos
-        value = shift = 0
-        while True:
-            byte = state_vector[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return value
-            shift += 7
-
-    for _ in range(var_uint()):
-        client, value = var_uint(), var_uint()
+    clients, pos = var_uint(state_vector, 0)
+    for _ in range(clients):
+        client, pos = var_uint(state_vector, pos)
+        value, pos = var_uint(state_vector, pos)
         if client == client_id:
             return value
     return 0
