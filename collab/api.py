@@ -27,6 +27,7 @@ from .filenames import file_name_for
 from .formats import FORMATS, doc_from_updates, render
 from .http import HttpRequest, Router, json_response, respond
 from .names import validate_room_name
+from .room import check_records
 from .rooms import Rooms
 from .server_metrics import ServerMetrics
 from .store import DocumentInfo, Store
@@ -72,7 +73,9 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
         except AuthError as error:
             return refused(error)
         infos = await store.documents()
-        visible = [info for info in infos if grant is None or grant.covers(info.name)]
+        visible = [
+            info for info in infos if grant is None or (grant.covers(info.name) and not access.revoked(grant, info.name))
+        ]
         return json_response({"documents": [document_json(info) for info in visible]})
 
     async def get_document(request: HttpRequest) -> Response:
@@ -118,6 +121,7 @@ async def _document(store: Store, rooms: Rooms, name: str, at: float | None) -> 
     records = await store.load(name, at)
     if not records:
         return None, info
+    check_records(name, records)  # a row that would crash pycrdt is reported (CorruptDocumentError)
     try:
         return doc_from_updates([record.data for record in records]), info
     except ValueError as error:

@@ -1,14 +1,21 @@
 """Access tokens: signed, scoped to a document or a name prefix, read or write, expiring.
 
-A token is a JWT signed with HMAC-SHA256 (RFC 7519, `alg: HS256`), so any
-language's JWT library can mint one. Its claims:
+A token is a JWT (RFC 7519) signed with HMAC-SHA256 (`alg: HS256`, the shared
+`--auth-secret`) or, when `--auth-public-key` is configured, with the app
+server's private key (`ES256` or `EdDSA`, see `keys`), so any language's JWT
+library can mint one. Its claims:
 
     {"doc": "notes/plan",   # a document name, or a prefix ending in "/" ("team/")
      "perm": "write",       # or "read"
-     "exp": 1798000000}     # Unix time it expires
+     "exp": 1798000000,     # Unix time it expires: an integer, required
+     "iat": 1797996400,     # Unix time it was issued, optional: `collab revoke --doc ... --before`
+     "sub": "ada",          # who it is for, optional: the same person across reconnects
+     "jti": "k3J9..."}      # its id, optional: `collab revoke --id`
 
 An app server mints tokens with the secret collab is configured with; collab
-only verifies them. Clients present a token as `?token=...` on the URL, or as
+only verifies them. A connection is closed (4401) when its token expires or is
+revoked (`Revocations`, filled by the server from the database). Clients
+present a token as `?token=...` on the URL, or as
 the WebSocket subprotocol `token.<TOKEN>` (a browser cannot set headers), or to
 the HTTP API as `Authorization: Bearer <TOKEN>`.
 """
@@ -19,18 +26,26 @@ import base64
 import hashlib
 import hmac
 import json
+import math
+import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from .errors import ForbiddenError, UnauthenticatedError
+
+if TYPE_CHECKING:
+    from .keys import PublicKey
 
 __all__ = [
     "TOKEN_SUBPROTOCOL_PREFIX",
     "Access",
     "Grant",
     "Permission",
+    "Revocation",
+    "Revocations",
     "authorize",
     "mint_token",
     "token_from_subprotocols",
@@ -39,6 +54,8 @@ __all__ = [
 
 TOKEN_SUBPROTOCOL_PREFIX = "token."
 _HEADER = {"alg": "HS256", "typ": "JWT"}
+MAX_TIME = 2**53
+"""Later times (the year 285 million) are refused: JavaScript cannot hold them exactly, nor timers wait so long."""
 
 
 class Permission(Enum):
@@ -54,6 +71,12 @@ class Grant:
     """A document name, or a prefix ending in '/' that covers every name under it."""
     permission: Permission
     expires_at: float
+    subject: str | None = None
+    """The token's `sub` claim: who it was issued to (the same person across reconnects), if the issuer said."""
+    token_id: str | None = None
+    """The token's `jti` claim, by which it can be revoked, if the issuer gave one."""
+    issued_at: float | None = None
+    """The token's `iat` claim; a token without one counts as issued before any revocation by time."""
 
     def covers(self, name: str) -> bool:
         return name == self.scope or (self.scope.endswith("/") and name.startswith(self.scope))
@@ -75,64 +98,187 @@ def _sign(secret: bytes, signing_input: str) -> str:
     return _b64(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())
 
 
-def mint_token(secret: bytes, scope: str, permission: Permission, ttl: float, now: float | None = None) -> str:
-    """A token granting `permission` on `scope` for `ttl` seconds."""
-    expires = int((time.time() if now is None else now) + ttl)
-    claims = {"doc": scope, "perm": permission.value, "exp": expires}
+def mint_token(
+    secret: bytes,
+    scope: str,
+    permission: Permission,
+    ttl: float,
+    now: float | None = None,
+    *,
+    subject: str | None = None,
+    token_id: str | None = None,
+) -> str:
+    """A token granting `permission` on `scope` for `ttl` seconds, with `iat` and a `jti` (random if not given)."""
+    issued = time.time() if now is None else now
+    claims: dict[str, object] = {
+        "doc": scope,
+        "perm": permission.value,
+        "exp": int(issued + ttl),
+        "iat": int(issued),
+        "jti": secrets.token_urlsafe(16) if token_id is None else token_id,
+    }
+    if subject is not None:
+        claims["sub"] = subject
     signing_input = _b64(json.dumps(_HEADER, separators=(",", ":")).encode()) + "." + _b64(
         json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode()
     )
     return signing_input + "." + _sign(secret, signing_input)
 
 
-def verify_token(secret: bytes, token: str | None, now: float | None = None) -> Grant:
-    """Check a token's signature and expiry; raise `UnauthenticatedError` saying what is wrong."""
+def verify_token(
+    secret: bytes | None, token: str | None, now: float | None = None, *, public_key: PublicKey | None = None
+) -> Grant:
+    """Check a token's signature, claims and expiry; raise `UnauthenticatedError` saying what is wrong.
+
+    The header's `alg` picks the check, among those configured only: HS256 with `secret`, or the one
+    algorithm of `public_key`. A public key is never used as an HMAC secret (the "alg confusion" forgery).
+    """
     if not token:
         raise UnauthenticatedError("a token is required (?token=... or the subprotocol token.<TOKEN>)", "missing")
     parts = token.split(".")
     if len(parts) != 3:
         raise UnauthenticatedError("malformed token")
     header_b64, claims_b64, signature = parts
-    if not hmac.compare_digest(_sign(secret, f"{header_b64}.{claims_b64}"), signature):
-        raise UnauthenticatedError("invalid token signature")
     try:
         header = json.loads(_unb64(header_b64))
+        algorithm = header.get("alg") if isinstance(header, dict) else None
+        if algorithm == "HS256" and secret is not None:
+            valid = hmac.compare_digest(_sign(secret, f"{header_b64}.{claims_b64}"), signature)
+        elif public_key is not None and algorithm == public_key.algorithm:
+            valid = public_key.verify(f"{header_b64}.{claims_b64}".encode(), _unb64(signature))
+        else:
+            raise UnauthenticatedError(f"token algorithm {algorithm!r} is not accepted here")
+    except ValueError as error:  # bad base64, JSON or UTF-8 (all ValueErrors)
+        raise UnauthenticatedError("malformed token") from error
+    if not valid:
+        raise UnauthenticatedError("invalid token signature")
+    try:
         claims = json.loads(_unb64(claims_b64))
-        scope, permission, expires_at = claims["doc"], Permission(claims["perm"]), float(claims["exp"])
-    except (ValueError, KeyError, TypeError) as error:
+    except ValueError as error:
         raise UnauthenticatedError("malformed token claims") from error
-    if header.get("alg") != "HS256" or not isinstance(scope, str):
+    if not isinstance(claims, dict):
         raise UnauthenticatedError("malformed token claims")
-    if expires_at <= (time.time() if now is None else now):
+    grant = grant_from_claims(claims)
+    if grant.expires_at <= (time.time() if now is None else now):
         raise UnauthenticatedError("token expired", "expired")
-    return Grant(scope, permission, expires_at)
+    return grant
 
 
-def authorize(secret: bytes, token: str | None, name: str, now: float | None = None) -> Grant:
+def grant_from_claims(claims: dict[str, object]) -> Grant:
+    """The grant verified claims describe; `UnauthenticatedError` naming the first claim that is wrong."""
+    scope, perm = claims.get("doc"), claims.get("perm")
+    if not isinstance(scope, str):
+        raise UnauthenticatedError("malformed token claims: doc must be a string")
+    if perm not in ("read", "write"):
+        raise UnauthenticatedError("malformed token claims: perm must be 'read' or 'write'")
+    expires_at = claims.get("exp")
+    # An integer, as RFC 7519 NumericDate is in practice: not "Infinity", not 1e999, NaN or true.
+    if type(expires_at) is not int or not -MAX_TIME <= expires_at <= MAX_TIME:
+        raise UnauthenticatedError("malformed token claims: exp must be an integer Unix time")
+    issued_at = claims.get("iat")
+    if issued_at is not None and (
+        type(issued_at) not in (int, float)
+        or not math.isfinite(issued_at)  # type: ignore[arg-type]
+        or abs(issued_at) > MAX_TIME  # type: ignore[arg-type]
+    ):
+        raise UnauthenticatedError("malformed token claims: iat must be a Unix time")
+    subject, token_id = claims.get("sub"), claims.get("jti")
+    if not isinstance(subject, str | None) or not isinstance(token_id, str | None):
+        raise UnauthenticatedError("malformed token claims: sub and jti must be strings")
+    return Grant(
+        scope,
+        Permission(perm),
+        float(expires_at),
+        subject=subject,
+        token_id=token_id,
+        issued_at=None if issued_at is None else float(issued_at),  # type: ignore[arg-type]
+    )
+
+
+def authorize(
+    secret: bytes | None, token: str | None, name: str, now: float | None = None, *, public_key: PublicKey | None = None
+) -> Grant:
     """The grant `token` gives on document `name`; `ForbiddenError` if it is for another document."""
-    grant = verify_token(secret, token, now)
+    grant = verify_token(secret, token, now, public_key=public_key)
     if not grant.covers(name):
         raise ForbiddenError(f"token is for {grant.scope!r}, not {name!r}", "forbidden")
     return grant
 
 
-class Access:
-    """The server's access policy: open when no secret is configured, tokens otherwise."""
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """One `collab revoke`: a token by its id, or every token for a document or prefix issued before a time."""
 
-    def __init__(self, secret: bytes | None) -> None:
+    token_id: str | None = None
+    scope: str | None = None
+    """A document name, or a prefix ending in '/' (as a token's `doc`); with `before`."""
+    before: float | None = None
+
+
+class Revocations:
+    """The revocations a server knows of, checked at connect, on every API request and on live connections.
+
+    Kept as a set of token ids and, per document or prefix, the latest time before which its tokens are void,
+    so a check costs the same however many revocations there are.
+    """
+
+    def __init__(self) -> None:
+        self.token_ids: set[str] = set()
+        self.before: dict[str, float] = {}
+
+    def add(self, revocations: Iterable[Revocation]) -> None:
+        for revocation in revocations:
+            if revocation.token_id is not None:
+                self.token_ids.add(revocation.token_id)
+            if revocation.scope is not None and revocation.before is not None:
+                self.before[revocation.scope] = max(revocation.before, self.before.get(revocation.scope, -math.inf))
+
+    def revokes(self, grant: Grant, name: str | None) -> bool:
+        """Whether `grant` is void for document `name` (None: for everything, as a listing asks)."""
+        if grant.token_id is not None and grant.token_id in self.token_ids:
+            return True
+        if name is None or not self.before:
+            return False
+        issued = -math.inf if grant.issued_at is None else grant.issued_at
+        return any(issued < self.before.get(scope, -math.inf) for scope in _scopes_covering(name))
+
+
+def _scopes_covering(name: str) -> Iterable[str]:
+    """The name itself and each of its prefixes that ends in '/': every scope a revocation of `name` may name."""
+    yield name
+    index = name.find("/")
+    while index != -1:
+        yield name[: index + 1]
+        index = name.find("/", index + 1)
+
+
+class Access:
+    """The server's access policy: open when no secret or public key is configured, tokens otherwise."""
+
+    def __init__(self, secret: bytes | None, public_key: PublicKey | None = None) -> None:
         self.secret = secret
+        self.public_key = public_key
+        self.revocations = Revocations()
 
     @property
     def enabled(self) -> bool:
-        return self.secret is not None
+        return self.secret is not None or self.public_key is not None
 
     def check(self, token: str | None, name: str | None = None) -> Grant | None:
         """The grant for `name` (or any name, for a listing); None when access control is off."""
-        if self.secret is None:
+        if not self.enabled:
             return None
         if name is None:
-            return verify_token(self.secret, token)
-        return authorize(self.secret, token, name)
+            grant = verify_token(self.secret, token, public_key=self.public_key)
+        else:
+            grant = authorize(self.secret, token, name, public_key=self.public_key)
+        if self.revocations.revokes(grant, name):
+            raise UnauthenticatedError("token revoked", "revoked")
+        return grant
+
+    def revoked(self, grant: Grant | None, name: str) -> bool:
+        """Whether a grant checked earlier is now void for `name` (a listing filters with this)."""
+        return grant is not None and self.revocations.revokes(grant, name)
 
 
 def token_from_subprotocols(offered: Sequence[str]) -> str | None:

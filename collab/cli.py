@@ -67,9 +67,24 @@ example:
 TOKEN_EPILOG = """\
 prints only the token, so it can be captured: TOKEN=$(collab token notes/plan --write)
 
+Each token carries iat (when it was minted) and jti (its id: --id, or a
+random one), by which collab revoke can void it before it expires.
+
 examples:
   collab token notes/plan --write --ttl 8h
   collab token team/ --ttl 7d                   read access to every document under team/
+  collab token notes/plan --write --subject ada --id session-42
+"""
+
+REVOKE_EPILOG = """\
+Stored in the database; a running server on it picks the revocation up within
+a second (it polls the database), closes the connections it voids with 4401
+and refuses the tokens from then on, on WebSocket and HTTP alike.
+
+examples:
+  collab revoke --id session-42                 one token, by its jti
+  collab revoke --doc notes/plan                every token for notes/plan minted before now
+  collab revoke --doc team/ --before 2h         every token for team/... minted more than 2 hours ago
 """
 
 STATS_EPILOG = """\
@@ -131,7 +146,26 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--write", action="store_true", help="allow editing [default: read only]")
     token.add_argument("--ttl", type=parse_duration, default=3600.0, help="lifetime: 30m, 12h, 7d [default 1h]")
     token.add_argument("--auth-secret-file", type=Path, help="[COLLAB_AUTH_SECRET_FILE, or COLLAB_AUTH_SECRET]")
+    token.add_argument("--subject", help="who the token is for (its sub claim): the same person across reconnects")
+    token.add_argument(
+        "--id", dest="token_id", help="the token's id (its jti claim), for collab revoke [default: random]"
+    )
     token.set_defaults(handler=_token)
+
+    revoke = command(
+        "revoke",
+        "void tokens before they expire",
+        "Revoke one token by its id, or every token for a document (or prefix) minted before a time.",
+        REVOKE_EPILOG,
+    )
+    _add_db_flag(revoke)
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", dest="token_id", help="the jti of the token to revoke")
+    which.add_argument("--doc", metavar="NAME", help="a document name, or a prefix ending in / for all documents under it")
+    revoke.add_argument(
+        "--before", metavar="TIME", help="with --doc: tokens minted before TIME: 2h (ago) or ISO 8601 [default: now]"
+    )
+    revoke.set_defaults(handler=_revoke)
 
     stats = command("stats", "database totals", "Totals for a database: documents, bytes, log rows, history.", STATS_EPILOG)
     _add_db_flag(stats)
@@ -184,26 +218,47 @@ def _serve(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .export import export
 
-    at = None if args.at is None else _time(args.at)
+    at = None if args.at is None else _time(args.at, "--at")
     written = export(_db(args), args.out, args.format, args.names, at)
+    failed = [item for item in written if item.error is not None]
+    for item in failed:
+        print(f"collab: error: {item.error}", file=sys.stderr)
     if args.out != "-":
-        print(f"exported {len(written)} document(s) to {args.out}/ (see {args.out}/manifest.json)", file=sys.stderr)
-    return 0
+        print(
+            f"exported {len(written) - len(failed)} document(s) to {args.out}/ (see {args.out}/manifest.json)"
+            + (f"; {len(failed)} could not be read" if failed else ""),
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
 
 
 def _import(args: argparse.Namespace) -> int:
-    from .filenames import name_from_file_name
     from .importer import import_update
 
     try:
         update = args.file.read_bytes()
     except OSError as error:
         raise ConfigError(f"cannot read {args.file}: {error.strerror}") from error
-    name = args.name or name_from_file_name(args.file.name)
+    name = args.name or _name_of_backup(args.file)
     result = asyncio.run(import_update(_db(args), update, name))
     outcome = "merged into" if result.changed else "already contained in"
     print(f"{args.file}: {outcome} {result.name!r} ({result.via})", file=sys.stderr)
     return 0
+
+
+def _name_of_backup(file: Path) -> str:
+    """The document an exported file holds: its file name says, or for a generated one the manifest beside it."""
+    from .filenames import MANIFEST, is_generated, name_from_file_name
+
+    if not is_generated(file.name):
+        return name_from_file_name(file.name)
+    try:
+        documents = json.loads((file.parent / MANIFEST).read_text())["documents"]
+        return next(str(entry["name"]) for entry in documents if entry["file"] == file.name)
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        raise ConfigError(
+            f"{file.name} is a generated file name: keep the export's {MANIFEST} beside it, or pass --name"
+        ) from None
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -215,7 +270,28 @@ def _token(args: argparse.Namespace) -> int:
         raise ConfigError("no auth secret: set COLLAB_AUTH_SECRET or pass --auth-secret-file")
     validate_room_name(args.name)
     permission = Permission.WRITE if args.write else Permission.READ
-    print(mint_token(secret, args.name, permission, args.ttl))
+    print(mint_token(secret, args.name, permission, args.ttl, subject=args.subject, token_id=args.token_id))
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from .auth import Revocation
+    from .names import validate_room_name
+    from .store.history import format_time
+    from .store.revocations import add_revocation
+
+    if args.token_id is not None:
+        if args.before is not None:
+            raise ConfigError("--before goes with --doc; --id revokes the token whatever its age")
+        revocation = Revocation(token_id=args.token_id)
+        what = f"token {args.token_id!r}"
+    else:
+        validate_room_name(args.doc)
+        before = time.time() if args.before is None else _time(args.before, "--before")
+        revocation = Revocation(scope=args.doc, before=before)
+        what = f"tokens for {args.doc!r} minted before {format_time(before)}"
+    add_revocation(_db(args), revocation)
+    print(f"revoked {what}", file=sys.stderr)
     return 0
 
 
@@ -274,13 +350,13 @@ def _history(args: argparse.Namespace) -> int:
     return 0
 
 
-def _time(text: str) -> float:
+def _time(text: str, flag: str) -> float:
     from .store.history import parse_time
 
     try:
         return parse_time(text, time.time())
     except ValueError as error:
-        raise ConfigError(f"--at: {error}") from error
+        raise ConfigError(f"{flag}: {error}") from error
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import broadcast
 from websockets.exceptions import ConnectionClosed
 
+from .errors import ProtocolError
 from .protocol import (
     Auth,
     Awareness,
@@ -159,15 +160,29 @@ class Client:
     async def _read_forever(self) -> None:
         try:
             async for frame in self.ws:
-                assert isinstance(frame, bytes), "the server sent a text frame"
                 self.received_frames += 1
-                for message in parse_frame(frame):
-                    self._handle(message)
+                self._receive(frame)
                 self._changed.set()
         except ConnectionClosed:
             pass
         finally:
             self._changed.set()
+
+    def _receive(self, frame: bytes | str) -> None:
+        """Handle one frame; one that cannot be used is logged and skipped, and the reader goes on.
+
+        A reader that died of a frame it could not parse (an awareness clock of 2**53) left the
+        connection open but deaf: `synced` never set, `collab import` waiting forever.
+        """
+        try:
+            if isinstance(frame, str):
+                raise ProtocolError("the server sent a text frame")
+            for message in parse_frame(frame):
+                self._handle(message)
+        except ProtocolError as error:
+            logger.warning("ignored a frame from the server that is not valid: %s", error)
+        except Exception:
+            logger.exception("ignored a frame from the server that could not be applied")
 
     def _handle(self, message: object) -> None:
         match message:

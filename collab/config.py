@@ -13,9 +13,12 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .keys import PublicKey
 
 __all__ = ["Settings", "env_name", "parse_duration", "parse_size"]
 
@@ -92,8 +95,14 @@ class Settings:
         None, str, "turn access control on: the secret tokens are signed with (prefer --auth-secret-file)"
     )
     auth_secret_file: Path | None = _setting(None, Path, "read the auth secret from this file")
+    auth_public_key: Path | None = _setting(
+        None, Path, "turn access control on: accept tokens signed with the private key of this PEM public key (ES256, EdDSA)"
+    )
     allowed_origin: tuple[str, ...] = _setting(
-        (), _origins, "comma-separated origins browsers may connect from (https://app.example.com); empty: any"
+        (),
+        _origins,
+        "comma-separated origins browsers may connect from (https://app.example.com), or * for any;"
+        " empty: any with access control on, else only the server's own origin and loopback names",
     )
     certfile: Path | None = _setting(None, Path, "TLS certificate (PEM): serve wss:// and https://")
     keyfile: Path | None = _setting(None, Path, "TLS private key (PEM) for --certfile")
@@ -101,10 +110,26 @@ class Settings:
     max_room_connections: int = _setting(1_000, int, "connections per room; more are closed with 1013")
     max_rooms: int = _setting(10_000, int, "rooms loaded in memory; a connection needing one more is closed with 1013")
     max_messages_per_second: float = _setting(
-        500.0, float, "messages a connection may send per second (bursts of twice that); faster closes with 1008; 0: no limit"
+        500.0,
+        float,
+        "messages (awareness: entries) a connection may send per second, bursts of twice that;"
+        " a faster one is read more slowly, not closed; 0: no limit",
+    )
+    throttle_close_after: float = _setting(
+        600.0, parse_duration, "close (1008) a connection the rate limit held back this long without a pause; 0: never"
     )
     max_buffered: int = _setting(
-        16 * 2**20, parse_size, "bytes queued for a client that reads too slowly before it is closed with 1013"
+        16 * 2**20,
+        parse_size,
+        "bytes a client may leave unread for longer than --slow-client-grace before it is closed with 1013",
+    )
+    slow_client_grace: float = _setting(
+        30.0,
+        parse_duration,
+        "how long bytes queued for a client may wait unread before they count against --max-buffered",
+    )
+    max_document_size: int = _setting(
+        64 * 2**20, parse_size, "largest document; an update that would grow one beyond it closes with 1009"
     )
     keepalive: float = _setting(
         20.0, parse_duration, "ping connections silent this long, drop them if no answer within as long again; 0: never"
@@ -112,6 +137,14 @@ class Settings:
     handshake_timeout: float = _setting(10.0, parse_duration, "close connections that do not complete the handshake in time")
     log_level: str = _setting("info", _choice("debug", "info", "warning", "error"), "log verbosity")
     log_format: str = _setting("text", _choice("text", "json"), "log lines as text (key=value fields) or JSON objects")
+
+    def public_key(self) -> PublicKey | None:
+        """The verifying key of `--auth-public-key`, or None; needs the optional `cryptography` package."""
+        if self.auth_public_key is None:
+            return None
+        from .keys import load_public_key
+
+        return load_public_key(self.auth_public_key)
 
     def secret(self) -> bytes | None:
         """The auth secret, from the setting or its file; None when access control is off."""

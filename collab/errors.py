@@ -4,14 +4,16 @@
     ├── ProtocolError              the peer broke the y-websocket protocol      → 1002
     │   ├── InvalidUTF8Error       a string in a message is not UTF-8           → 1007
     │   ├── InvalidUpdateError     a well-formed message carries a bad update   → 1002
+    │   ├── MessageTooBigError     an awareness state or entry count too large  → 1009
     │   └── UnsupportedDataError   a text frame instead of a binary one         → 1003
     ├── InvalidRoomNameError       the URL names no acceptable room             → 4400
     ├── AuthError                  (the client is told why in an auth message first)
-    │   ├── UnauthenticatedError   no token, a forged or an expired one         → 4401
+    │   ├── UnauthenticatedError   no token; a forged, expired or revoked one   → 4401
     │   └── ForbiddenError         a valid token for another document           → 4403
     ├── LimitError
     │   ├── ServerBusyError        too many connections or rooms; retry later   → 1013
-    │   └── RateLimitError         a client sends faster than allowed           → 1008
+    │   ├── RateLimitError         a client stays far above its rate limit      → 1008
+    │   └── DocumentTooLargeError  an update would grow a document too large    → 1009
     ├── StorageError               the store failed; nothing is lost, retry     → 1011
     │   └── CorruptDocumentError   a stored row does not decode                 → 1011
     ├── HistoryError               no state is kept for the moment asked for (HTTP 404)
@@ -31,6 +33,7 @@ __all__ = [
     "ConfigError",
     "AuthError",
     "CorruptDocumentError",
+    "DocumentTooLargeError",
     "ForbiddenError",
     "LimitError",
     "RateLimitError",
@@ -40,6 +43,7 @@ __all__ = [
     "InvalidRoomNameError",
     "InvalidUTF8Error",
     "InvalidUpdateError",
+    "MessageTooBigError",
     "ProtocolError",
     "StorageError",
     "UnsupportedDataError",
@@ -63,6 +67,10 @@ class InvalidUpdateError(ProtocolError):
     """A message is well formed but its Yjs update or state vector does not decode."""
 
 
+class MessageTooBigError(ProtocolError):
+    """A part of a message is over its documented limit (an awareness state's size, its entry count)."""
+
+
 class UnsupportedDataError(ProtocolError):
     """The peer sent a text frame; the y-websocket protocol is binary."""
 
@@ -80,7 +88,7 @@ class AuthError(CollabError):
 
 
 class UnauthenticatedError(AuthError):
-    """No token, or one that is forged, malformed or expired."""
+    """No token, or one that is forged, malformed, expired or revoked."""
 
 
 class ForbiddenError(AuthError):
@@ -96,7 +104,11 @@ class ServerBusyError(LimitError):
 
 
 class RateLimitError(LimitError):
-    """The client sends more messages per second than allowed."""
+    """The client stays far above its rate limit (being slowed down did not stop it), or one message costs too much."""
+
+
+class DocumentTooLargeError(LimitError):
+    """An update would grow its document beyond `--max-document-size`; nothing of its frame took effect."""
 
 
 class StorageError(CollabError):
@@ -129,6 +141,7 @@ UNSUPPORTED_DATA = 1003
 INVALID_DATA = 1007
 INTERNAL_ERROR = 1011
 POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
 TRY_AGAIN_LATER = 1013
 BAD_ROOM_NAME = 4400
 UNAUTHENTICATED = 4401
@@ -145,6 +158,8 @@ def close_reason_for(error: BaseException) -> CloseReason:
             code = INVALID_DATA
         case UnsupportedDataError():
             code = UNSUPPORTED_DATA
+        case MessageTooBigError():
+            code = MESSAGE_TOO_BIG
         case ProtocolError():
             code = PROTOCOL_ERROR
         case InvalidRoomNameError():
@@ -155,6 +170,8 @@ def close_reason_for(error: BaseException) -> CloseReason:
             code = FORBIDDEN
         case RateLimitError():
             code = POLICY_VIOLATION
+        case DocumentTooLargeError():
+            code = MESSAGE_TOO_BIG
         case ServerBusyError():
             code = TRY_AGAIN_LATER
         case StorageError():

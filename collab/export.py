@@ -5,6 +5,11 @@ one consistent moment even while a server keeps writing (WAL), it never blocks
 that server, and it includes updates still in the log, not only snapshots.
 Updates accepted in the last commit window (`--commit-interval`) may not be on
 disk yet and are then not included.
+
+Every stored row is checked before pycrdt reads it (`room.check_records`). A
+document that cannot be read is reported, in the result and in the manifest
+(`"error"`, no file), and the export carries on with the others; the CLI says
+which on stderr and exits 1 once the rest is written.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 from .errors import CollabError, StorageError
 from .filenames import MANIFEST, file_name_for
 from .formats import FORMATS, doc_from_updates, render
+from .room import check_records
 from .store import DocumentInfo
 from .store.history import format_time
 from .store.sqlite_read import SQLiteReader, read_documents, read_records
@@ -37,6 +43,8 @@ class Exported:
     name: str
     file: str | None
     bytes: int
+    error: str | None = None
+    """Why the document could not be exported (then `file` is None); None when it was."""
 
 
 def select_names(available: list[str], patterns: list[str]) -> list[str]:
@@ -65,9 +73,17 @@ def export(db: Path, out: str, fmt: str, patterns: list[str], at: float | None =
                 raise ExportError(f"no selected document existed at {format_time(at)}")
         if out == "-" and len(names) != 1:
             raise ExportError(f"--out - writes one document, but {len(names)} match; name exactly one")
-        rendered = {name: _render(conn, infos[name], fmt, at) for name in names}
+        rendered: dict[str, bytes | str] = {}
+        for name in names:
+            try:
+                rendered[name] = _render(conn, infos[name], fmt, at)
+            except StorageError as error:
+                if out == "-":
+                    raise
+                rendered[name] = str(error)
     if out == "-":
         [(name, data)] = rendered.items()
+        assert isinstance(data, bytes)
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return [Exported(name, None, len(data))]
@@ -75,7 +91,9 @@ def export(db: Path, out: str, fmt: str, patterns: list[str], at: float | None =
 
 
 def _render(conn: sqlite3.Connection, info: DocumentInfo, fmt: str, at: float | None) -> bytes:
+    """One document in `fmt`; raises `StorageError` (`CorruptDocumentError` naming the row) if it cannot be read."""
     records = read_records(conn, info.name, at)
+    check_records(info.name, records)
     try:
         doc = doc_from_updates([record.data for record in records])
     except ValueError as error:
@@ -84,8 +102,9 @@ def _render(conn: sqlite3.Connection, info: DocumentInfo, fmt: str, at: float | 
 
 
 def _write_files(
-    out: Path, fmt: str, rendered: dict[str, bytes], infos: dict[str, DocumentInfo], at: float | None
+    out: Path, fmt: str, rendered: dict[str, bytes | str], infos: dict[str, DocumentInfo], at: float | None
 ) -> list[Exported]:
+    """Write each rendered document (bytes) and the manifest; a str is why that document could not be read."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".collab-export-{os.getpid()}"
@@ -96,6 +115,9 @@ def _write_files(
     extension = FORMATS[fmt][0]
     written = []
     for name, data in rendered.items():
+        if isinstance(data, str):
+            written.append(Exported(name, None, 0, data))
+            continue
         file_name = file_name_for(name, extension)
         _write_atomically(out / file_name, data)
         written.append(Exported(name, file_name, len(data)))
@@ -110,6 +132,7 @@ def _write_files(
                 "bytes": item.bytes,
                 "size": infos[item.name].size,
                 "updated_at": format_time(infos[item.name].updated_at),
+                **({"error": item.error} if item.error is not None else {}),
             }
             for item in written
         ],

@@ -4,6 +4,10 @@
 requests that ask for a WebSocket upgrade go on to become room connections,
 everything else is answered here. Handlers take the request and return a
 `Response` (use `respond` to build one); they run on the event loop and must be quick.
+
+Every request's head is checked first (`check_head`, by `collab.connection`):
+collab serves GET only, one request per connection, without a body, and
+websockets would answer anything else with silence or a 500.
 """
 
 from __future__ import annotations
@@ -11,13 +15,98 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-__all__ = ["HttpRequest", "Router", "json_response", "respond"]
+__all__ = ["MAX_HEAD", "HeadCheck", "HttpRequest", "OriginPolicy", "Router", "check_head", "json_response", "respond"]
+
+MAX_HEAD = 64 * 1024
+"""Largest request head (request line and headers) read: above websockets' own line limit, below anything costly."""
+
+SINGLE_VALUED = (
+    "Host",
+    "Origin",
+    "Upgrade",
+    "Authorization",
+    "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version",
+    "Content-Length",
+    "Transfer-Encoding",
+)
+"""Headers a request may carry once: two Hosts or Origins, or two framings of a body, are ambiguous (RFC 9112)."""
+
+
+class HeadCheck(NamedTuple):
+    refusal: Response | None
+    """What to answer instead of handling the request, or None if it may go on."""
+    upgrade: bool
+    """Whether it asks for a WebSocket upgrade."""
+
+
+def check_head(head: bytes) -> HeadCheck:
+    """Check a request head (everything up to and including the blank line) before websockets parses it."""
+    lines = head.split(b"\r\n")
+    request_line, header_lines = lines[0], lines[1:-2]
+    parts = request_line.split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/") or not request_line.isascii():
+        return HeadCheck(respond(HTTPStatus.BAD_REQUEST, "malformed request line\n"), False)
+    if parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
+        return HeadCheck(respond(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "HTTP/1.1 only\n"), False)
+    counts: dict[str, int] = {}
+    upgrade = False
+    content_length = b"0"
+    for line in header_lines:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.strip() or not name.isascii():
+            return HeadCheck(respond(HTTPStatus.BAD_REQUEST, "malformed header line\n"), False)
+        key = name.decode().lower()
+        counts[key] = counts.get(key, 0) + 1
+        if key == "upgrade":
+            upgrade = value.strip().lower() == b"websocket"
+        elif key == "content-length":
+            content_length = value.strip()
+    duplicated = [name for name in SINGLE_VALUED if counts.get(name.lower(), 0) > 1]
+    if duplicated:
+        return HeadCheck(respond(HTTPStatus.BAD_REQUEST, f"duplicated header: {duplicated[0]}\n"), upgrade)
+    if parts[0] != b"GET":
+        return HeadCheck(respond(HTTPStatus.METHOD_NOT_ALLOWED, "GET only\n", headers={"Allow": "GET"}), upgrade)
+    if not content_length.isdigit():
+        return HeadCheck(respond(HTTPStatus.BAD_REQUEST, "malformed Content-Length\n"), upgrade)
+    if "transfer-encoding" in counts or content_length.lstrip(b"0"):
+        return HeadCheck(respond(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "a request takes no body here\n"), upgrade)
+    return HeadCheck(None, upgrade)
+
+
+class OriginPolicy:
+    """Which web pages a browser may let talk to collab: by the `Origin` header it sends with every upgrade.
+
+    A request without `Origin` is not a browser's (or is a same-origin GET) and is always allowed.
+    `--allowed-origin` lists the origins allowed exactly, or `*` for any. Without it, when access control
+    is off, only the server's own origin (the request's `Host`, over https, or http too unless collab
+    serves TLS itself, since a proxy may terminate TLS) and its loopback names (localhost, 127.0.0.1,
+    [::1] on its port) are allowed: otherwise any page a user visits could read and change their local
+    documents through their browser. With access control on, tokens guard the documents and any
+    origin is allowed.
+    """
+
+    def __init__(self, allowed: tuple[str, ...], *, restrict_by_default: bool, tls: bool) -> None:
+        self.allowed = frozenset(origin.lower() for origin in allowed)
+        self.any = "*" in self.allowed or (not self.allowed and not restrict_by_default)
+        self.schemes = ("https",) if tls else ("http", "https")
+
+    def allows(self, origin: str | None, host: str | None, port: int) -> bool:
+        if origin is None or self.any:
+            return True
+        origin = origin.rstrip("/").lower()
+        if self.allowed:
+            return origin in self.allowed
+        scheme, _, netloc = origin.partition("://")
+        if scheme not in self.schemes:
+            return False  # "null" (sandboxed frames, file: pages) among others
+        return netloc == (host or "").lower() or netloc in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}")
 
 
 class HttpRequest:
@@ -43,8 +132,15 @@ def respond(
     headers: dict[str, str] | None = None,
 ) -> Response:
     data = body.encode() if isinstance(body, str) else body
+    # Connection: close says what happens: websockets closes the connection after any response but a 101.
     all_headers = Headers(
-        {"Content-Type": content_type, "Content-Length": str(len(data)), "Cache-Control": "no-store", **(headers or {})}
+        {
+            "Content-Type": content_type,
+            "Content-Length": str(len(data)),
+            "Cache-Control": "no-store",
+            "Connection": "close",
+            **(headers or {}),
+        }
     )
     return Response(status, HTTPStatus(status).phrase, all_headers, data)
 

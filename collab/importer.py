@@ -25,7 +25,7 @@ from .errors import CollabError, InvalidUpdateError
 from .formats import doc_from_updates
 from .lockfile import DatabaseLock, running_server
 from .names import validate_room_name
-from .room import check_update
+from .room import check_records, check_update
 from .store.sqlite import SQLiteStore
 
 __all__ = ["ImportFailed", "Imported", "import_update"]
@@ -98,7 +98,9 @@ async def _into_database(db: Path, update: bytes, name: str) -> Imported:
         store = SQLiteStore(db)
         await store.start()
         try:
-            current: Doc = doc_from_updates([record.data for record in await store.load(name)])
+            records = await store.load(name)
+            check_records(name, records)  # a stored row that would crash pycrdt is reported, not read
+            current: Doc = doc_from_updates([record.data for record in records])
             before_state, before = current.get_state(), current.get_update()
             current.apply_update(update)
             changed = current.get_update() != before

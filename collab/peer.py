@@ -19,10 +19,11 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from .auth import Grant
 from .logs import fields
 from .server_metrics import ServerMetrics
 
-__all__ = ["Outbox", "WebSocketPeer", "forget_handshake", "server_frame"]
+__all__ = ["Backlogs", "Outbox", "WebSocketPeer", "forget_handshake", "server_frame"]
 
 logger = logging.getLogger("collab.server")
 
@@ -34,31 +35,40 @@ class WebSocketPeer:
     shared by every recipient (`server_frame`), and written straight to the transport: with compression
     off, no extension transforms frames, so what websockets' send_binary() would serialize per peer is
     the same bytes for all. Frames queued during one turn of the event loop go out together, one write
-    per peer, when the turn ends (`Outbox`), not one system call per frame. A peer whose unsent bytes
-    exceed `max_buffered` is dropped: it reads too slowly, and resyncs when it reconnects.
+    per peer, when the turn ends (`Outbox`), not one system call per frame. A peer that leaves too much
+    unread for too long is dropped (`Backlogs` has the rule): it resyncs when it reconnects.
     """
 
     __slots__ = (
+        "_backlogs",
+        "_marks",
         "_metrics",
         "_out",
+        "_written",
         "_outbox",
         "_ws",
         "dropped",
+        "grant",
         "id",
         "last_heard",
-        "max_buffered",
         "read_only",
         "told_read_only",
     )
 
     def __init__(
-        self, ws: ServerConnection, id: str, metrics: ServerMetrics, max_buffered: int, outbox: Outbox
+        self, ws: ServerConnection, id: str, metrics: ServerMetrics, backlogs: Backlogs, outbox: Outbox
     ) -> None:
         self._ws = ws
         self._metrics = metrics
         self.id = id
-        self.max_buffered = max_buffered
+        self._backlogs = backlogs
+        self._written = 0
+        """Bytes handed to the transport since this peer's backlog began (counted only while it has one)."""
+        self._marks: list[tuple[float, int]] | None = None
+        """While bytes wait unsent: (time, `_written` then), one per sweep, the oldest at most a grace old."""
         self.read_only = False
+        self.grant: Grant | None = None
+        """What the connection's token allows; None when access control is off."""
         self.told_read_only = False
         self.dropped = False
         self.last_heard = 0.0
@@ -88,8 +98,49 @@ class WebSocketPeer:
         except Exception as error:  # the transport is going away; its handler will clean up
             logger.debug("send failed", extra=fields(conn=self.id, error=error))
             return
-        if ws.transport.get_write_buffer_size() > self.max_buffered:
+        buffered = ws.transport.get_write_buffer_size()
+        if buffered:  # rarely: the kernel usually takes everything at once
+            self._backlogged(buffered, sum(map(len, out)))
+        elif self._marks is not None:
+            self._marks = None  # it caught up: nothing waits, however long it waited before
+
+    def _backlogged(self, buffered: int, wrote: int) -> None:
+        """Bytes wait unsent after a flush: track them, and drop the peer if `Backlogs` says so."""
+        if self._marks is None:
+            self._written = buffered  # count from here: everything buffered was written by now
+            self._marks = [(asyncio.get_running_loop().time(), buffered)]
+            self._backlogs.watch(self)
+        else:
+            self._written += wrote
+        if self._backlogs.too_slow(self, buffered):
             self._drop_slow_client()
+
+    def check_backlog(self, now: float) -> bool:
+        """For `Backlogs.sweep`: note how much was written by `now`; False once nothing waits any more."""
+        marks = self._marks
+        if marks is None or self.dropped or self._ws.protocol.state is not State.OPEN:
+            self._marks = None
+            return False
+        buffered = self._ws.transport.get_write_buffer_size()
+        if not buffered:
+            self._marks = None
+            return False
+        marks.append((now, self._written))
+        grace_ago = now - self._backlogs.grace
+        while len(marks) > 1 and marks[1][0] <= grace_ago:
+            del marks[0]
+        if self._backlogs.too_slow(self, buffered, now):
+            self._drop_slow_client()
+            return False
+        return True
+
+    def unread_for(self, since: float, buffered: int) -> int:
+        """Bytes written at or before `since` that the client has still not read (0 if unknown)."""
+        marks = self._marks
+        if not marks or marks[0][0] > since:
+            return 0
+        sent = self._written - buffered
+        return max(0, marks[0][1] - sent)
 
     async def check_alive(self, timeout: float) -> None:
         """Ping; a peer that does not answer within `timeout` is gone (its TCP connection is cut)."""
@@ -106,9 +157,55 @@ class WebSocketPeer:
     def _drop_slow_client(self) -> None:
         """Stop queueing for a client that does not keep up; it resyncs when it reconnects."""
         self.dropped = True
+        self._marks = None
         self._metrics.rejected.inc("slow_client")
-        logger.warning("closing a client that reads too slowly", extra=fields(conn=self.id, limit=self.max_buffered))
+        logger.warning(
+            "closing a client that reads too slowly",
+            extra=fields(conn=self.id, limit=self._backlogs.max_buffered, grace=self._backlogs.grace),
+        )
         asyncio.get_running_loop().create_task(self._ws.close(1013, "too slow: reconnect to resync"))
+
+
+class Backlogs:
+    """The slow-client rule, and the peers with bytes waiting unsent in their transport.
+
+    A client is dropped (1013) when more than `max_buffered` bytes queued for it have waited unread for
+    longer than `grace` seconds, or at once when more than `ceiling` bytes wait, however new. What is
+    counted is what the client has not read for long, not the size of one frame: a full-speed reader
+    takes a relayed 60 MB update, and a newcomer a 40 MB document, however long the write buffer stays
+    above `max_buffered` while they read it, as long as they keep reading. A client that stops reading
+    is dropped `grace` (plus up to one `SWEEP_INTERVAL`) after it stopped. The ceiling, above the largest
+    document plus the largest message, bounds the memory one client can pin in the meantime.
+
+    `sweep`, run every `SWEEP_INTERVAL` by the server, visits only the peers with a backlog, so it costs
+    nothing for the many that keep up.
+    """
+
+    SWEEP_INTERVAL = 1.0
+
+    __slots__ = ("ceiling", "grace", "max_buffered", "peers")
+
+    def __init__(self, max_buffered: int, grace: float, ceiling: int) -> None:
+        self.max_buffered = max_buffered
+        self.grace = grace
+        self.ceiling = ceiling
+        self.peers: set[WebSocketPeer] = set()
+
+    def watch(self, peer: WebSocketPeer) -> None:
+        self.peers.add(peer)
+
+    def too_slow(self, peer: WebSocketPeer, buffered: int, now: float | None = None) -> bool:
+        if buffered > self.ceiling:
+            return True
+        if buffered <= self.max_buffered:
+            return False
+        if now is None:
+            now = asyncio.get_running_loop().time()
+        return peer.unread_for(now - self.grace, buffered) > self.max_buffered
+
+    def sweep(self, now: float) -> None:
+        """Note each backlogged peer's progress; drop those too slow; forget those that caught up."""
+        self.peers = {peer for peer in self.peers if peer.check_backlog(now)}
 
 class Outbox:
     """A server's peers with queued frames, flushed by one callback at the next turn of the loop."""

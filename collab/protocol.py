@@ -18,18 +18,29 @@ accepts frames with several. The grammar (lib0 encoding, y-protocols):
     varString      = varUint8Array of UTF-8
 
 `parse_frame` turns a frame into typed messages or raises a `ProtocolError`
-saying what is wrong. Each parsed message keeps its own bytes in `raw`, so a
-server can forward exactly what it validated without encoding it again.
+saying what is wrong. Awareness is held to limits y-protocols does not state
+but its JavaScript peers need (see `_parse_awareness`): at most
+`MAX_AWARENESS_ENTRIES` entries a message, each state strict JSON (RFC 8259:
+no NaN or Infinity, which JavaScript's JSON.parse throws on) nested at most
+`MAX_AWARENESS_STATE_DEPTH` deep and at most `MAX_AWARENESS_STATE_BYTES` long.
+Each parsed message keeps its own bytes in `raw`, so a server can forward
+exactly what it validated without encoding it again.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .errors import InvalidUTF8Error, ProtocolError
+from .errors import InvalidUTF8Error, MessageTooBigError, ProtocolError
+from .yupdate import check_state_vector
 
 __all__ = [
+    "MAX_AWARENESS_ENTRIES",
+    "MAX_AWARENESS_STATE_BYTES",
+    "MAX_AWARENESS_STATE_DEPTH",
     "Auth",
     "Awareness",
     "AwarenessEntry",
@@ -38,6 +49,7 @@ __all__ = [
     "SyncStep1",
     "SyncStep2",
     "Update",
+    "awareness_messages",
     "encode_var_uint",
     "parse_frame",
 ]
@@ -55,6 +67,18 @@ AUTH_PERMISSION_DENIED = 0
 
 # lib0 refuses integers above Number.MAX_SAFE_INTEGER; so do we.
 MAX_VAR_UINT = 2**53 - 1
+# lib0's writeVarUint does encode a JavaScript number above 2**53 - 1 (inexactly), and a stock client whose
+# awareness clock was pushed up there sends one on every renewal. Such a clock is read (up to 64 bits) so
+# that the entry can be dropped (collab.presence) rather than its sender closed: closing it made the stock
+# client reconnect and be closed again, forever.
+AWARENESS_CLOCK_BITS = 64
+
+# Awareness limits (README, Limits). A stock client sends one entry a message, but it echoes every
+# awareness message it receives with all of that message's entries, so a newcomer's echo of its greeting
+# holds every state of the room: collab never sends more entries in one message than this either.
+MAX_AWARENESS_ENTRIES = 4096
+MAX_AWARENESS_STATE_BYTES = 64 * 1024
+MAX_AWARENESS_STATE_DEPTH = 32
 
 
 def encode_var_uint(value: int) -> bytes:
@@ -114,7 +138,10 @@ class Update:
 
 @dataclass(frozen=True, slots=True)
 class AwarenessEntry:
-    """One client's presence: its state as JSON text, or "null" once it left."""
+    """One client's presence: its state as JSON text, or "null" once it left.
+
+    A parsed entry's clock may exceed 2**53 - 1 (see AWARENESS_CLOCK_BITS); collab.presence drops those.
+    """
 
     client_id: int
     clock: int
@@ -179,7 +206,7 @@ class _Reader:
         self.data = data
         self.pos = 0
 
-    def var_uint(self, what: str) -> int:
+    def var_uint(self, what: str, bits: int = 53) -> int:
         data, pos = self.data, self.pos
         value = 0
         shift = 0
@@ -192,10 +219,10 @@ class _Reader:
             if byte < 0x80:
                 break
             shift += 7
-            if shift > 53:
-                raise ProtocolError(f"{what} does not fit in 53 bits")
-        if value > MAX_VAR_UINT:
-            raise ProtocolError(f"{what} does not fit in 53 bits")
+            if shift > bits:
+                raise ProtocolError(f"{what} does not fit in {bits} bits")
+        if value >> bits:
+            raise ProtocolError(f"{what} does not fit in {bits} bits")
         self.pos = pos
         return value
 
@@ -279,40 +306,86 @@ def _parse_message(reader: _Reader) -> Message:
 
 
 def _check_state_vector(state_vector: bytes) -> bytes:
-    """A state vector is varUint(n) (varUint(clientID) varUint(clock)){n}; check it is."""
-    reader = _Reader(state_vector)
-    count = reader.var_uint("state vector length")
-    if count * 2 > len(state_vector):
-        raise ProtocolError(f"state vector claims {count} clients in {len(state_vector)} bytes")
-    for _ in range(count):
-        reader.var_uint("state vector client id")
-        reader.var_uint("state vector clock")
-    if not reader.at_end:
-        raise ProtocolError("state vector has trailing bytes")
+    """A state vector is varUint(n) (varUint(clientID) varUint(clock)){n}; check it is, within what yrs
+    stores (32-bit clocks) and `yupdate.MAX_STATE_VECTOR_CLIENTS` entries."""
+    check_state_vector(state_vector)
     return state_vector
 
 
 def _parse_awareness(payload: bytes) -> tuple[AwarenessEntry, ...]:
     reader = _Reader(payload)
     count = reader.var_uint("awareness entry count")
+    # Refused by its count before any entry is decoded: 1M fake ids (7.6 MB) took 32 s to process.
+    if count > MAX_AWARENESS_ENTRIES:
+        raise MessageTooBigError(f"awareness update has {count} entries, more than {MAX_AWARENESS_ENTRIES}")
     # Each entry takes at least 3 bytes; a larger count cannot be honest.
     if count * 3 > len(payload):
         raise ProtocolError(f"awareness update claims {count} entries in {len(payload)} bytes")
     entries = []
     for _ in range(count):
         client_id = reader.var_uint("awareness client id")
-        clock = reader.var_uint("awareness clock")
-        state = reader.var_string("awareness state")
+        clock = reader.var_uint("awareness clock", AWARENESS_CLOCK_BITS)
+        raw_state = reader.var_bytes("awareness state")
+        if len(raw_state) > MAX_AWARENESS_STATE_BYTES:
+            raise MessageTooBigError(
+                f"awareness state of client {client_id} is {len(raw_state)} bytes,"
+                f" more than {MAX_AWARENESS_STATE_BYTES}"
+            )
         try:
-            json.loads(state)
-        except ValueError as error:
-            raise ProtocolError(f"awareness state of client {client_id} is not JSON") from error
+            state = raw_state.decode()
+        except UnicodeDecodeError as error:
+            raise InvalidUTF8Error("awareness state is not valid UTF-8") from error
+        _check_json(state, client_id)
         entries.append(AwarenessEntry(client_id, clock, state))
     if not reader.at_end:
         raise ProtocolError("awareness update has trailing bytes")
     return tuple(entries)
 
 
-def awareness_message(entries: list[AwarenessEntry] | tuple[AwarenessEntry, ...]) -> bytes:
+# A JSON string (RFC 8259 section 7), to skip when counting brackets: inside one they are text.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _check_json(state: str, client_id: int) -> None:
+    """Raise `ProtocolError` unless `state` is strict JSON nested at most MAX_AWARENESS_STATE_DEPTH deep.
+
+    The depth is measured before json.loads sees the text, without recursion: json.loads recurses once
+    per level and 1,000 levels raised RecursionError. The scan agrees with json.loads on every prefix of
+    valid JSON, and json.loads stops at the first invalid byte, so it never goes deeper than counted here.
+    """
+    if state.count("[") + state.count("{") > MAX_AWARENESS_STATE_DEPTH:
+        depth = 0
+        for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub("", state)):
+            if bracket in "[{":
+                depth += 1
+                if depth > MAX_AWARENESS_STATE_DEPTH:
+                    raise ProtocolError(
+                        f"awareness state of client {client_id} is nested deeper than {MAX_AWARENESS_STATE_DEPTH}"
+                    )
+            else:
+                depth -= 1
+    try:
+        _STRICT_JSON.decode(state)
+    except ValueError as error:
+        raise ProtocolError(f"awareness state of client {client_id} is not JSON: {error}") from error
+
+
+def _refuse_constant(name: str) -> object:
+    """Python's json reads NaN, Infinity and -Infinity; RFC 8259 and JavaScript's JSON.parse do not."""
+    raise ValueError(f"{name} is not JSON")
+
+
+# Made once: json.loads with any option builds a decoder per call (2.8 µs a small state, against 1.5).
+_STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
+def awareness_message(entries: Sequence[AwarenessEntry]) -> bytes:
     """Build one awareness message frame from entries."""
     return Awareness(tuple(entries)).encode()
+
+
+def awareness_messages(entries: Sequence[AwarenessEntry]) -> Iterator[bytes]:
+    """The entries as awareness message frames of at most MAX_AWARENESS_ENTRIES entries each (none if empty)."""
+    for start in range(0, len(entries), MAX_AWARENESS_ENTRIES):
+        yield awareness_message(entries[start : start + MAX_AWARENESS_ENTRIES])

@@ -32,12 +32,14 @@ class Rooms:
         compact_after: int = 1000,
         max_rooms: int = 10_000,
         max_room_connections: int = 1_000,
+        max_document_size: int = 0,
     ) -> None:
         self.store = store
         self.unload_after = unload_after
         self.compact_after = compact_after
         self.max_rooms = max_rooms
         self.max_room_connections = max_room_connections
+        self.max_document_size = max_document_size
         self._rooms: dict[str, Room] = {}
         self._loading: dict[str, asyncio.Task[Room]] = {}
         self._unloading: dict[str, asyncio.Task[None]] = {}
@@ -94,7 +96,12 @@ class Rooms:
             records = await self.store.load(name)
             loop = asyncio.get_running_loop()
             room = Room.from_records(
-                name, records, self.store, compact_after=self.compact_after, schedule=loop.call_soon
+                name,
+                records,
+                self.store,
+                compact_after=self.compact_after,
+                max_document_size=self.max_document_size,
+                schedule=loop.call_soon,
             )
         except Exception:
             logger.exception("could not load room %r", name)

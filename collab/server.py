@@ -3,7 +3,8 @@
 A WebSocket upgrade to `/<room>` joins that room; a plain GET is answered over
 HTTP on the same port by `self.http` (see `collab.http`). Before a connection
 gets any document data it passes the limits (`--max-connections`, the room's
-own) and, when a secret is configured, the token check. Everything it sends is
+own) and, when access control is on, the token check, which `sessions` keeps
+up for as long as it lives (expiry, revocation). Everything it sends is
 then parsed (`protocol.parse_frame`) and handed to its room in order; any
 `CollabError` closes that connection alone, with the code
 `errors.close_reason_for` picks. `run()` adds signals and a graceful,
@@ -22,6 +23,7 @@ from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import MultipleValuesError
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
@@ -29,29 +31,32 @@ from websockets.typing import Subprotocol
 from .api import install_api
 from .auth import TOKEN_SUBPROTOCOL_PREFIX, Access, token_from_subprotocols
 from .config import Settings
+from .connection import CollabConnection
 from .errors import (
     AuthError,
     CollabError,
     ConfigError,
+    LimitError,
     ProtocolError,
-    RateLimitError,
     ServerBusyError,
     StorageError,
     UnsupportedDataError,
     close_reason_for,
 )
-from .http import HttpRequest, Router, respond
-from .limits import TokenBucket
+from .http import HttpRequest, OriginPolicy, Router, respond
+from .limits import Throttle, bytes_cost, frame_cost
 from .lockfile import DatabaseLock
 from .logs import fields
 from .metrics import render
 from .names import room_name_from_path
-from .peer import Outbox, WebSocketPeer, forget_handshake
+from .peer import Backlogs, Outbox, WebSocketPeer, forget_handshake
 from .protocol import Auth, Message, SyncStep2, Update, parse_frame
 from .room import EMPTY_UPDATE, Room
 from .rooms import Rooms
 from .server_metrics import ServerMetrics
+from .sessions import Sessions
 from .store.history import Retention
+from .store.revocations import RevocationReader
 from .store.sqlite import SQLiteStore
 from .web import install_web
 
@@ -71,7 +76,10 @@ class CollabServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.access = Access(settings.secret())
+        self.access = Access(settings.secret(), settings.public_key())
+        self.origins = OriginPolicy(
+            settings.allowed_origin, restrict_by_default=not self.access.enabled, tls=settings.certfile is not None
+        )
         if (settings.certfile is None) != (settings.keyfile is None):
             raise ConfigError("TLS needs both --certfile and --keyfile")
         self.store = SQLiteStore(
@@ -92,13 +100,21 @@ class CollabServer:
             compact_after=settings.compact_after,
             max_rooms=settings.max_rooms,
             max_room_connections=settings.max_room_connections,
+            max_document_size=settings.max_document_size,
         )
         self.peers: set[WebSocketPeer] = set()
+        # Above the largest document plus the largest message: a newcomer downloading the one while the
+        # other is relayed to it is never over the ceiling (see Backlogs).
+        ceiling = (settings.max_document_size or settings.max_message_size) + settings.max_message_size
+        self._backlogs = Backlogs(settings.max_buffered, settings.slow_client_grace, ceiling + settings.max_buffered)
+        self._sweeper: asyncio.Task[None] | None = None
         self.metrics = ServerMetrics(self)
         self._server: Server | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
         self._outbox = Outbox()
+        self.sessions = Sessions(self.access, RevocationReader(settings.db), self._end_session)
+        self._closing: set[asyncio.Task[None]] = set()
         self.http = Router()
         self.http.route("/healthz", self._healthz)
         self.http.route("/readyz", self._readyz)
@@ -122,12 +138,19 @@ class CollabServer:
             self.lock.release()
             raise
         try:
+            await self.sessions.start()  # revocations stored so far hold from the first connection on
+        except BaseException:
+            await self.store.close()
+            self.lock.release()
+            raise
+        try:
             self._server = await serve(
                 self._handle,
                 self.settings.host,
                 self.settings.port,
                 ssl=tls,
                 process_request=self._process_request,
+                create_connection=CollabConnection,  # checks each request head first (see collab.connection)
                 select_subprotocol=self._select_subprotocol,
                 max_size=self.settings.max_message_size,
                 # One server-wide keepalive (_keepalive_forever) rather than a task per connection.
@@ -143,6 +166,7 @@ class CollabServer:
         self.port = self._server.sockets[0].getsockname()[1]
         if self.settings.keepalive > 0:
             self._keepalive = asyncio.create_task(self._keepalive_forever(), name="collab-keepalive")
+        self._sweeper = asyncio.create_task(self._sweep_backlogs_forever(), name="collab-slow-clients")
         self.lock.describe(
             url=f"{self.scheme}://{connectable_host(self.settings.host)}:{self.port}", auth=self.access.enabled
         )
@@ -172,8 +196,11 @@ class CollabServer:
         server, self._server = self._server, None
         if self._keepalive is not None:
             self._keepalive.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         server.close(close_connections=True)
         await server.wait_closed()
+        await self.sessions.close()
         await self.rooms.close()
         await self.store.close()
         self.lock.release()
@@ -182,14 +209,19 @@ class CollabServer:
     # HTTP.
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        try:
+            return await self._route(request)
+        except MultipleValuesError as error:  # a header read with .get() sent twice: the client's fault
+            return respond(HTTPStatus.BAD_REQUEST, f"duplicated header: {error}\n")
+
+    async def _route(self, request: Request) -> Response | None:
+        origin = request.headers.get("Origin")
+        if not self.origins.allows(origin, request.headers.get("Host"), self.port):
+            self.metrics.auth_failures.inc("origin")
+            logger.warning("refused a request from another origin", extra=fields(origin=origin, path=request.path))
+            return respond(HTTPStatus.FORBIDDEN, "origin not allowed (see --allowed-origin)\n")
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return await self.http.handle(request)
-        origin = request.headers.get("Origin")
-        allowed = self.settings.allowed_origin
-        if allowed and origin is not None and origin.rstrip("/") not in allowed:
-            self.metrics.auth_failures.inc("origin")
-            logger.warning("refused an upgrade from another origin", extra=fields(origin=origin))
-            return respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
         return None
 
     def _select_subprotocol(self, connection: ServerConnection, offered: Sequence[str]) -> Subprotocol | None:
@@ -231,8 +263,15 @@ class CollabServer:
             silent = [peer for peer in self.peers if peer.last_heard < silent_since]
             await asyncio.gather(*(peer.check_alive(interval) for peer in silent))
 
+    async def _sweep_backlogs_forever(self) -> None:
+        """Drop clients that leave too much unread for too long (see `Backlogs`); visits only those behind."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(Backlogs.SWEEP_INTERVAL)
+            self._backlogs.sweep(loop.time())
+
     async def _handle(self, ws: ServerConnection) -> None:
-        peer = WebSocketPeer(ws, str(next(self._ids)), self.metrics, self.settings.max_buffered, self._outbox)
+        peer = WebSocketPeer(ws, str(next(self._ids)), self.metrics, self._backlogs, self._outbox)
         self.peers.add(peer)
         room: Room | None = None
         error: BaseException | None = None
@@ -242,9 +281,13 @@ class CollabServer:
             request_path = ws.request.path if ws.request else ""
             name = room_name_from_path(request_path)
             grant = self.access.check(self._token(ws, request_path), name)
+            peer.grant = grant
+            if grant is not None:
+                self.sessions.add(peer, ws, name, grant)  # closed at expiry or revocation
             peer.read_only = grant is not None and not grant.can_write
             forget_handshake(ws)  # everything needed from the headers is read by now
             room = await self.rooms.join(name, peer)
+            room.presence.rejected = self.metrics.rejected  # dropped awareness entries are counted there
             logger.debug(
                 "joined", extra=fields(conn=peer.id, room=name, peer=ws.remote_address, read_only=peer.read_only)
             )
@@ -253,35 +296,47 @@ class CollabServer:
             loop = asyncio.get_running_loop()
             peer.last_heard = loop.time()
             rate = self.settings.max_messages_per_second
-            bucket = TokenBucket(rate, 2 * rate, peer.last_heard) if rate > 0 else None
+            close_after = self.settings.throttle_close_after
+            throttle = Throttle(rate, 2 * rate, peer.last_heard, close_after) if rate > 0 else None
             count_received = self.metrics.count_received
             recv = ws.recv
+            wait = 0.0
             while True:
                 frame = await recv()  # ConnectionClosed ends the loop
                 peer.last_heard = now = loop.time()
-                if type(frame) is str:
+                if type(frame) is not bytes:
                     raise UnsupportedDataError("text frames are not part of the y-websocket protocol")
                 messages = parse_frame(frame)
                 count_received(messages)
-                if bucket is not None and not bucket.take(len(messages), now):
-                    raise RateLimitError(f"more than {rate:g} messages per second")
+                if throttle is not None:
+                    wait = throttle.charge(frame_cost(messages, len(room.peers) - 1), now, bytes_cost(messages))
                 if peer.read_only:
                     messages = self._drop_updates(peer, messages)
                 room.receive(peer, messages)
+                if wait:
+                    # Too fast: read nothing more from it for a while. websockets' receive queue (max_queue
+                    # frames) fills, it stops reading the socket, and TCP backpressure slows the sender.
+                    peer.last_heard = now + wait  # silence while we do not listen is no sign of death
+                    await hold_back(ws, wait)
         except ConnectionClosed:
             pass
-        except Exception as caught:
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except BaseException as caught:  # and so pycrdt's PanicException (a BaseException) on a Rust panic
             error = caught
             peer.flush()  # what was sent before the error goes out before the close frame
             await self._refuse(ws, caught)
         finally:
             self.peers.discard(peer)
+            self.sessions.discard(peer)
             if room is not None:
                 self.rooms.leave(room, peer)
             self._log_close(peer, room, ws, error)
 
     def _drop_updates(self, peer: WebSocketPeer, messages: list[Message]) -> list[Message]:
         """A read-only peer's updates go nowhere; it is told so once and stays connected."""
+        if peer.dropped:  # being closed (see _end_session): nothing it sends counts any more
+            return []
         kept = [message for message in messages if type(message) is not Update and type(message) is not SyncStep2]
         if len(kept) < len(messages):
             edits = [m for m in messages if type(m) in (Update, SyncStep2) and m.update != EMPTY_UPDATE]  # type: ignore[union-attr]
@@ -300,7 +355,21 @@ class CollabServer:
         offered = ws.request.headers.get_all("Sec-WebSocket-Protocol") if ws.request else []
         return token_from_subprotocols([p.strip() for header in offered for p in header.split(",")])
 
-    async def _refuse(self, ws: ServerConnection, error: Exception) -> None:
+    def _end_session(self, peer: WebSocketPeer, ws: ServerConnection, error: AuthError) -> None:
+        """Close a live connection whose token expired or was revoked, as `_refuse` would at connect.
+
+        The auth message goes out first; then nothing the peer sends counts (its receive loop sees it
+        `dropped` and read-only) while the close handshake runs.
+        """
+        self.metrics.auth_failures.inc(error.label)
+        peer.send(Auth(f"permission denied: {error}").encode())
+        peer.flush()
+        peer.read_only = peer.told_read_only = peer.dropped = True
+        closing = asyncio.get_running_loop().create_task(ws.close(*close_reason_for(error)))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    async def _refuse(self, ws: ServerConnection, error: BaseException) -> None:
         """Close with the code the error earns; an auth failure is explained in an auth message first."""
         code, reason = close_reason_for(error)
         if isinstance(error, AuthError):
@@ -309,7 +378,7 @@ class CollabServer:
                 await ws.send(Auth(f"permission denied: {error}").encode())
             except ConnectionClosed:
                 return
-        elif isinstance(error, ProtocolError | RateLimitError | ServerBusyError):
+        elif isinstance(error, ProtocolError | LimitError):
             self.metrics.rejected.inc(type(error).__name__)
         closing = asyncio.create_task(ws.close(code, reason))
         # Discard what the client sent before it saw our close frame: with the receive queue
@@ -334,6 +403,15 @@ class CollabServer:
             logger.warning("connection closed", extra=fields(**where, code=ws.close_code, reason=ws.close_reason))
         else:
             logger.debug("connection closed", extra=fields(**where, code=ws.close_code))
+
+
+async def hold_back(ws: ServerConnection, seconds: float) -> None:
+    """Wait `seconds` without reading `ws`, or less if it closes meanwhile (a shutdown need not wait)."""
+    try:
+        async with asyncio.timeout(seconds):
+            await ws.wait_closed()
+    except TimeoutError:
+        pass
 
 
 def connectable_host(host: str) -> str:

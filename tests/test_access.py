@@ -195,3 +195,61 @@ def test_the_readme_minting_snippet_makes_valid_tokens() -> None:
     minted = namespace["collab_token"](SECRET.encode(), "team/", "read", 60)  # type: ignore[operator]
     grant = verify_token(SECRET.encode(), minted)
     assert grant.scope == "team/" and not grant.can_write
+
+
+async def upgrade_status(port: int, origin: str | None, host: str = "127.0.0.1", path: str = "/notes") -> int:
+    """The status of a raw WebSocket upgrade (or GET, for /api paths) with this Origin and Host."""
+    import asyncio as _asyncio
+
+    headers = f"Host: {host}\r\n" + ("" if origin is None else f"Origin: {origin}\r\n")
+    if not path.startswith("/api"):
+        headers += "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        headers += "Sec-WebSocket-Version: 13\r\n"
+    reader, writer = await _asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\n{headers}\r\n".encode())
+    async with _asyncio.timeout(10):
+        head = await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+    return int(head.split(b" ", 2)[1])
+
+
+async def test_without_access_control_only_the_servers_own_pages_may_use_it(server: CollabServer) -> None:
+    """A page on another site cannot drive the user's browser into their local documents."""
+    port = server.port
+    async with synced(room_url(server, "notes")) as healthy, synced(room_url(server, "elsewhere")) as other:
+        text(healthy).insert(0, "private")
+        for path in ("/notes", "/api/docs", "/api/docs/notes?format=txt"):
+            assert await upgrade_status(port, "http://evil.example", host=f"127.0.0.1:{port}", path=path) == 403
+            assert await upgrade_status(port, "null", host=f"127.0.0.1:{port}", path=path) == 403
+            assert await upgrade_status(port, f"http://evil.example:{port}", host=f"127.0.0.1:{port}", path=path) == 403
+        allowed = [
+            (f"http://127.0.0.1:{port}", f"127.0.0.1:{port}"),
+            (f"http://localhost:{port}", f"127.0.0.1:{port}"),
+            (f"http://[::1]:{port}", f"127.0.0.1:{port}"),
+            ("http://collab.example", "collab.example"),  # its own origin, by Host
+            ("https://collab.example", "collab.example"),  # behind a proxy that terminates TLS
+            (f"HTTP://LOCALHOST:{port}/", f"127.0.0.1:{port}"),
+        ]
+        for origin, host in allowed:
+            assert await upgrade_status(port, origin, host=host) == 101, origin
+            assert await upgrade_status(port, origin, host=host, path="/api/docs") == 200, origin
+        assert await upgrade_status(port, f"http://localhost:{port + 1}", host=f"127.0.0.1:{port}") == 403
+        assert await upgrade_status(port, None) == 101, "non-browser clients send no Origin"
+        own = f"http://127.0.0.1:{port}"
+        async with connect(room_url(server, "notes"), origin=own) as browser_like:  # type: ignore[arg-type]
+            await browser_like.recv()
+        await healthy.resync()
+        await other.resync()
+    assert server.metrics.auth_failures.get("origin") == 10
+
+
+async def test_allowed_origin_star_and_access_control_open_it_up(start_server: StartServer) -> None:
+    anywhere = await start_server(allowed_origin=("*",))
+    assert await upgrade_status(anywhere.port, "http://evil.example") == 101
+    await anywhere.stop()
+    secured = await start_server(auth_secret=SECRET)
+    assert await upgrade_status(secured.port, "http://app.example", path="/notes?token=" + token("notes")) == 101
+    await secured.stop()
+    listed = await start_server(allowed_origin=("https://app.example.com",))
+    assert await upgrade_status(listed.port, "https://app.example.com") == 101
+    assert await upgrade_status(listed.port, f"http://127.0.0.1:{listed.port}", host=f"127.0.0.1:{listed.port}") == 403

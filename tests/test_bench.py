@@ -25,13 +25,14 @@ from benchlib.sizes import TINY, apply_overrides
 from benchlib.wsclient import WsClient
 
 REFERENCE = ROOT / ".cache" / "bench" / "reference" / "node_modules" / "@y" / "websocket-server"
-SCENARIOS = ["fanout", "saturate", "latejoin", "conns", "persist"]
+SCENARIOS = ["fanout", "saturate", "latejoin", "conns", "persist", "flood"]
 EXPECTED_METRICS = {
     "fanout": {"p50_ms", "p99_ms", "max_ms"},
     "saturate": {"updates_per_s", "deliveries_per_s"},
     "latejoin": {"warm_500_ms", "warm_2k_ms"},
     "conns": {"connects_per_s", "rss_per_conn_kb"},
     "persist": {"updates_per_s", "storage_ratio", "stored_kb_per_doc"},
+    "flood": {"typist_p50_ms", "typist_p99_ms", "flood_accepted_per_s"},
 }
 
 

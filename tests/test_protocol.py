@@ -80,7 +80,7 @@ def test_several_messages_in_one_frame_keep_their_own_bytes() -> None:
         (b"\x00\x05\x00", "unknown sync message type 5"),
         (b"\x00\x02\x05ab", "needs 5 bytes, 2 left"),
         (b"\x00\x00\x02\x01\x01", "state vector"),
-        (b"\x00\x00\x00", "state vector length"),
+        (b"\x00\x00\x00", "state vector: length"),
         (b"\x02\x01", "unknown auth message type"),
         (b"\x01\x01\x05", "awareness update claims 5 entries"),
         (b"\x01\x05\x01\x01\x01\x01{", "not JSON"),
@@ -135,7 +135,9 @@ def test_awareness_entries_round_trip(items: list[tuple[int, int, str]]) -> None
 
 @given(st.integers(0, 2**53 - 1))
 def test_var_uint_round_trip(value: int) -> None:
-    [message] = parse_frame(b"\x00\x00" + encode_var_uint(len(payload := b"\x01" + encode_var_uint(value) * 2)) + payload)
+    # A state vector entry: the client id takes 53 bits, the clock 32 (what yrs stores).
+    entry = encode_var_uint(value) + encode_var_uint(value % 2**32)
+    [message] = parse_frame(b"\x00\x00" + encode_var_uint(len(payload := b"\x01" + entry)) + payload)
     assert message == SyncStep1(payload)
 
 

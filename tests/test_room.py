@@ -31,6 +31,7 @@ class FramePeer:
 
     def __init__(self, id: str) -> None:
         self.id = id
+        self.grant = None
         self.frames: list[bytes] = []
 
     def send(self, frame: bytes) -> None:
@@ -192,11 +193,11 @@ async def test_compaction_replaces_the_log_with_a_snapshot(store: MemoryStore) -
 
 def test_presence_keeps_the_newest_clock() -> None:
     presence = Presence()
-    assert presence.apply("a", [AwarenessEntry(1, 2, "{}")]) == [AwarenessEntry(1, 2, "{}")]
-    assert presence.apply("a", [AwarenessEntry(1, 2, '{"x":1}')]) == []
-    assert presence.apply("a", [AwarenessEntry(1, 2, "null")]) == [AwarenessEntry(1, 2, "null")]
+    assert presence.apply("a", [AwarenessEntry(1, 2, "{}")], 0).accepted == [AwarenessEntry(1, 2, "{}")]
+    assert presence.apply("a", [AwarenessEntry(1, 2, '{"x":1}')], 0).accepted == []
+    assert presence.apply("a", [AwarenessEntry(1, 2, "null")], 0).accepted == [AwarenessEntry(1, 2, "null")]
     assert presence.current() == []
-    assert presence.remove_owner("a") == []
+    assert presence.remove_owner("a", 0) == []
 
 
 def random_edits(seed: int, client_id: int) -> list[bytes]:

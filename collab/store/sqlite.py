@@ -5,6 +5,8 @@
     updates(id, doc_id, created_at, data)        -- the log since that snapshot
     checkpoints(id, doc_id, created_at, base, data)
                                                  -- past states: base=1 whole, else the change since the previous one
+    revocations(id, created_at, token_id, scope, before)
+                                                 -- `collab revoke`, polled by the server (see `revocations`)
 
 Loading reads the snapshot plus the log. Compaction, in the same transaction as
 the writes before it, turns the log into checkpoints (see `history`), replaces
@@ -29,7 +31,7 @@ from .group_commit import GroupCommitStore, WriteOp
 from .history import Retention, to_keep
 from .sqlite_read import read_documents, read_history, read_records
 
-__all__ = ["SQLiteStore", "migrations"]
+__all__ = ["SQLiteStore", "migrate", "migrations"]
 
 migrations = Migrations("collab")
 MIGRATION_NAMES: list[str] = []
@@ -74,6 +76,29 @@ def m002_checkpoints(db: Database) -> None:
     db.execute("CREATE INDEX checkpoints_by_doc ON checkpoints(doc_id, id)")
 
 
+@migration
+def m003_revocations(db: Database) -> None:
+    # Either token_id (one token), or scope and before (a document's or prefix's tokens issued before then).
+    db.execute(
+        """CREATE TABLE revocations (
+            id INTEGER PRIMARY KEY,
+            created_at REAL NOT NULL,
+            token_id TEXT,
+            scope TEXT,
+            before REAL,
+            CHECK ((token_id IS NOT NULL AND scope IS NULL AND before IS NULL)
+                OR (token_id IS NULL AND scope IS NOT NULL AND before IS NOT NULL)))"""
+    )
+
+
+def migrate(db: Database, path: Path) -> None:
+    """Bring the schema up to date; `ConfigError` if a newer collab migrated it (never touch what we do not know)."""
+    unknown = {m.name for m in migrations.applied(db)} - set(MIGRATION_NAMES)
+    if unknown:
+        raise ConfigError(f"{path} was migrated by a newer collab ({', '.join(sorted(unknown))}); upgrade collab")
+    migrations.apply(db)
+
+
 SYNCHRONOUS_MODES = ("off", "normal", "full", "extra")
 
 
@@ -116,13 +141,11 @@ class SQLiteStore(GroupCommitStore):
             raise StorageError(f"{self.path}: SQLite refused WAL mode")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.execute("PRAGMA foreign_keys=ON")
-        unknown = {m.name for m in migrations.applied(db)} - set(MIGRATION_NAMES)
-        if unknown:
+        try:
+            migrate(db, self.path)
+        except ConfigError:
             conn.close()
-            raise ConfigError(
-                f"{self.path} was migrated by a newer collab ({', '.join(sorted(unknown))}); upgrade collab"
-            )
-        migrations.apply(db)
+            raise
         self._db = db
 
     def _check_writable(self) -> None:

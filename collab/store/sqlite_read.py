@@ -14,7 +14,8 @@ from pathlib import Path
 
 from pycrdt import merge_updates
 
-from ..errors import CorruptDocumentError, HistoryError, StorageError
+from ..errors import CorruptDocumentError, HistoryError, InvalidUpdateError, StorageError
+from ..yupdate import check_update
 from . import DocumentInfo, HistoryPoint, StoredRecord
 from .history import format_time
 
@@ -63,7 +64,16 @@ def _checkpoint_at(conn: sqlite3.Connection, name: str, doc_id: int, at: float) 
     if start is None:
         raise CorruptDocumentError(f"document {name!r}: checkpoint chain has no base before {format_time(at)}")
     parts = [row[3] for row in chain[start:]]
-    return StoredRecord("checkpoint", chain[-1][0], parts[0] if len(parts) == 1 else merge_updates(*parts))
+    if len(parts) == 1:
+        return StoredRecord("checkpoint", chain[-1][0], parts[0])
+    for checkpoint_id, _, _, data in chain[start:]:
+        try:
+            check_update(data, strict=False)  # before pycrdt merges it (see collab.yupdate)
+        except InvalidUpdateError as error:
+            raise CorruptDocumentError(
+                f"document {name!r}: stored checkpoint #{checkpoint_id} does not decode ({error})"
+            ) from error
+    return StoredRecord("checkpoint", chain[-1][0], merge_updates(*parts))
 
 
 def read_history(conn: sqlite3.Connection, name: str) -> list[HistoryPoint]:

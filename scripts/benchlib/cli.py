@@ -31,7 +31,7 @@ __all__ = ["main"]
 T = TypeVar("T")
 
 EPILOG = """\
-scenarios: fanout, saturate, latejoin, conns, persist (all by default, in that order)
+scenarios: fanout, saturate, latejoin, conns, persist, flood (all by default, in that order)
 
 examples:
   scripts/bench --tiny                          # a smoke run of everything, seconds long

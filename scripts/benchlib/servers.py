@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from collab.config import Settings
+
 __all__ = ["ExternalTarget", "ManagedTarget", "Target", "collab_target", "reference_target"]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -171,6 +173,10 @@ class ManagedTarget(Target):
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+DEFAULT_RATE = f"{Settings.max_messages_per_second:g}"
+"""collab's default --max-messages-per-second, passed explicitly so that older trees (--collab) run at it too."""
+
+
 def collab_target(unload_after: float, name: str = "collab", source: Path | None = None) -> ManagedTarget:
     """collab with persistence on: a fresh SQLite file per scenario, default settings but the rate limit.
 
@@ -193,7 +199,8 @@ def collab_target(unload_after: float, name: str = "collab", source: Path | None
         command,
         env=env,
         version=collab_version(source),
-        scenario_args={"latejoin": debug, "persist": debug},
+        # flood measures fairness at collab's default rate limit, which the environment lifted above.
+        scenario_args={"latejoin": debug, "persist": debug, "flood": ["--max-messages-per-second", DEFAULT_RATE]},
     )
 
 

@@ -64,12 +64,30 @@ class Persist:
 
 
 @dataclass(frozen=True)
+class Flood:
+    flooders: int = 2
+    """Clients flooding one room, each as fast as TCP allows."""
+    readers: int = 4
+    """Clients reading the typist in the other room."""
+    audience: int = 1
+    """Clients reading the flood (each relayed update costs the server once per reader)."""
+    rate: float = 10.0
+    """The typist's keystrokes per second: a human pace."""
+    seconds: float = 10.0
+    warmup: float = 1.0
+    """Seconds of flood before the typist starts (collab's burst allowance is spent by then)."""
+    cap: int = 80_000
+    """Keystrokes made ready per flooder: the run says so if a flooder gets through them."""
+
+
+@dataclass(frozen=True)
 class Sizes:
     fanout: Fanout = field(default_factory=Fanout)
     saturate: Saturate = field(default_factory=Saturate)
     latejoin: Latejoin = field(default_factory=Latejoin)
     conns: Conns = field(default_factory=Conns)
     persist: Persist = field(default_factory=Persist)
+    flood: Flood = field(default_factory=Flood)
 
 
 DEFAULT = Sizes()
@@ -79,6 +97,7 @@ TINY = Sizes(
     latejoin=Latejoin(ops=(500, 2000), warm_joins=2, cold_joins=1, upload_chunk=50),
     conns=Conns(connections=40, rooms=4, concurrency=10),
     persist=Persist(rooms=2, updates=500),
+    flood=Flood(flooders=1, readers=1, rate=20.0, seconds=1.0, warmup=0.2, cap=3000),
 )
 
 

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from ..context import Context
 from ..results import Result
 from ..servers import Target
-from . import conns, fanout, latejoin, persist, saturate
+from . import conns, fanout, flood, latejoin, persist, saturate
 
 __all__ = ["SCENARIOS", "Scenario"]
 
@@ -19,4 +19,5 @@ SCENARIOS: dict[str, Scenario] = {
     "latejoin": latejoin.run,
     "conns": conns.run,
     "persist": persist.run,
+    "flood": flood.run,
 }
