@@ -19,7 +19,7 @@ from collab.client import Client
 from collab.protocol import SyncStep1, Update, encode_var_uint
 from collab.room import Room
 from collab.server import CollabServer
-from collab.yupdate import MAX_CLOCK, check_state_vector, check_update
+from collab.yupdate import MAX_CLOCK, MAX_STATE_VECTOR_CLIENTS, check_state_vector, check_update
 
 from . import craft
 from .conftest import StartServer
@@ -142,6 +142,30 @@ async def test_an_item_whose_parent_is_not_a_type_is_refused_before_it_lands(
         assert str(text(late)) == expected
 
 
+async def test_a_state_vector_of_too_many_clients_is_refused_by_its_count(server: CollabServer) -> None:
+    """3M clients in one sync step 1 stalled every room for 5.6 s; past MAX_STATE_VECTOR_CLIENTS the count
+    alone refuses it (1002), while a state vector at the limit is answered."""
+    url = room_url(server, "sv")
+    entries = b"".join(encode_var_uint(client) + b"\x00" for client in range(1, MAX_STATE_VECTOR_CLIENTS + 2))
+    too_many = encode_var_uint(MAX_STATE_VECTOR_CLIENTS + 1) + entries
+    async with synced(room_url(server, "elsewhere")) as bystander, synced(url) as healthy:
+        text(healthy).insert(0, "kept")
+        code, reason = await refused(url, SyncStep1(too_many).encode())
+        assert code == 1002 and reason is not None and f"more than {MAX_STATE_VECTOR_CLIENTS}" in reason, reason
+        at_limit = (
+            encode_var_uint(MAX_STATE_VECTOR_CLIENTS)
+            + entries[: -len(encode_var_uint(MAX_STATE_VECTOR_CLIENTS + 1)) - 1]
+        )
+        asker = await Client(url).connect()
+        await asker.synced.wait()
+        answers = asker.received_frames
+        asker.send_raw(SyncStep1(at_limit).encode())
+        await asker.wait_until(lambda: asker.received_frames > answers)
+        await asker.close()
+        await still_syncs(url, healthy, "!")
+        await still_syncs(room_url(server, "elsewhere"), bystander, "other rooms carry on")
+
+
 def http_get(url: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -151,11 +175,13 @@ def http_get(url: str) -> tuple[int, bytes]:
 
 
 def insert_row(db_path: Path, room: str, data: bytes) -> int:
-    """A row written behind collab's back, straight into the SQLite file."""
+    """A row as an older collab (one that did not walk updates) could have stored it: straight into the
+    SQLite file, below the first row id that this collab's schema marks as walked (`m004_checked_rows`)."""
     with sqlite3.connect(db_path) as conn:
         [doc_id] = conn.execute("SELECT id FROM documents WHERE name = ?", [room]).fetchone()
         cursor = conn.execute("INSERT INTO updates (doc_id, created_at, data) VALUES (?, 0, ?)", [doc_id, data])
         assert cursor.lastrowid is not None
+        conn.execute("UPDATE checked_rows SET first_id = ? WHERE tab = 'updates'", [cursor.lastrowid + 1])
         return cursor.lastrowid
 
 

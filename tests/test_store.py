@@ -72,6 +72,30 @@ async def test_compaction_keeps_one_snapshot_and_the_tail(store: SQLiteStore) ->
     assert info.size == sum(len(record.data) for record in records)
 
 
+async def test_rows_stored_before_the_walk_existed_are_marked_for_walking(db_path: Path) -> None:
+    """Rows written once the schema records where walked rows start (m004_checked_rows) are `checked`;
+    rows of a database an older collab wrote are not, and are walked again when read."""
+    updates = keystrokes("ab")
+    older = SQLiteStore(db_path, commit_interval=0.01)
+    await older.start()
+    older.append("doc", updates[0])
+    await older.close()
+    with sqlite3.connect(db_path) as conn:  # as an older collab left it: its rows, no m004 yet
+        [tables] = conn.execute("SELECT group_concat(name) FROM sqlite_master WHERE name LIKE '%migrations'").fetchone()
+        conn.execute(f"DELETE FROM {tables} WHERE name = 'm004_checked_rows'")
+        conn.execute("DROP TABLE checked_rows")
+    store = SQLiteStore(db_path, commit_interval=0.01)
+    await store.start()
+    try:
+        store.append("doc", updates[1])
+        await store.flush()
+        records = await store.load("doc")
+        assert [record.checked for record in records] == [False, True]
+        assert text_of([record.data for record in records]) == "ab"
+    finally:
+        await store.close()
+
+
 async def test_database_is_in_wal_mode_with_a_recorded_schema(store: SQLiteStore, db_path: Path) -> None:
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -96,9 +120,7 @@ async def test_a_database_from_a_newer_collab_is_refused_untouched(db_path: Path
     assert sorted(path.name for path in db_path.parent.iterdir() if "collab.db" in path.name)[0] == "collab.db"
 
 
-async def test_a_failing_disk_delays_writes_but_loses_none(
-    db_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_a_failing_disk_delays_writes_but_loses_none(db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = SQLiteStore(db_path, commit_interval=0.01, busy_timeout=0.05)
     await store.start()
     updates = keystrokes("durable")

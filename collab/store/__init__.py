@@ -24,6 +24,9 @@ class StoredRecord:
     kind: Literal["snapshot", "update", "checkpoint"]
     id: int
     data: bytes
+    checked: bool = False
+    """Written by a collab that walks everything before storing it (`collab.yupdate`): it need not be walked
+    again before pycrdt reads it. False for rows an older collab wrote, which may hold what crashes pycrdt."""
 
 
 @dataclass(frozen=True, slots=True)

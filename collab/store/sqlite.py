@@ -29,7 +29,7 @@ from ..errors import ConfigError, StorageError
 from . import DocumentInfo, HistoryPoint, StoredRecord
 from .group_commit import GroupCommitStore, WriteOp
 from .history import Retention, to_keep
-from .sqlite_read import read_documents, read_history, read_records
+from .sqlite_read import CHECKED_TABLES, read_documents, read_history, read_records
 
 __all__ = ["SQLiteStore", "migrate", "migrations"]
 
@@ -89,6 +89,16 @@ def m003_revocations(db: Database) -> None:
             CHECK ((token_id IS NOT NULL AND scope IS NULL AND before IS NULL)
                 OR (token_id IS NULL AND scope IS NOT NULL AND before IS NOT NULL)))"""
     )
+
+
+@migration
+def m004_checked_rows(db: Database) -> None:
+    # Rows from this migration on were walked (collab.yupdate) before they were stored; older ones may hold
+    # what crashes pycrdt and are walked when read. Ids are reused only below the first id recorded here
+    # (SQLite picks max(rowid) + 1), so a row can be taken for older than it is, never for newer.
+    db.execute("CREATE TABLE checked_rows (tab TEXT PRIMARY KEY, first_id INTEGER NOT NULL)")
+    for table in CHECKED_TABLES:
+        db.execute(f"INSERT INTO checked_rows (tab, first_id) SELECT ?, coalesce(max(id), 0) + 1 FROM {table}", [table])
 
 
 def migrate(db: Database, path: Path) -> None:
@@ -212,7 +222,8 @@ class SQLiteStore(GroupCommitStore):
             first_at, first = log.pop(0)
             whole = first if snapshot is None else merge_updates(snapshot[0], first)
             db.execute(
-                "INSERT INTO checkpoints (doc_id, created_at, base, data) VALUES (?, ?, 1, ?)", [doc_id, first_at, whole]
+                "INSERT INTO checkpoints (doc_id, created_at, base, data) VALUES (?, ?, 1, ?)",
+                [doc_id, first_at, whole],
             )
         db.conn.executemany(
             "INSERT INTO checkpoints (doc_id, created_at, base, data) VALUES (?, ?, 0, ?)",

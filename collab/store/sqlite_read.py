@@ -22,6 +22,18 @@ from .history import format_time
 __all__ = ["HistoryPoint", "SQLiteReader", "read_documents", "read_history", "read_records"]
 
 
+CHECKED_TABLES = ("snapshots", "updates")
+"""Tables whose rows are marked `checked` when a walking collab wrote them (migration m004_checked_rows)."""
+
+
+def _first_checked_ids(conn: sqlite3.Connection) -> dict[str, int]:
+    """Per table, the first row id a walking collab wrote; tables missing (an older schema) count none."""
+    try:
+        return dict(conn.execute("SELECT tab, first_id FROM checked_rows").fetchall())
+    except sqlite3.OperationalError:  # no such table: a database this collab has not migrated yet
+        return {}
+
+
 def _doc_id(conn: sqlite3.Connection, name: str) -> int | None:
     row = conn.execute("SELECT id FROM documents WHERE name = ?", [name]).fetchone()
     return None if row is None else int(row[0])
@@ -39,10 +51,17 @@ def read_records(conn: sqlite3.Connection, name: str, at: float | None = None) -
         "SELECT id, created_at, data FROM snapshots WHERE doc_id = ? ORDER BY id DESC LIMIT 1", [doc_id]
     ).fetchone()
     if at is None or snapshot is None or at >= snapshot[1]:
-        records = [] if snapshot is None else [StoredRecord("snapshot", snapshot[0], snapshot[2])]
+        first = _first_checked_ids(conn)
+        never = 2**63
+        first_snapshot, first_update = first.get("snapshots", never), first.get("updates", never)
+        records = (
+            []
+            if snapshot is None
+            else [StoredRecord("snapshot", snapshot[0], snapshot[2], snapshot[0] >= first_snapshot)]
+        )
         condition, args = ("", [doc_id]) if at is None else (" AND created_at <= ?", [doc_id, at])
         records += [
-            StoredRecord("update", update_id, data)
+            StoredRecord("update", update_id, data, update_id >= first_update)
             for update_id, data in conn.execute(
                 f"SELECT id, data FROM updates WHERE doc_id = ?{condition} ORDER BY id", args
             )
