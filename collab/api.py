@@ -24,10 +24,9 @@ from websockets.http11 import Response
 from .auth import Access
 from .errors import AuthError, ForbiddenError, HistoryError, InvalidRoomNameError, StorageError
 from .filenames import file_name_for
-from .formats import FORMATS, doc_from_updates, render
+from .formats import FORMATS, doc_from_records, doc_from_updates, render
 from .http import HttpRequest, Router, json_response, respond
 from .names import validate_room_name
-from .room import check_records
 from .rooms import Rooms
 from .server_metrics import ServerMetrics
 from .store import DocumentInfo, Store
@@ -73,9 +72,7 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
         except AuthError as error:
             return refused(error)
         infos = await store.documents()
-        visible = [
-            info for info in infos if grant is None or (grant.covers(info.name) and not access.revoked(grant, info.name))
-        ]
+        visible = [info for info in infos if access.allows(grant, info.name)]
         return json_response({"documents": [document_json(info) for info in visible]})
 
     async def get_document(request: HttpRequest) -> Response:
@@ -121,8 +118,4 @@ async def _document(store: Store, rooms: Rooms, name: str, at: float | None) -> 
     records = await store.load(name, at)
     if not records:
         return None, info
-    check_records(name, records)  # a row that would crash pycrdt is reported (CorruptDocumentError)
-    try:
-        return doc_from_updates([record.data for record in records]), info
-    except ValueError as error:
-        raise StorageError(f"document {name!r} does not decode: {error}") from error
+    return doc_from_records(name, records), info  # a row that would crash pycrdt: CorruptDocumentError

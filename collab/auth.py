@@ -171,28 +171,33 @@ def grant_from_claims(claims: dict[str, object]) -> Grant:
         raise UnauthenticatedError("malformed token claims: doc must be a string")
     if perm not in ("read", "write"):
         raise UnauthenticatedError("malformed token claims: perm must be 'read' or 'write'")
-    expires_at = claims.get("exp")
-    # An integer, as RFC 7519 NumericDate is in practice: not "Infinity", not 1e999, NaN or true.
-    if type(expires_at) is not int or not -MAX_TIME <= expires_at <= MAX_TIME:
-        raise UnauthenticatedError("malformed token claims: exp must be an integer Unix time")
-    issued_at = claims.get("iat")
-    if issued_at is not None and (
-        type(issued_at) not in (int, float)
-        or not math.isfinite(issued_at)  # type: ignore[arg-type]
-        or abs(issued_at) > MAX_TIME  # type: ignore[arg-type]
-    ):
-        raise UnauthenticatedError("malformed token claims: iat must be a Unix time")
+    # exp an integer, as RFC 7519 NumericDate is in practice: not "Infinity", not 1e999, NaN or true.
+    expires_at = _unix_time(claims, "exp", required=True, integer=True)
+    assert expires_at is not None  # required: it raised instead
+    issued_at = _unix_time(claims, "iat", required=False, integer=False)
     subject, token_id = claims.get("sub"), claims.get("jti")
     if not isinstance(subject, str | None) or not isinstance(token_id, str | None):
         raise UnauthenticatedError("malformed token claims: sub and jti must be strings")
     return Grant(
         scope,
         Permission(perm),
-        float(expires_at),
+        expires_at,
         subject=subject,
         token_id=token_id,
-        issued_at=None if issued_at is None else float(issued_at),  # type: ignore[arg-type]
+        issued_at=issued_at,
     )
+
+
+def _unix_time(claims: dict[str, object], key: str, *, required: bool, integer: bool) -> float | None:
+    """Claim `key` as a Unix time within ±MAX_TIME (None if absent and not `required`); never a bool, NaN or inf."""
+    value = claims.get(key)
+    if value is None and not required:
+        return None
+    # type(), not isinstance(): True is an int to Python but not a time. The range check also refuses NaN
+    # and infinities, and compares huge ints exactly (math.isfinite would overflow converting them).
+    if (type(value) is int or (not integer and type(value) is float)) and -MAX_TIME <= value <= MAX_TIME:
+        return float(value)
+    raise UnauthenticatedError(f"malformed token claims: {key} must be {'an integer' if integer else 'a'} Unix time")
 
 
 def authorize(
@@ -276,9 +281,13 @@ class Access:
             raise UnauthenticatedError("token revoked", "revoked")
         return grant
 
-    def revoked(self, grant: Grant | None, name: str) -> bool:
-        """Whether a grant checked earlier is now void for `name` (a listing filters with this)."""
-        return grant is not None and self.revocations.revokes(grant, name)
+    def allows(self, grant: Grant | None, name: str) -> bool:
+        """Whether a grant `check` returned earlier gives `name` now: it covers it and is not revoked for it.
+
+        A None grant (access control off) allows everything. A listing filters with this, and live
+        connections are closed when it stops holding.
+        """
+        return grant is None or (grant.covers(name) and not self.revocations.revokes(grant, name))
 
 
 def token_from_subprotocols(offered: Sequence[str]) -> str | None:

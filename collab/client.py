@@ -174,9 +174,10 @@ class Client:
         A reader that died of a frame it could not parse (an awareness clock of 2**53) left the
         connection open but deaf: `synced` never set, `collab import` waiting forever.
         """
+        if isinstance(frame, str):
+            logger.warning("ignored a text frame from the server: the protocol is binary")
+            return
         try:
-            if isinstance(frame, str):
-                raise ProtocolError("the server sent a text frame")
             for message in parse_frame(frame):
                 self._handle(message)
         except ProtocolError as error:

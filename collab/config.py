@@ -148,6 +148,7 @@ class Settings:
 
     def secret(self) -> bytes | None:
         """The auth secret, from the setting or its file; None when access control is off."""
+        text: str | None
         if self.auth_secret_file is not None:
             try:
                 text = self.auth_secret_file.read_text().strip()

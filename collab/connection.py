@@ -67,9 +67,9 @@ class CollabConnection(ServerConnection):
                 self._refuse(respond(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large\n"))
             return
         end += 4
-        refusal, upgrade = check_head(bytes(head[:end]))
-        if refusal is not None:
-            self._refuse(refusal)
+        upgrade = check_head(bytes(head[:end]))  # or the refusal to answer instead
+        if isinstance(upgrade, Response):
+            self._refuse(upgrade)
             return
         if upgrade and len(head) > end:
             self._refuse(respond(HTTPStatus.BAD_REQUEST, "data sent before the handshake response\n"))

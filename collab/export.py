@@ -25,8 +25,7 @@ from pathlib import Path
 
 from .errors import CollabError, StorageError
 from .filenames import MANIFEST, file_name_for
-from .formats import FORMATS, doc_from_updates, render
-from .room import check_records
+from .formats import FORMATS, doc_from_records, render
 from .store import DocumentInfo
 from .store.history import format_time
 from .store.sqlite_read import SQLiteReader, read_documents, read_records
@@ -73,38 +72,41 @@ def export(db: Path, out: str, fmt: str, patterns: list[str], at: float | None =
                 raise ExportError(f"no selected document existed at {format_time(at)}")
         if out == "-" and len(names) != 1:
             raise ExportError(f"--out - writes one document, but {len(names)} match; name exactly one")
-        rendered: dict[str, bytes | str] = {}
+        rendered: dict[str, bytes] = {}
+        failed: dict[str, Exported] = {}
         for name in names:
             try:
-                rendered[name] = _render(conn, infos[name], fmt, at)
+                rendered[name] = _render(conn, reader.first_checked, infos[name], fmt, at)
             except StorageError as error:
                 if out == "-":
                     raise
-                rendered[name] = str(error)
+                failed[name] = Exported(name, None, 0, str(error))
     if out == "-":
         [(name, data)] = rendered.items()
-        assert isinstance(data, bytes)
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return [Exported(name, None, len(data))]
-    return _write_files(Path(out), fmt, rendered, infos, at)
+    return _write_files(Path(out), fmt, names, rendered, failed, infos, at)
 
 
-def _render(conn: sqlite3.Connection, info: DocumentInfo, fmt: str, at: float | None) -> bytes:
+def _render(
+    conn: sqlite3.Connection, first_checked: dict[str, int], info: DocumentInfo, fmt: str, at: float | None
+) -> bytes:
     """One document in `fmt`; raises `StorageError` (`CorruptDocumentError` naming the row) if it cannot be read."""
-    records = read_records(conn, info.name, at)
-    check_records(info.name, records)
-    try:
-        doc = doc_from_updates([record.data for record in records])
-    except ValueError as error:
-        raise StorageError(f"document {info.name!r} does not decode: {error}") from error
+    doc = doc_from_records(info.name, read_records(conn, info.name, at, first_checked))
     return render(doc, fmt, info)
 
 
 def _write_files(
-    out: Path, fmt: str, rendered: dict[str, bytes | str], infos: dict[str, DocumentInfo], at: float | None
+    out: Path,
+    fmt: str,
+    names: list[str],
+    rendered: dict[str, bytes],
+    failed: dict[str, Exported],
+    infos: dict[str, DocumentInfo],
+    at: float | None,
 ) -> list[Exported]:
-    """Write each rendered document (bytes) and the manifest; a str is why that document could not be read."""
+    """Write each rendered document and the manifest, listing `names` in order; `failed` could not be read."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".collab-export-{os.getpid()}"
@@ -114,11 +116,12 @@ def _write_files(
         raise ExportError(f"cannot write to {out}: {error.strerror or error}") from error
     extension = FORMATS[fmt][0]
     written = []
-    for name, data in rendered.items():
-        if isinstance(data, str):
-            written.append(Exported(name, None, 0, data))
+    for name in names:
+        failure = failed.get(name)
+        if failure is not None:
+            written.append(failure)
             continue
-        file_name = file_name_for(name, extension)
+        data, file_name = rendered[name], file_name_for(name, extension)
         _write_atomically(out / file_name, data)
         written.append(Exported(name, file_name, len(data)))
     manifest = {

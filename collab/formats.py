@@ -16,10 +16,21 @@ from typing import Any, Literal
 
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 
-from .store import DocumentInfo
+from .errors import CorruptDocumentError
+from .room import check_records
+from .store import DocumentInfo, StoredRecord
 from .store.history import format_time
 
-__all__ = ["CONTENT_ROOT", "FORMATS", "Format", "doc_from_updates", "render", "root_types", "to_json"]
+__all__ = [
+    "CONTENT_ROOT",
+    "FORMATS",
+    "Format",
+    "doc_from_records",
+    "doc_from_updates",
+    "render",
+    "root_types",
+    "to_json",
+]
 
 CONTENT_ROOT = "content"
 
@@ -41,6 +52,18 @@ def doc_from_updates(updates: list[bytes]) -> Doc:
         for update in updates:
             doc.apply_update(update)
     return doc
+
+
+def doc_from_records(name: str, records: list[StoredRecord]) -> Doc:
+    """Document `name` from what the store loaded, each row checked first (`room.check_records`).
+
+    Raises `CorruptDocumentError` if a row would crash pycrdt or pycrdt refuses it.
+    """
+    check_records(name, records)
+    try:
+        return doc_from_updates([record.data for record in records])
+    except ValueError as error:
+        raise CorruptDocumentError(f"document {name!r} does not decode: {error}") from error
 
 
 def root_types(update: bytes) -> dict[str, RootType | None]:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-__all__ = ["MAX_HEAD", "HeadCheck", "HttpRequest", "OriginPolicy", "Router", "check_head", "json_response", "respond"]
+__all__ = ["MAX_HEAD", "HttpRequest", "OriginPolicy", "Router", "check_head", "json_response", "respond"]
 
 MAX_HEAD = 64 * 1024
 """Largest request head (request line and headers) read: above websockets' own line limit, below anything costly."""
@@ -39,29 +39,25 @@ SINGLE_VALUED = (
 """Headers a request may carry once: two Hosts or Origins, or two framings of a body, are ambiguous (RFC 9112)."""
 
 
-class HeadCheck(NamedTuple):
-    refusal: Response | None
-    """What to answer instead of handling the request, or None if it may go on."""
-    upgrade: bool
-    """Whether it asks for a WebSocket upgrade."""
+def check_head(head: bytes) -> Response | bool:
+    """Check a request head (everything up to and including the blank line) before websockets parses it.
 
-
-def check_head(head: bytes) -> HeadCheck:
-    """Check a request head (everything up to and including the blank line) before websockets parses it."""
+    The answer to send instead of handling the request, or, if it may go on, whether it asks for a WebSocket upgrade.
+    """
     lines = head.split(b"\r\n")
     request_line, header_lines = lines[0], lines[1:-2]
     parts = request_line.split(b" ")
     if len(parts) != 3 or not parts[2].startswith(b"HTTP/") or not request_line.isascii():
-        return HeadCheck(respond(HTTPStatus.BAD_REQUEST, "malformed request line\n"), False)
+        return respond(HTTPStatus.BAD_REQUEST, "malformed request line\n")
     if parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
-        return HeadCheck(respond(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "HTTP/1.1 only\n"), False)
+        return respond(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "HTTP/1.1 only\n")
     counts: dict[str, int] = {}
     upgrade = False
     content_length = b"0"
     for line in header_lines:
         name, colon, value = line.partition(b":")
         if not colon or not name or name != name.strip() or not name.isascii():
-            return HeadCheck(respond(HTTPStatus.BAD_REQUEST, "malformed header line\n"), False)
+            return respond(HTTPStatus.BAD_REQUEST, "malformed header line\n")
         key = name.decode().lower()
         counts[key] = counts.get(key, 0) + 1
         if key == "upgrade":
@@ -70,14 +66,14 @@ def check_head(head: bytes) -> HeadCheck:
             content_length = value.strip()
     duplicated = [name for name in SINGLE_VALUED if counts.get(name.lower(), 0) > 1]
     if duplicated:
-        return HeadCheck(respond(HTTPStatus.BAD_REQUEST, f"duplicated header: {duplicated[0]}\n"), upgrade)
+        return respond(HTTPStatus.BAD_REQUEST, f"duplicated header: {duplicated[0]}\n")
     if parts[0] != b"GET":
-        return HeadCheck(respond(HTTPStatus.METHOD_NOT_ALLOWED, "GET only\n", headers={"Allow": "GET"}), upgrade)
+        return respond(HTTPStatus.METHOD_NOT_ALLOWED, "GET only\n", headers={"Allow": "GET"})
     if not content_length.isdigit():
-        return HeadCheck(respond(HTTPStatus.BAD_REQUEST, "malformed Content-Length\n"), upgrade)
+        return respond(HTTPStatus.BAD_REQUEST, "malformed Content-Length\n")
     if "transfer-encoding" in counts or content_length.lstrip(b"0"):
-        return HeadCheck(respond(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "a request takes no body here\n"), upgrade)
-    return HeadCheck(None, upgrade)
+        return respond(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "a request takes no body here\n")
+    return upgrade
 
 
 class OriginPolicy:

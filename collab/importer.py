@@ -22,10 +22,10 @@ from .auth import Permission, mint_token
 from .client import Client
 from .config import Settings
 from .errors import CollabError, InvalidUpdateError
-from .formats import doc_from_updates
+from .formats import doc_from_records
 from .lockfile import DatabaseLock, running_server
 from .names import validate_room_name
-from .room import check_records, check_update
+from .room import check_update
 from .store.sqlite import SQLiteStore
 
 __all__ = ["ImportFailed", "Imported", "import_update"]
@@ -99,8 +99,7 @@ async def _into_database(db: Path, update: bytes, name: str) -> Imported:
         await store.start()
         try:
             records = await store.load(name)
-            check_records(name, records)  # a stored row that would crash pycrdt is reported, not read
-            current: Doc = doc_from_updates([record.data for record in records])
+            current: Doc = doc_from_records(name, records)  # a row that would crash pycrdt is reported, not read
             before_state, before = current.get_state(), current.get_update()
             current.apply_update(update)
             changed = current.get_update() != before

@@ -27,6 +27,9 @@ __all__ = ["Backlogs", "Outbox", "WebSocketPeer", "forget_handshake", "server_fr
 
 logger = logging.getLogger("collab.server")
 
+SLOW_CLOSE_TIMEOUT = 5.0
+"""Seconds a dropped slow client has to complete the close handshake before its connection is cut."""
+
 
 class WebSocketPeer:
     """A connection as a room sees it: an id for logs and a non-blocking `send`.
@@ -106,13 +109,14 @@ class WebSocketPeer:
 
     def _backlogged(self, buffered: int, wrote: int) -> None:
         """Bytes wait unsent after a flush: track them, and drop the peer if `Backlogs` says so."""
+        now = asyncio.get_running_loop().time()
         if self._marks is None:
             self._written = buffered  # count from here: everything buffered was written by now
-            self._marks = [(asyncio.get_running_loop().time(), buffered)]
-            self._backlogs.watch(self)
+            self._marks = [(now, buffered)]
+            self._backlogs.peers.add(self)
         else:
             self._written += wrote
-        if self._backlogs.too_slow(self, buffered):
+        if self._backlogs.too_slow(self, buffered, now):
             self._drop_slow_client()
 
     def check_backlog(self, now: float) -> bool:
@@ -145,8 +149,10 @@ class WebSocketPeer:
     async def check_alive(self, timeout: float) -> None:
         """Ping; a peer that does not answer within `timeout` is gone (its TCP connection is cut)."""
         try:
-            pong = await self._ws.ping()
+            # Sending the ping is timed too: it waits for the transport to drain, which a client that
+            # reads nothing never lets happen (and the keepalive awaits every peer's check together).
             async with asyncio.timeout(timeout):
+                pong = await self._ws.ping()
                 await pong
         except ConnectionClosed:
             pass
@@ -163,7 +169,20 @@ class WebSocketPeer:
             "closing a client that reads too slowly",
             extra=fields(conn=self.id, limit=self._backlogs.max_buffered, grace=self._backlogs.grace),
         )
-        asyncio.get_running_loop().create_task(self._ws.close(1013, "too slow: reconnect to resync"))
+        asyncio.get_running_loop().create_task(self._close_or_abort(1013, "too slow: reconnect to resync"))
+
+    async def _close_or_abort(self, code: int, reason: str) -> None:
+        """Close; cut the connection if the close handshake is not done within `SLOW_CLOSE_TIMEOUT`.
+
+        websockets' close() first waits for the transport to drain, which it never does for a client that
+        reads nothing: without the cut, such a connection kept its backlog (tens of MB) forever.
+        """
+        try:
+            async with asyncio.timeout(SLOW_CLOSE_TIMEOUT):
+                await self._ws.close(code, reason)
+        except TimeoutError:
+            logger.info("no close handshake from a slow client, cutting the connection", extra=fields(conn=self.id))
+            self._ws.transport.abort()
 
 
 class Backlogs:
@@ -191,21 +210,17 @@ class Backlogs:
         self.ceiling = ceiling
         self.peers: set[WebSocketPeer] = set()
 
-    def watch(self, peer: WebSocketPeer) -> None:
-        self.peers.add(peer)
-
-    def too_slow(self, peer: WebSocketPeer, buffered: int, now: float | None = None) -> bool:
+    def too_slow(self, peer: WebSocketPeer, buffered: int, now: float) -> bool:
         if buffered > self.ceiling:
             return True
         if buffered <= self.max_buffered:
             return False
-        if now is None:
-            now = asyncio.get_running_loop().time()
         return peer.unread_for(now - self.grace, buffered) > self.max_buffered
 
     def sweep(self, now: float) -> None:
         """Note each backlogged peer's progress; drop those too slow; forget those that caught up."""
         self.peers = {peer for peer in self.peers if peer.check_backlog(now)}
+
 
 class Outbox:
     """A server's peers with queued frames, flushed by one callback at the next turn of the loop."""

@@ -36,7 +36,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from .metrics import Counter
 from .protocol import MAX_VAR_UINT, AwarenessEntry
 
 __all__ = [
@@ -94,7 +93,7 @@ class _Holder:
 class Presence:
     """Latest awareness entry per client id, the connection that owns it, and the rules above."""
 
-    __slots__ = ("_claims", "_entries", "_holders", "_owners", "_removed", "rejected")
+    __slots__ = ("_claims", "_entries", "_holders", "_owners", "_removed")
 
     def __init__(self) -> None:
         self._entries: dict[int, AwarenessEntry] = {}
@@ -104,8 +103,6 @@ class Presence:
         self._claims: dict[int, tuple[object, AwarenessEntry]] = {}
         self._removed: dict[int, _Removed] = {}
         """Oldest first: insertion order is removal order."""
-        self.rejected = Counter("collab_rejected_messages_total", "Dropped awareness entries, by reason", ("reason",))
-        """Where dropped entries are counted; the server shares its own metrics counter here."""
 
     def apply(
         self, owner: object, entries: Iterable[AwarenessEntry], now: float, subject: str | None = None
@@ -120,7 +117,6 @@ class Presence:
             reason = self._apply(owner, holder, entry, now, accepted)
             if reason is not None:
                 dropped[reason] = dropped.get(reason, 0) + 1
-                self.rejected.inc(reason)
         if not holder.owned and not holder.claimed:
             del self._holders[owner]
         return Applied(accepted, dropped)
@@ -205,14 +201,13 @@ class Presence:
             return NOT_OWNER
         if self._holders[self._owners[client_id]].subject is not None:
             return NOT_OWNER
-        if claim is not None and not mine:
-            if claim[1].clock >= entry.clock:
+        if not mine:
+            if claim is not None and claim[1].clock >= entry.clock:
                 return NOT_OWNER
             if len(holder) >= MAX_CLIENT_IDS:
                 return TOO_MANY_IDS
-            self._holders[claim[0]].claimed.discard(client_id)
-        elif claim is None and len(holder) >= MAX_CLIENT_IDS:
-            return TOO_MANY_IDS
+            if claim is not None:
+                self._holders[claim[0]].claimed.discard(client_id)  # a newer claim replaces it
         self._claims[client_id] = (owner, entry)
         holder.claimed.add(client_id)
         return NOT_OWNER

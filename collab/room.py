@@ -22,6 +22,7 @@ from pycrdt import Doc, get_state, get_update, merge_updates
 
 from .errors import CorruptDocumentError, DocumentTooLargeError, InvalidUpdateError
 from .logs import fields
+from .metrics import Counter
 from .presence import Presence
 from .protocol import (
     Auth,
@@ -121,10 +122,12 @@ class Room:
         compact_after: int = 1000,
         max_document_size: int = 0,
         schedule: Callable[[Callable[[], None]], object] | None = None,
+        rejected: Counter | None = None,
     ) -> None:
         """`schedule(callback)` runs a flush later (e.g. `loop.call_soon`); without it, flushes are immediate.
 
         `max_document_size`: bytes an update may not grow the document beyond (0: no limit).
+        `rejected`: where dropped awareness entries are counted, by reason (the server's metrics).
         """
         self.name = name
         self._doc: Doc = doc if doc is not None else Doc()
@@ -133,6 +136,7 @@ class Room:
         self._stored_state = b""
         self.peers: dict[Peer, None] = {}
         self.presence = Presence()
+        self._rejected = rejected
         self.log_length = log_length
         """Updates appended to the store since its last snapshot."""
         self.compact_after = compact_after
@@ -285,6 +289,9 @@ class Room:
         )
         if dropped:
             logger.debug("dropped awareness entries", extra=fields(conn=sender.id, room=self.name, **dropped))
+            if self._rejected is not None:
+                for reason, count in dropped.items():
+                    self._rejected.inc(reason, amount=count)
         if not accepted:
             return
         unchanged = len(accepted) == len(message.entries) and all(

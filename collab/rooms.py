@@ -13,6 +13,7 @@ import asyncio
 import logging
 
 from .errors import ServerBusyError
+from .metrics import Counter
 from .room import Peer, Room
 from .store import Store
 
@@ -33,13 +34,16 @@ class Rooms:
         max_rooms: int = 10_000,
         max_room_connections: int = 1_000,
         max_document_size: int = 0,
+        rejected: Counter | None = None,
     ) -> None:
+        """`rejected`: where rooms count the awareness entries they drop (the server's metrics)."""
         self.store = store
         self.unload_after = unload_after
         self.compact_after = compact_after
         self.max_rooms = max_rooms
         self.max_room_connections = max_room_connections
         self.max_document_size = max_document_size
+        self.rejected = rejected
         self._rooms: dict[str, Room] = {}
         self._loading: dict[str, asyncio.Task[Room]] = {}
         self._unloading: dict[str, asyncio.Task[None]] = {}
@@ -101,6 +105,7 @@ class Rooms:
                 self.store,
                 compact_after=self.compact_after,
                 max_document_size=self.max_document_size,
+                rejected=self.rejected,
                 schedule=loop.call_soon,
             )
         except Exception:

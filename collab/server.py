@@ -94,6 +94,7 @@ class CollabServer:
             ),
         )
         self.lock = DatabaseLock(settings.db)
+        self.metrics = ServerMetrics(self)
         self.rooms = Rooms(
             self.store,
             unload_after=settings.unload_after,
@@ -101,6 +102,7 @@ class CollabServer:
             max_rooms=settings.max_rooms,
             max_room_connections=settings.max_room_connections,
             max_document_size=settings.max_document_size,
+            rejected=self.metrics.rejected,
         )
         self.peers: set[WebSocketPeer] = set()
         # Above the largest document plus the largest message: a newcomer downloading the one while the
@@ -108,7 +110,6 @@ class CollabServer:
         ceiling = (settings.max_document_size or settings.max_message_size) + settings.max_message_size
         self._backlogs = Backlogs(settings.max_buffered, settings.slow_client_grace, ceiling + settings.max_buffered)
         self._sweeper: asyncio.Task[None] | None = None
-        self.metrics = ServerMetrics(self)
         self._server: Server | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
@@ -287,7 +288,6 @@ class CollabServer:
             peer.read_only = grant is not None and not grant.can_write
             forget_handshake(ws)  # everything needed from the headers is read by now
             room = await self.rooms.join(name, peer)
-            room.presence.rejected = self.metrics.rejected  # dropped awareness entries are counted there
             logger.debug(
                 "joined", extra=fields(conn=peer.id, room=name, peer=ws.remote_address, read_only=peer.read_only)
             )

@@ -36,7 +36,7 @@ class ServerMetrics:
         self.messages_sent = Counter("collab_messages_sent_total", "Messages sent, by type", by_type)
         self.bytes_sent = Counter("collab_sent_bytes_total", "Bytes of messages sent, by type", by_type)
         self.rejected = Counter(
-            "collab_rejected_messages_total", "Messages or connections refused, by reason", ("reason",)
+            "collab_rejected_messages_total", "Messages, connections and awareness entries refused, by reason", ("reason",)
         )
         self.auth_failures = Counter("collab_auth_failures_total", "Refused tokens and origins, by reason", ("reason",))
 

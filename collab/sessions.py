@@ -136,7 +136,9 @@ class Sessions:
                 self._close_revoked()
 
     def _close_revoked(self) -> None:
-        revoked = [(peer, name, ws) for peer, (name, ws) in self._live.items() if self.access.revoked(peer.grant, name)]
+        revoked = [
+            (peer, name, ws) for peer, (name, ws) in self._live.items() if not self.access.allows(peer.grant, name)
+        ]
         for peer, name, ws in revoked:
             self.discard(peer)
             logger.info("token revoked, closing the connection", extra=fields(conn=peer.id, room=name))

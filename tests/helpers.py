@@ -52,6 +52,14 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interva
             await asyncio.sleep(interval)
 
 
+async def still_works(server: CollabServer, client: Client, room: str, marker: str) -> None:
+    """The client's edit reaches the server's document."""
+    text(client).insert(len(str(text(client))), marker)
+    await client.resync()
+    document = server.rooms.get(room)
+    assert document is not None and marker in str(document.doc.get("content", type=Text))
+
+
 def stored_text(db_path: Path, room: str, name: str = "content") -> str | None:
     """The text a document has in the database right now, read as an outsider would (None: no such doc)."""
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as conn:

@@ -283,6 +283,8 @@ async def test_invalid_states_close_the_sender_and_never_reach_others(server: Co
         attacker.send_raw(entries_frame([(attacker.client_id, 1, state)]))
         closed_with = await attacker.wait_closed()
         assert closed_with[0] == code and reason in (closed_with[1] or ""), closed_with
+        async with synced(room_url(server, "states")) as marker:
+            await sync_point(marker, watcher, {"user": "marker"})  # all the server sent before has arrived
         assert watcher.saw(attacker.client_id) == []
         await still_fine(server, "states", watcher, other)
 
@@ -366,4 +368,21 @@ def test_any_state_text_is_accepted_or_refused_cleanly(state: str) -> None:
     try:
         parse_frame(entries_frame([(1, 1, state)]))
     except ProtocolError:
-        pass
+        assert not strict_json_within_depth(state), state
+    else:
+        assert strict_json_within_depth(state), state
+
+
+def strict_json_within_depth(state: str) -> bool:
+    """What the parser should accept, decided another way: json.loads reads it, it uses no NaN or
+    Infinity, and it nests at most MAX_AWARENESS_STATE_DEPTH deep."""
+    constants: list[str] = []
+    try:
+        value = json.loads(state, parse_constant=lambda name: constants.append(name))
+    except (ValueError, RecursionError):
+        return False
+    try:
+        depth = nesting(value)
+    except RecursionError:
+        return False  # deeper than the recursion limit: far past the depth limit
+    return not constants and depth <= MAX_AWARENESS_STATE_DEPTH

@@ -10,12 +10,14 @@ import asyncio
 import time
 
 import pytest
+import websockets.exceptions
 from pycrdt import Doc, Text
 
 from collab.client import Client
 from collab.config import Settings
 from collab.errors import RateLimitError
 from collab.limits import AUDIENCE_PER_TOKEN, MAX_FRAME_COST_BURSTS, Throttle, bytes_cost, frame_cost
+from collab.peer import SLOW_CLOSE_TIMEOUT
 from collab.protocol import (
     AwarenessEntry,
     QueryAwareness,
@@ -28,7 +30,7 @@ from collab.protocol import (
 from collab.server import CollabServer
 
 from .conftest import StartServer
-from .helpers import room_url, synced, text, wait_for
+from .helpers import room_url, still_works, synced, text, wait_for
 
 
 def keystrokes(count: int) -> tuple[list[bytes], str]:
@@ -47,12 +49,6 @@ def server_text(server: CollabServer, room: str) -> str:
     document = server.rooms.get(room)
     assert document is not None
     return str(document.doc.get("content", type=Text))
-
-
-async def still_works(server: CollabServer, client: Client, room: str, marker: str) -> None:
-    text(client).insert(len(str(text(client))), marker)
-    await client.resync()
-    assert marker in server_text(server, room)
 
 
 # The throttle, on an explicit clock.
@@ -163,7 +159,7 @@ async def test_a_client_held_back_for_too_long_is_closed_with_1008(start_server:
             async with asyncio.timeout(30):
                 for update in updates:
                     await flooder.ws.send(Update(update).encode())
-        except Exception:  # noqa: BLE001 -- ConnectionClosed once the server gives up on it
+        except websockets.exceptions.ConnectionClosed:  # once the server gives up on it
             pass
         code, reason = await flooder.wait_closed(timeout=30)
         assert code == 1008 and "without a pause" in (reason or ""), (code, reason)
@@ -221,8 +217,14 @@ async def test_a_newcomer_that_never_reads_a_40_mb_document_is_dropped_after_the
         stuck.ws.transport.pause_reading()  # never reads: the step 2 waits in the server's buffer
         # Dropped within the grace plus one sweep (Backlogs.SWEEP_INTERVAL), once the bytes have waited that long.
         await wait_for(lambda: server.metrics.rejected.get("slow_client") == 1, timeout=20)
+        # The server dropped it by itself (the test has not touched it yet), and only it.
+        assert [peer.dropped for peer in server.peers].count(True) == 1 and len(server.peers) == 4
         await still_works(server, bystander, "elsewhere", "ok")
         await still_works(server, healthy, "big", "ok")
+        assert healthy.close_code is None and writer.close_code is None and bystander.close_code is None
+        # It never completes the close handshake either: the server cuts it (SLOW_CLOSE_TIMEOUT) and lets go.
+        await wait_for(lambda: len(server.peers) == 3, timeout=SLOW_CLOSE_TIMEOUT + 10)
+        assert healthy.close_code is None and writer.close_code is None and bystander.close_code is None
         stuck.ws.transport.abort()
         await stuck.wait_closed(timeout=10)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -138,10 +139,11 @@ async def test_a_request_head_in_small_pieces_is_served(
     server: CollabServer, bystanders: tuple[Client, Client]
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no merging
     for index in range(0, len(data := get()), 3):
         writer.write(data[index : index + 3])
         await writer.drain()
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
     async with asyncio.timeout(10):
         response = await reader.read()
     writer.close()

@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from pycrdt import Text
-
 from collab.client import Client
 from collab.protocol import AwarenessEntry, awareness_message
-from collab.server import CollabServer
 
 from .conftest import StartServer
-from .helpers import room_url, synced, text, wait_for
-
-
-async def still_works(server: CollabServer, client: Client, room: str, marker: str) -> None:
-    """The client's edit reaches the server's document."""
-    text(client).insert(len(str(text(client))), marker)
-    await client.resync()
-    document = server.rooms.get(room)
-    assert document is not None and marker in str(document.doc.get("content", type=Text))
+from .helpers import room_url, still_works, synced, text, wait_for
 
 
 async def test_too_many_connections_are_closed_with_1013(start_server: StartServer) -> None:

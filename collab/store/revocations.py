@@ -19,11 +19,10 @@ import sqlite3
 import time
 from pathlib import Path
 
-from sqlite_utils import Database
-
 from ..auth import Revocation
 from ..errors import StorageError
-from .sqlite import migrate
+from .sqlite import open_database
+from .sqlite_read import connect_read_only
 
 __all__ = ["POLL_INTERVAL", "RevocationReader", "add_revocation"]
 
@@ -33,14 +32,8 @@ POLL_INTERVAL = 0.5
 
 def add_revocation(path: Path, revocation: Revocation, busy_timeout: float = 5.0) -> int:
     """Store `revocation` in the database at `path` (created and migrated if needed); its row id."""
+    conn = open_database(path, busy_timeout).conn
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, timeout=busy_timeout)
-    except (OSError, sqlite3.Error) as error:
-        raise StorageError(f"cannot open database {path}: {error}") from error
-    try:
-        db = Database(conn)
-        migrate(db, path)
         with conn:
             cursor = conn.execute(
                 "INSERT INTO revocations (created_at, token_id, scope, before) VALUES (?, ?, ?, ?)",
@@ -66,9 +59,7 @@ class RevocationReader:
         """Rows added since the last call (all of them on the first); blocking, so run it on a thread."""
         try:
             if self._conn is None:
-                self._conn = sqlite3.connect(
-                    f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
-                )
+                self._conn = connect_read_only(self.path, check_same_thread=False)
             rows = self._conn.execute(
                 "SELECT id, token_id, scope, before FROM revocations WHERE id > ? ORDER BY id", [self.last_id]
             ).fetchall()

@@ -29,9 +29,9 @@ from ..errors import ConfigError, StorageError
 from . import DocumentInfo, HistoryPoint, StoredRecord
 from .group_commit import GroupCommitStore, WriteOp
 from .history import Retention, to_keep
-from .sqlite_read import CHECKED_TABLES, read_documents, read_history, read_records
+from .sqlite_read import CHECKED_TABLES, first_checked_ids, read_documents, read_history, read_records
 
-__all__ = ["SQLiteStore", "migrate", "migrations"]
+__all__ = ["SQLiteStore", "migrate", "migrations", "open_database"]
 
 migrations = Migrations("collab")
 MIGRATION_NAMES: list[str] = []
@@ -112,6 +112,33 @@ def migrate(db: Database, path: Path) -> None:
 SYNCHRONOUS_MODES = ("off", "normal", "full", "extra")
 
 
+def open_database(path: Path, busy_timeout: float = 5.0, synchronous: str = "full") -> Database:
+    """Open (creating it and its folder if needed) and migrate the database at `path`, in WAL mode.
+
+    Raises `StorageError` if it cannot be opened, `ConfigError` if a newer collab migrated it; the
+    connection is closed on any failure. Usable from any thread (the store's writer thread opens it).
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False)
+    except (OSError, sqlite3.Error) as error:
+        raise StorageError(f"cannot open database {path}: {error}") from error
+    try:
+        db = Database(conn)
+        if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+            raise StorageError(f"{path}: SQLite refused WAL mode")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute("PRAGMA foreign_keys=ON")
+        migrate(db, path)
+    except sqlite3.Error as error:
+        conn.close()
+        raise StorageError(f"cannot open database {path}: {error}") from error
+    except BaseException:
+        conn.close()
+        raise
+    return db
+
+
 class SQLiteStore(GroupCommitStore):
     """Documents in one SQLite file."""
 
@@ -132,6 +159,8 @@ class SQLiteStore(GroupCommitStore):
         self.busy_timeout = busy_timeout
         self.retention = retention
         self._db: Database | None = None
+        self._first_checked: dict[str, int] = {}
+        """`first_checked_ids`, read once on open: the table never changes after its migration."""
         self._doc_ids: dict[str, int] = {}
 
     @property
@@ -141,22 +170,8 @@ class SQLiteStore(GroupCommitStore):
         return self._db
 
     def _open(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, check_same_thread=False)
-        except (OSError, sqlite3.Error) as error:
-            raise StorageError(f"cannot open database {self.path}: {error}") from error
-        db = Database(conn)
-        if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
-            raise StorageError(f"{self.path}: SQLite refused WAL mode")
-        db.execute(f"PRAGMA synchronous={self.synchronous}")
-        db.execute("PRAGMA foreign_keys=ON")
-        try:
-            migrate(db, self.path)
-        except ConfigError:
-            conn.close()
-            raise
-        self._db = db
+        self._db = open_database(self.path, self.busy_timeout, self.synchronous)
+        self._first_checked = first_checked_ids(self._db.conn)
 
     def _check_writable(self) -> None:
         # Taking the write lock (and giving it back) is what a commit needs first.
@@ -234,8 +249,9 @@ class SQLiteStore(GroupCommitStore):
     def _prune_checkpoints(self, doc_id: int, now: float) -> None:
         """Drop what retention does not keep, folding each dropped diff into the next kept checkpoint."""
         db = self.db
-        rows = db.execute("SELECT id, created_at, base, data FROM checkpoints WHERE doc_id = ? ORDER BY id", [doc_id])
-        rows = rows.fetchall()
+        rows = db.execute(
+            "SELECT id, created_at, base, data FROM checkpoints WHERE doc_id = ? ORDER BY id", [doc_id]
+        ).fetchall()
         keep = to_keep([at for _, at, _, _ in rows], now, self.retention)
         carried: tuple[int, bytes] | None = None  # (base, data) of the dropped run before a kept one
         for index, (checkpoint_id, _, base, data) in enumerate(rows):
@@ -251,7 +267,7 @@ class SQLiteStore(GroupCommitStore):
                 carried = None
 
     def _load(self, name: str, at: float | None = None) -> list[StoredRecord]:
-        return read_records(self.db.conn, name, at)
+        return read_records(self.db.conn, name, at, self._first_checked)
 
     def _history(self, name: str) -> list[HistoryPoint]:
         return read_history(self.db.conn, name)

@@ -19,15 +19,33 @@ from ..yupdate import check_update
 from . import DocumentInfo, HistoryPoint, StoredRecord
 from .history import format_time
 
-__all__ = ["HistoryPoint", "SQLiteReader", "read_documents", "read_history", "read_records"]
+__all__ = [
+    "HistoryPoint",
+    "SQLiteReader",
+    "connect_read_only",
+    "first_checked_ids",
+    "read_documents",
+    "read_history",
+    "read_records",
+]
 
 
 CHECKED_TABLES = ("snapshots", "updates")
 """Tables whose rows are marked `checked` when a walking collab wrote them (migration m004_checked_rows)."""
 
 
-def _first_checked_ids(conn: sqlite3.Connection) -> dict[str, int]:
-    """Per table, the first row id a walking collab wrote; tables missing (an older schema) count none."""
+def connect_read_only(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
+    """A connection to the database at `path` that can never write to it (autocommit: `BEGIN` yourself)."""
+    return sqlite3.connect(
+        f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, check_same_thread=check_same_thread
+    )
+
+
+def first_checked_ids(conn: sqlite3.Connection) -> dict[str, int]:
+    """Per table, the first row id a walking collab wrote; tables missing (an older schema) count none.
+
+    The table never changes after its migration: read it once per connection (or read transaction).
+    """
     try:
         return dict(conn.execute("SELECT tab, first_id FROM checked_rows").fetchall())
     except sqlite3.OperationalError:  # no such table: a database this collab has not migrated yet
@@ -39,8 +57,12 @@ def _doc_id(conn: sqlite3.Connection, name: str) -> int | None:
     return None if row is None else int(row[0])
 
 
-def read_records(conn: sqlite3.Connection, name: str, at: float | None = None) -> list[StoredRecord]:
+def read_records(
+    conn: sqlite3.Connection, name: str, at: float | None, first_checked: dict[str, int]
+) -> list[StoredRecord]:
     """What to apply, in order, to get `name` now or as it was at Unix time `at`; [] if unknown.
+
+    `first_checked` is `first_checked_ids(conn)`: a row is marked `checked` from its table's id on.
 
     Raises `HistoryError` if `at` is before the history kept for the document.
     """
@@ -51,17 +73,19 @@ def read_records(conn: sqlite3.Connection, name: str, at: float | None = None) -
         "SELECT id, created_at, data FROM snapshots WHERE doc_id = ? ORDER BY id DESC LIMIT 1", [doc_id]
     ).fetchone()
     if at is None or snapshot is None or at >= snapshot[1]:
-        first = _first_checked_ids(conn)
-        never = 2**63
-        first_snapshot, first_update = first.get("snapshots", never), first.get("updates", never)
+        first_snapshot, first_update = first_checked.get("snapshots"), first_checked.get("updates")
         records = (
             []
             if snapshot is None
-            else [StoredRecord("snapshot", snapshot[0], snapshot[2], snapshot[0] >= first_snapshot)]
+            else [
+                StoredRecord(
+                    "snapshot", snapshot[0], snapshot[2], first_snapshot is not None and snapshot[0] >= first_snapshot
+                )
+            ]
         )
         condition, args = ("", [doc_id]) if at is None else (" AND created_at <= ?", [doc_id, at])
         records += [
-            StoredRecord("update", update_id, data, update_id >= first_update)
+            StoredRecord("update", update_id, data, first_update is not None and update_id >= first_update)
             for update_id, data in conn.execute(
                 f"SELECT id, data FROM updates WHERE doc_id = ?{condition} ORDER BY id", args
             )
@@ -89,10 +113,12 @@ def _checkpoint_at(conn: sqlite3.Connection, name: str, doc_id: int, at: float) 
         try:
             check_update(data, strict=False)  # before pycrdt merges it (see collab.yupdate)
         except InvalidUpdateError as error:
+            # The text `room.check_records` gives a row it walks.
             raise CorruptDocumentError(
                 f"document {name!r}: stored checkpoint #{checkpoint_id} does not decode ({error})"
             ) from error
-    return StoredRecord("checkpoint", chain[-1][0], merge_updates(*parts))
+    # Every part was walked just now, so the merge need not be walked again (`room.check_records`).
+    return StoredRecord("checkpoint", chain[-1][0], merge_updates(*parts), checked=True)
 
 
 def read_history(conn: sqlite3.Connection, name: str) -> list[HistoryPoint]:
@@ -142,16 +168,19 @@ class SQLiteReader:
         if not self.path.is_file():
             raise StorageError(f"no database at {self.path}")
         try:
-            self.conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+            self.conn = connect_read_only(self.path)
             self.conn.execute("SELECT count(*) FROM documents").fetchone()
         except sqlite3.Error as error:
             raise StorageError(f"{self.path} is not a collab database: {error}") from error
+        self.first_checked: dict[str, int] = {}
+        """`first_checked_ids` as of the current (or last) `snapshot()`: pass it to `read_records`."""
 
     @contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: every query inside sees the database as of its first read."""
         self.conn.execute("BEGIN")
         try:
+            self.first_checked = first_checked_ids(self.conn)
             yield self.conn
         finally:
             self.conn.execute("COMMIT")
