@@ -1,5 +1,5 @@
 """`python -m collab` is the `collab` command."""
 
-from .cli import main
+from .cli.main import main
 
 raise SystemExit(main())

@@ -119,8 +119,10 @@ def mint_token(
     }
     if subject is not None:
         claims["sub"] = subject
-    signing_input = _b64(json.dumps(_HEADER, separators=(",", ":")).encode()) + "." + _b64(
-        json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode()
+    signing_input = (
+        _b64(json.dumps(_HEADER, separators=(",", ":")).encode())
+        + "."
+        + _b64(json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode())
     )
     return signing_input + "." + _sign(secret, signing_input)
 

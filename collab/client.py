@@ -24,7 +24,7 @@ from websockets.asyncio.server import broadcast
 from websockets.exceptions import ConnectionClosed
 
 from .errors import ProtocolError
-from .protocol import (
+from .sync.protocol import (
     Auth,
     Awareness,
     AwarenessEntry,

@@ -96,7 +96,9 @@ class Settings:
     )
     auth_secret_file: Path | None = _setting(None, Path, "read the auth secret from this file")
     auth_public_key: Path | None = _setting(
-        None, Path, "turn access control on: accept tokens signed with the private key of this PEM public key (ES256, EdDSA)"
+        None,
+        Path,
+        "turn access control on: accept tokens signed with the private key of this PEM public key (ES256, EdDSA)",
     )
     allowed_origin: tuple[str, ...] = _setting(
         (),
@@ -134,7 +136,9 @@ class Settings:
     keepalive: float = _setting(
         20.0, parse_duration, "ping connections silent this long, drop them if no answer within as long again; 0: never"
     )
-    handshake_timeout: float = _setting(10.0, parse_duration, "close connections that do not complete the handshake in time")
+    handshake_timeout: float = _setting(
+        10.0, parse_duration, "close connections that do not complete the handshake in time"
+    )
     log_level: str = _setting("info", _choice("debug", "info", "warning", "error"), "log verbosity")
     log_format: str = _setting("text", _choice("text", "json"), "log lines as text (key=value fields) or JSON objects")
 
@@ -153,7 +157,9 @@ class Settings:
             try:
                 text = self.auth_secret_file.read_text().strip()
             except OSError as error:
-                raise ConfigError(f"cannot read --auth-secret-file {self.auth_secret_file}: {error.strerror}") from error
+                raise ConfigError(
+                    f"cannot read --auth-secret-file {self.auth_secret_file}: {error.strerror}"
+                ) from error
         else:
             text = self.auth_secret
         if text is None:

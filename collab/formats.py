@@ -17,9 +17,9 @@ from typing import Any, Literal
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 
 from .errors import CorruptDocumentError
-from .room import check_records
 from .store import DocumentInfo, StoredRecord
 from .store.history import format_time
+from .sync.room import check_records
 
 __all__ = [
     "CONTENT_ROOT",

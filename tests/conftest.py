@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from collab.config import Settings
-from collab.server import CollabServer
+from collab.server.app import CollabServer
 
 StartServer = Callable[..., Awaitable[CollabServer]]
 

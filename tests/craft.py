@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collab.protocol import encode_var_bytes, encode_var_string, encode_var_uint
+from collab.sync.protocol import encode_var_bytes, encode_var_string, encode_var_uint
 
 # Item info byte: content type in the low bits, then flags.
 STRING = 0x04

@@ -21,7 +21,7 @@ from urllib.parse import quote
 from pycrdt import Doc, Text
 
 from collab.client import Client
-from collab.server import CollabServer
+from collab.server.app import CollabServer
 
 ROOT = Path(__file__).resolve().parent.parent
 INTEROP = ROOT / "tests" / "interop"

@@ -23,8 +23,9 @@ from websockets.asyncio.server import ServerConnection, serve
 from collab.auth import Permission, mint_token
 from collab.client import Client
 from collab.errors import ProtocolError
-from collab.presence import CLOCK_TOO_HIGH, MAX_CLIENT_IDS, NOT_OWNER, TOO_MANY_IDS
-from collab.protocol import (
+from collab.server.app import CollabServer
+from collab.sync.presence import CLOCK_TOO_HIGH, MAX_CLIENT_IDS, NOT_OWNER, TOO_MANY_IDS
+from collab.sync.protocol import (
     MAX_AWARENESS_ENTRIES,
     MAX_AWARENESS_STATE_BYTES,
     MAX_AWARENESS_STATE_DEPTH,
@@ -38,7 +39,6 @@ from collab.protocol import (
     encode_var_uint,
     parse_frame,
 )
-from collab.server import CollabServer
 
 from .conftest import StartServer
 from .helpers import INTEROP, NodeClient, room_url, synced, text

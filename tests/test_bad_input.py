@@ -8,8 +8,8 @@ import pytest
 from pycrdt import Doc, Text
 
 from collab.client import Client
-from collab.protocol import AwarenessEntry, SyncStep1, Update, awareness_message, encode_var_uint
-from collab.server import CollabServer
+from collab.server.app import CollabServer
+from collab.sync.protocol import AwarenessEntry, SyncStep1, Update, awareness_message, encode_var_uint
 
 from .conftest import StartServer
 from .helpers import room_url, synced, text, wait_for
@@ -98,9 +98,8 @@ async def test_big_offline_documents_are_accepted_by_default(server: CollabServe
     """A client returning with megabytes of offline edits must not be refused."""
     big: Doc = Doc()
     big.get("content", type=Text).insert(0, "x" * 3_000_000)
-    async with synced(room_url(server, "big-offline"), big):
-        async with synced(room_url(server, "big-offline")) as reader:
-            await reader.wait_until(lambda: len(str(text(reader))) == 3_000_000)
+    async with synced(room_url(server, "big-offline"), big), synced(room_url(server, "big-offline")) as reader:
+        await reader.wait_until(lambda: len(str(text(reader))) == 3_000_000)
 
 
 @pytest.mark.parametrize(

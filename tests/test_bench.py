@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from collab.peer import server_frame
+from collab.server.outbox import server_frame
 from tests.helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -109,4 +109,3 @@ async def test_client_parses_frames_split_anywhere() -> None:
             client.data_received(stream[start : start + cut])
         assert received == messages, cut
     await asyncio.sleep(0)
-

@@ -18,7 +18,7 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, async_playwright, expect
 from pycrdt import Text
 
-from collab.server import CollabServer
+from collab.server.app import CollabServer
 
 from .conftest import StartServer
 from .helpers import ROOT, ServerProcess, room_url, stored_text, synced, text, wait_for

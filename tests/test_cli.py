@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from collab.cli import build_parser
+from collab.cli.main import build_parser
 from collab.config import Settings, parse_duration, parse_size
 
 
@@ -57,7 +57,10 @@ def test_a_bad_environment_value_is_a_clear_error() -> None:
 
 def test_a_bad_flag_is_a_clear_error() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "collab", "serve", "--commit-interval", "soon"], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "collab", "serve", "--commit-interval", "soon"],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
     assert "--commit-interval" in result.stderr

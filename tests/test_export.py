@@ -20,7 +20,7 @@ from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 
 from collab.client import Client
 from collab.filenames import MANIFEST, file_name_for, name_from_file_name
-from collab.server import CollabServer
+from collab.server.app import CollabServer
 
 from .conftest import StartServer
 from .helpers import ROOT, ServerProcess, room_url, stored_text, synced, text, wait_for
@@ -162,7 +162,9 @@ async def test_export_while_five_clients_type_is_a_consistent_prefix(
                 # Each client's keystrokes in an export are its first ones, none skipped.
                 assert sorted(seen) == list(range(len(seen))), (n, seen)
         final = str(text(clients[0]))
-        await wait_for(lambda: stored_text(db_path, "busy") is not None and len(stored_text(db_path, "busy")) == len(final))
+        await wait_for(
+            lambda: stored_text(db_path, "busy") is not None and len(stored_text(db_path, "busy")) == len(final)
+        )
     finally:
         await asyncio.gather(*(client.close() for client in clients))
 
@@ -195,7 +197,9 @@ async def test_at_returns_earlier_content_after_later_edits_and_compaction(
     assert too_early.returncode != 0 and b"existed at" in too_early.stderr
 
 
-@pytest.mark.parametrize("name", ["notes/2024/plan", "../../etc/passwd", "a b  c", "日本語/ノート", ".hidden", "manifest", "100%"])
+@pytest.mark.parametrize(
+    "name", ["notes/2024/plan", "../../etc/passwd", "a b  c", "日本語/ノート", ".hidden", "manifest", "100%"]
+)
 def test_file_names_are_safe_and_reversible(name: str) -> None:
     for extension in ("txt", "json"):
         file_name = file_name_for(name, extension)
@@ -221,9 +225,9 @@ async def test_awkward_names_export_into_the_out_directory_and_back(
     fresh = tmp_path / "fresh.db"
     for file in out.glob("*.ydoc"):
         await run_collab("import", str(file), "--db", str(fresh))
-    assert sorted(json.loads((out / MANIFEST).read_text())["documents"][i]["name"] for i in range(len(names))) == sorted(
-        names
-    )
+    assert sorted(
+        json.loads((out / MANIFEST).read_text())["documents"][i]["name"] for i in range(len(names))
+    ) == sorted(names)
     for name in names:
         assert stored_text(fresh, name) == f"text of {name}"
 
@@ -272,7 +276,9 @@ async def test_http_api_exports_documents(server: CollabServer) -> None:
     restored.apply_update(body)
     assert status == 200 and content_type == "application/octet-stream" and contents(restored) == expected
     await server.store.flush()
-    status, _, body = await asyncio.to_thread(get, base + "?format=txt&at=" + quote(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 1))))
+    status, _, body = await asyncio.to_thread(
+        get, base + "?format=txt&at=" + quote(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 1)))
+    )
     assert status == 200 and body.decode() == expected["content"]
     assert (await asyncio.to_thread(get, "/api/docs/" + quote("no such doc")))[0] == 404
     assert (await asyncio.to_thread(get, base + "?format=docx"))[0] == 400

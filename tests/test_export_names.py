@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from collab.filenames import GENERATED_PREFIX, MANIFEST, file_name_for, is_generated, name_from_file_name
-from collab.server import CollabServer
+from collab.server.app import CollabServer
 
 from .helpers import room_url, stored_text, synced, text, wait_for
 from .test_export import run_collab

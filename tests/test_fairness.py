@@ -16,9 +16,10 @@ from pycrdt import Doc, Text
 from collab.client import Client
 from collab.config import Settings
 from collab.errors import RateLimitError
-from collab.limits import AUDIENCE_PER_TOKEN, MAX_FRAME_COST_BURSTS, Throttle, bytes_cost, frame_cost
-from collab.peer import SLOW_CLOSE_TIMEOUT
-from collab.protocol import (
+from collab.server.app import CollabServer
+from collab.server.outbox import SLOW_CLOSE_TIMEOUT
+from collab.sync.limits import AUDIENCE_PER_TOKEN, MAX_FRAME_COST_BURSTS, Throttle, bytes_cost, frame_cost
+from collab.sync.protocol import (
     AwarenessEntry,
     QueryAwareness,
     SyncStep1,
@@ -27,7 +28,6 @@ from collab.protocol import (
     encode_var_uint,
     parse_frame,
 )
-from collab.server import CollabServer
 
 from .conftest import StartServer
 from .helpers import room_url, still_works, synced, text, wait_for

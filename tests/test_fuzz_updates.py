@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 
 from collab.errors import InvalidUpdateError
-from collab.protocol import encode_var_uint
-from collab.yupdate import check_update
+from collab.sync.protocol import encode_var_uint
+from collab.sync.yupdate import check_update
 
 from . import craft
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from collab.client import Client
-from collab.server import CollabServer
+from collab.server.app import CollabServer
 
 from .helpers import room_url, synced, text
 

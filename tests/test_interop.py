@@ -7,7 +7,7 @@ import shutil
 import pytest
 from pycrdt import Text
 
-from collab.server import CollabServer
+from collab.server.app import CollabServer
 
 from .conftest import StartServer
 from .helpers import INTEROP, NodeClient, room_url, synced, text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from collab.client import Client
-from collab.protocol import AwarenessEntry, awareness_message
+from collab.sync.protocol import AwarenessEntry, awareness_message
 
 from .conftest import StartServer
 from .helpers import room_url, still_works, synced, text, wait_for

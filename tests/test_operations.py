@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from collab.client import Client
-from collab.server import CollabServer
+from collab.server.app import CollabServer
 
 from .conftest import StartServer
 from .helpers import ROOT, ServerProcess, room_url, synced, text
@@ -27,8 +27,24 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
         check=True,
         capture_output=True,
         timeout=60,
@@ -142,7 +158,11 @@ async def test_stats_and_rooms_commands(server: CollabServer, db_path: Path) -> 
     def run(*args: str) -> str:
         return subprocess.run(
             [sys.executable, "-m", "collab", *args, "--db", str(db_path)],
-            capture_output=True, text=True, timeout=30, check=True, cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+            cwd=ROOT,
         ).stdout
 
     stats = await asyncio.to_thread(run, "stats")

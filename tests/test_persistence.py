@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from pycrdt import Array, Map, Text
+from pycrdt import Array, Map
 
 from collab.client import Client
 
@@ -19,7 +19,7 @@ from .helpers import ServerProcess, room_url, stored_text, synced, text, wait_fo
 async def write_document(url: str) -> str:
     """Type a paragraph keystroke by keystroke, plus a map and an array; return the text."""
     async with synced(url) as writer:
-        for word in "the quick brown fox jumps over the lazy dog".split():
+        for word in ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog"]:
             for char in word + " ":
                 text(writer).insert(len(str(text(writer))), char)
         writer.doc.get("meta", type=Map)["title"] = "Fox"
@@ -27,7 +27,9 @@ async def write_document(url: str) -> str:
         written = str(text(writer))
         # Another client seeing everything proves the server accepted all of it.
         async with synced(url) as witness:
-            await witness.wait_until(lambda: str(text(witness)) == written and len(witness.doc.get("tags", type=Array)) == 2)
+            await witness.wait_until(
+                lambda: str(text(witness)) == written and len(witness.doc.get("tags", type=Array)) == 2
+            )
     return written
 
 

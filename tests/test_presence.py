@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collab.presence import (
+from collab.store.memory import MemoryStore
+from collab.sync.presence import (
     CLOCK_TOO_HIGH,
     MAX_CLIENT_IDS,
     MAX_CLOCK,
@@ -12,9 +13,8 @@ from collab.presence import (
     TOO_MANY_IDS,
     Presence,
 )
-from collab.protocol import MAX_AWARENESS_ENTRIES, MAX_VAR_UINT, Awareness, AwarenessEntry, QueryAwareness
-from collab.room import Room
-from collab.store.memory import MemoryStore
+from collab.sync.protocol import MAX_AWARENESS_ENTRIES, MAX_VAR_UINT, Awareness, AwarenessEntry, QueryAwareness
+from collab.sync.room import Room
 
 from .test_room import FramePeer
 

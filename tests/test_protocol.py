@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from pycrdt import Doc, Text
 
 from collab.errors import InvalidUTF8Error, ProtocolError
-from collab.protocol import (
+from collab.sync.protocol import (
     Auth,
     Awareness,
     AwarenessEntry,
@@ -33,7 +33,14 @@ def typed_update() -> bytes:
 # Byte strings produced by the reference JavaScript implementation (lib0 / y-protocols) for the same inputs.
 @pytest.mark.parametrize(
     ("value", "encoded"),
-    [(0, b"\x00"), (1, b"\x01"), (127, b"\x7f"), (128, b"\x80\x01"), (300, b"\xac\x02"), (2**32 - 1, b"\xff\xff\xff\xff\x0f")],
+    [
+        (0, b"\x00"),
+        (1, b"\x01"),
+        (127, b"\x7f"),
+        (128, b"\x80\x01"),
+        (300, b"\xac\x02"),
+        (2**32 - 1, b"\xff\xff\xff\xff\x0f"),
+    ],
 )
 def test_var_uint_matches_lib0(value: int, encoded: bytes) -> None:
     assert encode_var_uint(value) == encoded
@@ -143,7 +150,7 @@ def test_var_uint_round_trip(value: int) -> None:
 
 def _general_parse(frame: bytes) -> list[object]:
     """parse_frame without its fast path for single updates, message by message."""
-    from collab.protocol import _parse_message, _Reader
+    from collab.sync.protocol import _parse_message, _Reader
 
     reader = _Reader(frame)
     messages = []

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from websockets.frames import Frame, Opcode
 
-from collab.protocol import SyncStep1
-from collab.peer import server_frame
-from collab.server import CollabServer
+from collab.server.app import CollabServer
+from collab.server.outbox import server_frame
+from collab.sync.protocol import SyncStep1
 from tests.helpers import room_url, synced, text
 
 

@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text, merge_updates
 
 from collab.errors import InvalidUpdateError
-from collab.presence import Presence
-from collab.protocol import (
+from collab.store.memory import MemoryStore
+from collab.sync.presence import Presence
+from collab.sync.protocol import (
     Awareness,
     AwarenessEntry,
     Message,
@@ -22,8 +23,7 @@ from collab.protocol import (
     awareness_message,
     parse_frame,
 )
-from collab.room import Room
-from collab.store.memory import MemoryStore
+from collab.sync.room import Room
 
 
 class FramePeer:

@@ -6,10 +6,10 @@ import pytest
 from pycrdt import Doc, Text, merge_updates
 
 from collab.errors import CorruptDocumentError
-from collab.protocol import SyncStep1, SyncStep2, Update
-from collab.room import Room
 from collab.store import StoredRecord
 from collab.store.memory import MemoryStore
+from collab.sync.protocol import SyncStep1, SyncStep2, Update
+from collab.sync.room import Room
 from tests.test_room import FramePeer, edits
 
 

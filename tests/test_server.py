@@ -8,7 +8,7 @@ import urllib.request
 from pycrdt import Array, Doc, Map, Text
 
 from collab.client import Client
-from collab.server import CollabServer
+from collab.server.app import CollabServer
 
 from .conftest import StartServer
 from .helpers import room_url, synced, text, wait_for

@@ -21,7 +21,7 @@ from pycrdt import Text
 from collab.auth import Permission, mint_token, verify_token
 from collab.client import Client
 from collab.errors import UnauthenticatedError
-from collab.server import CollabServer
+from collab.server.app import CollabServer
 from collab.store.history import format_time
 
 from .conftest import StartServer

@@ -11,9 +11,9 @@ from urllib.parse import quote
 
 import pytest
 
-from collab.http import Router
-from collab.server import CollabServer
-from collab.web import WEB_DIR, install_web
+from collab.http.router import Router
+from collab.http.static import WEB_DIR, install_web
+from collab.server.app import CollabServer
 
 from .helpers import room_url, synced, text
 

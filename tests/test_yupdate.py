@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText, get_state, merge_updates
 
 from collab.errors import InvalidUpdateError
-from collab.protocol import encode_var_string, encode_var_uint
-from collab.yupdate import (
+from collab.sync.protocol import encode_var_string, encode_var_uint
+from collab.sync.yupdate import (
     MAX_CLOCK,
     MAX_DEPTH,
     MAX_STATE_VECTOR_CLIENTS,
@@ -124,7 +124,7 @@ def test_every_update_the_stock_yjs_writes_passes() -> None:
 
 
 def test_the_keystroke_fast_path_takes_what_typists_send() -> None:
-    from collab.yupdate import _DELETION, _KEYSTROKE
+    from collab.sync.yupdate import _DELETION, _KEYSTROKE
 
     doc: Doc = Doc()
     updates: list[bytes] = []

@@ -15,7 +15,7 @@ from pathlib import Path
 from pycrdt import merge_updates
 
 from ..errors import CorruptDocumentError, HistoryError, InvalidUpdateError, StorageError
-from ..yupdate import check_update
+from ..sync.yupdate import check_update
 from . import DocumentInfo, HistoryPoint, StoredRecord
 from .history import format_time
 
@@ -139,12 +139,12 @@ def read_documents(conn: sqlite3.Connection, name: str | None = None) -> list[Do
     """Every stored document by name, or just `name` (then [] if it is unknown)."""
     where, args = ("", []) if name is None else ("WHERE d.name = ?", [name])
     rows = conn.execute(
-        """SELECT d.name, d.created_at, d.updated_at,
+        f"""SELECT d.name, d.created_at, d.updated_at,
              coalesce((SELECT sum(length(data)) FROM snapshots s WHERE s.doc_id = d.id), 0),
              coalesce((SELECT sum(length(data)) FROM updates u WHERE u.doc_id = d.id), 0),
              (SELECT count(*) FROM updates u WHERE u.doc_id = d.id),
              coalesce((SELECT sum(length(data)) FROM checkpoints c WHERE c.doc_id = d.id), 0)
-           FROM documents d {where} ORDER BY d.name""".format(where=where),
+           FROM documents d {where} ORDER BY d.name""",
         args,
     )
     return [

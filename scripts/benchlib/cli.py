@@ -147,11 +147,11 @@ async def run_one(ctx: Context, target: Target, scenario: str) -> Result:
     """One scenario against one fresh server; a failure becomes the result's `error`, never the run's end."""
     try:
         await target.start(scenario, ctx.run_dir)
-    except Exception as error:  # noqa: BLE001 -- reported in the result; the suite goes on
+    except Exception as error:
         return Result(scenario, target.name, {}, error=f"server did not start: {error}")
     try:
         return await SCENARIOS[scenario](ctx, target)
-    except Exception as error:  # noqa: BLE001 -- reported in the result; the suite goes on
+    except Exception as error:
         print(traceback.format_exc(), file=sys.stderr)
         tail = target.log_tail() if isinstance(target, ManagedTarget) else ""
         return Result(

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 
 from pycrdt import Doc, Text, merge_updates
 
-from collab.protocol import SyncStep1, SyncStep2, Update, parse_frame
+from collab.sync.protocol import SyncStep1, SyncStep2, Update, parse_frame
 
 from .wsclient import WsClient, connect
 

@@ -122,10 +122,8 @@ class ManagedTarget(Target):
         argv += self.scenario_args.get(scenario, [])
         env = {**os.environ, **{key: value.format(port=port) for key, value in self.env.items()}}
         # Popen returns as soon as the child exists; the readiness wait below is the async part.
-        with open(self.log_path, "wb") as log:  # noqa: ASYNC230
-            self.process = subprocess.Popen(  # noqa: ASYNC220
-                argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir
-            )
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
         self.pid = self.process.pid
         self.base_url = f"ws://127.0.0.1:{port}"
         await wait_listening(port, self.process, self.log_path)

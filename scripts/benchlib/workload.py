@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pycrdt import Doc, Text, TransactionEvent, merge_updates
 
-from collab.protocol import Update
+from collab.sync.protocol import Update
 
 from .peer import TEXT_NAME
 from .wsclient import encode_frame

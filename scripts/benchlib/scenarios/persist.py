@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pycrdt import get_update
 
-from collab.protocol import encode_var_uint
+from collab.sync.protocol import encode_var_uint
 
 from ..context import Context, close_all
 from ..peer import Peer, join, text_of

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Protocol
 
 from pycrdt import Doc, get_state, get_update, merge_updates
 
-from .errors import CorruptDocumentError, DocumentTooLargeError, InvalidUpdateError
-from .logs import fields
-from .metrics import Counter
+from ..errors import CorruptDocumentError, DocumentTooLargeError, InvalidUpdateError
+from ..logs import fields
+from ..metrics import Counter
+from ..store import Store, StoredRecord
 from .presence import Presence
 from .protocol import (
     Auth,
@@ -35,11 +36,10 @@ from .protocol import (
     awareness_message,
     awareness_messages,
 )
-from .store import Store, StoredRecord
 from .yupdate import check_update as walk_update
 
 if TYPE_CHECKING:
-    from .auth import Grant
+    from ..auth import Grant
 
 __all__ = ["Peer", "Room", "check_records", "check_update"]
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .metrics import Counter, Gauge, Histogram, Metric
-from .protocol import Auth, Awareness, Message, QueryAwareness, SyncStep1, SyncStep2, Update
+from ..metrics import Counter, Gauge, Histogram, Metric
+from ..sync.protocol import Auth, Awareness, Message, QueryAwareness, SyncStep1, SyncStep2, Update
 
 if TYPE_CHECKING:
-    from .server import CollabServer
+    from .app import CollabServer
 
 __all__ = ["ServerMetrics"]
 
@@ -36,7 +36,9 @@ class ServerMetrics:
         self.messages_sent = Counter("collab_messages_sent_total", "Messages sent, by type", by_type)
         self.bytes_sent = Counter("collab_sent_bytes_total", "Bytes of messages sent, by type", by_type)
         self.rejected = Counter(
-            "collab_rejected_messages_total", "Messages, connections and awareness entries refused, by reason", ("reason",)
+            "collab_rejected_messages_total",
+            "Messages, connections and awareness entries refused, by reason",
+            ("reason",),
         )
         self.auth_failures = Counter("collab_auth_failures_total", "Refused tokens and origins, by reason", ("reason",))
 

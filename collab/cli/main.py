@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from . import __version__
-from .config import Settings, env_name, parse_duration
-from .errors import CollabError, ConfigError
-from .formats import FORMATS
-from .logs import configure_logging
+from .. import __version__
+from ..config import Settings, env_name, parse_duration
+from ..errors import CollabError, ConfigError
+from ..formats import FORMATS
+from ..logs import configure_logging
 
 __all__ = ["build_parser", "main"]
 
@@ -110,7 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, help: str, description: str, epilog: str) -> argparse.ArgumentParser:
         return commands.add_parser(
-            name, help=help, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+            name,
+            help=help,
+            description=description,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
     serve = command(
@@ -122,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(serve)
     serve.set_defaults(handler=_serve)
 
-    export = command("export", "export documents to files", "Export documents to files, now or as they were.", EXPORT_EPILOG)
+    export = command(
+        "export", "export documents to files", "Export documents to files, now or as they were.", EXPORT_EPILOG
+    )
     _add_db_flag(export)
     export.add_argument("--out", default="exports", help="directory to write to, or - for stdout [default exports]")
     export.add_argument("--format", default="txt", choices=sorted(FORMATS), help="file format [default txt]")
@@ -130,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("names", nargs="*", metavar="NAME_OR_GLOB", help="documents to export [default: all]")
     export.set_defaults(handler=_export)
 
-    restore = command("import", "merge a ydoc backup into a document", "Merge a .ydoc backup into a document.", IMPORT_EPILOG)
+    restore = command(
+        "import", "merge a ydoc backup into a document", "Merge a .ydoc backup into a document.", IMPORT_EPILOG
+    )
     _add_db_flag(restore)
     restore.add_argument("file", type=Path, metavar="FILE.ydoc", help="a file written by collab export --format ydoc")
     restore.add_argument("--name", help="document to merge into [default: the name the file name stands for]")
@@ -161,13 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db_flag(revoke)
     which = revoke.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", dest="token_id", help="the jti of the token to revoke")
-    which.add_argument("--doc", metavar="NAME", help="a document name, or a prefix ending in / for all documents under it")
+    which.add_argument(
+        "--doc", metavar="NAME", help="a document name, or a prefix ending in / for all documents under it"
+    )
     revoke.add_argument(
         "--before", metavar="TIME", help="with --doc: tokens minted before TIME: 2h (ago) or ISO 8601 [default: now]"
     )
     revoke.set_defaults(handler=_revoke)
 
-    stats = command("stats", "database totals", "Totals for a database: documents, bytes, log rows, history.", STATS_EPILOG)
+    stats = command(
+        "stats", "database totals", "Totals for a database: documents, bytes, log rows, history.", STATS_EPILOG
+    )
     _add_db_flag(stats)
     stats.set_defaults(handler=_stats)
 
@@ -176,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     rooms.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rooms.set_defaults(handler=_rooms)
 
-    history = command("history", "list the moments a document can be exported at", "List a document's history.", HISTORY_EPILOG)
+    history = command(
+        "history", "list the moments a document can be exported at", "List a document's history.", HISTORY_EPILOG
+    )
     _add_db_flag(history)
     history.add_argument("name", help="document name")
     history.set_defaults(handler=_history)
@@ -207,7 +221,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import run
+    from ..server.app import run
 
     settings = Settings.load(vars(args))
     configure_logging(settings.log_level, settings.log_format)
@@ -248,7 +262,7 @@ def _import(args: argparse.Namespace) -> int:
 
 def _name_of_backup(file: Path) -> str:
     """The document an exported file holds: its file name says, or for a generated one the manifest beside it."""
-    from .filenames import MANIFEST, is_generated, name_from_file_name
+    from ..filenames import MANIFEST, is_generated, name_from_file_name
 
     if not is_generated(file.name):
         return name_from_file_name(file.name)
@@ -262,8 +276,8 @@ def _name_of_backup(file: Path) -> str:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from .auth import Permission, mint_token
-    from .names import validate_room_name
+    from ..auth import Permission, mint_token
+    from ..sync.names import validate_room_name
 
     secret = Settings.load({"auth_secret_file": args.auth_secret_file}).secret()
     if secret is None:
@@ -275,10 +289,10 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    from .auth import Revocation
-    from .names import validate_room_name
-    from .store.history import format_time
-    from .store.revocations import add_revocation
+    from ..auth import Revocation
+    from ..store.history import format_time
+    from ..store.revocations import add_revocation
+    from ..sync.names import validate_room_name
 
     if args.token_id is not None:
         if args.before is not None:
@@ -296,8 +310,8 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from .lockfile import running_server
-    from .store.sqlite_read import SQLiteReader, read_documents
+    from ..store.lockfile import running_server
+    from ..store.sqlite_read import SQLiteReader, read_documents
 
     db = _db(args)
     with SQLiteReader(db) as reader, reader.snapshot() as conn:
@@ -313,7 +327,7 @@ def _stats(args: argparse.Namespace) -> int:
         "log rows": f"{sum(info.log_length for info in infos)} (not yet compacted)",
     }
     if infos:
-        from .store.history import format_time
+        from ..store.history import format_time
 
         lines["last change"] = format_time(max(info.updated_at for info in infos))
     for key, value in lines.items():
@@ -322,8 +336,8 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _rooms(args: argparse.Namespace) -> int:
-    from .api import document_json
-    from .store.sqlite_read import SQLiteReader, read_documents
+    from ..http.api import document_json
+    from ..store.sqlite_read import SQLiteReader, read_documents
 
     with SQLiteReader(_db(args)) as reader, reader.snapshot() as conn:
         documents = [document_json(info) for info in read_documents(conn)]
@@ -338,8 +352,8 @@ def _rooms(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from .store.history import format_time
-    from .store.sqlite_read import SQLiteReader, read_history
+    from ..store.history import format_time
+    from ..store.sqlite_read import SQLiteReader, read_history
 
     with SQLiteReader(_db(args)) as reader, reader.snapshot() as conn:
         points = read_history(conn, args.name)
@@ -351,7 +365,7 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _time(text: str, flag: str) -> float:
-    from .store.history import parse_time
+    from ..store.history import parse_time
 
     try:
         return parse_time(text, time.time())

@@ -28,13 +28,13 @@ from urllib.parse import unquote
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-from .http import Handler, HttpRequest, Router, respond
+from .router import Handler, HttpRequest, Router, respond
 
 __all__ = ["WEB_DIR", "StaticFiles", "install_web"]
 
 logger = logging.getLogger("collab.web")
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web" / "dist"
+WEB_DIR = Path(__file__).resolve().parents[2] / "web" / "dist"
 """Where `scripts/build-web` puts the bundle, beside the `collab` package in a checkout."""
 
 CONTENT_TYPES = {

@@ -28,11 +28,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from .api import install_api
-from .auth import TOKEN_SUBPROTOCOL_PREFIX, Access, token_from_subprotocols
-from .config import Settings
-from .connection import CollabConnection
-from .errors import (
+from ..auth import TOKEN_SUBPROTOCOL_PREFIX, Access, token_from_subprotocols
+from ..config import Settings
+from ..errors import (
     AuthError,
     CollabError,
     ConfigError,
@@ -43,22 +41,24 @@ from .errors import (
     UnsupportedDataError,
     close_reason_for,
 )
-from .http import HttpRequest, OriginPolicy, Router, respond
-from .limits import Throttle, bytes_cost, frame_cost
-from .lockfile import DatabaseLock
-from .logs import fields
-from .metrics import render
-from .names import room_name_from_path
-from .peer import Backlogs, Outbox, WebSocketPeer, forget_handshake
-from .protocol import Auth, Message, SyncStep2, Update, parse_frame
-from .room import EMPTY_UPDATE, Room
+from ..http.api import install_api
+from ..http.router import HttpRequest, OriginPolicy, Router, respond
+from ..http.static import install_web
+from ..logs import fields
+from ..metrics import render
+from ..store.history import Retention
+from ..store.lockfile import DatabaseLock
+from ..store.revocations import RevocationReader
+from ..store.sqlite import SQLiteStore
+from ..sync.limits import Throttle, bytes_cost, frame_cost
+from ..sync.names import room_name_from_path
+from ..sync.protocol import Auth, Message, SyncStep2, Update, parse_frame
+from ..sync.room import EMPTY_UPDATE, Room
+from .metrics import ServerMetrics
+from .outbox import Backlogs, Outbox, WebSocketPeer, forget_handshake
 from .rooms import Rooms
-from .server_metrics import ServerMetrics
 from .sessions import Sessions
-from .store.history import Retention
-from .store.revocations import RevocationReader
-from .store.sqlite import SQLiteStore
-from .web import install_web
+from .transport import CollabConnection
 
 __all__ = ["CollabServer", "run"]
 
@@ -163,7 +163,9 @@ class CollabServer:
         except OSError as error:
             await self.store.close()
             self.lock.release()
-            raise ConfigError(f"cannot listen on {self.settings.host}:{self.settings.port}: {error.strerror}") from error
+            raise ConfigError(
+                f"cannot listen on {self.settings.host}:{self.settings.port}: {error.strerror}"
+            ) from error
         self.port = self._server.sockets[0].getsockname()[1]
         if self.settings.keepalive > 0:
             self._keepalive = asyncio.create_task(self._keepalive_forever(), name="collab-keepalive")

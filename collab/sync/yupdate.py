@@ -62,7 +62,7 @@ import math
 import re
 from typing import Any
 
-from .errors import InvalidUpdateError
+from ..errors import InvalidUpdateError
 
 __all__ = [
     "MAX_CLIENT_ID",
@@ -133,7 +133,7 @@ _DELETION = re.compile(rb"\x00\x01" + _CLIENT + rb"\x01" + _CLOCK + _CLOCK, re.D
 class _Walk:
     """A cursor over one update; every read checks bounds and names what it read."""
 
-    __slots__ = ("data", "end", "pos", "strict", "depth", "kind", "client", "clock", "client_raw", "names_parent")
+    __slots__ = ("client", "client_raw", "clock", "data", "depth", "end", "kind", "names_parent", "pos", "strict")
 
     def __init__(self, data: bytes, strict: bool, kind: str = "Yjs update") -> None:
         self.data = data

@@ -29,8 +29,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Response
 from websockets.protocol import State
 
-from .http import MAX_HEAD, check_head, respond
-from .logs import fields
+from ..http.router import MAX_HEAD, check_head, respond
+from ..logs import fields
 
 __all__ = ["CollabConnection"]
 

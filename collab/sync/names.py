@@ -11,7 +11,7 @@ from __future__ import annotations
 import unicodedata
 from urllib.parse import unquote, urlsplit
 
-from .errors import InvalidRoomNameError
+from ..errors import InvalidRoomNameError
 
 __all__ = ["MAX_NAME_LENGTH", "room_name_from_path", "validate_room_name"]
 

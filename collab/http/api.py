@@ -16,21 +16,24 @@ on the document, and the listing shows only what the token covers (401/403).
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
 from pycrdt import Doc
 from websockets.http11 import Response
 
-from .auth import Access
-from .errors import AuthError, ForbiddenError, HistoryError, InvalidRoomNameError, StorageError
-from .filenames import file_name_for
-from .formats import FORMATS, doc_from_records, doc_from_updates, render
-from .http import HttpRequest, Router, json_response, respond
-from .names import validate_room_name
-from .rooms import Rooms
-from .server_metrics import ServerMetrics
-from .store import DocumentInfo, Store
-from .store.history import format_time, parse_time
+from ..auth import Access
+from ..errors import AuthError, ForbiddenError, HistoryError, InvalidRoomNameError, StorageError
+from ..filenames import file_name_for
+from ..formats import FORMATS, doc_from_records, doc_from_updates, render
+from ..store import DocumentInfo, Store
+from ..store.history import format_time, parse_time
+from ..sync.names import validate_room_name
+from .router import HttpRequest, Router, json_response, respond
+
+if TYPE_CHECKING:  # the server hands them in; the API does not depend on the server's package
+    from ..server.metrics import ServerMetrics
+    from ..server.rooms import Rooms
 
 __all__ = ["document_json", "install_api"]
 
@@ -99,7 +102,9 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
         extension, content_type = FORMATS[fmt]
         headers = {}
         if fmt == "ydoc":
-            headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(file_name_for(name, extension), safe='')}"
+            headers["Content-Disposition"] = (
+                f"attachment; filename*=UTF-8''{quote(file_name_for(name, extension), safe='')}"
+            )
         return respond(200, render(doc, fmt, info, name), content_type, headers)
 
     router.route(DOCS, list_documents)

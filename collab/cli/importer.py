@@ -18,15 +18,15 @@ from urllib.parse import quote
 
 from pycrdt import Doc
 
-from .auth import Permission, mint_token
-from .client import Client
-from .config import Settings
-from .errors import CollabError, InvalidUpdateError
-from .formats import doc_from_records
-from .lockfile import DatabaseLock, running_server
-from .names import validate_room_name
-from .room import check_update
-from .store.sqlite import SQLiteStore
+from ..auth import Permission, mint_token
+from ..client import Client
+from ..config import Settings
+from ..errors import CollabError, InvalidUpdateError
+from ..formats import doc_from_records
+from ..store.lockfile import DatabaseLock, running_server
+from ..store.sqlite import SQLiteStore
+from ..sync.names import validate_room_name
+from ..sync.room import check_update
 
 __all__ = ["ImportFailed", "Imported", "import_update"]
 
@@ -56,7 +56,9 @@ async def import_update(db: Path, update: bytes, name: str) -> Imported:
     if server is not None:
         if "url" not in server:
             raise ImportFailed(f"a collab server (pid {server.get('pid')}) is starting on {db}; try again")
-        return await _through_server(f"{server['url']}/{quote(name, safe='')}{_token_query(server, name)}", update, name)
+        return await _through_server(
+            f"{server['url']}/{quote(name, safe='')}{_token_query(server, name)}", update, name
+        )
     return await _into_database(db, update, name)
 
 
@@ -66,7 +68,9 @@ def _token_query(server: dict[str, object], name: str) -> str:
         return ""
     secret = Settings.load().secret()
     if secret is None:
-        raise ImportFailed("the server requires tokens: set COLLAB_AUTH_SECRET (or COLLAB_AUTH_SECRET_FILE) to its secret")
+        raise ImportFailed(
+            "the server requires tokens: set COLLAB_AUTH_SECRET (or COLLAB_AUTH_SECRET_FILE) to its secret"
+        )
     return "?token=" + mint_token(secret, name, Permission.WRITE, ttl=SERVER_TIMEOUT * 2)
 
 

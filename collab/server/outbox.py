@@ -19,9 +19,9 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from .auth import Grant
-from .logs import fields
-from .server_metrics import ServerMetrics
+from ..auth import Grant
+from ..logs import fields
+from .metrics import ServerMetrics
 
 __all__ = ["Backlogs", "Outbox", "WebSocketPeer", "forget_handshake", "server_frame"]
 
@@ -47,8 +47,8 @@ class WebSocketPeer:
         "_marks",
         "_metrics",
         "_out",
-        "_written",
         "_outbox",
+        "_written",
         "_ws",
         "dropped",
         "grant",

@@ -38,7 +38,7 @@ scripts/bench flood, persistence included):
 
 from __future__ import annotations
 
-from .errors import RateLimitError
+from ..errors import RateLimitError
 from .protocol import Awareness, Message, SyncStep1, SyncStep2, Update
 
 __all__ = [

@@ -29,12 +29,11 @@ exactly what it validated without encoding it again.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .errors import InvalidUTF8Error, MessageTooBigError, ProtocolError
+from ..errors import InvalidUTF8Error, MessageTooBigError, ProtocolError
 from .yupdate import STRICT_JSON, check_state_vector
 
 __all__ = [

@@ -21,11 +21,11 @@ from collections.abc import Callable
 
 from websockets.asyncio.server import ServerConnection
 
-from .auth import Access, Grant
-from .errors import AuthError, StorageError, UnauthenticatedError
-from .logs import fields
-from .peer import WebSocketPeer
-from .store.revocations import POLL_INTERVAL, RevocationReader
+from ..auth import Access, Grant
+from ..errors import AuthError, StorageError, UnauthenticatedError
+from ..logs import fields
+from ..store.revocations import POLL_INTERVAL, RevocationReader
+from .outbox import WebSocketPeer
 
 __all__ = ["Sessions"]
 

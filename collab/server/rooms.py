@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from .errors import ServerBusyError
-from .metrics import Counter
-from .room import Peer, Room
-from .store import Store
+from ..errors import ServerBusyError
+from ..metrics import Counter
+from ..store import Store
+from ..sync.room import Peer, Room
 
 __all__ = ["Rooms"]
 

@@ -23,12 +23,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CollabError, StorageError
-from .filenames import MANIFEST, file_name_for
-from .formats import FORMATS, doc_from_records, render
-from .store import DocumentInfo
-from .store.history import format_time
-from .store.sqlite_read import SQLiteReader, read_documents, read_records
+from ..errors import CollabError, StorageError
+from ..filenames import MANIFEST, file_name_for
+from ..formats import FORMATS, doc_from_records, render
+from ..store import DocumentInfo
+from ..store.history import format_time
+from ..store.sqlite_read import SQLiteReader, read_documents, read_records
 
 __all__ = ["ExportError", "Exported", "export", "select_names"]
 

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, StorageError
+from ..errors import ConfigError, StorageError
 
 __all__ = ["DatabaseLock", "running_server"]
 
