@@ -2,46 +2,69 @@
 
 Each field of `Settings` is one setting; its flag is `--field-name` and its
 environment variable `COLLAB_FIELD_NAME`. A flag beats the environment, which
-beats the default. Sizes accept `K`/`M`/`G` suffixes (powers of 1024) and
-durations `ms`/`s`/`m`/`h`/`d`.
+beats the default. Sizes and durations follow `collab.units` (64M, 50ms, 1h, 7d).
+
+An empty variable (`COLLAB_DB=` in an env file, or what a Compose file's
+`${COLLAB_DB}` gives when it is unset) counts as unset, except for the settings
+that turn access control on: an empty secret or key is refused, so that a
+blank line in an env file never silently serves every document to anyone.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+from .units import format_duration, format_size, parse_duration, parse_size
 
 if TYPE_CHECKING:
     from .keys import PublicKey
 
-__all__ = ["Settings", "env_name", "parse_duration", "parse_size"]
+__all__ = ["ACCESS_CONTROL_SETTINGS", "Settings", "env_name", "parse_count", "parse_path", "parse_port", "parse_rate"]
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+ACCESS_CONTROL_SETTINGS = frozenset({"auth_secret", "auth_secret_file", "auth_public_key"})
+"""Settings whose empty value is an error rather than "unset": see the module docstring."""
 
 
-def parse_size(text: str) -> int:
-    """'64M' -> 67108864; a plain number is bytes."""
-    match = _SIZE.match(text)
-    if not match:
-        raise ValueError(f"not a size: {text!r} (try 1048576, 512K, 64M or 1G)")
-    return int(match[1]) * _SIZE_UNITS[match[2].lower()]
+def parse_port(text: str) -> int:
+    """'8080' -> 8080; 0 asks the system for a free port. Out of range is refused, never wrapped around."""
+    port = int(text) if text.strip().isdigit() else -1
+    if not 0 <= port <= 65535:
+        raise ValueError(f"not a port number: {text!r} (0 to 65535; 0 picks a free one)")
+    return port
 
 
-def parse_duration(text: str) -> float:
-    """'50ms' -> 0.05; a plain number is seconds."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(f"not a duration: {text!r} (try 0.05, 50ms, 30s, 5m, 1h or 30d)")
-    return float(match[1]) * _DURATION_UNITS[(match[2] or "s").lower()]
+def parse_count(text: str) -> int:
+    """'1000' -> 1000: a whole number, not negative."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise ValueError(f"not a whole number: {text!r}") from None
+    if count < 0:
+        raise ValueError(f"cannot be negative: {text!r}")
+    return count
+
+
+def parse_rate(text: str) -> float:
+    """'500' -> 500.0 per second, not negative."""
+    try:
+        rate = float(text)
+    except ValueError:
+        raise ValueError(f"not a number: {text!r}") from None
+    if not 0 <= rate < float("inf"):
+        raise ValueError(f"not a rate per second: {text!r}")
+    return rate
+
+
+def parse_path(text: str) -> Path:
+    """A file name; an empty one is refused (Path('') would quietly mean the current directory)."""
+    if not text.strip():
+        raise ValueError("empty file name")
+    return Path(text)
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -53,51 +76,66 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def _host(text: str) -> str:
+    if not text.strip():
+        raise ValueError("empty address (0.0.0.0 listens on every interface)")
+    return text.strip()
+
+
 def _origins(text: str) -> tuple[str, ...]:
     return tuple(origin.strip().rstrip("/") for origin in text.split(",") if origin.strip())
 
 
-def _setting(default: Any, parse: Callable[[str], Any], help: str) -> Any:
-    return field(default=default, metadata={"parse": parse, "help": help})
+def _shown(default: object) -> str:
+    return "none" if default is None or default == () else str(default)
+
+
+def _setting(default: Any, parse: Callable[[str], Any], help: str, show: Callable[[Any], str] = _shown) -> Any:
+    """A `Settings` field: `parse` reads a flag or variable (ValueError: why not), `show` writes the default."""
+    return field(default=default, metadata={"parse": parse, "help": help, "show": show})
+
+
+def _size(default: int, help: str) -> Any:
+    return _setting(default, parse_size, help, format_size)
+
+
+def _duration(default: float, help: str) -> Any:
+    return _setting(default, parse_duration, help, format_duration)
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything `collab serve` can be told."""
 
-    host: str = _setting("127.0.0.1", str, "address to listen on (0.0.0.0 for every interface)")
-    port: int = _setting(1234, int, "TCP port for HTTP and WebSocket (0 picks a free one)")
-    db: Path = _setting(Path("data/collab.db"), Path, "SQLite database file, created if missing")
-    max_message_size: int = _setting(
-        64 * 2**20, parse_size, "largest WebSocket message accepted; larger ones close with 1009"
+    host: str = _setting("127.0.0.1", _host, "address to listen on (0.0.0.0 for every interface)")
+    port: int = _setting(1234, parse_port, "TCP port for HTTP and WebSocket (0 picks a free one)")
+    db: Path = _setting(Path("data/collab.db"), parse_path, "SQLite database file, created if missing")
+    max_message_size: int = _size(64 * 2**20, "largest WebSocket message accepted; larger ones close with 1009")
+    commit_interval: float = _duration(
+        0.05, "group commit window: an accepted update is durable within about this long"
     )
-    commit_interval: float = _setting(
-        0.05, parse_duration, "group commit window: an accepted update is durable within about this long"
+    compact_after: int = _setting(
+        1000, parse_count, "compact a document's update log into a snapshot after this many updates"
     )
-    compact_after: int = _setting(1000, int, "compact a document's update log into a snapshot after this many updates")
-    unload_after: float = _setting(30.0, parse_duration, "unload a room this long after its last client left")
-    history_recent: float = _setting(
-        3600.0, parse_duration, "keep every change of each document for this long, for export --at (0: none)"
+    unload_after: float = _duration(30.0, "unload a room this long after its last client left")
+    history_recent: float = _duration(
+        3600.0, "keep every change of each document for this long, for export --at (0: none)"
     )
-    history_hourly: float = _setting(
-        86400.0, parse_duration, "keep an hourly checkpoint of each document for this long (0: none)"
-    )
-    history_daily: float = _setting(
-        30 * 86400.0, parse_duration, "keep a daily checkpoint of each document for this long (0: none)"
-    )
+    history_hourly: float = _duration(86400.0, "keep an hourly checkpoint of each document for this long (0: none)")
+    history_daily: float = _duration(30 * 86400.0, "keep a daily checkpoint of each document for this long (0: none)")
     sqlite_synchronous: str = _setting(
         "full", _choice("normal", "full", "extra"), "SQLite synchronous mode (full also survives power loss)"
     )
-    sqlite_busy_timeout: float = _setting(
-        5.0, parse_duration, "how long a write waits for a lock held by another process before it fails and is retried"
+    sqlite_busy_timeout: float = _duration(
+        5.0, "how long a write waits for a lock held by another process before it fails and is retried"
     )
     auth_secret: str | None = _setting(
         None, str, "turn access control on: the secret tokens are signed with (prefer --auth-secret-file)"
     )
-    auth_secret_file: Path | None = _setting(None, Path, "read the auth secret from this file")
+    auth_secret_file: Path | None = _setting(None, parse_path, "read the auth secret from this file")
     auth_public_key: Path | None = _setting(
         None,
-        Path,
+        parse_path,
         "turn access control on: accept tokens signed with the private key of this PEM public key (ES256, EdDSA)",
     )
     allowed_origin: tuple[str, ...] = _setting(
@@ -106,39 +144,35 @@ class Settings:
         "comma-separated origins browsers may connect from (https://app.example.com), or * for any;"
         " empty: any with access control on, else only the server's own origin and loopback names",
     )
-    certfile: Path | None = _setting(None, Path, "TLS certificate (PEM): serve wss:// and https://")
-    keyfile: Path | None = _setting(None, Path, "TLS private key (PEM) for --certfile")
-    max_connections: int = _setting(10_000, int, "connections in total; more are closed with 1013")
-    max_room_connections: int = _setting(1_000, int, "connections per room; more are closed with 1013")
-    max_rooms: int = _setting(10_000, int, "rooms loaded in memory; a connection needing one more is closed with 1013")
+    certfile: Path | None = _setting(None, parse_path, "TLS certificate (PEM): serve wss:// and https://")
+    keyfile: Path | None = _setting(None, parse_path, "TLS private key (PEM) for --certfile")
+    max_connections: int = _setting(10_000, parse_count, "connections in total; more are closed with 1013")
+    max_room_connections: int = _setting(1_000, parse_count, "connections per room; more are closed with 1013")
+    max_rooms: int = _setting(
+        10_000, parse_count, "rooms loaded in memory; a connection needing one more is closed with 1013"
+    )
     max_messages_per_second: float = _setting(
         500.0,
-        float,
+        parse_rate,
         "messages (awareness: entries) a connection may send per second, bursts of twice that;"
         " a faster one is read more slowly, not closed; 0: no limit",
     )
-    throttle_close_after: float = _setting(
-        600.0, parse_duration, "close (1008) a connection the rate limit held back this long without a pause; 0: never"
+    throttle_close_after: float = _duration(
+        600.0, "close (1008) a connection the rate limit held back this long without a pause; 0: never"
     )
-    max_buffered: int = _setting(
-        16 * 2**20,
-        parse_size,
-        "bytes a client may leave unread for longer than --slow-client-grace before it is closed with 1013",
+    max_buffered: int = _size(
+        16 * 2**20, "bytes a client may leave unread for longer than --slow-client-grace before it is closed with 1013"
     )
-    slow_client_grace: float = _setting(
-        30.0,
-        parse_duration,
-        "how long bytes queued for a client may wait unread before they count against --max-buffered",
+    slow_client_grace: float = _duration(
+        30.0, "how long bytes queued for a client may wait unread before they count against --max-buffered"
     )
-    max_document_size: int = _setting(
-        64 * 2**20, parse_size, "largest document; an update that would grow one beyond it closes with 1009"
+    max_document_size: int = _size(
+        64 * 2**20, "largest document; an update that would grow one beyond it closes with 1009"
     )
-    keepalive: float = _setting(
-        20.0, parse_duration, "ping connections silent this long, drop them if no answer within as long again; 0: never"
+    keepalive: float = _duration(
+        20.0, "ping connections silent this long, drop them if no answer within as long again; 0: never"
     )
-    handshake_timeout: float = _setting(
-        10.0, parse_duration, "close connections that do not complete the handshake in time"
-    )
+    handshake_timeout: float = _duration(10.0, "close connections that do not complete the handshake in time")
     log_level: str = _setting("info", _choice("debug", "info", "warning", "error"), "log verbosity")
     log_format: str = _setting("text", _choice("text", "json"), "log lines as text (key=value fields) or JSON objects")
 
@@ -180,8 +214,12 @@ class Settings:
                 values[item.name] = given
                 continue
             text = environ.get(env_name(item.name))
-            if text is None:
+            if text is None or (text == "" and item.name not in ACCESS_CONTROL_SETTINGS):
                 continue
+            if text == "":
+                raise ConfigError(
+                    f"{env_name(item.name)} is empty: unset it to turn access control off, or give it a value"
+                )
             try:
                 values[item.name] = item.metadata["parse"](text)
             except ValueError as error:

@@ -1,30 +1,47 @@
-"""Every error collab raises on purpose, and the one place that maps them to close codes.
+"""Every error collab raises on purpose, and the one place that maps each to what it earns.
 
-    CollabError
-    ├── ProtocolError              the peer broke the y-websocket protocol      → 1002
-    │   ├── InvalidUTF8Error       a string in a message is not UTF-8           → 1007
-    │   ├── InvalidUpdateError     a well-formed message carries a bad update   → 1002
-    │   ├── MessageTooBigError     an awareness state or entry count too large  → 1009
-    │   └── UnsupportedDataError   a text frame instead of a binary one         → 1003
-    ├── InvalidRoomNameError       the URL names no acceptable room             → 4400
+    CollabError                                                          close  HTTP  exit
+    ├── ProtocolError              the peer broke the y-websocket protocol     1002   400    1
+    │   ├── InvalidUTF8Error       a string in a message is not UTF-8          1007   400    1
+    │   ├── InvalidUpdateError     a well-formed message carries a bad update  1002   400    1
+    │   ├── MessageTooBigError     an awareness state or entry count too large 1009   413    1
+    │   └── UnsupportedDataError   a text frame instead of a binary one        1003   400    1
+    ├── InvalidRoomNameError       no acceptable document name                 4400   400    2
     ├── AuthError                  (the client is told why in an auth message first)
-    │   ├── UnauthenticatedError   no token; a forged, expired or revoked one   → 4401
-    │   └── ForbiddenError         a valid token for another document           → 4403
+    │   ├── UnauthenticatedError   no token; a forged, expired or revoked one  4401   401    1
+    │   └── ForbiddenError         a valid token for another document          4403   403    1
     ├── LimitError
-    │   ├── ServerBusyError        too many connections or rooms; retry later   → 1013
-    │   ├── RateLimitError         a client stays far above its rate limit      → 1008
-    │   └── DocumentTooLargeError  an update would grow a document too large    → 1009
-    ├── StorageError               the store failed; nothing is lost, retry     → 1011
-    │   └── CorruptDocumentError   a stored row does not decode                 → 1011
-    ├── HistoryError               no state is kept for the moment asked for (HTTP 404)
-    └── ConfigError                a setting is wrong (the CLI exits with 2)
+    │   ├── ServerBusyError        too many connections or rooms; retry later  1013   503    1
+    │   ├── RateLimitError         a client stays far above its rate limit     1008   429    1
+    │   └── DocumentTooLargeError  an update would grow a document too large   1009   413    1
+    ├── StorageError               the store failed; nothing is lost, retry    1011   503    5
+    │   └── CorruptDocumentError   a stored row does not decode                1011   500    6
+    ├── DatabaseInUseError         another process holds the database's lock          503    4
+    ├── NotFoundError              no document by that name                           404    3
+    │   └── HistoryError           no state is kept for the moment asked for          404    3
+    ├── ExportError                the export cannot be done as asked                 500    1
+    ├── ImportFailed               the backup cannot be imported as asked             500    1
+    └── ConfigError                a setting or command-line argument is wrong        400    2
 
-Anything else escaping a connection handler is a bug in collab: it closes that
-connection with 1011 and no details, since details may be sensitive.
+`close_reason_for`, `http_status_for` and `exit_code_for` are the three
+mappings; anything that is not a `CollabError` is a bug in collab and earns
+1011, 500 or exit 1 with no details, since details may be sensitive. Exit 2 is
+for usage only: a database in use, a missing document or a failing disk is
+not the user's typing, and scripts can tell them apart:
+
+    0 done   1 failed   2 usage (bad flag, setting or name)   3 not found
+    4 database in use by another process   5 storage unavailable   6 corrupt data
+    130 interrupted (Ctrl-C)   141 output closed early (`collab rooms | head`)
+
+`metric_label` names an error in metrics (`collab_rejected_messages_total`'s
+`reason`, `collab_auth_failures_total`'s). Each class fixes its `label`, the
+name dashboards were built on, so renaming or moving a class never changes a
+metric; an `AuthError` carries its own (missing, invalid, expired, ...).
 """
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import NamedTuple
 
 __all__ = [
@@ -33,14 +50,18 @@ __all__ = [
     "CollabError",
     "ConfigError",
     "CorruptDocumentError",
+    "DatabaseInUseError",
     "DocumentTooLargeError",
+    "ExportError",
     "ForbiddenError",
     "HistoryError",
+    "ImportFailed",
     "InvalidRoomNameError",
     "InvalidUTF8Error",
     "InvalidUpdateError",
     "LimitError",
     "MessageTooBigError",
+    "NotFoundError",
     "ProtocolError",
     "RateLimitError",
     "ServerBusyError",
@@ -48,35 +69,52 @@ __all__ = [
     "UnauthenticatedError",
     "UnsupportedDataError",
     "close_reason_for",
+    "exit_code_for",
+    "http_status_for",
+    "metric_label",
 ]
 
 
 class CollabError(Exception):
-    """Root of collab's own errors."""
+    """Root of collab's own errors; `label` is its name in metrics."""
+
+    label: str = "CollabError"
 
 
 class ProtocolError(CollabError):
     """The peer sent bytes that are not a valid y-websocket frame."""
 
+    label = "ProtocolError"
+
 
 class InvalidUTF8Error(ProtocolError):
     """A string inside a message is not valid UTF-8."""
+
+    label = "InvalidUTF8Error"
 
 
 class InvalidUpdateError(ProtocolError):
     """A message is well formed but its Yjs update or state vector does not decode."""
 
+    label = "InvalidUpdateError"
+
 
 class MessageTooBigError(ProtocolError):
     """A part of a message is over its documented limit (an awareness state's size, its entry count)."""
+
+    label = "MessageTooBigError"
 
 
 class UnsupportedDataError(ProtocolError):
     """The peer sent a text frame; the y-websocket protocol is binary."""
 
+    label = "UnsupportedDataError"
+
 
 class InvalidRoomNameError(CollabError):
-    """The request path does not name an acceptable room."""
+    """The request path or the command line does not name an acceptable document."""
+
+    label = "InvalidRoomNameError"
 
 
 class AuthError(CollabError):
@@ -98,33 +136,73 @@ class ForbiddenError(AuthError):
 class LimitError(CollabError):
     """A configured limit protects the server from this client."""
 
+    label = "LimitError"
+
 
 class ServerBusyError(LimitError):
     """Too many connections or rooms right now; the client should retry later."""
+
+    label = "ServerBusyError"
 
 
 class RateLimitError(LimitError):
     """The client stays far above its rate limit (being slowed down did not stop it), or one message costs too much."""
 
+    label = "RateLimitError"
+
 
 class DocumentTooLargeError(LimitError):
     """An update would grow its document beyond `--max-document-size`; nothing of its frame took effect."""
+
+    label = "DocumentTooLargeError"
 
 
 class StorageError(CollabError):
     """The store could not read or write; the operation may be retried."""
 
+    label = "StorageError"
+
 
 class CorruptDocumentError(StorageError):
-    """A stored snapshot or update of a document does not decode."""
+    """A stored snapshot or update of a document does not decode; retrying will not help."""
+
+    label = "CorruptDocumentError"
 
 
-class HistoryError(CollabError):
+class DatabaseInUseError(CollabError):
+    """Another process (a running server) holds the database's lock; stop it, or go through it."""
+
+    label = "DatabaseInUseError"
+
+
+class NotFoundError(CollabError):
+    """No document has the name asked for."""
+
+    label = "NotFoundError"
+
+
+class HistoryError(NotFoundError):
     """A document has no state kept for the moment asked for."""
+
+    label = "HistoryError"
+
+
+class ExportError(CollabError):
+    """The export cannot be done as asked; nothing was written."""
+
+    label = "ExportError"
+
+
+class ImportFailed(CollabError):
+    """The backup cannot be imported as asked."""
+
+    label = "ImportFailed"
 
 
 class ConfigError(CollabError):
-    """A setting has a value collab cannot use."""
+    """A setting or command-line argument has a value collab cannot use: the user's to fix."""
+
+    label = "ConfigError"
 
 
 class CloseReason(NamedTuple):
@@ -149,6 +227,17 @@ FORBIDDEN = 4403
 
 # A close reason must fit in a control frame: 125 bytes minus the 2-byte code.
 MAX_REASON_BYTES = 123
+
+# Exit codes of the `collab` command; the module docstring lists them for users.
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_IN_USE = 4
+EXIT_STORAGE = 5
+EXIT_CORRUPT = 6
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as `yes | head` reports under `set -o pipefail`
 
 
 def close_reason_for(error: BaseException) -> CloseReason:
@@ -179,6 +268,54 @@ def close_reason_for(error: BaseException) -> CloseReason:
         case _:
             return CloseReason(INTERNAL_ERROR, "internal error")
     return CloseReason(code, _truncate(str(error)))
+
+
+def http_status_for(error: BaseException) -> HTTPStatus:
+    """Map an error raised while answering an HTTP request to its status.
+
+    A response may quote `str(error)` of a `CollabError`, never of anything else.
+    """
+    match error:
+        case MessageTooBigError() | DocumentTooLargeError():
+            return HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+        case ProtocolError() | InvalidRoomNameError() | ConfigError():
+            return HTTPStatus.BAD_REQUEST
+        case UnauthenticatedError():
+            return HTTPStatus.UNAUTHORIZED
+        case ForbiddenError():
+            return HTTPStatus.FORBIDDEN
+        case NotFoundError():
+            return HTTPStatus.NOT_FOUND
+        case RateLimitError():
+            return HTTPStatus.TOO_MANY_REQUESTS
+        case CorruptDocumentError():
+            return HTTPStatus.INTERNAL_SERVER_ERROR
+        case ServerBusyError() | StorageError() | DatabaseInUseError():
+            return HTTPStatus.SERVICE_UNAVAILABLE
+        case _:
+            return HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+def exit_code_for(error: BaseException) -> int:
+    """Map an error that ends a `collab` command to its exit status (the module docstring lists them)."""
+    match error:
+        case ConfigError() | InvalidRoomNameError():
+            return EXIT_USAGE
+        case NotFoundError():
+            return EXIT_NOT_FOUND
+        case DatabaseInUseError():
+            return EXIT_IN_USE
+        case CorruptDocumentError():
+            return EXIT_CORRUPT
+        case StorageError():
+            return EXIT_STORAGE
+        case _:
+            return EXIT_FAILURE
+
+
+def metric_label(error: BaseException) -> str:
+    """The stable name of an error in metrics; anything not collab's own is "unexpected"."""
+    return error.label if isinstance(error, CollabError) else "unexpected"
 
 
 def _truncate(reason: str) -> str:

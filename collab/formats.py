@@ -101,10 +101,13 @@ def to_json(value: Any) -> Any:
     if isinstance(value, XmlFragment):
         return {"type": "fragment", "children": [to_json(child) for child in value.children]}
     if isinstance(value, XmlElement):
+        # pycrdt 0.14 annotates XmlAttributesView.__iter__ as returning an Iterable, not an Iterator,
+        # so `for ... in value.attributes` does not type-check; iterating what it returns does.
+        attributes = value.attributes.__iter__()
         return {
             "type": "element",
             "name": value.tag,
-            "attributes": {key: to_json(item) for key, item in value.attributes},
+            "attributes": {key: to_json(item) for key, item in attributes},
             "children": [to_json(child) for child in value.children],
         }
     if isinstance(value, XmlText):
@@ -127,7 +130,7 @@ def _delta_chunk(chunk: tuple[Any, dict[str, Any] | None]) -> dict[str, Any]:
 def render(doc: Doc, fmt: str, info: DocumentInfo | None = None, name: str | None = None) -> bytes:
     """The document in format `fmt` (one of FORMATS)."""
     if fmt in ("txt", "md"):
-        return str(doc.get(CONTENT_ROOT, type=Text)).encode() if CONTENT_ROOT in doc.keys() else b""
+        return str(doc.get(CONTENT_ROOT, type=Text)).encode() if CONTENT_ROOT in doc else b""
     update = doc.get_update()
     if fmt == "ydoc":
         return update

@@ -2,6 +2,9 @@
 
 Log calls pass fields as `extra=fields(conn=..., room=...)`; the text format
 appends them as `key=value`, the JSON format makes them keys of the object.
+Both start with the time in ISO 8601 with its zone, in UTC like every time
+collab shows (2026-12-01T07:31:57.826Z), so lines sort and parse alike
+wherever the server runs.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+
+from .units import format_time
 
 __all__ = ["configure_logging", "fields"]
 
@@ -24,6 +29,9 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
 
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return format_time(record.created)
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extra = getattr(record, "fields", None)
@@ -37,7 +45,7 @@ class TextFormatter(logging.Formatter):
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         event: dict[str, Any] = {
-            "time": self.formatTime(record),
+            "time": format_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),

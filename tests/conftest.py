@@ -10,6 +10,9 @@ import pytest
 
 from collab.config import Settings
 from collab.server.app import CollabServer
+from collab.store.memory import MemoryStore
+
+from .helpers import SECRET
 
 StartServer = Callable[..., Awaitable[CollabServer]]
 
@@ -17,6 +20,15 @@ StartServer = Callable[..., Awaitable[CollabServer]]
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "collab.db"
+
+
+@pytest.fixture
+async def memory_store() -> AsyncIterator[MemoryStore]:
+    """A started store on the in-memory engine, committing at once; closed (flushed) at the end."""
+    store = MemoryStore()
+    await store.start()
+    yield store
+    await store.close()
 
 
 @pytest.fixture
@@ -39,3 +51,9 @@ async def start_server(db_path: Path) -> AsyncIterator[StartServer]:
 @pytest.fixture
 async def server(start_server: StartServer) -> CollabServer:
     return await start_server()
+
+
+@pytest.fixture
+async def secured(start_server: StartServer) -> CollabServer:
+    """A server with access control on: tokens signed with `helpers.SECRET` (`helpers.token`)."""
+    return await start_server(auth_secret=SECRET)

@@ -1,8 +1,15 @@
-"""What several test files share: URLs, synced clients, a server in a subprocess, the Node client."""
+"""What test files share, so that no test imports another test module.
+
+URLs and synced clients; keystrokes and the text they make; tokens; HTTP requests
+(`get`, `upgrade_status`); the CLI (`run_collab`) and a server (`ServerProcess`)
+in a subprocess; frames a room sends (`FramePeer`); the stock Node client.
+Fixtures (servers, stores) are in conftest.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import re
@@ -11,20 +18,25 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from queue import Empty, Queue
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from pycrdt import Doc, Text
 
+from collab.auth import Permission, mint_token
 from collab.client import Client
 from collab.server.app import CollabServer
+from collab.sync.protocol import Message, parse_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 INTEROP = ROOT / "tests" / "interop"
+
+SECRET = "a-test-secret-of-enough-length"
+"""The HMAC secret of servers started with access control (`secured` in conftest.py)."""
 
 
 def room_url(server: CollabServer | int, room: str) -> str:
@@ -42,7 +54,47 @@ async def synced(url: str, doc: Doc | None = None) -> AsyncIterator[Client]:
 
 
 def text(client: Client, name: str = "content") -> Text:
-    return client.doc.get(name, type=Text)
+    root: Text = client.doc.get(name, type=Text)
+    return root
+
+
+def keystrokes(typed: str, client_id: int | None = None) -> list[bytes]:
+    """The updates of typing `typed` into an empty document one character at a time, at the end."""
+    doc: Doc = Doc(client_id=client_id)
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    content = doc.get("content", type=Text)
+    for char in typed:
+        content += char
+    return updates
+
+
+def doc_of(updates: Iterable[bytes]) -> Doc:
+    doc: Doc = Doc()
+    for update in updates:
+        doc.apply_update(update)
+    return doc
+
+
+def text_of(updates: Iterable[bytes]) -> str:
+    """The text that applying `updates` in order gives."""
+    return str(doc_of(updates).get("content", type=Text))
+
+
+def token(scope: str, permission: Permission = Permission.WRITE, *, ttl: float = 600, **options: Any) -> str:
+    """A token signed with `SECRET` (options: `subject`, `token_id`, `now`)."""
+    return mint_token(SECRET.encode(), scope, permission, ttl, **options)
+
+
+def with_token(url: str, value: str) -> str:
+    return f"{url}?token={value}"
+
+
+async def refused(url: str, **options: Any) -> Client:
+    """A client the server closes before it syncs (a bad token, a full server...), once closed."""
+    client = await Client(url, **options).connect()
+    await client.wait_closed()
+    return client
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> None:
@@ -74,6 +126,98 @@ def stored_text(db_path: Path, room: str, name: str = "content") -> str | None:
         ):
             doc.apply_update(data)
     return str(doc.get(name, type=Text))
+
+
+class Reply(NamedTuple):
+    status: int
+    headers: dict[str, str]
+    """Header names lower-cased."""
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> Reply:
+    """GET `path` sent exactly as given (http.client does not normalise it); any status; body not decoded.
+
+    It blocks: async tests use `get`, which runs it in a thread so that an in-process server can answer.
+    """
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        return Reply(response.status, {key.lower(): value for key, value in response.getheaders()}, response.read())
+    finally:
+        connection.close()
+
+
+async def get(server: CollabServer | int, path: str, *, bearer: str | None = None, **headers: str) -> Reply:
+    """`http_get` in a thread; `accept_encoding="gzip"` sends Accept-Encoding, `bearer` an Authorization."""
+    port = server if isinstance(server, int) else server.port
+    sent = {name.replace("_", "-"): value for name, value in headers.items()}
+    if bearer is not None:
+        sent["Authorization"] = f"Bearer {bearer}"
+    return await asyncio.to_thread(http_get, port, path, sent)
+
+
+async def upgrade_status(port: int, origin: str | None, host: str = "127.0.0.1", path: str = "/notes") -> int:
+    """The status of a raw WebSocket upgrade (or GET, for /api paths) with this Origin and Host."""
+    headers = f"Host: {host}\r\n" + ("" if origin is None else f"Origin: {origin}\r\n")
+    if not path.startswith("/api"):
+        headers += "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        headers += "Sec-WebSocket-Version: 13\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\n{headers}\r\n".encode())
+    async with asyncio.timeout(10):
+        head = await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+    return int(head.split(b" ", 2)[1])
+
+
+def collab_cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`python -m collab ARGS` with `env` added to this one's; raise unless it exits 0 when `check`.
+
+    It blocks: async tests use `run_collab`, which runs it in a thread so that an in-process server
+    keeps serving meanwhile.
+    """
+    result = subprocess.run(
+        [sys.executable, "-m", "collab", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"collab {' '.join(args)} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+async def run_collab(
+    *args: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(collab_cli, *args, env=env, check=check)
+
+
+class FramePeer:
+    """A room's peer that keeps what the room sends it, parsed on demand (no socket, no event loop)."""
+
+    def __init__(self, id: str) -> None:
+        self.id = id
+        self.grant = None
+        self.frames: list[bytes] = []
+
+    def send(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def messages(self) -> list[Message]:
+        return [message for frame in self.frames for message in parse_frame(frame)]
+
+    def take(self) -> list[Message]:
+        messages = self.messages()
+        self.frames.clear()
+        return messages
 
 
 class ServerProcess:
@@ -112,8 +256,8 @@ class ServerProcess:
     def wait_for_line(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
         """Block until the server logs a line matching `pattern`."""
         regex = re.compile(pattern)
-        for line in self.output:
-            if match := regex.search(line):
+        for logged in self.output:
+            if match := regex.search(logged):
                 return match
         while True:
             try:
@@ -198,7 +342,8 @@ class NodeClient:
                 for event in self.events:
                     if predicate(event):
                         return event
-                if self._process is not None and self._process.returncode is not None and self._reader.done():
+                exited = self._process is not None and self._process.returncode is not None
+                if exited and self._reader is not None and self._reader.done():
                     raise RuntimeError(f"node client exited; events: {self.events}")
                 self._changed.clear()
                 await self._changed.wait()

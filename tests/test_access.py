@@ -2,44 +2,36 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
+import re
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from pycrdt import Text
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+from websockets.typing import Origin
 
-from collab.auth import Permission, mint_token
+from collab.auth import Permission, mint_token, verify_token
 from collab.client import Client
 from collab.server.app import CollabServer
 
 from .conftest import StartServer
-from .helpers import room_url, stored_text, synced, text, wait_for
-
-SECRET = "a-test-secret-of-enough-length"
-
-
-def token(scope: str, permission: Permission = Permission.WRITE, ttl: float = 600) -> str:
-    return mint_token(SECRET.encode(), scope, permission, ttl)
-
-
-@pytest.fixture
-async def secured(start_server: StartServer) -> CollabServer:
-    return await start_server(auth_secret=SECRET)
-
-
-def with_token(url: str, value: str) -> str:
-    return f"{url}?token={value}"
-
-
-async def refused(url: str, **options: object) -> Client:
-    client = await Client(url, **options).connect()
-    await client.wait_closed()
-    return client
+from .helpers import (
+    ROOT,
+    SECRET,
+    collab_cli,
+    get,
+    refused,
+    room_url,
+    stored_text,
+    synced,
+    text,
+    token,
+    upgrade_status,
+    wait_for,
+    with_token,
+)
 
 
 @pytest.mark.parametrize(
@@ -111,9 +103,13 @@ async def test_a_read_token_reads_and_shares_presence_but_cannot_write(secured: 
 
 
 async def test_without_a_secret_everything_is_open(server: CollabServer) -> None:
-    async with synced(room_url(server, "open")) as client:
-        text(client).insert(0, "no token needed")
-        await client.resync()
+    async with synced(room_url(server, "open")) as writer, synced(room_url(server, "open")) as reader:
+        text(writer).insert(0, "no token needed")
+        await reader.wait_until(lambda: str(text(reader)) == "no token needed")
+        assert writer.permission_denied is None and reader.permission_denied is None
+    reply = await get(server, "/api/docs/open?format=txt")
+    assert (reply.status, reply.body) == (200, b"no token needed")
+    assert server.metrics.auth_failures.get("missing") == 0
 
 
 async def test_http_api_honours_tokens(secured: CollabServer) -> None:
@@ -125,68 +121,33 @@ async def test_http_api_honours_tokens(secured: CollabServer) -> None:
         await writer.resync()
     await secured.store.flush()
 
-    def get(path: str, bearer: str | None = None) -> tuple[int, bytes]:
-        request = urllib.request.Request(f"http://127.0.0.1:{secured.port}{path}")
-        if bearer:
-            request.add_header("Authorization", f"Bearer {bearer}")
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read()
-
-    assert (await asyncio.to_thread(get, "/api/docs"))[0] == 401
-    status, body = await asyncio.to_thread(get, "/api/docs", token("team/", Permission.READ))
-    assert status == 200 and [doc["name"] for doc in json.loads(body)["documents"]] == ["team/a"]
-    assert (
-        await asyncio.to_thread(get, "/api/docs/team%2Fa?format=txt&token=" + token("team/a", Permission.READ))
-    ) == (
-        200,
-        b"A",
-    )
-    assert (await asyncio.to_thread(get, "/api/docs/other?format=txt", token("team/")))[0] == 403
-    assert (await asyncio.to_thread(get, "/api/docs/other?format=txt", token("other", ttl=-5)))[0] == 401
-    assert (await asyncio.to_thread(get, "/"))[0] == 200, "the page itself holds no document data"
+    assert (await get(secured, "/api/docs")).status == 401
+    listing = await get(secured, "/api/docs", bearer=token("team/", Permission.READ))
+    assert listing.status == 200 and [doc["name"] for doc in listing.json()["documents"]] == ["team/a"]
+    by_query = await get(secured, "/api/docs/team%2Fa?format=txt&token=" + token("team/a", Permission.READ))
+    assert (by_query.status, by_query.body) == (200, b"A")
+    assert (await get(secured, "/api/docs/other?format=txt", bearer=token("team/"))).status == 403
+    assert (await get(secured, "/api/docs/other?format=txt", bearer=token("other", ttl=-5))).status == 401
+    assert (await get(secured, "/")).status == 200, "the page itself holds no document data"
 
 
 async def test_allowed_origins_refuse_other_browsers(start_server: StartServer) -> None:
     server = await start_server(allowed_origin=("https://app.example.com",))
-    async with connect(room_url(server, "x"), origin="https://app.example.com") as allowed:
+    async with connect(room_url(server, "x"), origin=Origin("https://app.example.com")) as allowed:
         await allowed.recv()
-    with pytest.raises(Exception, match="403"):
-        async with connect(room_url(server, "x"), origin="https://evil.example.com"):
+    with pytest.raises(InvalidStatus) as refusal:
+        async with connect(room_url(server, "x"), origin=Origin("https://evil.example.com")):
             pass
+    assert refusal.value.response.status_code == 403
     async with synced(room_url(server, "x")):  # non-browser clients send no Origin
         pass
     assert server.metrics.auth_failures.get("origin") == 1
 
 
 def test_token_command_prints_only_a_token(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    from collab.auth import verify_token
-
     secret_file = tmp_path / "secret"
     secret_file.write_text(SECRET + "\n")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "collab",
-            "token",
-            "team/",
-            "--write",
-            "--ttl",
-            "2h",
-            "--auth-secret-file",
-            str(secret_file),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
+    result = collab_cli("token", "team/", "--write", "--ttl", "2h", "--auth-secret-file", str(secret_file))
     grant = verify_token(SECRET.encode(), result.stdout.strip())
     assert grant.scope == "team/" and grant.can_write
     assert 7000 < grant.expires_at - time.time() <= 7200
@@ -194,12 +155,6 @@ def test_token_command_prints_only_a_token(tmp_path: Path) -> None:
 
 
 def test_the_readme_minting_snippet_makes_valid_tokens() -> None:
-    import re
-
-    from collab.auth import verify_token
-
-    from .helpers import ROOT
-
     readme = (ROOT / "README.md").read_text()
     snippet = re.search(r"```python\n(import base64, hashlib.*?)```", readme, re.DOTALL)
     assert snippet, "the README shows how an app server mints tokens"
@@ -208,22 +163,6 @@ def test_the_readme_minting_snippet_makes_valid_tokens() -> None:
     minted = namespace["collab_token"](SECRET.encode(), "team/", "read", 60)  # type: ignore[operator]
     grant = verify_token(SECRET.encode(), minted)
     assert grant.scope == "team/" and not grant.can_write
-
-
-async def upgrade_status(port: int, origin: str | None, host: str = "127.0.0.1", path: str = "/notes") -> int:
-    """The status of a raw WebSocket upgrade (or GET, for /api paths) with this Origin and Host."""
-    import asyncio as _asyncio
-
-    headers = f"Host: {host}\r\n" + ("" if origin is None else f"Origin: {origin}\r\n")
-    if not path.startswith("/api"):
-        headers += "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        headers += "Sec-WebSocket-Version: 13\r\n"
-    reader, writer = await _asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\n{headers}\r\n".encode())
-    async with _asyncio.timeout(10):
-        head = await reader.readuntil(b"\r\n\r\n")
-    writer.close()
-    return int(head.split(b" ", 2)[1])
 
 
 async def test_without_access_control_only_the_servers_own_pages_may_use_it(server: CollabServer) -> None:
@@ -249,7 +188,7 @@ async def test_without_access_control_only_the_servers_own_pages_may_use_it(serv
         assert await upgrade_status(port, f"http://localhost:{port + 1}", host=f"127.0.0.1:{port}") == 403
         assert await upgrade_status(port, None) == 101, "non-browser clients send no Origin"
         own = f"http://127.0.0.1:{port}"
-        async with connect(room_url(server, "notes"), origin=own) as browser_like:  # type: ignore[arg-type]
+        async with connect(room_url(server, "notes"), origin=Origin(own)) as browser_like:
             await browser_like.recv()
         await healthy.resync()
         await other.resync()

@@ -11,13 +11,13 @@ import time
 
 import pytest
 import websockets.exceptions
-from pycrdt import Doc, Text
+from pycrdt import Text
 
 from collab.client import Client
 from collab.config import Settings
 from collab.errors import RateLimitError
 from collab.server.app import CollabServer
-from collab.server.outbox import SLOW_CLOSE_TIMEOUT
+from collab.server.transport import CLOSE_TIMEOUT as SLOW_CLOSE_TIMEOUT
 from collab.sync.limits import AUDIENCE_PER_TOKEN, MAX_FRAME_COST_BURSTS, Throttle, bytes_cost, frame_cost
 from collab.sync.protocol import (
     AwarenessEntry,
@@ -30,19 +30,7 @@ from collab.sync.protocol import (
 )
 
 from .conftest import StartServer
-from .helpers import room_url, still_works, synced, text, wait_for
-
-
-def keystrokes(count: int) -> tuple[list[bytes], str]:
-    """`count` single-character updates typed one after another, and the text they make."""
-    doc: Doc = Doc()
-    updates: list[bytes] = []
-    subscription = doc.observe(lambda event: updates.append(event.update))
-    content = doc.get("content", type=Text)
-    for i in range(count):
-        content.insert(i, "abcdefghij"[i % 10])
-    doc.unobserve(subscription)
-    return updates, str(content)
+from .helpers import keystrokes, room_url, still_works, synced, text, wait_for
 
 
 def server_text(server: CollabServer, room: str) -> str:
@@ -98,7 +86,7 @@ def test_one_frame_costing_more_than_the_max_is_refused_outright() -> None:
 
 def test_awareness_costs_per_entry_and_relayed_messages_per_audience() -> None:
     entries = [AwarenessEntry(client, 1, '{"a":1}') for client in range(1, 51)]
-    update = Update(keystrokes(1)[0][0]).encode()
+    update = Update(keystrokes("a")[0]).encode()
     assert frame_cost(parse_frame(awareness_message(entries))) == 50
     assert frame_cost(parse_frame(update)) == 1
     assert frame_cost(parse_frame(update + update + QueryAwareness().encode())) == 3
@@ -129,7 +117,8 @@ async def test_a_bulk_writer_at_default_settings_is_slowed_and_loses_nothing(sta
     server = await start_server()
     rate = Settings().max_messages_per_second
     count = 5_000
-    updates, expected = keystrokes(count)
+    expected = ("abcdefghij" * count)[:count]
+    updates = keystrokes(expected)
     async with (
         synced(room_url(server, "bulk")) as reader,
         synced(room_url(server, "elsewhere")) as bystander,
@@ -151,7 +140,7 @@ async def test_a_bulk_writer_at_default_settings_is_slowed_and_loses_nothing(sta
 
 async def test_a_client_held_back_for_too_long_is_closed_with_1008(start_server: StartServer) -> None:
     server = await start_server(max_messages_per_second=20, throttle_close_after=1.0)
-    updates, _ = keystrokes(2_000)
+    updates = keystrokes("abcdefghij" * 200)
     async with synced(room_url(server, "flood")) as same, synced(room_url(server, "other")) as other:
         flooder = await Client(room_url(server, "flood")).connect()
         await flooder.synced.wait()

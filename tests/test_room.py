@@ -15,7 +15,6 @@ from collab.sync.presence import Presence
 from collab.sync.protocol import (
     Awareness,
     AwarenessEntry,
-    Message,
     QueryAwareness,
     SyncStep1,
     SyncStep2,
@@ -25,46 +24,11 @@ from collab.sync.protocol import (
 )
 from collab.sync.room import Room
 
-
-class FramePeer:
-    """A peer that keeps what the room sends it, parsed."""
-
-    def __init__(self, id: str) -> None:
-        self.id = id
-        self.grant = None
-        self.frames: list[bytes] = []
-
-    def send(self, frame: bytes) -> None:
-        self.frames.append(frame)
-
-    def messages(self) -> list[Message]:
-        return [message for frame in self.frames for message in parse_frame(frame)]
-
-    def take(self) -> list[Message]:
-        messages = self.messages()
-        self.frames.clear()
-        return messages
+from .helpers import FramePeer, doc_of, keystrokes
 
 
-def edits(text: str, client_id: int | None = None) -> tuple[Doc, list[bytes]]:
-    doc: Doc = Doc(client_id=client_id)
-    updates: list[bytes] = []
-    doc.observe(lambda event: updates.append(event.update))
-    content = doc.get("content", type=Text)
-    for char in text:
-        content += char
-    return doc, updates
-
-
-@pytest.fixture
-async def store() -> MemoryStore:
-    memory = MemoryStore()
-    await memory.start()
-    return memory
-
-
-async def test_join_greets_with_state_vector_and_presence(store: MemoryStore) -> None:
-    room = Room("r", store)
+async def test_join_greets_with_state_vector_and_presence(memory_store: MemoryStore) -> None:
+    room = Room("r", memory_store)
     first, second = FramePeer("1"), FramePeer("2")
     room.join(first)
     assert first.take() == [SyncStep1(b"\x00")]
@@ -75,8 +39,8 @@ async def test_join_greets_with_state_vector_and_presence(store: MemoryStore) ->
     assert awareness == Awareness((AwarenessEntry(7, 1, '{"name":"a"}'),))
 
 
-async def test_every_step1_gets_a_step2_even_when_empty(store: MemoryStore) -> None:
-    room = Room("r", store)
+async def test_every_step1_gets_a_step2_even_when_empty(memory_store: MemoryStore) -> None:
+    room = Room("r", memory_store)
     peer = FramePeer("1")
     room.join(peer)
     peer.take()
@@ -84,55 +48,56 @@ async def test_every_step1_gets_a_step2_even_when_empty(store: MemoryStore) -> N
     assert peer.take() == [SyncStep2(b"\x00\x00")]
 
 
-async def test_updates_are_relayed_to_others_stored_and_merged(store: MemoryStore) -> None:
-    room = Room("r", store)
+async def test_updates_are_relayed_to_others_stored_and_merged(memory_store: MemoryStore) -> None:
+    room = Room("r", memory_store)
     writer, reader = FramePeer("w"), FramePeer("r")
     room.join(writer)
     room.join(reader)
     writer.take(), reader.take()
-    _, updates = edits("hi")
+    updates = keystrokes("hi")
     frames = [Update(update).encode() for update in updates]
     for frame in frames:
         room.receive(writer, parse_frame(frame))
     assert reader.frames == frames, "the validated bytes are forwarded as they came"
     assert writer.frames == [], "no echo of one's own update"
     assert str(room.doc.get("content", type=Text)) == "hi"
-    await store.flush()
-    assert [record.data for record in await store.load("r")] == [merge_updates(*updates)]
+    await memory_store.flush()
+    assert [record.data for record in await memory_store.load("r")] == [merge_updates(*updates)]
 
 
-async def test_step2_is_relayed_as_an_update(store: MemoryStore) -> None:
-    room = Room("r", store)
+async def test_step2_is_relayed_as_an_update(memory_store: MemoryStore) -> None:
+    room = Room("r", memory_store)
     writer, reader = FramePeer("w"), FramePeer("r")
     room.join(writer)
     room.join(reader)
     reader.take()
-    _, updates = edits("x")
+    updates = keystrokes("x")
     room.receive(writer, [SyncStep2(updates[0])])
     assert reader.take() == [Update(updates[0])]
 
 
-async def test_invalid_update_reaches_nobody(store: MemoryStore) -> None:
-    room = Room("r", store)
+async def test_invalid_update_reaches_nobody(memory_store: MemoryStore) -> None:
+    room = Room("r", memory_store)
     writer, reader = FramePeer("w"), FramePeer("r")
     room.join(writer)
     room.join(reader)
     reader.take()
-    _, updates = edits("ok")
+    updates = keystrokes("ok")
     with pytest.raises(InvalidUpdateError):
         # A valid update first, then garbage: the whole frame is refused, nothing takes effect.
         room.receive(writer, [Update(updates[0]), Update(b"\x01\x02\x03")])
     assert reader.frames == []
     assert str(room.doc.get("content", type=Text)) == ""
-    await store.flush()
-    assert await store.load("r") == []
+    await memory_store.flush()
+    assert await memory_store.load("r") == []
 
 
-async def test_late_joiner_gets_exactly_what_it_lacks(store: MemoryStore) -> None:
-    room = Room("r", store)
+async def test_late_joiner_gets_exactly_what_it_lacks(memory_store: MemoryStore) -> None:
+    room = Room("r", memory_store)
     writer = FramePeer("w")
     room.join(writer)
-    source, updates = edits("hello world")
+    updates = keystrokes("hello world")
+    source = doc_of(updates)
     for update in updates:
         room.receive(writer, [Update(update)])
     # The late joiner already has the first five characters.
@@ -150,8 +115,8 @@ async def test_late_joiner_gets_exactly_what_it_lacks(store: MemoryStore) -> Non
     assert str(joiner_doc.get("content", type=Text)) == "hello world"
 
 
-async def test_awareness_is_echoed_and_removed_when_its_owner_leaves(store: MemoryStore) -> None:
-    room = Room("r", store)
+async def test_awareness_is_echoed_and_removed_when_its_owner_leaves(memory_store: MemoryStore) -> None:
+    room = Room("r", memory_store)
     owner, other = FramePeer("o"), FramePeer("x")
     room.join(owner)
     room.join(other)
@@ -164,8 +129,8 @@ async def test_awareness_is_echoed_and_removed_when_its_owner_leaves(store: Memo
     assert other.take() == [Awareness((AwarenessEntry(5, 2, "null"),))]
 
 
-async def test_stale_awareness_is_not_broadcast(store: MemoryStore) -> None:
-    room = Room("r", store)
+async def test_stale_awareness_is_not_broadcast(memory_store: MemoryStore) -> None:
+    room = Room("r", memory_store)
     peer = FramePeer("p")
     room.join(peer)
     room.receive(peer, [Awareness((AwarenessEntry(5, 3, "{}"),))])
@@ -176,17 +141,17 @@ async def test_stale_awareness_is_not_broadcast(store: MemoryStore) -> None:
     assert peer.take() == [Awareness((AwarenessEntry(5, 3, "{}"),))]
 
 
-async def test_compaction_replaces_the_log_with_a_snapshot(store: MemoryStore) -> None:
-    room = Room("r", store, compact_after=10)
+async def test_compaction_replaces_the_log_with_a_snapshot(memory_store: MemoryStore) -> None:
+    room = Room("r", memory_store, compact_after=10)
     peer = FramePeer("p")
     room.join(peer)
-    _, updates = edits("abcdefghijklmnopqrstuvwxy")
+    updates = keystrokes("abcdefghijklmnopqrstuvwxy")
     for update in updates:
         room.receive(peer, [Update(update)])
-    await store.flush()
-    records = await store.load("r")
+    await memory_store.flush()
+    records = await memory_store.load("r")
     assert [record.kind for record in records] == ["snapshot", "update"]
-    reloaded = Room.from_records("r", records, store)
+    reloaded = Room.from_records("r", records, memory_store)
     assert str(reloaded.doc.get("content", type=Text)) == "abcdefghijklmnopqrstuvwxy"
     assert reloaded.log_length == 1
 
@@ -237,7 +202,7 @@ def test_any_delivery_order_converges(seed: int, clients: int, rng: random.Rando
     for peer in peers:
         room.join(peer)
     positions = [0] * clients
-    while any(position < len(stream) for position, stream in zip(positions, streams)):
+    while any(position < len(stream) for position, stream in zip(positions, streams, strict=True)):
         n = rng.choice([i for i in range(clients) if positions[i] < len(streams[i])])
         room.receive(peers[n], [Update(streams[n][positions[n]])])
         positions[n] += 1

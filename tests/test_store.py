@@ -1,4 +1,7 @@
-"""The SQLite store on a real file: group commit, compaction, migrations, failures."""
+"""The SQLite engine on a real file: one row per commit, migrations, a locked file, history and retention.
+
+What every engine does alike is in test_engines.py; queueing and retrying in test_group_commit.py.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +14,10 @@ import pytest
 from pycrdt import Doc, Text, merge_updates
 
 from collab.errors import ConfigError, HistoryError
-from collab.store.group_commit import WriteOp
+from collab.store import WriteOp
+from collab.store.group_commit import GroupCommitStore
 from collab.store.history import DAY, HOUR, Retention, parse_time, to_keep
-from collab.store.sqlite import MIGRATION_NAMES, SQLiteStore
+from collab.store.sqlite import MIGRATION_NAMES, SQLiteEngine
 
 from .helpers import wait_for
 
@@ -35,15 +39,22 @@ def text_of(updates: list[bytes]) -> str:
     return str(doc.get("content", type=Text))
 
 
+FileStore = GroupCommitStore[SQLiteEngine]
+
+
+def sqlite_store(db_path: Path, commit_interval: float = 0.05, busy_timeout: float = 5.0) -> FileStore:
+    return GroupCommitStore(SQLiteEngine(db_path, busy_timeout=busy_timeout), commit_interval=commit_interval)
+
+
 @pytest.fixture
 async def store(db_path: Path):
-    sqlite_store = SQLiteStore(db_path, commit_interval=0.01)
-    await sqlite_store.start()
-    yield sqlite_store
-    await sqlite_store.close()
+    started = sqlite_store(db_path, commit_interval=0.01)
+    await started.start()
+    yield started
+    await started.close()
 
 
-async def test_appends_are_group_committed_one_row_per_document(store: SQLiteStore, db_path: Path) -> None:
+async def test_appends_are_group_committed_one_row_per_document(store: FileStore, db_path: Path) -> None:
     for update in keystrokes("hello"):
         store.append("a", update)
     for update in keystrokes("bye"):
@@ -56,7 +67,7 @@ async def test_appends_are_group_committed_one_row_per_document(store: SQLiteSto
     assert await store.load("missing") == []
 
 
-async def test_compaction_keeps_one_snapshot_and_the_tail(store: SQLiteStore) -> None:
+async def test_compaction_keeps_one_snapshot_and_the_tail(store: FileStore) -> None:
     updates = keystrokes("abcdef")
     for update in updates[:3]:
         store.append("doc", update)
@@ -76,7 +87,7 @@ async def test_rows_stored_before_the_walk_existed_are_marked_for_walking(db_pat
     """Rows written once the schema records where walked rows start (m004_checked_rows) are `checked`;
     rows of a database an older collab wrote are not, and are walked again when read."""
     updates = keystrokes("ab")
-    older = SQLiteStore(db_path, commit_interval=0.01)
+    older = sqlite_store(db_path, commit_interval=0.01)
     await older.start()
     older.append("doc", updates[0])
     await older.close()
@@ -84,7 +95,7 @@ async def test_rows_stored_before_the_walk_existed_are_marked_for_walking(db_pat
         [tables] = conn.execute("SELECT group_concat(name) FROM sqlite_master WHERE name LIKE '%migrations'").fetchone()
         conn.execute(f"DELETE FROM {tables} WHERE name = 'm004_checked_rows'")
         conn.execute("DROP TABLE checked_rows")
-    store = SQLiteStore(db_path, commit_interval=0.01)
+    store = sqlite_store(db_path, commit_interval=0.01)
     await store.start()
     try:
         store.append("doc", updates[1])
@@ -96,7 +107,7 @@ async def test_rows_stored_before_the_walk_existed_are_marked_for_walking(db_pat
         await store.close()
 
 
-async def test_database_is_in_wal_mode_with_a_recorded_schema(store: SQLiteStore, db_path: Path) -> None:
+async def test_database_is_in_wal_mode_with_a_recorded_schema(store: FileStore, db_path: Path) -> None:
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         names = [name for (name,) in conn.execute("SELECT name FROM _sqlite_migrations WHERE migration_set = 'collab'")]
@@ -105,7 +116,7 @@ async def test_database_is_in_wal_mode_with_a_recorded_schema(store: SQLiteStore
 
 
 async def test_a_database_from_a_newer_collab_is_refused_untouched(db_path: Path) -> None:
-    store = SQLiteStore(db_path)
+    store = sqlite_store(db_path)
     await store.start()
     await store.close()
     with sqlite3.connect(db_path) as conn:
@@ -113,7 +124,7 @@ async def test_a_database_from_a_newer_collab_is_refused_untouched(db_path: Path
             "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) VALUES ('collab', 'm999_future', 'x')"
         )
     before = db_path.read_bytes()
-    newer = SQLiteStore(db_path)
+    newer = sqlite_store(db_path)
     with pytest.raises(ConfigError, match="newer collab"):
         await newer.start()
     assert db_path.read_bytes() == before
@@ -121,7 +132,7 @@ async def test_a_database_from_a_newer_collab_is_refused_untouched(db_path: Path
 
 
 async def test_a_failing_disk_delays_writes_but_loses_none(db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    store = SQLiteStore(db_path, commit_interval=0.01, busy_timeout=0.05)
+    store = sqlite_store(db_path, commit_interval=0.01, busy_timeout=0.05)
     await store.start()
     updates = keystrokes("durable")
     store.append("doc", updates[0])
@@ -151,44 +162,44 @@ T0 = 1_800_000_000.0  # a fixed moment, at an hour boundary
 assert T0 % HOUR == 0
 
 
-def engine(db_path: Path, retention: Retention = Retention()) -> SQLiteStore:
-    sqlite_store = SQLiteStore(db_path, retention=retention)
-    sqlite_store._open()
-    return sqlite_store
+def engine(db_path: Path, retention: Retention | None = None) -> SQLiteEngine:
+    opened = SQLiteEngine(db_path) if retention is None else SQLiteEngine(db_path, retention=retention)
+    opened.open()
+    return opened
 
 
-def state_at(sqlite_store: SQLiteStore, at: float | None) -> str:
-    return text_of([record.data for record in sqlite_store._load("doc", at)])
+def state_at(sqlite_engine: SQLiteEngine, at: float | None) -> str:
+    return text_of([record.data for record in sqlite_engine.load("doc", at)])
 
 
 def test_point_in_time_reads_survive_compaction(db_path: Path) -> None:
-    sqlite_store = engine(db_path)
+    sqlite_engine = engine(db_path)
     all_updates = keystrokes("abcdefghXY")
     updates = all_updates[:8]
     full: Doc = Doc()
     # Two keystrokes in each of four consecutive hours, then a compaction an hour later.
     for n, update in enumerate(updates):
-        sqlite_store._commit([WriteOp("append", "doc", update, T0 + (n // 2) * HOUR + n)])
+        sqlite_engine.commit([WriteOp("append", "doc", update, T0 + (n // 2) * HOUR + n)])
         full.apply_update(update)
-    assert state_at(sqlite_store, T0 + HOUR + 10) == "abcd"
-    sqlite_store._commit([WriteOp("compact", "doc", full.get_update(), T0 + 5 * HOUR)])
+    assert state_at(sqlite_engine, T0 + HOUR + 10) == "abcd"
+    sqlite_engine.commit([WriteOp("compact", "doc", full.get_update(), T0 + 5 * HOUR)])
     for more in all_updates[8:]:
-        sqlite_store._commit([WriteOp("append", "doc", more, T0 + 5 * HOUR + 60)])
+        sqlite_engine.commit([WriteOp("append", "doc", more, T0 + 5 * HOUR + 60)])
     # The log is gone, but the last state of every hour it covered is a checkpoint.
-    assert state_at(sqlite_store, T0 + 10) == "ab"
-    assert state_at(sqlite_store, T0 + HOUR + 10) == "abcd"
-    assert state_at(sqlite_store, T0 + 3 * HOUR + 10) == "abcdefgh"
-    assert state_at(sqlite_store, T0 + 5 * HOUR + 30) == "abcdefgh"
-    assert state_at(sqlite_store, None) == "abcdefghXY"
+    assert state_at(sqlite_engine, T0 + 10) == "ab"
+    assert state_at(sqlite_engine, T0 + HOUR + 10) == "abcd"
+    assert state_at(sqlite_engine, T0 + 3 * HOUR + 10) == "abcdefgh"
+    assert state_at(sqlite_engine, T0 + 5 * HOUR + 30) == "abcdefgh"
+    assert state_at(sqlite_engine, None) == "abcdefghXY"
     with pytest.raises(HistoryError, match="history starts at"):
-        sqlite_store._load("doc", T0 - HOUR)
-    kinds = [point.kind for point in sqlite_store._history("doc")]
+        sqlite_engine.load("doc", T0 - HOUR)
+    kinds = [point.kind for point in sqlite_engine.history("doc")]
     assert kinds == ["checkpoint"] * 4 + ["update"] * 2
-    sqlite_store._close()
+    sqlite_engine.close()
 
 
 def test_retention_thins_checkpoints_and_keeps_the_chain_readable(db_path: Path) -> None:
-    sqlite_store = engine(db_path, Retention(recent_for=HOUR, hourly_for=3 * HOUR, daily_for=2 * DAY))
+    sqlite_engine = engine(db_path, Retention(recent_for=HOUR, hourly_for=3 * HOUR, daily_for=2 * DAY))
     doc: Doc = Doc()
     content = doc.get("content", type=Text)
     expected: dict[float, str] = {}
@@ -197,19 +208,19 @@ def test_retention_thins_checkpoints_and_keeps_the_chain_readable(db_path: Path)
         at = T0 + n * 6 * HOUR
         before = doc.get_state()
         content += str(n % 10)
-        sqlite_store._commit([WriteOp("append", "doc", doc.get_update(before), at)])
-        sqlite_store._commit([WriteOp("compact", "doc", doc.get_update(), at + 1)])
+        sqlite_engine.commit([WriteOp("append", "doc", doc.get_update(before), at)])
+        sqlite_engine.commit([WriteOp("compact", "doc", doc.get_update(), at + 1)])
         expected[at] = str(content)  # a checkpoint is dated by the last change it holds
     now = T0 + 11 * 6 * HOUR
-    kept = [point.at for point in sqlite_store._history("doc") if point.kind == "checkpoint"]
+    kept = [point.at for point in sqlite_engine.history("doc") if point.kind == "checkpoint"]
     assert kept == sorted(kept) and kept[-1] == now
     # Older than 2 days: gone, but the newest of each day within 2 days survives.
     assert all(now + 1 - at <= 2 * DAY for at in kept)
     assert len(kept) < 12
     for at in kept:
-        assert state_at(sqlite_store, at) == expected[at]
-    assert state_at(sqlite_store, None) == expected[now]
-    sqlite_store._close()
+        assert state_at(sqlite_engine, at) == expected[at]
+    assert state_at(sqlite_engine, None) == expected[now]
+    sqlite_engine.close()
 
 
 def test_retention_policy() -> None:
@@ -231,16 +242,16 @@ def test_times_parse_relative_and_iso() -> None:
 
 
 def test_recent_changes_are_all_kept_and_history_can_be_turned_off(db_path: Path) -> None:
-    sqlite_store = engine(db_path)
+    sqlite_engine = engine(db_path)
     updates = keystrokes("abc")
     for n, update in enumerate(updates):
-        sqlite_store._commit([WriteOp("append", "doc", update, T0 + n)])
-    sqlite_store._commit([WriteOp("compact", "doc", merge_updates(*updates), T0 + 10)])
-    assert [state_at(sqlite_store, T0 + n) for n in range(3)] == ["a", "ab", "abc"]
-    sqlite_store._close()
+        sqlite_engine.commit([WriteOp("append", "doc", update, T0 + n)])
+    sqlite_engine.commit([WriteOp("compact", "doc", merge_updates(*updates), T0 + 10)])
+    assert [state_at(sqlite_engine, T0 + n) for n in range(3)] == ["a", "ab", "abc"]
+    sqlite_engine.close()
     without_history = engine(db_path, Retention(0, 0, 0))
-    without_history._commit([WriteOp("compact", "doc", merge_updates(*updates), T0 + 20)])
-    assert without_history._history("doc") == []
+    without_history.commit([WriteOp("compact", "doc", merge_updates(*updates), T0 + 20)])
+    assert without_history.history("doc") == []
     with pytest.raises(HistoryError, match="no history is kept"):
-        without_history._load("doc", T0 + 1)
-    without_history._close()
+        without_history.load("doc", T0 + 1)
+    without_history.close()

@@ -7,11 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +21,7 @@ from collab.server.app import CollabServer
 from collab.store.history import format_time
 
 from .conftest import StartServer
-from .helpers import ROOT, room_url, synced, text, wait_for
-
-SECRET = "a-test-secret-of-enough-length"
-
-
-def token(scope: str, ttl: float = 600, **options: Any) -> str:
-    return mint_token(SECRET.encode(), scope, Permission.WRITE, ttl, **options)
+from .helpers import SECRET, collab_cli, get, room_url, run_collab, synced, text, token, wait_for, with_token
 
 
 def signed(claims: dict[str, Any] | str) -> str:
@@ -40,15 +30,6 @@ def signed(claims: dict[str, Any] | str) -> str:
     body = claims if isinstance(claims, str) else json.dumps(claims)
     signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(body.encode())
     return signing_input + "." + b64(hmac.new(SECRET.encode(), signing_input.encode(), hashlib.sha256).digest())
-
-
-def with_token(url: str, value: str) -> str:
-    return f"{url}?token={value}"
-
-
-@pytest.fixture
-async def secured(start_server: StartServer) -> CollabServer:
-    return await start_server(auth_secret=SECRET)
 
 
 def claims_text(exp: str, extra: str = "") -> str:
@@ -110,21 +91,10 @@ def test_minted_tokens_carry_iat_jti_and_sub() -> None:
     assert verify_token(SECRET.encode(), signed(claims_text(FUTURE))).token_id is None, "all optional"
 
 
-def run_collab(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "collab", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-        env={**os.environ, "COLLAB_AUTH_SECRET": SECRET, **(env or {})},
-    )
-
-
 def test_token_command_mints_subject_and_id() -> None:
-    result = run_collab("token", "notes", "--write", "--subject", "ada", "--id", "session-42")
+    result = collab_cli(
+        "token", "notes", "--write", "--subject", "ada", "--id", "session-42", env={"COLLAB_AUTH_SECRET": SECRET}
+    )
     assert result.returncode == 0, result.stderr
     grant = verify_token(SECRET.encode(), result.stdout.strip())
     assert (grant.subject, grant.token_id, grant.can_write) == ("ada", "session-42", True)
@@ -171,16 +141,6 @@ async def test_a_connection_is_closed_with_4401_when_its_token_expires(secured: 
     assert secured.metrics.auth_failures.get("expired") == 2
 
 
-def api_status(port: int, path: str, value: str) -> tuple[int, Any]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {value}"})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            body = response.read()
-            return response.status, json.loads(body) if response.headers["Content-Type"] == "application/json" else body
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 async def test_revoking_a_token_by_id_closes_it_and_refuses_it_everywhere(secured: CollabServer, db_path: Path) -> None:
     url = room_url(secured, "notes")
     doomed, kept = token("notes", token_id="doomed"), token("notes", token_id="kept")
@@ -192,7 +152,7 @@ async def test_revoking_a_token_by_id_closes_it_and_refuses_it_everywhere(secure
         text(victim).insert(0, "before ")
         await healthy.wait_until(lambda: str(text(healthy)) == "before ")
         assert (await asyncio.to_thread(api_status, secured.port, "/api/docs/notes?format=txt", doomed))[0] == 200
-        result = await asyncio.to_thread(run_collab, "revoke", "--db", str(db_path), "--id", "doomed")
+        result = await run_collab("revoke", "--db", str(db_path), "--id", "doomed")
         assert result.returncode == 0, result.stderr
         assert "revoked token 'doomed'" in result.stderr
         assert (await victim.wait_closed())[0] == 4401
@@ -219,7 +179,7 @@ async def test_revoking_a_document_before_a_time(secured: CollabServer, db_path:
         synced(with_token(room_url(secured, "team/a"), old)) as victim,
         synced(with_token(room_url(secured, "team/b"), old)) as sibling,
         synced(with_token(room_url(secured, "team/a"), new)) as newer,
-        synced(with_token(room_url(secured, "elsewhere"), token("elsewhere", 3600, now=time.time() - 600))) as other,
+        synced(with_token(room_url(secured, "elsewhere"), token("elsewhere", ttl=3600, now=time.time() - 600))) as other,
     ):
         text(sibling).insert(0, "b")
         text(newer).insert(0, "a")
@@ -227,7 +187,7 @@ async def test_revoking_a_document_before_a_time(secured: CollabServer, db_path:
         await sibling.resync()
         before = format_time(time.time() - 60)
         revoke = ("revoke", "--db", str(db_path), "--doc", "team/a", "--before", before)
-        result = await asyncio.to_thread(run_collab, *revoke)
+        result = await run_collab(*revoke)
         assert result.returncode == 0, result.stderr
         assert (await victim.wait_closed())[0] == 4401
         assert victim.permission_denied == "permission denied: token revoked"
@@ -242,7 +202,7 @@ async def test_revoking_a_document_before_a_time(secured: CollabServer, db_path:
         await other.resync()
         assert all(client.close_code is None for client in (sibling, newer, other))
 
-        result = await asyncio.to_thread(run_collab, "revoke", "--db", str(db_path), "--doc", "team/")
+        result = await run_collab("revoke", "--db", str(db_path), "--doc", "team/")
         assert result.returncode == 0, result.stderr
         for client in (sibling, newer):
             assert (await client.wait_closed())[0] == 4401
@@ -252,7 +212,7 @@ async def test_revoking_a_document_before_a_time(secured: CollabServer, db_path:
 
 async def test_revocations_are_stored_and_hold_after_a_restart(start_server: StartServer, db_path: Path) -> None:
     doomed = token("notes", token_id="doomed")
-    result = await asyncio.to_thread(run_collab, "revoke", "--db", str(db_path), "--id", "doomed")
+    result = await run_collab("revoke", "--db", str(db_path), "--id", "doomed")
     assert result.returncode == 0, result.stderr
     server = await start_server(auth_secret=SECRET)
     refused = await Client(with_token(room_url(server, "notes"), doomed)).connect()
@@ -263,10 +223,10 @@ async def test_revocations_are_stored_and_hold_after_a_restart(start_server: Sta
 
 def test_revoke_errors_are_clear(tmp_path: Path) -> None:
     db = str(tmp_path / "collab.db")
-    assert run_collab("revoke", "--db", db).returncode == 2, "--id or --doc is required"
-    both = run_collab("revoke", "--db", db, "--id", "x", "--before", "2h")
+    assert collab_cli("revoke", "--db", db, check=False).returncode == 2, "--id or --doc is required"
+    both = collab_cli("revoke", "--db", db, "--id", "x", "--before", "2h", check=False)
     assert both.returncode == 2 and "--before goes with --doc" in both.stderr
-    bad_time = run_collab("revoke", "--db", db, "--doc", "notes", "--before", "soon")
+    bad_time = collab_cli("revoke", "--db", db, "--doc", "notes", "--before", "soon", check=False)
     assert bad_time.returncode == 2 and "--before" in bad_time.stderr
 
 

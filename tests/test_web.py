@@ -142,7 +142,7 @@ def web_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def own_web(server: CollabServer, web_dir: Path) -> CollabServer:
-    server.http = Router()
+    server.http = server.endpoint.router = Router()
     install_web(server.http, web_dir)
     return server
 
@@ -203,7 +203,7 @@ async def test_nothing_outside_the_web_dir_is_ever_served(own_web: CollabServer,
 
 
 async def test_a_missing_bundle_is_explained(server: CollabServer, tmp_path: Path) -> None:
-    server.http = Router()
+    server.http = server.endpoint.router = Router()
     install_web(server.http, tmp_path / "not-built")
     status, _, body = await get(server, "/")
     assert status == 503 and b"scripts/build-web" in body

@@ -17,24 +17,19 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import sqlite3
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CollabError, StorageError
+from ..errors import ExportError, StorageError
 from ..filenames import MANIFEST, file_name_for
 from ..formats import FORMATS, doc_from_records, render
-from ..store import DocumentInfo
+from ..store import DocumentInfo, Reader
+from ..store.engines import open_reader
 from ..store.history import format_time
-from ..store.sqlite_read import SQLiteReader, read_documents, read_records
 
-__all__ = ["ExportError", "Exported", "export", "select_names"]
-
-
-class ExportError(CollabError):
-    """The export cannot be done as asked; nothing was written."""
+__all__ = ["Exported", "export", "select_names"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +58,8 @@ def export(db: Path, out: str, fmt: str, patterns: list[str], at: float | None =
     """Write the selected documents to directory `out` (or stdout if `out` is '-'); return what was written."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    with SQLiteReader(db) as reader, reader.snapshot() as conn:
-        infos = {info.name: info for info in read_documents(conn)}
+    with open_reader(db) as reader:
+        infos = {info.name: info for info in reader.documents()}
         names = select_names(list(infos), patterns)
         if at is not None:
             names = [name for name in names if infos[name].created_at <= at]
@@ -76,7 +71,7 @@ def export(db: Path, out: str, fmt: str, patterns: list[str], at: float | None =
         failed: dict[str, Exported] = {}
         for name in names:
             try:
-                rendered[name] = _render(conn, reader.first_checked, infos[name], fmt, at)
+                rendered[name] = _render(reader, infos[name], fmt, at)
             except StorageError as error:
                 if out == "-":
                     raise
@@ -89,11 +84,9 @@ def export(db: Path, out: str, fmt: str, patterns: list[str], at: float | None =
     return _write_files(Path(out), fmt, names, rendered, failed, infos, at)
 
 
-def _render(
-    conn: sqlite3.Connection, first_checked: dict[str, int], info: DocumentInfo, fmt: str, at: float | None
-) -> bytes:
+def _render(reader: Reader, info: DocumentInfo, fmt: str, at: float | None) -> bytes:
     """One document in `fmt`; raises `StorageError` (`CorruptDocumentError` naming the row) if it cannot be read."""
-    doc = doc_from_records(info.name, read_records(conn, info.name, at, first_checked))
+    doc = doc_from_records(info.name, reader.records(info.name, at))
     return render(doc, fmt, info)
 
 

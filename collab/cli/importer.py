@@ -21,20 +21,15 @@ from pycrdt import Doc
 from ..auth import Permission, mint_token
 from ..client import Client
 from ..config import Settings
-from ..errors import CollabError, InvalidUpdateError
+from ..errors import ImportFailed, InvalidUpdateError
 from ..formats import doc_from_records
-from ..store.lockfile import DatabaseLock, running_server
-from ..store.sqlite import SQLiteStore
+from ..store.engines import locate, open_store
 from ..sync.names import validate_room_name
 from ..sync.room import check_update
 
-__all__ = ["ImportFailed", "Imported", "import_update"]
+__all__ = ["Imported", "import_update"]
 
 SERVER_TIMEOUT = 60.0
-
-
-class ImportFailed(CollabError):
-    """The backup cannot be imported as asked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +47,7 @@ async def import_update(db: Path, update: bytes, name: str) -> Imported:
         check_update(update)
     except InvalidUpdateError as error:
         raise ImportFailed(f"not a Yjs update (expected a .ydoc file from collab export): {error}") from error
-    server = running_server(db)
+    server = locate(db).running_server()
     if server is not None:
         if "url" not in server:
             raise ImportFailed(f"a collab server (pid {server.get('pid')}) is starting on {db}; try again")
@@ -96,10 +91,10 @@ def _loopback_tls() -> ssl.SSLContext:
 
 
 async def _into_database(db: Path, update: bytes, name: str) -> Imported:
-    lock = DatabaseLock(db)
+    lock = locate(db).lock()
     lock.acquire()
     try:
-        store = SQLiteStore(db)
+        store = open_store(Settings(db=db))
         await store.start()
         try:
             records = await store.load(name)

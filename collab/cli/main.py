@@ -1,21 +1,39 @@
-"""The `collab` command line: one subcommand per job, each help ending with an example."""
+"""The `collab` command line: one subcommand per job, each help ending with an example.
+
+Whatever goes wrong ends in one line on stderr, `collab <command>: <what>`, and
+the exit status `collab.errors.exit_code_for` gives it (2 only for usage);
+never a usage screen or a traceback for a mistake collab can name.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
+import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import Any, NoReturn
 
 from .. import __version__
-from ..config import Settings, env_name, parse_duration
-from ..errors import CollabError, ConfigError
+from ..config import Settings, env_name, parse_path
+from ..errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CollabError,
+    ConfigError,
+    InvalidRoomNameError,
+    NotFoundError,
+    exit_code_for,
+)
 from ..formats import FORMATS
 from ..logs import configure_logging
+from ..units import format_duration, parse_duration, parse_time
 
 __all__ = ["build_parser", "main"]
 
@@ -98,8 +116,60 @@ example:
 """
 
 
+DEFAULT_TTL = 3600.0
+
+# An option value that starts with "-" and a digit (`--ttl -5m`): argparse takes it for an
+# option and says "expected one argument"; no collab option looks like that, so it is a value.
+_DASH_VALUE = re.compile(r"^-\d")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line with a pointer to --help, instead of the whole usage screen."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message.removeprefix('argument ')}; see {self.prog} --help\n")
+
+
+def _flag(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse `type` that shows `parse`'s ValueError as it is (argparse's own says "invalid <name> value")."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return convert
+
+
+def _lifetime(text: str) -> float:
+    ttl = parse_duration(text)
+    if ttl <= 0:
+        raise ValueError(f"a token must live longer than 0s: {text!r} (try 30m, 12h or 7d)")
+    return ttl
+
+
+def _moment(text: str) -> float:
+    return parse_time(text, time.time())
+
+
+def _join_dash_values(argv: Sequence[str]) -> list[str]:
+    """`--ttl -5m` -> `--ttl=-5m`, so that the value reaches its parser and is refused there, by name."""
+    joined: list[str] = []
+    for arg in argv:
+        previous = joined[-1] if joined else ""
+        if _DASH_VALUE.match(arg) and previous.startswith("--") and previous != "--" and "=" not in previous:
+            joined[-1] = f"{previous}={arg}"
+        else:
+            joined.append(arg)
+        if arg == "--":
+            joined.extend(argv[len(joined) :])
+            break
+    return joined
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="collab",
         description="Real-time collaboration server for Yjs clients (y-websocket protocol).",
         epilog=MAIN_EPILOG,
@@ -132,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db_flag(export)
     export.add_argument("--out", default="exports", help="directory to write to, or - for stdout [default exports]")
     export.add_argument("--format", default="txt", choices=sorted(FORMATS), help="file format [default txt]")
-    export.add_argument("--at", metavar="TIME", help="export as of TIME: 2h, 3d (ago) or ISO 8601 (UTC if no zone)")
+    export.add_argument(
+        "--at", metavar="TIME", type=_flag(_moment), help="export as of TIME: 2h, 3d (ago) or ISO 8601 (UTC if no zone)"
+    )
     export.add_argument("names", nargs="*", metavar="NAME_OR_GLOB", help="documents to export [default: all]")
     export.set_defaults(handler=_export)
 
@@ -152,8 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("name", help="document name, or a prefix ending in / for every document under it")
     token.add_argument("--write", action="store_true", help="allow editing [default: read only]")
-    token.add_argument("--ttl", type=parse_duration, default=3600.0, help="lifetime: 30m, 12h, 7d [default 1h]")
-    token.add_argument("--auth-secret-file", type=Path, help="[COLLAB_AUTH_SECRET_FILE, or COLLAB_AUTH_SECRET]")
+    token.add_argument(
+        "--ttl",
+        type=_flag(_lifetime),
+        default=DEFAULT_TTL,
+        help=f"lifetime: 30m, 12h, 7d, 2w [default {format_duration(DEFAULT_TTL)}]",
+    )
+    token.add_argument(
+        "--auth-secret-file", type=_flag(parse_path), help="[COLLAB_AUTH_SECRET_FILE, or COLLAB_AUTH_SECRET]"
+    )
     token.add_argument("--subject", help="who the token is for (its sub claim): the same person across reconnects")
     token.add_argument(
         "--id", dest="token_id", help="the token's id (its jti claim), for collab revoke [default: random]"
@@ -173,7 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--doc", metavar="NAME", help="a document name, or a prefix ending in / for all documents under it"
     )
     revoke.add_argument(
-        "--before", metavar="TIME", help="with --doc: tokens minted before TIME: 2h (ago) or ISO 8601 [default: now]"
+        "--before",
+        metavar="TIME",
+        type=_flag(_moment),
+        help="with --doc: tokens minted before TIME: 2h (ago) or ISO 8601 [default: now]",
     )
     revoke.set_defaults(handler=_revoke)
 
@@ -198,11 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_db_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", type=Path, help=f"database file [{env_name('db')}, default {Settings.db}]")
-
-
-def _shown(default: object) -> str:
-    return "none" if default is None or default == () else str(default)
+    parser.add_argument("--db", type=_flag(parse_path), help=f"database file [{env_name('db')}, default {Settings.db}]")
 
 
 def _db(args: argparse.Namespace) -> Path:
@@ -213,10 +291,10 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for item in fields(Settings):
         parser.add_argument(
             "--" + item.name.replace("_", "-"),
-            type=item.metadata["parse"],
+            type=_flag(item.metadata["parse"]),
             default=None,
             metavar=item.name.split("_")[-1].upper(),
-            help=f"{item.metadata['help']} [{env_name(item.name)}, default {_shown(item.default)}]",
+            help=f"{item.metadata['help']} [{env_name(item.name)}, default {item.metadata['show'](item.default)}]",
         )
 
 
@@ -232,11 +310,10 @@ def _serve(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .export import export
 
-    at = None if args.at is None else _time(args.at, "--at")
-    written = export(_db(args), args.out, args.format, args.names, at)
+    written = export(_db(args), args.out, args.format, args.names, args.at)
     failed = [item for item in written if item.error is not None]
     for item in failed:
-        print(f"collab: error: {item.error}", file=sys.stderr)
+        print(f"collab export: {item.error}", file=sys.stderr)
     if args.out != "-":
         print(
             f"exported {len(written) - len(failed)} document(s) to {args.out}/ (see {args.out}/manifest.json)"
@@ -253,7 +330,7 @@ def _import(args: argparse.Namespace) -> int:
         update = args.file.read_bytes()
     except OSError as error:
         raise ConfigError(f"cannot read {args.file}: {error.strerror}") from error
-    name = args.name or _name_of_backup(args.file)
+    name = _document_name(args.name, "--name") if args.name is not None else _name_of_backup(args.file)
     result = asyncio.run(import_update(_db(args), update, name))
     outcome = "merged into" if result.changed else "already contained in"
     print(f"{args.file}: {outcome} {result.name!r} ({result.via})", file=sys.stderr)
@@ -277,12 +354,11 @@ def _name_of_backup(file: Path) -> str:
 
 def _token(args: argparse.Namespace) -> int:
     from ..auth import Permission, mint_token
-    from ..sync.names import validate_room_name
 
+    _document_name(args.name, "the document name")
     secret = Settings.load({"auth_secret_file": args.auth_secret_file}).secret()
     if secret is None:
         raise ConfigError("no auth secret: set COLLAB_AUTH_SECRET or pass --auth-secret-file")
-    validate_room_name(args.name)
     permission = Permission.WRITE if args.write else Permission.READ
     print(mint_token(secret, args.name, permission, args.ttl, subject=args.subject, token_id=args.token_id))
     return 0
@@ -292,7 +368,6 @@ def _revoke(args: argparse.Namespace) -> int:
     from ..auth import Revocation
     from ..store.history import format_time
     from ..store.revocations import add_revocation
-    from ..sync.names import validate_room_name
 
     if args.token_id is not None:
         if args.before is not None:
@@ -300,8 +375,8 @@ def _revoke(args: argparse.Namespace) -> int:
         revocation = Revocation(token_id=args.token_id)
         what = f"token {args.token_id!r}"
     else:
-        validate_room_name(args.doc)
-        before = time.time() if args.before is None else _time(args.before, "--before")
+        _document_name(args.doc, "--doc")
+        before = time.time() if args.before is None else args.before
         revocation = Revocation(scope=args.doc, before=before)
         what = f"tokens for {args.doc!r} minted before {format_time(before)}"
     add_revocation(_db(args), revocation)
@@ -310,16 +385,14 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from ..store.lockfile import running_server
-    from ..store.sqlite_read import SQLiteReader, read_documents
+    from ..store.engines import locate
 
-    db = _db(args)
-    with SQLiteReader(db) as reader, reader.snapshot() as conn:
-        infos = read_documents(conn)
-    files = sum(path.stat().st_size for path in db.parent.glob(db.name + "*") if path.suffix != ".lock")
-    server = running_server(db)
+    database = locate(_db(args))
+    with database.reader() as reader:
+        infos = reader.documents()
+    server = database.running_server()
     lines = {
-        "database": f"{db} ({files} bytes on disk, with WAL)",
+        "database": database.describe(),
         "server": f"running, pid {server.get('pid')}, {server.get('url', 'starting')}" if server else "not running",
         "documents": str(len(infos)),
         "stored bytes": f"{sum(info.size for info in infos)} (snapshots and logs)",
@@ -337,50 +410,58 @@ def _stats(args: argparse.Namespace) -> int:
 
 def _rooms(args: argparse.Namespace) -> int:
     from ..http.api import document_json
-    from ..store.sqlite_read import SQLiteReader, read_documents
+    from ..store.engines import open_reader
 
-    with SQLiteReader(_db(args)) as reader, reader.snapshot() as conn:
-        documents = [document_json(info) for info in read_documents(conn)]
+    with open_reader(_db(args)) as reader:
+        documents = [document_json(info) for info in reader.documents()]
     if args.json:
         print(json.dumps({"documents": documents}, ensure_ascii=False, indent=2))
         return 0
     columns = ("name", "size", "log_length", "history_size", "updated_at")
     widths = {column: max([len(column), *(len(str(doc[column])) for doc in documents)]) for column in columns}
-    for row in [dict(zip(columns, columns, strict=True)), *documents]:
+    header: dict[str, object] = dict(zip(columns, columns, strict=True))
+    for row in [header, *documents]:
         print("  ".join(str(row[column]).ljust(widths[column]) for column in columns).rstrip())
     return 0
 
 
 def _history(args: argparse.Namespace) -> int:
+    from ..store.engines import open_reader
     from ..store.history import format_time
-    from ..store.sqlite_read import SQLiteReader, read_history
 
-    with SQLiteReader(_db(args)) as reader, reader.snapshot() as conn:
-        points = read_history(conn, args.name)
+    with open_reader(_db(args)) as reader:
+        points = reader.history(args.name)
     if not points:
-        raise ConfigError(f"no document named {args.name!r}")
+        raise NotFoundError(f"no document named {args.name!r}")
     for point in points:
         print(f"{format_time(point.at)}  {point.kind:<10}  {point.size} bytes")
     return 0
 
 
-def _time(text: str, flag: str) -> float:
-    from ..store.history import parse_time
+def _document_name(name: str, what: str) -> str:
+    """`name` if it can name a document; the reason why not in terms of the command line, not of URLs."""
+    from ..sync.names import validate_room_name
 
-    try:
-        return parse_time(text, time.time())
-    except ValueError as error:
-        raise ConfigError(f"{flag}: {error}") from error
+    if not name:
+        raise InvalidRoomNameError(f"{what} is empty: name a document (or a prefix ending in /)")
+    return validate_room_name(name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_dash_values(sys.argv[1:] if argv is None else argv))
     try:
-        return int(args.handler(args))
-    except ConfigError as error:
-        parser.exit(2, f"collab: error: {error}\n")
+        status = int(args.handler(args))
+        sys.stdout.flush()  # here, so that a reader gone early is caught below and not at exit
+        return status
     except CollabError as error:
-        parser.exit(1, f"collab: error: {error}\n")
+        print(f"collab {args.command}: {error}", file=sys.stderr)
+        return exit_code_for(error)
+    except BrokenPipeError:
+        # `collab rooms | head`: the reader has what it wanted. Point stdout at /dev/null so that
+        # the interpreter's last flush does not fail again, and exit as a process killed by SIGPIPE.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED

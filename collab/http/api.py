@@ -4,31 +4,39 @@
                                                   "created_at", "updated_at"}, ...]}
     GET /api/docs/<name>?format=txt|md|json|ydoc[&at=TIME]
                                   one document, as `collab export` writes it (default json);
-                                  TIME is 2h / 3d (ago) or ISO 8601. 404 if unknown.
+                                  TIME is 2h / 3d (ago) or ISO 8601. 404 if unknown,
+                                  or if it did not exist yet at TIME.
 
 `<name>` is percent-encoded and may contain `/`. Without `at`, a document that
 is open in a room is exported from memory, so it includes what is not yet on
 disk. Times are ISO 8601 UTC; sizes are bytes stored. With access control on,
 requests carry a token (`?token=` or `Authorization: Bearer`): read permission
 on the document, and the listing shows only what the token covers (401/403).
+
+Decoding and rendering a document runs in a thread: a 10 MB document takes
+about a second to render as JSON, and every room on the server would wait that
+long if it ran on the event loop (tests/test_export.py measures the relay
+meanwhile). pycrdt's Doc is not thread-safe, so only bytes cross: a room's
+update is taken on the loop and a fresh Doc is built from it in the thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
-from pycrdt import Doc
 from websockets.http11 import Response
 
 from ..auth import Access
-from ..errors import AuthError, ForbiddenError, HistoryError, InvalidRoomNameError, StorageError
+from ..errors import AuthError, ForbiddenError, InvalidRoomNameError, NotFoundError, StorageError
 from ..filenames import file_name_for
 from ..formats import FORMATS, doc_from_records, doc_from_updates, render
 from ..store import DocumentInfo, Store
 from ..store.history import format_time, parse_time
 from ..sync.names import validate_room_name
+from ..sync.room import EMPTY_STATE_VECTOR
 from .router import HttpRequest, Router, json_response, respond
 
 if TYPE_CHECKING:  # the server hands them in; the API does not depend on the server's package
@@ -38,6 +46,11 @@ if TYPE_CHECKING:  # the server hands them in; the API does not depend on the se
 __all__ = ["document_json", "install_api"]
 
 DOCS = "/api/docs"
+
+EXPORT_THREADS = 2
+"""Documents rendered at once, each in its own thread. Rendering holds the GIL in pycrdt's native
+calls (up to ~0.2 s each for a 10 MB document), and every thread that renders takes turns with the
+event loop, so more exports at once would only slow the rooms down; the rest wait their turn."""
 
 
 def document_json(info: DocumentInfo) -> dict[str, object]:
@@ -78,9 +91,11 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
         visible = [info for info in infos if access.allows(grant, info.name)]
         return json_response({"documents": [document_json(info) for info in visible]})
 
+    exporting = asyncio.Semaphore(EXPORT_THREADS)
+
     async def get_document(request: HttpRequest) -> Response:
         try:
-            name = validate_room_name(unquote(request.path[len(DOCS) + 1 :], errors="strict"))
+            name = _document_name(request.path)
             fmt = request.query.get("format", "json")
             if fmt not in FORMATS:
                 raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -92,35 +107,52 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
         except AuthError as error:
             return refused(error)
         try:
-            doc, info = await _document(store, rooms, name, at)
-        except HistoryError as error:
+            async with exporting:
+                body = await _export(store, rooms, name, fmt, at)
+        except NotFoundError as error:  # HistoryError too: no state kept for that moment
             return error_response(404, str(error))
         except StorageError as error:
             return error_response(503, f"document temporarily unavailable: {error}")
-        if doc is None:
-            return error_response(404, f"no document named {name!r}")
         extension, content_type = FORMATS[fmt]
         headers = {}
         if fmt == "ydoc":
             headers["Content-Disposition"] = (
                 f"attachment; filename*=UTF-8''{quote(file_name_for(name, extension), safe='')}"
             )
-        return respond(200, render(doc, fmt, info, name), content_type, headers)
+        return respond(200, body, content_type, headers)
 
     router.route(DOCS, list_documents)
     router.route(DOCS + "/", get_document)
 
 
-async def _document(store: Store, rooms: Rooms, name: str, at: float | None) -> tuple[Doc | None, DocumentInfo | None]:
-    """The document now (from its room if loaded) or at `at`; None if it does not exist."""
+def _document_name(path: str) -> str:
+    """The validated document name of a `/api/docs/<name>` path; raise `InvalidRoomNameError` saying why not."""
+    encoded = path[len(DOCS) + 1 :]
+    if not encoded:
+        raise InvalidRoomNameError(f"no document name: GET {DOCS}/NAME, or {DOCS} for the list")
+    return validate_room_name(unquote(encoded, errors="strict"))
+
+
+async def _export(store: Store, rooms: Rooms, name: str, fmt: str, at: float | None) -> bytes:
+    """Document `name` now (from its room if loaded) or at `at`, rendered in `fmt` in a thread.
+
+    Raises `NotFoundError` if there is no such document, or none yet at `at`; `HistoryError` if no
+    state is kept for `at`; `StorageError` (`CorruptDocumentError`) if it cannot be read.
+    """
     infos = await store.documents(name)
     info = infos[0] if infos else None
+    if info is not None and at is not None and at < info.created_at:
+        created = format_time(info.created_at)
+        raise NotFoundError(f"document {name!r} did not exist yet at {format_time(at)}; it was created at {created}")
     room = rooms.get(name) if at is None else None
     if room is not None:
-        room.flush()
-        # A copy: rendering types the roots of the Doc it reads, and the room's must stay untouched.
-        return doc_from_updates([room.doc.get_update()]), info
+        # Bytes, taken on the loop: the room's Doc belongs to the loop (and may not be built yet: diff
+        # answers from the stored bytes then). Rendering types the roots of the Doc it reads, so the
+        # thread renders a copy of its own.
+        update = room.diff(EMPTY_STATE_VECTOR)
+        return await asyncio.to_thread(lambda: render(doc_from_updates([update]), fmt, info, name))
     records = await store.load(name, at)
     if not records:
-        return None, info
-    return doc_from_records(name, records), info  # a row that would crash pycrdt: CorruptDocumentError
+        raise NotFoundError(f"no document named {name!r}")
+    # A row that would crash pycrdt: CorruptDocumentError, from the thread.
+    return await asyncio.to_thread(lambda: render(doc_from_records(name, records), fmt, info, name))

@@ -1,13 +1,10 @@
 """Plain HTTP on the WebSocket port: a small router for GET requests that are not upgrades.
 
-`websockets` hands every request to `process_request` before the handshake;
-requests that ask for a WebSocket upgrade go on to become room connections,
-everything else is answered here. Handlers take the request and return a
-`Response` (use `respond` to build one); they run on the event loop and must be quick.
-
-Every request's head is checked first (`check_head`, by `collab.connection`):
-collab serves GET only, one request per connection, without a body, and
-websockets would answer anything else with silence or a 500.
+collab's transport (`collab.server.transport`) hands every request that is not
+a WebSocket upgrade to `Router.handle`, once its head has passed
+`collab.http.head.check_head` (GET only, no body). Handlers take the request and
+return a `Response` (use `respond` to build one); they run on the event loop,
+so anything slow (rendering a large document) belongs in a thread.
 """
 
 from __future__ import annotations
@@ -21,59 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-__all__ = ["MAX_HEAD", "HttpRequest", "OriginPolicy", "Router", "check_head", "json_response", "respond"]
-
-MAX_HEAD = 64 * 1024
-"""Largest request head (request line and headers) read: above websockets' own line limit, below anything costly."""
-
-SINGLE_VALUED = (
-    "Host",
-    "Origin",
-    "Upgrade",
-    "Authorization",
-    "Sec-WebSocket-Key",
-    "Sec-WebSocket-Version",
-    "Content-Length",
-    "Transfer-Encoding",
-)
-"""Headers a request may carry once: two Hosts or Origins, or two framings of a body, are ambiguous (RFC 9112)."""
-
-
-def check_head(head: bytes) -> Response | bool:
-    """Check a request head (everything up to and including the blank line) before websockets parses it.
-
-    The answer to send instead of handling the request, or, if it may go on, whether it asks for a WebSocket upgrade.
-    """
-    lines = head.split(b"\r\n")
-    request_line, header_lines = lines[0], lines[1:-2]
-    parts = request_line.split(b" ")
-    if len(parts) != 3 or not parts[2].startswith(b"HTTP/") or not request_line.isascii():
-        return respond(HTTPStatus.BAD_REQUEST, "malformed request line\n")
-    if parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
-        return respond(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "HTTP/1.1 only\n")
-    counts: dict[str, int] = {}
-    upgrade = False
-    content_length = b"0"
-    for line in header_lines:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip() or not name.isascii():
-            return respond(HTTPStatus.BAD_REQUEST, "malformed header line\n")
-        key = name.decode().lower()
-        counts[key] = counts.get(key, 0) + 1
-        if key == "upgrade":
-            upgrade = value.strip().lower() == b"websocket"
-        elif key == "content-length":
-            content_length = value.strip()
-    duplicated = [name for name in SINGLE_VALUED if counts.get(name.lower(), 0) > 1]
-    if duplicated:
-        return respond(HTTPStatus.BAD_REQUEST, f"duplicated header: {duplicated[0]}\n")
-    if parts[0] != b"GET":
-        return respond(HTTPStatus.METHOD_NOT_ALLOWED, "GET only\n", headers={"Allow": "GET"})
-    if not content_length.isdigit():
-        return respond(HTTPStatus.BAD_REQUEST, "malformed Content-Length\n")
-    if "transfer-encoding" in counts or content_length.lstrip(b"0"):
-        return respond(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "a request takes no body here\n")
-    return upgrade
+__all__ = ["HttpRequest", "OriginPolicy", "Router", "json_response", "respond"]
 
 
 class OriginPolicy:

@@ -1,16 +1,21 @@
-"""What `/metrics` reports about a running server: counters it keeps, gauges it reads."""
+"""What `/metrics` reports about a running server: counters it keeps, gauges it reads.
+
+It is handed what it reads (the store, and the connection and room counts as
+callables) rather than the server, so it imports nothing of the server.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any
 
 from ..metrics import Counter, Gauge, Histogram, Metric
+from ..store import Commit, Store
 from ..sync.protocol import Auth, Awareness, Message, QueryAwareness, SyncStep1, SyncStep2, Update
 
-if TYPE_CHECKING:
-    from .app import CollabServer
+__all__ = ["COMMIT_SECONDS_BUCKETS", "ServerMetrics"]
 
-__all__ = ["ServerMetrics"]
+COMMIT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 RECEIVED_KINDS: dict[type, str] = {
     SyncStep1: "sync_step1",
@@ -26,10 +31,21 @@ SENT_TOP_KINDS: dict[int, str] = {1: "awareness", 2: "auth", 3: "query_awareness
 
 
 class ServerMetrics:
-    """collab's metrics; the hot path only bumps counters."""
+    """collab's metrics; the hot path only bumps counters.
 
-    def __init__(self, server: CollabServer) -> None:
-        self._server = server
+    It counts the store's commits through `store.on_commit`, which it sets: one `ServerMetrics` per store.
+    """
+
+    def __init__(
+        self, store: Store, connections: Callable[[], int] | None = None, rooms: Callable[[], int] | None = None
+    ) -> None:
+        if connections is None or rooms is None:
+            # Transitional, until app.py passes the store and the two counts: `ServerMetrics(server)`.
+            server: Any = store
+            store, connections, rooms = server.store, (lambda: len(server.peers)), (lambda: len(server.rooms))
+        self._store = store
+        self._connections = connections
+        self._rooms = rooms
         by_type = ("type",)
         self.messages_received = Counter("collab_messages_received_total", "Messages received, by type", by_type)
         self.bytes_received = Counter("collab_received_bytes_total", "Bytes of messages received, by type", by_type)
@@ -41,6 +57,19 @@ class ServerMetrics:
             ("reason",),
         )
         self.auth_failures = Counter("collab_auth_failures_total", "Refused tokens and origins, by reason", ("reason",))
+        self.updates_persisted = Counter("collab_updates_persisted_total", "Updates committed to the store")
+        self.compactions = Counter("collab_compactions_total", "Document logs compacted into snapshots")
+        for unlabelled in (self.updates_persisted, self.compactions):
+            unlabelled.inc(amount=0)  # a sample of 0 from the start, not none until the first commit
+        self.commit_seconds = Histogram(
+            "collab_store_commit_seconds", "Duration of group commits to the store", COMMIT_SECONDS_BUCKETS
+        )
+        store.on_commit = self.count_commit
+
+    def count_commit(self, commit: Commit) -> None:
+        self.updates_persisted.inc(amount=commit.updates)
+        self.compactions.inc(amount=commit.compactions)
+        self.commit_seconds.observe(commit.seconds)
 
     def count_received(self, messages: list[Message]) -> None:
         for message in messages:
@@ -55,22 +84,17 @@ class ServerMetrics:
         self.bytes_sent.inc(kind, amount=len(frame))
 
     def all(self) -> list[Metric]:
-        server, store = self._server, self._server.store
-        persisted = Counter("collab_updates_persisted_total", "Updates committed to the store")
-        persisted.inc(amount=store.committed_updates)
-        compactions = Counter("collab_compactions_total", "Document logs compacted into snapshots")
-        compactions.inc(amount=store.committed_compactions)
-        commit_seconds: Histogram = store.commit_seconds
+        store = self._store
         return [
-            Gauge("collab_connections", "Open WebSocket connections", lambda: len(server.peers)),
-            Gauge("collab_rooms_loaded", "Rooms (documents) in memory", lambda: len(server.rooms)),
+            Gauge("collab_connections", "Open WebSocket connections", self._connections),
+            Gauge("collab_rooms_loaded", "Rooms (documents) in memory", self._rooms),
             self.messages_received,
             self.bytes_received,
             self.messages_sent,
             self.bytes_sent,
-            persisted,
-            compactions,
-            commit_seconds,
+            self.updates_persisted,
+            self.compactions,
+            self.commit_seconds,
             Gauge("collab_store_pending_writes", "Writes queued but not yet committed", lambda: store.pending),
             Gauge("collab_store_failing", "1 while store commits fail (they are retried)", lambda: int(store.failing)),
             self.rejected,

@@ -22,6 +22,10 @@ __all__ = ["Rooms"]
 logger = logging.getLogger("collab.rooms")
 
 
+MAX_JOIN_ATTEMPTS = 8
+"""Loads one join may wait for: a room unloads again before its joiner gets it only in a rare race."""
+
+
 class Rooms:
     """Every room in memory, by name."""
 
@@ -57,23 +61,34 @@ class Rooms:
     def get(self, name: str) -> Room | None:
         return self._rooms.get(name)
 
+    def join_loaded(self, name: str, peer: Peer) -> Room | None:
+        """Add `peer` to room `name` if it is in memory (None if not: `join` loads it).
+
+        Raises `ServerBusyError` if the room is full.
+        """
+        room = self._rooms.get(name)
+        if room is None:
+            return None
+        if len(room.peers) >= self.max_room_connections:
+            raise ServerBusyError(f"document {name!r} has its limit of {self.max_room_connections} connections")
+        unloading = self._unloading.pop(name, None)
+        if unloading is not None:
+            unloading.cancel()
+        room.join(peer)
+        return room
+
     async def join(self, name: str, peer: Peer) -> Room:
         """Add `peer` to room `name`, loading it first if needed.
 
         Raises `StorageError` if it cannot be loaded, `ServerBusyError` if it is full
         or no more rooms may be loaded.
         """
-        room = self._rooms.get(name) or await self.load(name)
-        if len(room.peers) >= self.max_room_connections:
-            raise ServerBusyError(f"document {name!r} has its limit of {self.max_room_connections} connections")
-        if self._rooms.get(name) is not room:
-            # Unloaded again between the end of its load and now (another peer came and went).
-            return await self.join(name, peer)
-        unloading = self._unloading.pop(name, None)
-        if unloading is not None:
-            unloading.cancel()
-        room.join(peer)
-        return room
+        for _ in range(MAX_JOIN_ATTEMPTS):
+            room = self.join_loaded(name, peer)
+            if room is not None:
+                return room
+            await self.load(name)  # unloaded again before the join when another peer came and went: retry
+        raise ServerBusyError(f"document {name!r} keeps unloading; try again")
 
     def leave(self, room: Room, peer: Peer) -> None:
         """Remove `peer`; schedule the room's unload if it is now empty."""

@@ -7,7 +7,7 @@ connection, where a timer handle each would cost 0.7 KB under uvloop and a
 task each more (measured with 100,000). One task polls the database for new
 revocations (`store.revocations`) every `POLL_INTERVAL` and checks the live
 connections only when something was revoked. How a connection is closed is
-the server's business: `end(peer, ws, error)` is called at most once per connection.
+the server's business: `end(connection, error)` is called at most once per connection.
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-
-from websockets.asyncio.server import ServerConnection
+from typing import TYPE_CHECKING, Protocol
 
 from ..auth import Access, Grant
 from ..errors import AuthError, StorageError, UnauthenticatedError
 from ..logs import fields
-from ..store.revocations import POLL_INTERVAL, RevocationReader
-from .outbox import WebSocketPeer
+from ..store.revocations import POLL_INTERVAL
+
+if TYPE_CHECKING:
+    from ..store.engines import RevocationFeed
 
 __all__ = ["Sessions"]
 
@@ -34,18 +35,29 @@ logger = logging.getLogger("collab.server")
 MAX_TIMER_DELAY = 60.0
 """The expiry timer looks again at least this often: the wall clock may have been set forward meanwhile."""
 
-End = Callable[[WebSocketPeer, ServerConnection, AuthError], None]
+
+class Watched(Protocol):
+    """A live connection as sessions see it."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def grant(self) -> Grant | None: ...
+
+
+End = Callable[[Watched, AuthError], None]
 
 
 class Sessions:
     """The authenticated connections of one server, their expiry timers, and the revocation poll."""
 
-    def __init__(self, access: Access, reader: RevocationReader, end: End) -> None:
+    def __init__(self, access: Access, reader: RevocationFeed, end: End) -> None:
         self.access = access
         self.reader = reader
         self.end = end
-        self._live: dict[WebSocketPeer, tuple[str, ServerConnection]] = {}
-        self._expiries: list[tuple[float, int, WebSocketPeer]] = []
+        self._live: dict[Watched, str] = {}
+        self._expiries: list[tuple[float, int, Watched]] = []
         """A heap of (expiry, tie-breaker, peer); entries of peers no longer live are skipped, and pruned."""
         self._stale = 0
         self._order = itertools.count()
@@ -75,14 +87,14 @@ class Sessions:
         self._expiries.clear()
         await asyncio.to_thread(self.reader.close)
 
-    def add(self, peer: WebSocketPeer, ws: ServerConnection, name: str, grant: Grant) -> None:
+    def add(self, peer: Watched, name: str, grant: Grant) -> None:
         """Watch a connection that `grant` let into `name` until `discard`."""
-        self._live[peer] = (name, ws)
+        self._live[peer] = name
         heapq.heappush(self._expiries, (grant.expires_at, next(self._order), peer))
         if self._expiries[0][2] is peer:
             self._arm()
 
-    def discard(self, peer: WebSocketPeer) -> None:
+    def discard(self, peer: Watched) -> None:
         if self._live.pop(peer, None) is None:
             return
         # Its heap entry stays until it comes up; rebuild once stale entries are half the heap, so that
@@ -109,13 +121,12 @@ class Sessions:
         expiries = self._expiries
         while expiries and expiries[0][0] <= now:
             _, _, peer = heapq.heappop(expiries)
-            entry = self._live.pop(peer, None)
-            if entry is None:
+            name = self._live.pop(peer, None)
+            if name is None:
                 self._stale = max(0, self._stale - 1)
                 continue
-            name, ws = entry
             logger.info("token expired, closing the connection", extra=fields(conn=peer.id, room=name))
-            self.end(peer, ws, UnauthenticatedError("token expired", "expired"))
+            self.end(peer, UnauthenticatedError("token expired", "expired"))
         self._arm()
 
     async def _poll_forever(self) -> None:
@@ -136,10 +147,8 @@ class Sessions:
                 self._close_revoked()
 
     def _close_revoked(self) -> None:
-        revoked = [
-            (peer, name, ws) for peer, (name, ws) in self._live.items() if not self.access.allows(peer.grant, name)
-        ]
-        for peer, name, ws in revoked:
+        revoked = [(peer, name) for peer, name in self._live.items() if not self.access.allows(peer.grant, name)]
+        for peer, name in revoked:
             self.discard(peer)
             logger.info("token revoked, closing the connection", extra=fields(conn=peer.id, room=name))
-            self.end(peer, ws, UnauthenticatedError("token revoked", "revoked"))
+            self.end(peer, UnauthenticatedError("token revoked", "revoked"))

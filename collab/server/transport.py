@@ -1,62 +1,284 @@
-"""The connection class collab serves with: websockets' own, with the request head checked first.
+"""collab's own transport: an `asyncio.Protocol` per TCP connection, driving websockets' sans-I/O protocol.
 
-websockets 17 parses a request head and, on anything it does not expect, stays
-silent: a body (Content-Length, chunked) or a malformed line ends the
-connection with no response, and bytes after the head (a pipelined request)
-are parsed as WebSocket frames during the handshake, which fails an assertion.
-So the head is read here first, up to its blank line, and checked by
-`http.check_head`; what it refuses is answered (400, 405, 413, 431, 505) and
-the connection half-closed. Only a head that passes reaches websockets, through
-`data_received`, its normal path. What arrives after the head and before the
-response is dropped for a plain request (the response says Connection: close,
-so a pipelining client resends) and ends an upgrade (a client must wait for
-the 101, RFC 6455 section 4.1). From the response on, bytes go straight to
-websockets: one attribute test per `data_received` is all this costs later.
+websockets parses and builds the WebSocket protocol (`websockets.server.ServerProtocol`:
+`receive_data`, `events_received`, `data_to_send`, `send_close`, `send_ping`, `accept`,
+`send_response`); the rules of a y-websocket connection live in `collab.sync.connection`; this module
+only moves bytes between them and the socket and keeps the timers. Per connection, in order:
 
-This overrides `data_received`, the asyncio protocol method websockets'
-`ServerConnection` implements, and is installed with serve()'s public
-`create_connection`; it relies on websockets 17 feeding the request head to
-its parser from `data_received` (hence the pin in pyproject.toml).
+1. The request head is read up to its blank line and checked (`http.head.check_head`): websockets
+   answers a body, a pipelined request or a malformed line with silence or a failed assertion, so
+   what it would not handle well is answered here (400, 405, 413, 431, 505) and the connection
+   half-closed. A head that passes goes to websockets' parser.
+2. A plain GET is answered by the router (`collab.http`), then the connection closes. An upgrade is
+   accepted at once, in the same callback (no task: see the connect rate in docs/benchmarks.md).
+3. The connection is admitted (room name, token) and joins its room: at once when the room is in
+   memory, else after a load, while reading waits.
+4. Each binary message goes to `Connection.receive`. When it says to wait (the rate limit), reading
+   stops for that long (`pause_reading`): the kernel's buffers fill and TCP slows the sender.
+5. A close, from either side or from an error, runs the close handshake; a client that does not
+   complete it within `CLOSE_TIMEOUT` is cut.
+
+Outgoing frames bypass websockets' send path on purpose, as collab owns the transport: each message is
+framed once for all its recipients (`outbox.server_frame`) and each connection's frames of one loop
+turn go out in one write (`outbox.Outbox`). Idle connections cost no coroutine and no task: a
+server-wide keepalive (`Endpoint.keepalive`) pings the silent ones.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
+from collections.abc import Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
-from websockets.asyncio.server import ServerConnection
-from websockets.http11 import Response
+from websockets.datastructures import MultipleValuesError
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
 from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
-from ..http.router import MAX_HEAD, check_head, respond
+from ..auth import TOKEN_SUBPROTOCOL_PREFIX, Access, Grant
+from ..errors import AuthError, CollabError, ServerBusyError, close_reason_for
+from ..http.head import MAX_HEAD, check_head
+from ..http.router import OriginPolicy, Router, respond
 from ..logs import fields
+from ..sync.connection import Connection, ConnectionRules
+from .metrics import ServerMetrics
+from .outbox import Backlogs, Outbox, server_frame
+from .rooms import Rooms
+from .sessions import Sessions
 
-__all__ = ["CollabConnection"]
+if TYPE_CHECKING:
+    from ..sync.room import Room
+
+__all__ = ["CLOSE_TIMEOUT", "Endpoint", "WebSocketConnection"]
 
 logger = logging.getLogger("collab.server")
 
-_WAITING_HTTP = b"http"
-_WAITING_UPGRADE = b"upgrade"
-_REFUSED = b"refused"
+CLOSE_TIMEOUT = 5.0
+"""Seconds a client has to complete the close handshake before its connection is cut."""
+
+SUBPROTOCOL = Subprotocol("collab")
+# Close codes a peer may end with without that being worth a warning.
+NORMAL_CLOSURES = (1000, 1001, 1005)
+_OPEN = State.OPEN
+_BINARY, _TEXT, _CONT, _PONG, _CLOSE = Opcode.BINARY, Opcode.TEXT, Opcode.CONT, Opcode.PONG, Opcode.CLOSE
+
+# Where a connection is before it is a WebSocket connection (`WebSocketConnection._head`).
+_ANSWERING = b"answering"
+"""A plain request's head was read; its response is being prepared; what the client sends meanwhile is dropped."""
+_ANSWERED = b"answered"
+"""A response other than 101 was sent (or the head refused): nothing more is read."""
 
 
-class CollabConnection(ServerConnection):
-    """A `ServerConnection` that reads and checks the request head before websockets sees it."""
+class CollabProtocol(ServerProtocol):
+    """websockets' server protocol with collab's subprotocol choice (its documented override point)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def select_subprotocol(self, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
+        """Browsers fail a connection whose offered subprotocols are all declined: accept one."""
+        if SUBPROTOCOL in subprotocols:
+            return SUBPROTOCOL
+        return next((p for p in subprotocols if p.startswith(TOKEN_SUBPROTOCOL_PREFIX)), None)
+
+
+class Endpoint:
+    """What every connection of one listening socket shares, and the protocol factory for it."""
+
+    def __init__(
+        self,
+        *,
+        access: Access,
+        origins: OriginPolicy,
+        router: Router,
+        rooms: Rooms,
+        sessions: Sessions,
+        metrics: ServerMetrics,
+        rules: ConnectionRules,
+        backlogs: Backlogs,
+        max_message_size: int,
+        max_connections: int,
+        handshake_timeout: float,
+    ) -> None:
+        self.access = access
+        self.origins = origins
+        self.router = router
+        self.rooms = rooms
+        self.sessions = sessions
+        self.metrics = metrics
+        self.rules = rules
+        self.backlogs = backlogs
+        self.max_message_size = max_message_size
+        self.max_connections = max_connections
+        self.handshake_timeout = handshake_timeout
+        self.outbox = Outbox()
+        self.port = 0
+        self.connections: set[WebSocketConnection] = set()
+        """Every TCP connection, from accept to close."""
+        self.peers: set[WebSocketConnection] = set()
+        """The WebSocket connections, from the 101 response to close."""
+        self.tasks: set[asyncio.Task[None]] = set()
+        """HTTP answers and room loads in flight."""
+        self._ids = itertools.count(1)
+        self._all_closed: asyncio.Future[None] | None = None
+
+    def __call__(self) -> WebSocketConnection:
+        return WebSocketConnection(self)
+
+    def next_id(self) -> str:
+        return str(next(self._ids))
+
+    def spawn(self, coroutine: object, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine, name=name)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def end_session(self, peer: WebSocketConnection, error: AuthError) -> None:
+        """For `Sessions`: a live connection's token expired or was revoked."""
+        peer.fail(error)
+
+    def keepalive(self, now: float, interval: float) -> None:
+        """Ping the connections silent for `interval`; cut those that did not answer the last ping."""
+        silent_since = now - interval
+        for peer in list(self.peers):
+            if peer.pinged_at and peer.pinged_at <= silent_since and peer.last_heard < peer.pinged_at:
+                logger.info("no answer to a keepalive ping, dropping the connection", extra=fields(conn=peer.id))
+                peer.abort()
+            elif peer.last_heard < silent_since and not peer.pinged_at:
+                peer.ping(now)
+
+    def lost(self, connection: WebSocketConnection) -> None:
+        self.connections.discard(connection)
+        self.peers.discard(connection)
+        if not self.connections and self._all_closed is not None and not self._all_closed.done():
+            self._all_closed.set_result(None)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Close every connection (1001), waiting up to `timeout` for the close handshakes; cut the rest."""
+        if self.connections:
+            self._all_closed = asyncio.get_running_loop().create_future()
+            for connection in list(self.connections):
+                connection.shutdown()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._all_closed
+            except TimeoutError:
+                for connection in list(self.connections):
+                    connection.abort()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+class WebSocketConnection(asyncio.Protocol):
+    """One TCP connection: an HTTP request, or a WebSocket connection to a room (see the module docstring).
+
+    The relay's hot path: `_queue` and `flush` (profiled in docs/benchmarks.md). A connection that
+    leaves too much unread for too long is dropped (`Backlogs` has the rule): it resyncs when it reconnects.
+    """
+
+    __slots__ = (
+        "_endpoint",
+        "_error",
+        "_fragments",
+        "_head",
+        "_marks",
+        "_out",
+        "_queued",
+        "_timer",
+        "_transport",
+        "_written",
+        "_ws",
+        "conn",
+        "dropped",
+        "id",
+        "last_heard",
+        "pinged_at",
+    )
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._endpoint = endpoint
+        self._transport: asyncio.Transport | None = None
+        self._ws = CollabProtocol(max_size=endpoint.max_message_size)
         self._head: bytearray | bytes | None = bytearray()
-        """The head so far; then a marker of what follows it (`_WAITING_*`, `_REFUSED`); None once open."""
+        """The request head so far; then `_ANSWERING` or `_ANSWERED`; None once a WebSocket connection."""
+        self.conn: Connection | None = None
+        """The y-websocket rules of this connection, from the 101 response on."""
+        self.id = ""
+        self._queued: list[bytes] | None = None
+        """Messages received while joining or held back by the rate limit, handled when that ends."""
+        self._fragments: tuple[bool, bytearray] | None = None
+        """A fragmented message being received: whether it is text, and its data so far."""
+        self._timer: asyncio.TimerHandle | None = None
+        """The one timer a connection needs at a time: handshake timeout, end of a hold, close timeout."""
+        self._error: BaseException | None = None
+        self.last_heard = 0.0
+        """Event-loop time of the last bytes received (pushed ahead while reading is held back)."""
+        self.pinged_at = 0.0
+        """When the unanswered keepalive ping was sent; 0.0 when none is."""
+        self.dropped = False
+        """Set for a client too slow to keep up: nothing more is written to it but the close."""
+        self._out: list[bytes] | None = None
+        """Frames queued this turn of the loop, or None when nothing is."""
+        self._written = 0
+        """Bytes handed to the transport since this connection's backlog began (counted only while it has one)."""
+        self._marks: list[tuple[float, int]] | None = None
+        """While bytes wait unsent: (time, `_written` then), one per sweep, the oldest at most a grace old."""
+
+    @property
+    def grant(self) -> Grant | None:
+        """For `Sessions`: what the connection's token allows."""
+        return self.conn.grant if self.conn is not None else None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport's methods without deriving from it.
+        self._transport = cast(asyncio.Transport, transport)
+        endpoint = self._endpoint
+        endpoint.connections.add(self)
+        loop = asyncio.get_running_loop()
+        self.last_heard = loop.time()
+        self._timer = loop.call_later(endpoint.handshake_timeout, self._handshake_timed_out)
 
     def data_received(self, data: bytes) -> None:
         head = self._head
         if head is None:
-            super().data_received(data)
+            ws = self._ws
+            ws.receive_data(data)
+            events = ws.events_received()
+            if events:
+                self._frames(events)
+            self._write_protocol_data()  # pongs, the close handshake, a refused frame's close
         elif isinstance(head, bytearray):
             self._read_head(head, data)
-        elif head is not _REFUSED:
-            self._before_response(head, data)
+        # else: a plain request being answered, or answered: what follows the head is dropped
+
+    def eof_received(self) -> bool | None:
+        self._ws.receive_eof()
+        self._write_protocol_data()
+        return None  # asyncio closes the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._transport = None
+        self._out = self._queued = None
+        endpoint = self._endpoint
+        endpoint.lost(self)
+        conn = self.conn
+        if conn is not None:
+            conn.closing = True
+            endpoint.sessions.discard(self)
+            if conn.room is not None:
+                endpoint.rooms.leave(conn.room, conn)
+            self._log_close()
+
+    # The request head and the handshake.
 
     def _read_head(self, head: bytearray, data: bytes) -> None:
         start = max(0, len(head) - 3)
@@ -72,27 +294,410 @@ class CollabConnection(ServerConnection):
             self._refuse(upgrade)
             return
         if upgrade and len(head) > end:
+            # A client must wait for the 101 before sending frames (RFC 6455 section 4.1).
             self._refuse(respond(HTTPStatus.BAD_REQUEST, "data sent before the handshake response\n"))
             return
-        self._head = _WAITING_UPGRADE if upgrade else _WAITING_HTTP
-        super().data_received(bytes(head[:end]))
+        self._head = _ANSWERING
+        ws = self._ws
+        ws.receive_data(bytes(head[:end]))
+        requests = [event for event in ws.events_received() if isinstance(event, Request)]
+        if not requests:  # websockets could not parse it after all; it has queued what to answer
+            self._head = _ANSWERED
+            self._write_protocol_data()
+            return
+        self._request(requests[0], upgrade)
 
-    def _before_response(self, waiting: bytes, data: bytes) -> None:
-        if self.protocol.state is State.OPEN:
-            self._head = None
-            super().data_received(data)
-        elif waiting is _WAITING_UPGRADE:
-            logger.info("closing an upgrade that sent data before the handshake response")
-            self.transport.abort()
-        # else: a pipelined request, dropped; the response says Connection: close
+    def _request(self, request: Request, upgrade: bool) -> None:
+        endpoint = self._endpoint
+        try:
+            origin = request.headers.get("Origin")
+            allowed = endpoint.origins.allows(origin, request.headers.get("Host"), endpoint.port)
+        except MultipleValuesError as error:  # a header read with .get() sent twice: the client's fault
+            self._respond(respond(HTTPStatus.BAD_REQUEST, f"duplicated header: {error}\n"))
+            return
+        if not allowed:
+            endpoint.metrics.auth_failures.inc("origin")
+            logger.warning("refused a request from another origin", extra=fields(origin=origin, path=request.path))
+            self._respond(respond(HTTPStatus.FORBIDDEN, "origin not allowed (see --allowed-origin)\n"))
+        elif not upgrade:
+            endpoint.spawn(self._answer(request), name="http")
+        else:
+            response = self._ws.accept(request)
+            if response.status_code != 101:
+                self._respond(response)
+            else:
+                self._ws.send_response(response)
+                self._write_protocol_data()
+                self._open(request)
+
+    async def _answer(self, request: Request) -> None:
+        try:
+            response = await self._endpoint.router.handle(request)
+        except MultipleValuesError as error:
+            response = respond(HTTPStatus.BAD_REQUEST, f"duplicated header: {error}\n")
+        except Exception:
+            logger.exception("HTTP handler failed", extra=fields(path=request.path))
+            response = respond(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
+        self._respond(response)
+
+    def _respond(self, response: Response) -> None:
+        """Send a response other than 101; the connection then closes."""
+        if self._transport is None:
+            return
+        self._head = _ANSWERED
+        self._ws.send_response(response)
+        self._write_protocol_data()
 
     def _refuse(self, response: Response) -> None:
-        """Answer, then half-close: the client reads the answer, closes, and websockets closes in turn."""
-        self._head = _REFUSED
+        """Answer a head websockets is not shown, then half-close, as `_respond` does for one it parsed."""
+        assert self._transport is not None
+        self._head = _ANSWERED
         reason = response.body.decode().strip()
         logger.info("refused a request", extra=fields(status=response.status_code, reason=reason))
-        self.transport.write(response.serialize())
-        if self.transport.can_write_eof():
-            self.transport.write_eof()  # not close(): unread bytes of a body would turn it into a reset
+        self._transport.write(response.serialize())
+        self._end_of_data()
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        if self._transport is not None and self._head is not None:
+            logger.info("handshake not completed in time, dropping the connection")
+            self._transport.abort()
+
+    # Opening: admission, then the room.
+
+    def _open(self, request: Request) -> None:
+        endpoint = self._endpoint
+        self._head = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.id = endpoint.next_id()
+        conn = self.conn = Connection(self.id, self._queue, endpoint.rules, endpoint.metrics)
+        endpoint.peers.add(self)
+        try:
+            if len(endpoint.peers) > endpoint.max_connections:
+                raise ServerBusyError(f"server is at its limit of {endpoint.max_connections} connections")
+            offered = [
+                p.strip() for header in request.headers.get_all("Sec-WebSocket-Protocol") for p in header.split(",")
+            ]
+            name = conn.admit(request.path, offered, endpoint.access)
+            if conn.grant is not None:
+                endpoint.sessions.add(self, name, conn.grant)  # closed at expiry or revocation
+            room = endpoint.rooms.join_loaded(name, conn)
+        except CollabError as error:
+            self.fail(error)
+            return
+        if room is not None:
+            self._joined(room)
+            return
+        self._hold_reading()
+        endpoint.spawn(self._join(name), name=f"join {name}")
+
+    async def _join(self, name: str) -> None:
+        conn = self.conn
+        assert conn is not None
+        try:
+            room = await self._endpoint.rooms.join(name, conn)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self.fail(error)
+            return
+        if self._transport is None or conn.closing:  # gone while the room loaded
+            self._endpoint.rooms.leave(room, conn)
+            return
+        self._joined(room)
+        self._drain()
+
+    def _joined(self, room: Room) -> None:
+        conn = self.conn
+        assert conn is not None
+        conn.joined(room, asyncio.get_running_loop().time())
+        if logger.isEnabledFor(logging.DEBUG):
+            peer = self._transport.get_extra_info("peername") if self._transport else None
+            logger.debug("joined", extra=fields(conn=self.id, room=room.name, peer=peer, read_only=conn.read_only))
+
+    # Receiving.
+
+    def _frames(self, events: Sequence[Request | Response | Frame]) -> None:
+        now = asyncio.get_running_loop().time()
+        if now > self.last_heard:
+            self.last_heard = now
+        conn = self.conn
+        assert conn is not None
+        # Once the connection is open, websockets' events are frames (received frames hold bytes).
+        for frame in cast("list[Frame]", events):
+            opcode = frame.opcode
+            if opcode is _BINARY or opcode is _TEXT or opcode is _CONT:
+                # Not the protocol's state: websockets has parsed every frame of this read, so a client's
+                # close after its last update has already moved it on; those updates still count.
+                if conn.closing:
+                    continue  # after a close was decided or received: discarded
+                if not frame.fin or opcode is _CONT:
+                    message = self._reassemble(frame)
+                    if message is None:
+                        continue
+                    text, data = message
+                else:
+                    text, data = opcode is _TEXT, cast(bytes, frame.data)
+                if text:
+                    self._handle_text()
+                elif self._queued is not None:
+                    self._queued.append(data)
+                else:
+                    self._handle(data, now)
+            elif opcode is _PONG:
+                self.pinged_at = 0.0
+            elif opcode is _CLOSE:
+                conn.closing = True  # websockets has answered it; nothing more goes out
+
+    def _reassemble(self, frame: Frame) -> tuple[bool, bytes] | None:
+        """A fragmented message's frames, joined (websockets has checked their order and total size)."""
+        if frame.opcode is not _CONT:
+            self._fragments = (frame.opcode is _TEXT, bytearray(frame.data))
+            return None
+        assert self._fragments is not None
+        text, data = self._fragments
+        data += frame.data
+        if not frame.fin:
+            return None
+        self._fragments = None
+        return text, bytes(data)
+
+    def _handle(self, message: bytes, now: float) -> bool:
+        """Hand one message to the rules; True when reading must stop (held back, or closing)."""
+        conn = self.conn
+        assert conn is not None
+        try:
+            wait = conn.receive(message, now)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as error:  # and so pycrdt's PanicException (a BaseException) on a Rust panic
+            self.fail(error)
+            return True
+        if wait:
+            self._hold_reading()
+            self.last_heard = now + wait  # silence while we do not listen is no sign of death
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(wait, self._drain)
+            return True
+        return False
+
+    def _handle_text(self) -> None:
+        assert self.conn is not None
+        try:
+            self.conn.receive_text()
+        except CollabError as error:
+            self.fail(error)
+
+    def _hold_reading(self) -> None:
+        """Read nothing more for now: what already arrived waits in `_queued`, TCP holds the rest."""
+        self._queued = []
+        if self._transport is not None and self._transport.is_reading():
+            self._transport.pause_reading()
+
+    def _drain(self) -> None:
+        """Handle, in order, what was received while joining or held back; then read again."""
+        self._timer = None
+        queued, self._queued = self._queued, None
+        if queued is None or self._transport is None:
+            return
+        now = asyncio.get_running_loop().time()
+        for index, message in enumerate(queued):
+            if self._handle(message, now):
+                if self._queued is not None:  # held back again: the rest waits its turn
+                    self._queued[:0] = queued[index + 1 :]
+                return
+        if not self._transport.is_reading():
+            self._transport.resume_reading()
+
+    # Sending.
+
+    def _queue(self, message: bytes) -> None:
+        """For the connection's rules and its room: queue one message, written at the end of this loop turn."""
+        if self.dropped:
+            return
+        out = self._out
+        if out is None:
+            self._out = out = []
+            self._endpoint.outbox.add(self)
+        out.append(server_frame(message))
+        self._endpoint.metrics.count_sent(message)
+
+    def flush(self) -> None:
+        """Write what is queued now; dropped if the connection is no longer open, as `_queue` would."""
+        out, self._out = self._out, None
+        transport = self._transport
+        if not out or self.dropped or transport is None or self._ws.state is not _OPEN:
+            return
+        transport.writelines(out)
+        buffered = transport.get_write_buffer_size()
+        if buffered:  # rarely: the kernel usually takes everything at once
+            self._backlogged(buffered, sum(map(len, out)))
+        elif self._marks is not None:
+            self._marks = None  # it caught up: nothing waits, however long it waited before
+
+    def _write_protocol_data(self) -> None:
+        """Write what websockets has queued: a response, pongs, close frames, or the end of the stream."""
+        transport = self._transport
+        for data in self._ws.data_to_send():
+            if transport is None:
+                return
+            if data:
+                transport.write(data)
+            else:
+                self._end_of_data()
+
+    def _end_of_data(self) -> None:
+        """Half-close (the client then closes its side), and cut the connection if it does not in time."""
+        transport = self._transport
+        assert transport is not None
+        if transport.can_write_eof():
+            transport.write_eof()  # not close(): unread bytes of a body would turn it into a reset
         else:
-            self.transport.close()
+            transport.close()
+        self._arm_close_timer()
+
+    def ping(self, now: float) -> None:
+        """A keepalive ping; `Endpoint.keepalive` cuts the connection if nothing is heard before the next."""
+        if self._ws.state is not _OPEN:
+            return
+        self.pinged_at = now
+        self._ws.send_ping(b"")
+        self._write_protocol_data()
+
+    # Closing.
+
+    def fail(self, error: BaseException) -> None:
+        """Close with the code `error` earns (an auth failure is explained in an auth message first)."""
+        if self._error is None:
+            self._error = error
+        reason = self.conn.close_for(error) if self.conn is not None else close_reason_for(error)
+        self.close(reason.code, reason.reason)
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the close handshake: what is queued goes out first, then the close frame."""
+        ws = self._ws
+        transport = self._transport
+        if transport is None or ws.state is not _OPEN:
+            return
+        self.flush()
+        if self.conn is not None:
+            self.conn.closing = True
+        ws.send_close(code, reason)
+        self._write_protocol_data()
+        self._queued = None
+        if not transport.is_reading():
+            transport.resume_reading()  # to read the client's answering close frame
+        self._arm_close_timer()
+
+    def shutdown(self) -> None:
+        """For a server shutdown: a WebSocket connection is closed (1001), an answered request's closed once
+        its answer is out, anything else cut."""
+        if self._head is None:
+            self.close(1001, "server shutting down")
+        elif self._transport is not None:
+            if self._head is _ANSWERED:
+                self._transport.close()
+            else:
+                self._transport.abort()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _arm_close_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._close_timed_out)
+
+    def _close_timed_out(self) -> None:
+        self._timer = None
+        if self._transport is not None:
+            level = logging.INFO if self._head is None else logging.DEBUG  # a WebSocket, or a plain request
+            logger.log(level, "no close handshake from the client, cutting the connection", extra=fields(conn=self.id))
+            self._transport.abort()
+
+    # The slow-client rule (see `Backlogs`).
+
+    def _backlogged(self, buffered: int, wrote: int) -> None:
+        """Bytes wait unsent after a flush: track them, and drop the connection if `Backlogs` says so."""
+        now = asyncio.get_running_loop().time()
+        backlogs = self._endpoint.backlogs
+        if self._marks is None:
+            self._written = buffered  # count from here: everything buffered was written by now
+            self._marks = [(now, buffered)]
+            backlogs.peers.add(self)
+        else:
+            self._written += wrote
+        if backlogs.too_slow(self, buffered, now):
+            self._drop_slow_client()
+
+    def check_backlog(self, now: float) -> bool:
+        """For `Backlogs.sweep`: note how much was written by `now`; False once nothing waits any more."""
+        marks = self._marks
+        transport = self._transport
+        if marks is None or self.dropped or transport is None or self._ws.state is not _OPEN:
+            self._marks = None
+            return False
+        buffered = transport.get_write_buffer_size()
+        if not buffered:
+            self._marks = None
+            return False
+        marks.append((now, self._written))
+        backlogs = self._endpoint.backlogs
+        grace_ago = now - backlogs.grace
+        while len(marks) > 1 and marks[1][0] <= grace_ago:
+            del marks[0]
+        if backlogs.too_slow(self, buffered, now):
+            self._drop_slow_client()
+            return False
+        return True
+
+    def unread_for(self, since: float, buffered: int) -> int:
+        """Bytes written at or before `since` that the client has still not read (0 if unknown)."""
+        marks = self._marks
+        if not marks or marks[0][0] > since:
+            return 0
+        sent = self._written - buffered
+        return max(0, marks[0][1] - sent)
+
+    def _drop_slow_client(self) -> None:
+        """Stop queueing for a client that does not keep up; it resyncs when it reconnects."""
+        self.dropped = True
+        self._marks = None
+        backlogs = self._endpoint.backlogs
+        self._endpoint.metrics.rejected.inc("slow_client")
+        logger.warning(
+            "closing a client that reads too slowly",
+            extra=fields(conn=self.id, limit=backlogs.max_buffered, grace=backlogs.grace),
+        )
+        # The close frame waits behind the backlog; the close timer cuts a client that reads nothing.
+        self.close(1013, "too slow: reconnect to resync")
+
+    # Logging.
+
+    def _log_close(self) -> None:
+        conn = self.conn
+        error = self._error
+        where = {"conn": self.id, "room": conn.room.name if conn is not None and conn.room is not None else None}
+        ws = self._ws
+        ws.receive_eof()  # the connection is gone: websockets settles its close code
+        closed = ws.close_exc
+        sent, received = closed.sent, closed.rcvd
+        if error is not None and not isinstance(error, CollabError):
+            code = close_reason_for(error).code
+            logger.error("unexpected error, connection closed", extra=fields(**where, code=code), exc_info=error)
+        elif error is not None:
+            code = close_reason_for(error).code
+            logger.warning("connection closed", extra=fields(**where, code=code, reason=str(error)))
+        elif sent is not None and not closed.rcvd_then_sent and closed.__cause__ is not None:
+            # websockets refused a frame (too big, malformed) and closed with this code.
+            logger.warning("connection closed", extra=fields(**where, code=sent.code, reason=sent.reason))
+        elif sent is not None and not closed.rcvd_then_sent:  # collab closed it, and logged why
+            logger.debug("connection closed", extra=fields(**where, code=sent.code))
+        else:
+            code = received.code if received is not None else 1006
+            reason = received.reason if received is not None else ""
+            level = logging.DEBUG if code in NORMAL_CLOSURES else logging.WARNING
+            logger.log(level, "connection closed", extra=fields(**where, code=code, reason=reason))

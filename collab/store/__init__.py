@@ -1,20 +1,30 @@
-"""Persistence behind a small interface, so that rooms never see an engine.
+"""Persistence behind small interfaces, so that rooms never see an engine.
 
 A store keeps, per document name, a snapshot (a whole-document Yjs update) and
-a log of the updates accepted since. Rooms call `append` for every accepted
-update and `compact` to replace the log with a fresh snapshot; both are queued
-and committed in groups, and `flush` waits until what was queued is durable.
-`collab.store.sqlite.SQLiteStore` is the engine; `collab.store.memory` holds
-an in-memory one for tests. A new engine subclasses `GroupCommitStore` (or
-implements `Store` outright) and nothing in rooms changes.
+a log of the updates accepted since. The layer has three interfaces, each
+sized to its callers:
+
+    Store   what rooms, the server, metrics and the HTTP API call (async, on the event loop);
+            `group_commit.GroupCommitStore` is the one implementation: it queues writes, commits
+            them in groups on one worker thread and retries a failing commit forever.
+    Engine  what a database implements (blocking, run on that worker thread): open, commit a
+            batch, load, history, documents, check_writable, close. `sqlite.SQLiteEngine` is the
+            real one, `memory.MemoryEngine` the smallest example.
+    Reader  what the command line reads (export, rooms, history, stats): one consistent
+            read-only moment of a database, which a running server keeps writing.
+
+`engines` maps a `--db` value to its kind of database (`open_store`, `open_reader`),
+so a new engine is one entry there and nothing in rooms, the server, the API or
+the CLI changes. This module imports nothing with I/O: `collab.sync` imports it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol, Self
 
-__all__ = ["DocumentInfo", "HistoryPoint", "Store", "StoredRecord"]
+__all__ = ["Commit", "DocumentInfo", "Engine", "HistoryPoint", "Reader", "Store", "StoredRecord", "WriteOp"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +64,49 @@ class DocumentInfo:
     """Bytes of point-in-time checkpoints kept besides the snapshot and log."""
 
 
+class WriteOp(NamedTuple):
+    """One queued write, in the order the rooms made it; engines get them in batches.
+
+    One is made per batch of accepted updates, on the relay's hot path: a NamedTuple is built in half
+    the time of a frozen dataclass, with the same fields and the same immutability.
+    """
+
+    kind: Literal["append", "compact"]
+    name: str
+    data: bytes
+    """An update to add to the log (append), or the whole document replacing log and snapshot (compact)."""
+    at: float
+    """Unix time the update was accepted (or the snapshot taken)."""
+    updates: int = 1
+    """How many client updates `data` merges (for counting what was persisted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """One group commit that succeeded, as the store reports it to `Store.on_commit` (metrics count them)."""
+
+    seconds: float
+    """How long the engine took, retries not included."""
+    updates: int
+    """Client updates it made durable."""
+    compactions: int
+
+
 class Store(Protocol):
+    """What rooms, the server, metrics and the HTTP API use; `GroupCommitStore` implements it."""
+
+    on_commit: Callable[[Commit], None] | None
+    """Called on the event loop after every successful commit; the server's metrics set it."""
+
+    async def start(self) -> None:
+        """Open the engine (creating and migrating it if needed); `StorageError` or `ConfigError` says why not."""
+        ...
+
     async def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
         """Everything stored for `name` (as of Unix time `at`, if given), in order; [] for a new document.
 
-        Raises `StorageError` when the engine cannot read (never returns [] then), and
-        `HistoryError` when no state that old is kept.
+        Writes queued for `name` are committed first. Raises `StorageError` when the engine cannot read
+        (never returns [] then), and `HistoryError` when no state that old is kept.
         """
         ...
 
@@ -72,7 +119,7 @@ class Store(Protocol):
         ...
 
     async def flush(self) -> None:
-        """Return once everything queued before the call is committed."""
+        """Return once everything queued before the call is committed (however many retries that takes)."""
         ...
 
     async def history(self, name: str) -> list[HistoryPoint]:
@@ -83,6 +130,83 @@ class Store(Protocol):
         """Every stored document by name, or only `name` ([] if it is not stored)."""
         ...
 
+    async def check_writable(self) -> None:
+        """Raise `StorageError` unless a commit could start right now (what `/readyz` asks)."""
+        ...
+
+    @property
+    def failing(self) -> bool:
+        """True while commits fail (they are retried); cleared by the next successful commit."""
+        ...
+
+    @property
+    def pending(self) -> int:
+        """Writes queued or being committed, not yet durable."""
+        ...
+
     async def close(self) -> None:
         """Flush, then release the engine."""
+        ...
+
+
+class Engine(Protocol):
+    """A database under a `GroupCommitStore`: blocking calls, made one at a time from the store's worker thread.
+
+    Raise `StorageError` (or let the driver's own error out: the store wraps it) when the database cannot
+    do what is asked; never return [] for a read that failed. A failed `commit` is retried with the same
+    writes, so it must be all or nothing.
+    """
+
+    def open(self) -> None:
+        """Connect, creating and migrating the schema if needed; `ConfigError` for a schema from a newer collab."""
+        ...
+
+    def commit(self, batch: Sequence[WriteOp]) -> None:
+        """Write `batch` in order, in one transaction: all of it or none."""
+        ...
+
+    def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
+        """What to apply, in order, to get `name` now or as of Unix time `at`; [] if unknown.
+
+        `HistoryError` when `at` is older than what is kept.
+        """
+        ...
+
+    def history(self, name: str) -> list[HistoryPoint]:
+        """The moments `name` can be loaded at, oldest first; [] if unknown."""
+        ...
+
+    def documents(self, name: str | None = None) -> list[DocumentInfo]:
+        """Every stored document by name, or only `name` ([] if unknown)."""
+        ...
+
+    def check_writable(self) -> None:
+        """A cheap probe that raises when a commit could not start now (a lock held elsewhere, a read-only disk)."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection; the engine may be opened again."""
+        ...
+
+
+class Reader(Protocol):
+    """A read-only view of a database as of one moment: every read inside `with` sees the same state.
+
+    Opened by `engines.open_reader(db)`; it never writes and never blocks a server writing meanwhile.
+    """
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def documents(self, name: str | None = None) -> list[DocumentInfo]:
+        """Every stored document by name, or only `name` ([] if unknown)."""
+        ...
+
+    def records(self, name: str, at: float | None = None) -> list[StoredRecord]:
+        """What to apply to get `name` now or as of `at` (`HistoryError` if not kept); [] if unknown."""
+        ...
+
+    def history(self, name: str) -> list[HistoryPoint]:
+        """The moments `name` can be exported at, oldest first; [] if unknown."""
         ...

@@ -6,6 +6,9 @@ one batch, run on the store's single worker thread so the event loop never
 blocks on disk. If a commit fails the batch goes back to the head of the queue
 and is retried with backoff, forever: a failing disk delays durability, it
 never drops an update. `flush()` is how callers wait for durability.
+
+The store holds its engine (`Engine`, see `collab.store`) rather than being
+subclassed by it: everything here is the same for every database.
 """
 
 from __future__ import annotations
@@ -13,48 +16,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal, NamedTuple, TypeVar
+from typing import Generic, TypeVar
 
 from pycrdt import merge_updates
 
 from ..errors import CollabError, StorageError
-from ..metrics import Histogram
-from . import DocumentInfo, HistoryPoint, StoredRecord
+from . import Commit, DocumentInfo, Engine, HistoryPoint, StoredRecord, WriteOp
 
-__all__ = ["GroupCommitStore", "WriteOp"]
+__all__ = ["GroupCommitStore", "coalesce"]
 
 logger = logging.getLogger("collab.store")
 
 T = TypeVar("T")
+E = TypeVar("E", bound=Engine)
 
 RETRY_FIRST_DELAY = 0.1
 RETRY_MAX_DELAY = 5.0
 
 
-class WriteOp(NamedTuple):
-    """One queued write, in the order the rooms made it.
+class GroupCommitStore(Generic[E]):
+    """The `Store` every engine sits under: queueing, batching, retrying, flushing."""
 
-    One is made per batch of accepted updates, on the relay's hot path: a NamedTuple is built in half
-    the time of a frozen dataclass, with the same fields and the same immutability.
-    """
-
-    kind: Literal["append", "compact"]
-    name: str
-    data: bytes
-    at: float
-    """Unix time the update was accepted (or the snapshot taken)."""
-    updates: int = 1
-    """How many client updates `data` merges (for counting what was persisted)."""
-
-
-class GroupCommitStore(ABC):
-    """The engine-independent half of a store: queueing, batching, retrying, flushing."""
-
-    def __init__(self, *, commit_interval: float = 0.05) -> None:
+    def __init__(self, engine: E, *, commit_interval: float = 0.05) -> None:
+        self.engine = engine
+        """Called only from the worker thread, one call at a time."""
         self.commit_interval = commit_interval
+        self.on_commit: Callable[[Commit], None] | None = None
         self._queue: list[WriteOp] = []
         self._oldest_queued_at = 0.0
         self._queued = 0
@@ -66,55 +55,22 @@ class GroupCommitStore(ABC):
         self._writer: asyncio.Task[None] | None = None
         self.failing = False
         """True while commits fail; cleared by the next successful commit."""
-        self.committed_updates = 0
-        self.committed_compactions = 0
-        self.commit_seconds = Histogram(
-            "collab_store_commit_seconds",
-            "Duration of group commits to the store",
-            (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-        )
-
-    # Engine hooks, each run on the store's worker thread.
-
-    @abstractmethod
-    def _open(self) -> None: ...
-
-    @abstractmethod
-    def _commit(self, batch: list[WriteOp]) -> None:
-        """Write `batch` in one transaction, all or nothing."""
-
-    @abstractmethod
-    def _load(self, name: str, at: float | None = None) -> list[StoredRecord]: ...
-
-    @abstractmethod
-    def _history(self, name: str) -> list[HistoryPoint]: ...
-
-    @abstractmethod
-    def _documents(self, name: str | None = None) -> list[DocumentInfo]: ...
-
-    @abstractmethod
-    def _close(self) -> None: ...
-
-    def _check_writable(self) -> None:
-        """Engines that can fail to write override this with a cheap probe."""
-
-    # The Store interface.
 
     async def start(self) -> None:
         """Open the engine (running migrations) and start the writer."""
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()
-        await self._on_thread(self._open)
+        await self._on_thread(self.engine.open)
         self._writer = asyncio.create_task(self._write_forever(), name="collab-store-writer")
 
     async def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
         if any(op.name == name for op in self._queue):
             await self.flush()
-        return await self._on_thread(self._load, name, at)
+        return await self._on_thread(self.engine.load, name, at)
 
     async def history(self, name: str) -> list[HistoryPoint]:
         """The moments `name` can be loaded at, oldest first."""
-        return await self._on_thread(self._history, name)
+        return await self._on_thread(self.engine.history, name)
 
     def append(self, name: str, update: bytes, updates: int = 1) -> None:
         self._enqueue(WriteOp("append", name, update, time.time(), updates))
@@ -134,13 +90,13 @@ class GroupCommitStore(ABC):
         await waiter
 
     async def documents(self, name: str | None = None) -> list[DocumentInfo]:
-        return await self._on_thread(self._documents, name)
+        return await self._on_thread(self.engine.documents, name)
 
     async def check_writable(self) -> None:
         """Raise `StorageError` unless the engine can take a write lock right now."""
         if self._writer is None:
             raise StorageError("store is not running")
-        await self._on_thread(self._check_writable)
+        await self._on_thread(self.engine.check_writable)
 
     async def close(self) -> None:
         if self._writer is None:
@@ -148,7 +104,7 @@ class GroupCommitStore(ABC):
         await self.flush()
         self._writer.cancel()
         self._writer = None
-        await self._on_thread(self._close)
+        await self._on_thread(self.engine.close)
         self._executor.shutdown(wait=True)
 
     @property
@@ -210,18 +166,27 @@ class GroupCommitStore(ABC):
                 await asyncio.sleep(retry_delay)
                 retry_delay = min(retry_delay * 2, RETRY_MAX_DELAY)
                 continue
+            seconds = time.perf_counter() - started
             if self.failing:
                 logger.warning("store commits succeed again, %d writes recovered", len(batch))
                 self.failing = False
             retry_delay = RETRY_FIRST_DELAY
-            self.commit_seconds.observe(time.perf_counter() - started)
-            self.committed_compactions += sum(op.kind == "compact" for op in batch)
-            self.committed_updates += sum(op.updates for op in batch if op.kind == "append")
             self._committed += len(batch)
+            updates = sum(op.updates for op in batch if op.kind == "append")
+            self._report(Commit(seconds, updates, sum(op.kind == "compact" for op in batch)))
             self._wake_waiters()
 
+    def _report(self, commit: Commit) -> None:
+        """Tell `on_commit`; whatever it raises is logged, since the writer must outlive it."""
+        if self.on_commit is None:
+            return
+        try:
+            self.on_commit(commit)
+        except Exception:
+            logger.exception("on_commit failed for a commit of %d updates", commit.updates)
+
     def _coalesce_and_commit(self, batch: list[WriteOp]) -> None:
-        self._commit(coalesce(batch))
+        self.engine.commit(coalesce(batch))
 
     def _wake_waiters(self) -> None:
         still_waiting = []

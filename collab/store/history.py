@@ -1,4 +1,4 @@
-"""Point-in-time history: which checkpoints to keep, and time arithmetic for them. No I/O.
+"""Point-in-time history: which checkpoints to keep. No I/O; times are parsed and shown by `collab.units`.
 
 When a document's log is compacted, its rows are not thrown away: each becomes
 a checkpoint (the first of a document whole, every later one the change since
@@ -12,17 +12,14 @@ kept one, so the chain still adds up to every kept state.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+
+from ..units import format_time, parse_time
 
 __all__ = ["DAY", "HOUR", "Retention", "format_time", "parse_time", "to_keep"]
 
 HOUR = 3600.0
 DAY = 86400.0
-
-_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*(?:ago)?\s*$", re.IGNORECASE)
-_UNITS = {"s": 1.0, "m": 60.0, "h": HOUR, "d": DAY, "w": 7 * DAY}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,25 +49,3 @@ def to_keep(times: list[float], now: float, retention: Retention) -> set[int]:
         if age <= retention.daily_for:
             newest_per_bucket[("day", math.floor(time / DAY))] = index
     return set(newest_per_bucket.values()) | {len(times) - 1}
-
-
-def parse_time(text: str, now: float) -> float:
-    """'2h' (ago), '3d', '2026-11-28T14:00:00Z' or '2026-11-28' -> Unix time.
-
-    An ISO 8601 time without a zone is taken as UTC.
-    """
-    match = _RELATIVE.match(text)
-    if match:
-        return now - float(match[1]) * _UNITS[match[2].lower()]
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(f"not a time: {text!r} (try 2h, 3d, 2026-11-28T14:00:00Z)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-def format_time(timestamp: float) -> str:
-    """Unix time -> '2026-11-28T14:00:00.000Z'."""
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,62 +1,95 @@
-"""An in-memory engine: the same group commit as SQLite, with dicts for tables.
+"""The in-memory engine: the smallest complete `Engine`, with lists for tables.
 
-For unit tests of rooms, and as the smallest example of a second engine.
-Nothing survives the process.
+For tests (a server or rooms with no file), and as the example to copy for a
+new engine. It keeps what the SQLite engine keeps with history turned off: a
+snapshot and the log since, so `load(name, at)` reaches back to the last
+compaction and no further. Nothing survives the process.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
 from ..errors import HistoryError
-from . import DocumentInfo, HistoryPoint, StoredRecord
-from .group_commit import GroupCommitStore, WriteOp
+from . import DocumentInfo, HistoryPoint, StoredRecord, WriteOp
+from .group_commit import GroupCommitStore
+from .history import format_time
 
-__all__ = ["MemoryStore"]
+__all__ = ["MemoryEngine", "MemoryStore"]
 
 
-class MemoryStore(GroupCommitStore):
-    """Documents in a dict; `commits` counts successful group commits."""
+@dataclass(slots=True)
+class _Document:
+    created_at: float
+    updated_at: float
+    rows: list[tuple[float, StoredRecord]] = field(default_factory=list)
+    """(stored at, record): the snapshot, if any, first, then the log."""
 
-    def __init__(self, *, commit_interval: float = 0.0) -> None:
-        super().__init__(commit_interval=commit_interval)
-        self._records: dict[str, list[StoredRecord]] = {}
-        self._times: dict[str, tuple[float, float]] = {}
+
+class MemoryEngine:
+    """Documents in a dict; `commits` counts successful commits (what a test of batching looks at)."""
+
+    def __init__(self) -> None:
+        self._documents: dict[str, _Document] = {}
         self._next_id = 1
         self.commits = 0
 
-    def _open(self) -> None:
+    def open(self) -> None:
         pass
 
-    def _close(self) -> None:
+    def close(self) -> None:
         pass
 
-    def _commit(self, batch: list[WriteOp]) -> None:
+    def check_writable(self) -> None:
+        pass
+
+    def commit(self, batch: Sequence[WriteOp]) -> None:
+        # Nothing here can fail halfway, so applying op by op is all or nothing.
         for op in batch:
-            records = self._records.setdefault(op.name, [])
+            document = self._documents.setdefault(op.name, _Document(op.at, op.at))
             if op.kind == "compact":
-                records.clear()
-            records.append(StoredRecord("snapshot" if op.kind == "compact" else "update", self._next_id, op.data))
+                document.rows.clear()
+            # Rooms walk every update before storing it (collab.yupdate), as with the SQLite engine's rows.
+            record = StoredRecord("snapshot" if op.kind == "compact" else "update", self._next_id, op.data, True)
+            document.rows.append((op.at, record))
+            document.updated_at = max(document.updated_at, op.at)
             self._next_id += 1
-            created_at, _ = self._times.get(op.name, (op.at, op.at))
-            self._times[op.name] = (created_at, op.at)
         self.commits += 1
 
-    def _load(self, name: str, at: float | None = None) -> list[StoredRecord]:
+    def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
+        document = self._documents.get(name)
+        if document is None:
+            return []
+        rows = document.rows
         if at is not None:
-            raise HistoryError("the memory store keeps no history")
-        return list(self._records.get(name, []))
+            if rows and rows[0][1].kind == "snapshot" and at < rows[0][0]:
+                raise HistoryError(f"document {name!r} has no state for {format_time(at)}: no history is kept")
+            rows = [(stored_at, record) for stored_at, record in rows if stored_at <= at]
+        return [record for _, record in rows]
 
-    def _history(self, name: str) -> list[HistoryPoint]:
-        return []
+    def history(self, name: str) -> list[HistoryPoint]:
+        document = self._documents.get(name)
+        if document is None:
+            return []
+        return [HistoryPoint(at, "update", len(record.data)) for at, record in document.rows if record.kind == "update"]
 
-    def _documents(self, wanted: str | None = None) -> list[DocumentInfo]:
+    def documents(self, name: str | None = None) -> list[DocumentInfo]:
         return [
             DocumentInfo(
-                name=name,
-                size=sum(len(record.data) for record in records),
-                log_length=sum(record.kind == "update" for record in records),
-                created_at=self._times[name][0],
-                updated_at=self._times[name][1],
+                name=stored_name,
+                size=sum(len(record.data) for _, record in document.rows),
+                log_length=sum(record.kind == "update" for _, record in document.rows),
+                created_at=document.created_at,
+                updated_at=document.updated_at,
             )
-            for name, records in sorted(self._records.items())
-            if wanted is None or name == wanted
+            for stored_name, document in sorted(self._documents.items())
+            if name is None or stored_name == name
         ]
+
+
+class MemoryStore(GroupCommitStore[MemoryEngine]):
+    """A store on a fresh `MemoryEngine` that commits at once: what unit tests of rooms start."""
+
+    def __init__(self, *, commit_interval: float = 0.0) -> None:
+        super().__init__(MemoryEngine(), commit_interval=commit_interval)

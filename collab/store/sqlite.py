@@ -18,7 +18,7 @@ never modified or moved aside. Reads live in `sqlite_read`.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pycrdt import merge_updates
@@ -26,12 +26,12 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from ..errors import ConfigError, StorageError
-from . import DocumentInfo, HistoryPoint, StoredRecord
-from .group_commit import GroupCommitStore, WriteOp
+from . import DocumentInfo, HistoryPoint, StoredRecord, WriteOp
+from .group_commit import GroupCommitStore
 from .history import Retention, to_keep
 from .sqlite_read import CHECKED_TABLES, first_checked_ids, read_documents, read_history, read_records
 
-__all__ = ["SQLiteStore", "migrate", "migrations", "open_database"]
+__all__ = ["SQLiteEngine", "SQLiteStore", "migrate", "migrations", "open_database"]
 
 migrations = Migrations("collab")
 MIGRATION_NAMES: list[str] = []
@@ -110,6 +110,7 @@ def migrate(db: Database, path: Path) -> None:
 
 
 SYNCHRONOUS_MODES = ("off", "normal", "full", "extra")
+DEFAULT_RETENTION = Retention()
 
 
 def open_database(path: Path, busy_timeout: float = 5.0, synchronous: str = "full") -> Database:
@@ -139,19 +140,17 @@ def open_database(path: Path, busy_timeout: float = 5.0, synchronous: str = "ful
     return db
 
 
-class SQLiteStore(GroupCommitStore):
-    """Documents in one SQLite file."""
+class SQLiteEngine:
+    """Documents in one SQLite file: the `Engine` `collab serve` runs on."""
 
     def __init__(
         self,
         path: str | Path,
         *,
-        commit_interval: float = 0.05,
         synchronous: str = "full",
         busy_timeout: float = 5.0,
-        retention: Retention = Retention(),
+        retention: Retention = DEFAULT_RETENTION,
     ) -> None:
-        super().__init__(commit_interval=commit_interval)
         if synchronous not in SYNCHRONOUS_MODES:
             raise ConfigError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, not {synchronous!r}")
         self.path = Path(path)
@@ -169,19 +168,20 @@ class SQLiteStore(GroupCommitStore):
             raise StorageError("store is not open")
         return self._db
 
-    def _open(self) -> None:
+    def open(self) -> None:
         self._db = open_database(self.path, self.busy_timeout, self.synchronous)
         self._first_checked = first_checked_ids(self._db.conn)
 
-    def _check_writable(self) -> None:
+    def check_writable(self) -> None:
         # Taking the write lock (and giving it back) is what a commit needs first.
         self.db.execute("BEGIN IMMEDIATE")
         self.db.execute("ROLLBACK")
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if self._db is not None:
             self._db.conn.close()
             self._db = None
+            self._doc_ids.clear()
 
     def _doc_id(self, name: str, at: float) -> int:
         doc_id = self._doc_ids.get(name)
@@ -198,7 +198,7 @@ class SQLiteStore(GroupCommitStore):
             self._doc_ids[name] = doc_id
         return doc_id
 
-    def _commit(self, batch: list[WriteOp]) -> None:
+    def commit(self, batch: Sequence[WriteOp]) -> None:
         try:
             with self.db.atomic():
                 for op in batch:
@@ -266,11 +266,31 @@ class SQLiteStore(GroupCommitStore):
                     )
                 carried = None
 
-    def _load(self, name: str, at: float | None = None) -> list[StoredRecord]:
+    def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
         return read_records(self.db.conn, name, at, self._first_checked)
 
-    def _history(self, name: str) -> list[HistoryPoint]:
+    def history(self, name: str) -> list[HistoryPoint]:
         return read_history(self.db.conn, name)
 
-    def _documents(self, name: str | None = None) -> list[DocumentInfo]:
+    def documents(self, name: str | None = None) -> list[DocumentInfo]:
         return read_documents(self.db.conn, name)
+
+
+class SQLiteStore(GroupCommitStore[SQLiteEngine]):
+    """A store on an `SQLiteEngine` at `path`.
+
+    Transitional: `CollabServer` builds its store with this until it calls `engines.open_store(settings)`,
+    which picks the engine from `--db`; remove it then.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        commit_interval: float = 0.05,
+        synchronous: str = "full",
+        busy_timeout: float = 5.0,
+        retention: Retention = DEFAULT_RETENTION,
+    ) -> None:
+        engine = SQLiteEngine(path, synchronous=synchronous, busy_timeout=busy_timeout, retention=retention)
+        super().__init__(engine, commit_interval=commit_interval)

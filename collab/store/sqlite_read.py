@@ -1,16 +1,16 @@
 """Reading collab's SQLite schema: shared by the store and by read-only readers (export).
 
-Every function takes a `sqlite3.Connection`; run several inside one read
-transaction (`SQLiteReader.snapshot()`) for a consistent view while a server
-keeps writing (WAL lets readers and the writer proceed without blocking).
+Every function takes a `sqlite3.Connection`; `SQLiteReader` runs them inside
+one read transaction for a consistent view while a server keeps writing (WAL
+lets readers and the writer proceed without blocking).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
+from typing import Self, TypeVar
 
 from pycrdt import merge_updates
 
@@ -29,6 +29,8 @@ __all__ = [
     "read_records",
 ]
 
+
+T = TypeVar("T")
 
 CHECKED_TABLES = ("snapshots", "updates")
 """Tables whose rows are marked `checked` when a walking collab wrote them (migration m004_checked_rows)."""
@@ -161,7 +163,10 @@ def read_documents(conn: sqlite3.Connection, name: str | None = None) -> list[Do
 
 
 class SQLiteReader:
-    """A read-only connection to a collab database: it can never write to it."""
+    """A read-only view of a collab database as of one moment (a `Reader`): it can never write to it.
+
+    Reads inside `with` share one read transaction, which starts at the first read.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -172,24 +177,31 @@ class SQLiteReader:
             self.conn.execute("SELECT count(*) FROM documents").fetchone()
         except sqlite3.Error as error:
             raise StorageError(f"{self.path} is not a collab database: {error}") from error
-        self.first_checked: dict[str, int] = {}
-        """`first_checked_ids` as of the current (or last) `snapshot()`: pass it to `read_records`."""
+        self._first_checked: dict[str, int] = {}
 
-    @contextmanager
-    def snapshot(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction: every query inside sees the database as of its first read."""
+    def __enter__(self) -> Self:
         self.conn.execute("BEGIN")
-        try:
-            self.first_checked = first_checked_ids(self.conn)
-            yield self.conn
-        finally:
-            self.conn.execute("COMMIT")
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def __enter__(self) -> SQLiteReader:
+        self._first_checked = first_checked_ids(self.conn)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        try:
+            self.conn.execute("COMMIT")
+        finally:
+            self.conn.close()
+
+    def documents(self, name: str | None = None) -> list[DocumentInfo]:
+        return self._reading(read_documents, self.conn, name)
+
+    def records(self, name: str, at: float | None = None) -> list[StoredRecord]:
+        return self._reading(read_records, self.conn, name, at, self._first_checked)
+
+    def history(self, name: str) -> list[HistoryPoint]:
+        return self._reading(read_history, self.conn, name)
+
+    def _reading(self, read: Callable[..., T], *args: object) -> T:
+        """`read(*args)`, with the driver's errors (a damaged file, an unknown schema) as `StorageError`."""
+        try:
+            return read(*args)
+        except sqlite3.Error as error:
+            raise StorageError(f"cannot read {self.path}: {error}") from error

@@ -1,0 +1,232 @@
+"""What every engine does alike, run against each: the in-memory engine and SQLite on a real file.
+
+The in-memory engine keeps what SQLite keeps with history off (a snapshot and the log since), so both
+are driven here with the same chosen timestamps and must answer the same. Then: choosing an engine by
+`--db`, and the read-only `Reader` the command line uses.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pycrdt import Doc, Text, merge_updates
+
+from collab.config import Settings
+from collab.errors import ConfigError, HistoryError, StorageError
+from collab.store import Engine, WriteOp
+from collab.store.engines import InMemory, SQLiteFile, locate, open_reader, open_store
+from collab.store.history import Retention
+from collab.store.memory import MemoryEngine
+from collab.store.sqlite import SQLiteEngine
+
+from .helpers import ROOT
+
+T0 = 1_800_000_000.0
+NO_HISTORY = Retention(0, 0, 0)
+
+
+def keystrokes(text: str) -> list[bytes]:
+    doc: Doc = Doc()
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    content = doc.get("content", type=Text)
+    for char in text:
+        content += char
+    return updates
+
+
+def text_at(engine: Engine, name: str, at: float | None = None) -> str:
+    doc: Doc = Doc()
+    for record in engine.load(name, at):
+        doc.apply_update(record.data)
+    return str(doc.get("content", type=Text))
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    opened: Engine = (
+        MemoryEngine() if request.param == "memory" else SQLiteEngine(tmp_path / "c.db", retention=NO_HISTORY)
+    )
+    opened.open()
+    yield opened
+    opened.close()
+
+
+def append(name: str, update: bytes, at: float) -> WriteOp:
+    return WriteOp("append", name, update, at)
+
+
+def test_an_unknown_document_is_empty_everywhere(engine: Engine) -> None:
+    assert engine.load("nobody") == []
+    assert engine.load("nobody", T0) == []
+    assert engine.history("nobody") == []
+    assert engine.documents() == []
+    assert engine.documents("nobody") == []
+
+
+def test_a_batch_is_loaded_back_in_order_and_marked_checked(engine: Engine) -> None:
+    updates = keystrokes("hello")
+    engine.commit([append("a", update, T0 + n) for n, update in enumerate(updates)])
+    engine.commit([append("b", keystrokes("x")[0], T0 + 9)])
+    records = engine.load("a")
+    assert [record.kind for record in records] == ["update"] * 5
+    assert [record.data for record in records] == updates
+    assert all(record.checked for record in records)
+    assert len({record.id for record in records}) == 5
+    assert text_at(engine, "a") == "hello" and text_at(engine, "b") == "x"
+
+
+def test_compaction_replaces_snapshot_and_log_by_the_snapshot(engine: Engine) -> None:
+    updates = keystrokes("abcdef")
+    engine.commit([append("doc", update, T0 + n) for n, update in enumerate(updates[:3])])
+    engine.commit([WriteOp("compact", "doc", merge_updates(*updates[:3]), T0 + 10)])
+    engine.commit([append("doc", update, T0 + 20 + n) for n, update in enumerate(updates[3:])])
+    engine.commit([WriteOp("compact", "doc", merge_updates(*updates[:5]), T0 + 30)])
+    engine.commit([append("doc", updates[5], T0 + 40)])
+    records = engine.load("doc")
+    assert [record.kind for record in records] == ["snapshot", "update"]
+    assert text_at(engine, "doc") == "abcdef"
+    [info] = engine.documents("doc")
+    assert (info.name, info.log_length, info.created_at, info.updated_at) == ("doc", 1, T0, T0 + 40)
+    assert info.size == sum(len(record.data) for record in records)
+
+
+def test_loading_at_a_moment_reaches_back_to_the_last_compaction(engine: Engine) -> None:
+    updates = keystrokes("abcd")
+    engine.commit([append("doc", update, T0 + n) for n, update in enumerate(updates[:2])])
+    assert [text_at(engine, "doc", T0 + n) for n in range(2)] == ["a", "ab"]
+    engine.commit([WriteOp("compact", "doc", merge_updates(*updates[:2]), T0 + 10)])
+    engine.commit([append("doc", update, T0 + 20 + n) for n, update in enumerate(updates[2:])])
+    assert text_at(engine, "doc", T0 + 10) == "ab"
+    assert text_at(engine, "doc", T0 + 20) == "abc"
+    assert text_at(engine, "doc", T0 + 99) == "abcd"
+    with pytest.raises(HistoryError, match="no history is kept"):
+        engine.load("doc", T0 + 1)
+    assert [(point.at, point.kind) for point in engine.history("doc")] == [(T0 + 20, "update"), (T0 + 21, "update")]
+
+
+def test_documents_are_listed_by_name(engine: Engine) -> None:
+    for n, name in enumerate(["zeta", "alpha", "mid/dle"]):
+        engine.commit([append(name, keystrokes(name)[0], T0 + n)])
+    assert [info.name for info in engine.documents()] == ["alpha", "mid/dle", "zeta"]
+    [alpha] = engine.documents("alpha")
+    assert alpha.created_at == alpha.updated_at == T0 + 1 and alpha.log_length == 1
+
+
+def test_what_is_committed_survives_closing_and_reopening_the_file(tmp_path: Path) -> None:
+    """The one thing the engines differ in: only SQLite keeps documents past `close`."""
+    first = SQLiteEngine(tmp_path / "c.db")
+    first.open()
+    first.commit([append("doc", update, T0 + n) for n, update in enumerate(keystrokes("kept"))])
+    first.close()
+    again = SQLiteEngine(tmp_path / "c.db")
+    again.open()
+    try:
+        assert text_at(again, "doc") == "kept"
+    finally:
+        again.close()
+
+
+# Choosing an engine by --db.
+
+
+def test_a_path_or_a_sqlite_url_names_a_sqlite_file(tmp_path: Path) -> None:
+    assert locate("data/collab.db") == SQLiteFile(Path("data/collab.db"))
+    assert locate(Path("/srv/collab.db")) == SQLiteFile(Path("/srv/collab.db"))
+    assert locate("sqlite:///srv/collab.db") == SQLiteFile(Path("/srv/collab.db"))
+    assert locate(Path("sqlite:///srv/collab.db")) == SQLiteFile(Path("/srv/collab.db")), "as Settings.db holds it"
+    assert locate("sqlite:relative.db") == SQLiteFile(Path("relative.db"))
+    assert locate("./odd:name.db") == SQLiteFile(Path("odd:name.db"))
+    assert locate("memory:") == InMemory()
+    with pytest.raises(ConfigError, match="no engine for postgresql:, only for sqlite:, memory:"):
+        locate("postgresql://collab@db/collab")
+    with pytest.raises(ConfigError, match="names no file"):
+        locate("sqlite://")
+
+
+async def test_open_store_runs_on_the_engine_db_names_and_a_reader_sees_it(tmp_path: Path) -> None:
+    db = tmp_path / "chosen.db"
+    store = open_store(Settings(db=Path(f"sqlite://{db}"), commit_interval=0.01))
+    await store.start()
+    for update in keystrokes("via url"):
+        store.append("doc", update)
+    await store.close()
+    with open_reader(db) as reader:
+        [info] = reader.documents()
+        doc: Doc = Doc()
+        for record in reader.records("doc"):
+            doc.apply_update(record.data)
+        assert str(doc.get("content", type=Text)) == "via url"
+        assert [point.kind for point in reader.history("doc")] == ["update"]
+    assert info.name == "doc" and info.log_length == 1
+
+
+async def test_a_reader_sees_one_moment_while_the_store_keeps_writing(tmp_path: Path) -> None:
+    db = tmp_path / "busy.db"
+    store = open_store(Settings(db=db, commit_interval=0.01))
+    await store.start()
+    try:
+        store.append("first", keystrokes("1")[0])
+        await store.flush()
+        with open_reader(db) as reader:
+            assert [info.name for info in reader.documents()] == ["first"]
+            store.append("second", keystrokes("2")[0])
+            await store.flush()
+            assert [info.name for info in reader.documents()] == ["first"], "the moment of the first read"
+            assert reader.records("second") == []
+        with open_reader(db) as later:
+            assert [info.name for info in later.documents()] == ["first", "second"]
+    finally:
+        await store.close()
+
+
+async def test_memory_is_a_database_only_its_server_reaches() -> None:
+    """What a test server on `--db memory:` gets: its own engine, no lock to take, nothing revoked from outside."""
+    database = locate("memory:")
+    store = open_store(Settings(db=Path("memory:"), commit_interval=0))
+    assert isinstance(store.engine, MemoryEngine)
+    await store.start()
+    store.append("doc", keystrokes("m")[0])
+    await store.close()
+    assert [info.name for info in store.engine.documents()] == ["doc"]
+    assert open_store(Settings(db=Path("memory:"))).engine is not store.engine, "one engine per server"
+    lock = database.lock()
+    lock.acquire()
+    database.lock().acquire()
+    lock.release()
+    assert database.running_server() is None and database.revocations().read_new() == []
+    with pytest.raises(StorageError, match="inside its server only"):
+        open_reader("memory:")
+
+
+def test_a_reader_needs_an_existing_collab_database(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="no database at"):
+        open_reader(tmp_path / "missing.db")
+    (tmp_path / "junk.db").write_bytes(b"not sqlite at all, just bytes" * 100)
+    with pytest.raises(StorageError, match="not a collab database"):
+        open_reader(tmp_path / "junk.db")
+
+
+async def test_the_command_line_reads_through_the_reader(tmp_path: Path) -> None:
+    """stats, rooms, history and export on a database no server runs on, named by a sqlite: URL."""
+    db = tmp_path / "cli.db"
+    store = open_store(Settings(db=db, commit_interval=0.01))
+    await store.start()
+    for update in keystrokes("typed"):
+        store.append("notes/a", update)
+    await store.close()
+
+    def collab(*args: str) -> str:
+        command = [sys.executable, "-m", "collab", *args, "--db", f"sqlite://{db}"]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, check=True, text=True, timeout=60).stdout
+
+    stats = collab("stats")
+    assert f"{db} (" in stats and "bytes on disk, with WAL)" in stats and "not running" in stats
+    assert "documents:      1" in stats
+    assert collab("rooms").splitlines()[1].startswith("notes/a ")
+    assert collab("history", "notes/a").count(" update ") == 1
+    assert collab("export", "--format", "txt", "--out", "-", "notes/a") == "typed"
