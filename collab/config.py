@@ -24,7 +24,16 @@ from .units import format_duration, format_size, parse_duration, parse_size
 if TYPE_CHECKING:
     from .keys import PublicKey
 
-__all__ = ["ACCESS_CONTROL_SETTINGS", "Settings", "env_name", "parse_count", "parse_path", "parse_port", "parse_rate"]
+__all__ = [
+    "ACCESS_CONTROL_SETTINGS",
+    "Settings",
+    "env_name",
+    "parse_count",
+    "parse_database",
+    "parse_path",
+    "parse_port",
+    "parse_rate",
+]
 
 ACCESS_CONTROL_SETTINGS = frozenset({"auth_secret", "auth_secret_file", "auth_public_key"})
 """Settings whose empty value is an error rather than "unset": see the module docstring."""
@@ -65,6 +74,13 @@ def parse_path(text: str) -> Path:
     if not text.strip():
         raise ValueError("empty file name")
     return Path(text)
+
+
+def parse_database(text: str) -> str:
+    """A `--db` value (see `collab.store.engines`); an empty one is refused, as for a path."""
+    if not text.strip():
+        raise ValueError("empty database name")
+    return text
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -109,7 +125,11 @@ class Settings:
 
     host: str = _setting("127.0.0.1", _host, "address to listen on (0.0.0.0 for every interface)")
     port: int = _setting(1234, parse_port, "TCP port for HTTP and WebSocket (0 picks a free one)")
-    db: Path = _setting(Path("data/collab.db"), parse_path, "SQLite database file, created if missing")
+    db: str = _setting(
+        "data/collab.db",
+        parse_database,
+        "database: a SQLite file (created if missing), sqlite:///path, or memory: (gone when the server stops)",
+    )
     max_message_size: int = _size(64 * 2**20, "largest WebSocket message accepted; larger ones close with 1009")
     commit_interval: float = _duration(
         0.05, "group commit window: an accepted update is durable within about this long"

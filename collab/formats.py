@@ -130,7 +130,7 @@ def _delta_chunk(chunk: tuple[Any, dict[str, Any] | None]) -> dict[str, Any]:
 def render(doc: Doc, fmt: str, info: DocumentInfo | None = None, name: str | None = None) -> bytes:
     """The document in format `fmt` (one of FORMATS)."""
     if fmt in ("txt", "md"):
-        return str(doc.get(CONTENT_ROOT, type=Text)).encode() if CONTENT_ROOT in doc else b""
+        return str(doc.get(CONTENT_ROOT, type=Text)).encode() if CONTENT_ROOT in doc.keys() else b""  # noqa: SIM118 (Doc types no __contains__)
     update = doc.get_update()
     if fmt == "ydoc":
         return update

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from collab.config import Settings
 from collab.server.app import CollabServer
 from collab.store.memory import MemoryStore
 
-from .helpers import SECRET
+from .helpers import SECRET, StartServer, servers_on
 
-StartServer = Callable[..., Awaitable[CollabServer]]
+__all__ = ["StartServer"]
 
 
 @pytest.fixture
@@ -34,18 +32,8 @@ async def memory_store() -> AsyncIterator[MemoryStore]:
 @pytest.fixture
 async def start_server(db_path: Path) -> AsyncIterator[StartServer]:
     """Start in-process servers on the test's database; all are stopped at the end."""
-    servers: list[CollabServer] = []
-
-    async def start(**overrides: Any) -> CollabServer:
-        options: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "db": db_path, **overrides}
-        server = CollabServer(Settings(**options))
-        await server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.stop()
+    async with servers_on(db_path) as start:
+        yield start
 
 
 @pytest.fixture

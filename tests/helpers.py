@@ -18,7 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from queue import Empty, Queue
@@ -29,6 +29,7 @@ from pycrdt import Doc, Text
 
 from collab.auth import Permission, mint_token
 from collab.client import Client
+from collab.config import Settings
 from collab.server.app import CollabServer
 from collab.sync.protocol import Message, parse_frame
 
@@ -37,6 +38,28 @@ INTEROP = ROOT / "tests" / "interop"
 
 SECRET = "a-test-secret-of-enough-length"
 """The HMAC secret of servers started with access control (`secured` in conftest.py)."""
+
+
+StartServer = Callable[..., Awaitable[CollabServer]]
+
+
+@asynccontextmanager
+async def servers_on(db_path: Path) -> AsyncIterator[StartServer]:
+    """Start in-process servers on `db_path` (the `start_server` fixture); all are stopped at the end."""
+    servers: list[CollabServer] = []
+
+    async def start(**overrides: Any) -> CollabServer:
+        options: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "db": db_path, **overrides}
+        server = CollabServer(Settings(**options))
+        await server.start()
+        servers.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            await server.stop()
 
 
 def room_url(server: CollabServer | int, room: str) -> str:

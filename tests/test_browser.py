@@ -2,6 +2,10 @@
 
 Each person is an independent browser context (own storage, own BroadcastChannel scope), so whatever they
 share goes through the server. Waits are on conditions (Playwright's waits, `wait_for`), each bounded.
+
+Chromium is started once for the whole session (it takes about a second) and every test gets a fresh
+context per person, closed when the test ends. Playwright's objects belong to the event loop they were
+made on, so these tests, and the servers they start, run on pytest-asyncio's session loop.
 Screenshots go to artifacts/ for a person to look at; they are not committed.
 """
 
@@ -15,13 +19,15 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, async_playwright, expect
 from pycrdt import Text
 
 from collab.server.app import CollabServer
 
-from .conftest import StartServer
-from .helpers import ROOT, ServerProcess, room_url, stored_text, synced, text, wait_for
+from .helpers import ROOT, ServerProcess, StartServer, room_url, servers_on, stored_text, synced, text, wait_for
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 CHROMIUM = Path("/usr/bin/chromium")
 # The flags Debian's Chromium needs here: root without a sandbox, no GPU, and none of the background
@@ -45,13 +51,33 @@ ADA = ("Ada", "Indigo", "rgb(79, 70, 229)")
 GRACE = ("Grace", "Emerald", "rgb(5, 150, 105)")
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def chromium() -> AsyncIterator[Browser]:
     assert CHROMIUM.exists(), "the browser tests need Debian's chromium: scripts/test installs it"
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=60_000)
         yield browser
         await browser.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def browser(chromium: Browser) -> AsyncIterator[Browser]:
+    """The session's Chromium; every context a test opened in it (one per person) is closed after the test."""
+    yield chromium
+    for context in chromium.contexts:
+        await context.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def start_server(db_path: Path) -> AsyncIterator[StartServer]:
+    """conftest's `start_server`, on the session loop that Playwright's objects live on."""
+    async with servers_on(db_path) as start:
+        yield start
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def server(start_server: StartServer) -> CollabServer:
+    return await start_server()
 
 
 class Person:

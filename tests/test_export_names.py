@@ -11,8 +11,7 @@ import pytest
 from collab.filenames import GENERATED_PREFIX, MANIFEST, file_name_for, is_generated, name_from_file_name
 from collab.server.app import CollabServer
 
-from .helpers import room_url, stored_text, synced, text, wait_for
-from .test_export import run_collab
+from .helpers import room_url, run_collab, stored_text, synced, text, wait_for
 
 LONG = "長い名前/" * 30  # 420 bytes: too long for a file name, so it gets a generated one
 FORGED = GENERATED_PREFIX + hashlib.sha256(LONG.encode()).hexdigest()[:32]
@@ -65,6 +64,6 @@ async def test_export_writes_the_long_and_the_forged_document_apart_and_import_r
         generated = tmp_path / files[LONG]  # away from its manifest
         generated.write_bytes((out / files[LONG]).read_bytes())
         refused = await run_collab("import", str(generated), "--db", str(fresh), check=False)
-        assert refused.returncode == 2 and b"pass --name" in refused.stderr, "no manifest: no guessing"
+        assert refused.returncode == 2 and "pass --name" in refused.stderr, "no manifest: no guessing"
         await bystander.resync()
         assert str(text(bystander)) == "unrelated"

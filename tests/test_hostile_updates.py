@@ -8,8 +8,6 @@ import logging
 import sqlite3
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,13 +22,14 @@ from collab.sync.yupdate import MAX_CLOCK, MAX_STATE_VECTOR_CLIENTS, check_state
 
 from . import craft
 from .conftest import StartServer
-from .helpers import ROOT, ServerProcess, room_url, synced, text, wait_for
+from .helpers import ServerProcess, collab_cli, get, room_url, synced, text, wait_for
 
 # What killed the server (SIGSEGV in pycrdt's decoder): a 60 KB update, one value nested 30,000 deep.
 DEEP = craft.nested_any(30_000)
 
 
-async def refused(url: str, frame: bytes) -> tuple[int | None, str | None]:
+async def refused_frame(url: str, frame: bytes) -> tuple[int | None, str | None]:
+    """Send `frame` once synced; the close code and reason it earns."""
     attacker = await Client(url).connect()
     await attacker.synced.wait()
     attacker.send_raw(frame)
@@ -55,7 +54,7 @@ async def test_a_deeply_nested_value_is_refused_and_the_server_lives(tmp_path: P
     try:
         async with synced(server.url("elsewhere")) as bystander, synced(server.url("target")) as neighbour:
             text(neighbour).insert(0, "before.")
-            code, reason = await refused(server.url("target"), Update(DEEP).encode())
+            code, reason = await refused_frame(server.url("target"), Update(DEEP).encode())
             assert code == 1002 and reason is not None and "nests deeper than 64" in reason, (code, reason)
             assert server.process is not None and server.process.poll() is None
             await still_syncs(server.url("elsewhere"), bystander, "other rooms carry on")
@@ -83,15 +82,15 @@ async def test_clocks_past_32_bits_are_refused_and_nothing_of_them_lands(
         text(healthy).insert(0, "XYZ")
         await watcher.wait_until(lambda: str(text(watcher)) == "XYZ")
         for kind, frame in POISON.items():
-            code, reason = await refused(url, frame)
+            code, reason = await refused_frame(url, frame)
             assert code == 1002 and reason, (kind, code, reason)
         await still_syncs(url, healthy, "!")
         await watcher.wait_until(lambda: str(text(watcher)) == "XYZ!")
         assert 7 not in check_state_vector(watcher.doc.get_state())  # nothing relayed
         room = server.rooms.get("poison")
         assert room is not None and str(room.doc.get("content", type=Text)) == "XYZ!"  # nothing merged
-        status, body = await asyncio.to_thread(http_get, f"http://127.0.0.1:{server.port}/api/docs/poison?format=txt")
-        assert (status, body) == (200, b"XYZ!")
+        reply = await get(server, "/api/docs/poison?format=txt")
+        assert (reply.status, reply.body) == (200, b"XYZ!")
     await server.stop()
     rows = sqlite3.connect(db_path).execute("SELECT data FROM updates UNION ALL SELECT data FROM snapshots").fetchall()
     assert rows
@@ -109,7 +108,7 @@ async def test_an_update_naming_a_client_with_no_structs_is_refused(server: Coll
         text(victim).insert(0, "mine")
         await watcher.wait_until(lambda: str(text(watcher)) == "mine")
         frame = Update(b"\x01\x00" + encode_var_uint(victim.doc.client_id) + b"\x00\x00").encode()
-        code, reason = await refused(url, frame)
+        code, reason = await refused_frame(url, frame)
         assert code == 1002 and reason is not None and "no struct of non-zero length" in reason
         await still_syncs(url, victim, " still mine")
         await watcher.wait_until(lambda: str(text(watcher)) == "mine still mine")
@@ -155,7 +154,7 @@ async def test_a_state_vector_of_too_many_clients_is_refused_by_its_count(server
     too_many = encode_var_uint(MAX_STATE_VECTOR_CLIENTS + 1) + entries
     async with synced(room_url(server, "elsewhere")) as bystander, synced(url) as healthy:
         text(healthy).insert(0, "kept")
-        code, reason = await refused(url, SyncStep1(too_many).encode())
+        code, reason = await refused_frame(url, SyncStep1(too_many).encode())
         assert code == 1002 and reason is not None and f"more than {MAX_STATE_VECTOR_CLIENTS}" in reason, reason
         at_limit = (
             encode_var_uint(MAX_STATE_VECTOR_CLIENTS)
@@ -172,14 +171,6 @@ async def test_a_state_vector_of_too_many_clients_is_refused_by_its_count(server
             assert asker.close_code is None, (asker.close_code, asker.close_reason)
         await still_syncs(url, healthy, "!")
         await still_syncs(room_url(server, "elsewhere"), bystander, "other rooms carry on")
-
-
-def http_get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
 
 
 def insert_row(db_path: Path, room: str, data: bytes) -> int:
@@ -213,21 +204,16 @@ async def test_a_stored_row_that_would_crash_is_reported_and_export_carries_on(t
             code, _ = await joiner.wait_closed()
             assert code == 1011
             server.wait_for_line(rf"stored update #{row_id} does not decode")
-            status, body = await asyncio.to_thread(http_get, f"http://127.0.0.1:{server.port}/api/docs/bad?format=txt")
-            assert status == 503 and f"#{row_id}".encode() in body
+            reply = await get(server.port, "/api/docs/bad?format=txt")
+            assert reply.status == 503 and f"#{row_id}".encode() in reply.body
             await still_syncs(server.url("good"), good, " still")
         assert server.process is not None and server.process.poll() is None
     finally:
         assert server.stop() == 0
     out = tmp_path / "export"
-    result = subprocess.run(
-        [sys.executable, "-m", "collab", "export", "--db", str(db_path), "--out", str(out)],
-        capture_output=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    result = collab_cli("export", "--db", str(db_path), "--out", str(out), check=False)
     assert result.returncode == 1
-    assert f"stored update #{row_id}" in result.stderr.decode() and "1 could not be read" in result.stderr.decode()
+    assert f"stored update #{row_id}" in result.stderr and "1 could not be read" in result.stderr
     assert (out / "good.txt").read_text() == "good text still"
     manifest = {entry["name"]: entry for entry in json.loads((out / "manifest.json").read_text())["documents"]}
     assert manifest["bad"]["file"] is None and f"#{row_id}" in manifest["bad"]["error"]
@@ -261,7 +247,8 @@ async def test_a_library_panic_closes_one_connection_with_1011(
     monkeypatch.setattr(Room, "receive", panicking)
     async with synced(room_url(server, "elsewhere")) as bystander:
         with caplog.at_level(logging.ERROR, logger="collab.server"):
-            code, reason = await refused(room_url(server, "panics"), Update(craft.text_update(8, 0, "x")).encode())
+            frame = Update(craft.text_update(8, 0, "x")).encode()
+            code, reason = await refused_frame(room_url(server, "panics"), frame)
             assert (code, reason) == (1011, "internal error")
             await wait_for(lambda: any(record.name == "collab.server" for record in caplog.records))
         [logged] = [record for record in caplog.records if record.name == "collab.server"]

@@ -24,7 +24,8 @@ def upgrade(path: str = "/notes", extra: str = "") -> bytes:
     ).encode()
 
 
-def get(path: str = "/healthz", extra: str = "", method: str = "GET") -> bytes:
+def request(path: str = "/healthz", extra: str = "", method: str = "GET") -> bytes:
+    """The bytes of a plain request (GET unless `method`), sent raw by `exchange`."""
     return f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode()
 
 
@@ -62,12 +63,12 @@ async def bystanders(server: CollabServer) -> AsyncIterator[tuple[Client, Client
 DUPLICATED = {
     "Origin on an upgrade": upgrade(extra="Origin: http://127.0.0.1\r\nOrigin: http://evil.example\r\n"),
     "Upgrade": upgrade(extra="Upgrade: websocket\r\n"),
-    "Host": get(extra="Host: evil.example\r\n"),
-    "Authorization on the API": get("/api/docs", "Authorization: Bearer a\r\nAuthorization: Bearer b\r\n"),
+    "Host": request(extra="Host: evil.example\r\n"),
+    "Authorization on the API": request("/api/docs", "Authorization: Bearer a\r\nAuthorization: Bearer b\r\n"),
     "Sec-WebSocket-Key": upgrade(extra=f"Sec-WebSocket-Key: {KEY}\r\n"),
     "Sec-WebSocket-Version": upgrade(extra="Sec-WebSocket-Version: 13\r\n"),
-    "Content-Length": get(extra="Content-Length: 0\r\nContent-Length: 0\r\n"),
-    "Accept-Encoding on a page": get("/", "Accept-Encoding: gzip\r\nAccept-Encoding: br\r\n"),
+    "Content-Length": request(extra="Content-Length: 0\r\nContent-Length: 0\r\n"),
+    "Accept-Encoding on a page": request("/", "Accept-Encoding: gzip\r\nAccept-Encoding: br\r\n"),
 }
 
 
@@ -93,23 +94,23 @@ async def test_a_list_header_may_repeat(server: CollabServer, bystanders: tuple[
 
 
 BAD_REQUESTS = {
-    "POST": (get(method="POST"), 405),
-    "POST with a body": (get(method="POST", extra="Content-Length: 5\r\n") + b"hello", 405),
-    "PUT on the API": (get("/api/docs/notes", "Content-Length: 2\r\n", method="PUT") + b"{}", 405),
-    "DELETE": (get("/api/docs/notes", method="DELETE"), 405),
-    "HEAD": (get(method="HEAD"), 405),
-    "OPTIONS preflight": (get("/api/docs", "Origin: http://evil.example\r\n", method="OPTIONS"), 405),
+    "POST": (request(method="POST"), 405),
+    "POST with a body": (request(method="POST", extra="Content-Length: 5\r\n") + b"hello", 405),
+    "PUT on the API": (request("/api/docs/notes", "Content-Length: 2\r\n", method="PUT") + b"{}", 405),
+    "DELETE": (request("/api/docs/notes", method="DELETE"), 405),
+    "HEAD": (request(method="HEAD"), 405),
+    "OPTIONS preflight": (request("/api/docs", "Origin: http://evil.example\r\n", method="OPTIONS"), 405),
     "POST upgrade": (upgrade().replace(b"GET", b"POST", 1), 405),
-    "GET with a body": (get(extra="Content-Length: 5\r\n") + b"hello", 413),
-    "GET with a declared body not sent": (get(extra="Content-Length: 100000\r\n"), 413),
-    "chunked GET": (get(extra="Transfer-Encoding: chunked\r\n") + b"5\r\nhello\r\n0\r\n\r\n", 413),
+    "GET with a body": (request(extra="Content-Length: 5\r\n") + b"hello", 413),
+    "GET with a declared body not sent": (request(extra="Content-Length: 100000\r\n"), 413),
+    "chunked GET": (request(extra="Transfer-Encoding: chunked\r\n") + b"5\r\nhello\r\n0\r\n\r\n", 413),
     "chunked upgrade": (upgrade(extra="Transfer-Encoding: chunked\r\n") + b"0\r\n\r\n", 413),
-    "bad Content-Length": (get(extra="Content-Length: -1\r\n"), 400),
+    "bad Content-Length": (request(extra="Content-Length: -1\r\n"), 400),
     "upgrade followed by early frames": (upgrade() + b"\x82\x80abcd", 400),
     "malformed request line": (b"GET /\r\n\r\n", 400),
     "HTTP/2 request line": (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
     "non-ASCII path": (b"GET /\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
-    "header without a colon": (get(extra="no colon here\r\n"), 400),
+    "header without a colon": (request(extra="no colon here\r\n"), 400),
     "head too large": (b"GET / HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 70_000 + b"\r\n\r\n", 431),
 }
 
@@ -129,7 +130,7 @@ async def test_unservable_requests_get_an_answer(
 async def test_pipelined_requests_get_the_first_answer_and_a_close(
     server: CollabServer, bystanders: tuple[Client, Client]
 ) -> None:
-    response = await exchange(server.port, get() + get("/readyz") + get("/metrics"))
+    response = await exchange(server.port, request() + request("/readyz") + request("/metrics"))
     assert status(response) == 200 and response.endswith(b"\r\n\r\nok\n"), response
     assert b"\r\nConnection: close\r\n" in response
     assert response.count(b"HTTP/1.1") == 1
@@ -140,7 +141,7 @@ async def test_a_request_head_in_small_pieces_is_served(
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no merging
-    for index in range(0, len(data := get()), 3):
+    for index in range(0, len(data := request()), 3):
         writer.write(data[index : index + 3])
         await writer.drain()
         await asyncio.sleep(0.01)

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import sqlite3
 import ssl
 import subprocess
 import sys
+import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.exceptions import InvalidMessage
 
 from collab.client import Client
+from collab.logs import configure_logging, fields
 from collab.server.app import CollabServer
 
 from .conftest import StartServer
@@ -65,10 +71,10 @@ async def test_wss_with_a_self_signed_certificate(start_server: StartServer, cer
 
     def get() -> bytes:
         with urllib.request.urlopen(f"https://127.0.0.1:{server.port}/healthz", context=trust, timeout=5) as response:
-            return response.read()
+            return bytes(response.read())
 
     assert await asyncio.to_thread(get) == b"ok\n"
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidMessage):  # a TLS port does not answer plain HTTP
         async with Client(f"ws://127.0.0.1:{server.port}/plain", open_timeout=3):
             pass
 
@@ -117,7 +123,7 @@ async def test_readyz_says_whether_the_store_is_writable(server: CollabServer, d
     def get(path: str) -> int:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=10) as response:
-                return response.status
+                return int(response.status)
         except urllib.error.HTTPError as error:
             return error.code
 
@@ -144,9 +150,34 @@ async def test_json_logs_carry_the_connection_and_room(db_path: Path) -> None:
         event = json.loads(match.string)
         assert event["level"] == "warning" and event["room"] == "logged/room" and event["conn"]
         assert "unknown message type" in event["reason"]
+        assert_iso_8601_with_zone(event["time"])
     finally:
         process.stop()
     assert all(json.loads(line) for line in process.output if line.strip())
+
+
+def assert_iso_8601_with_zone(text: str) -> None:
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(Z|[+-]\d\d:\d\d)", text), text
+    moment = datetime.fromisoformat(text)
+    assert moment.tzinfo is not None and abs(moment.timestamp() - time.time()) < 600
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_log_lines_start_with_an_iso_8601_time_and_zone(log_format: str, capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info", log_format)
+    try:
+        logging.getLogger("collab.test").info("hello", extra=fields(room="a b"))
+    finally:
+        logging.getLogger().handlers.clear()
+    line = capsys.readouterr().err.strip()
+    if log_format == "json":
+        event = json.loads(line)
+        assert (event["event"], event["room"]) == ("hello", "a b")
+        assert_iso_8601_with_zone(event["time"])
+    else:
+        stamp, _, rest = line.partition(" ")
+        assert rest == "INFO collab.test hello room='a b'"
+        assert_iso_8601_with_zone(stamp)
 
 
 async def test_stats_and_rooms_commands(server: CollabServer, db_path: Path) -> None:

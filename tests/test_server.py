@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 
 from pycrdt import Array, Doc, Map, Text
 
 from collab.client import Client
 from collab.server.app import CollabServer
+from collab.store import StoredRecord
 
 from .conftest import StartServer
-from .helpers import room_url, synced, text, wait_for
+from .helpers import get, room_url, synced, text, wait_for
 
 
 async def test_two_clients_converge(server: CollabServer) -> None:
@@ -109,7 +109,7 @@ async def test_twenty_clients_in_one_room_converge(server: CollabServer) -> None
         for n, client in enumerate(clients):
             text(client).insert(0, f"<{n}>")
         for client in clients:
-            await client.wait_until(lambda client=client: str(text(client)).count("<") == 20)
+            await client.wait_until(lambda: str(text(client)).count("<") == 20)  # noqa: B023 (awaited at once)
         final = {str(text(client)) for client in clients}
         assert len(final) == 1
         [merged] = final
@@ -121,15 +121,9 @@ async def test_twenty_clients_in_one_room_converge(server: CollabServer) -> None
 
 
 async def test_healthz_answers_over_plain_http(server: CollabServer) -> None:
-    def get(path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=5) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read()
-
-    assert await asyncio.to_thread(get, "/healthz") == (200, b"ok\n")
-    assert (await asyncio.to_thread(get, "/nothing-here"))[0] == 404
+    healthz = await get(server, "/healthz")
+    assert (healthz.status, healthz.body) == (200, b"ok\n")
+    assert (await get(server, "/nothing-here")).status == 404
 
 
 async def test_concurrent_joiners_share_one_load(start_server: StartServer) -> None:
@@ -141,25 +135,23 @@ async def test_concurrent_joiners_share_one_load(start_server: StartServer) -> N
     loads = 0
     original = second.store.load
 
-    async def counting_load(name: str):  # counts calls into the real store
+    async def counting_load(name: str, at: float | None = None) -> list[StoredRecord]:  # counts real loads
         nonlocal loads
         loads += 1
-        return await original(name)
+        return await original(name, at)
 
     second.store.load = counting_load  # type: ignore[method-assign]
     clients = [Client(room_url(second, "shared")) for _ in range(5)]
     await asyncio.gather(*(client.connect() for client in clients))
     try:
         for client in clients:
-            await client.wait_until(lambda client=client: str(text(client)) == "stored")
+            await client.wait_until(lambda: str(text(client)) == "stored")  # noqa: B023 (awaited at once)
         assert loads == 1
     finally:
         await asyncio.gather(*(client.close() for client in clients))
 
 
 async def test_api_lists_stored_documents(server: CollabServer) -> None:
-    import json
-
     async with synced(room_url(server, "listed/doc 1")) as writer:
         text(writer).insert(0, "some text")
         room = server.rooms.get("listed/doc 1")
@@ -167,12 +159,9 @@ async def test_api_lists_stored_documents(server: CollabServer) -> None:
         await wait_for(lambda: room.log_length > 0)
     await server.store.flush()
 
-    def get() -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/api/docs", timeout=5) as response:
-            assert response.headers["Content-Type"] == "application/json"
-            return json.loads(response.read())
-
-    [document] = (await asyncio.to_thread(get))["documents"]
+    listing = await get(server, "/api/docs")
+    assert listing.status == 200 and listing.headers["content-type"] == "application/json"
+    [document] = listing.json()["documents"]
     assert document["name"] == "listed/doc 1"
     assert document["size"] > 0
     assert document["updated_at"].endswith("Z")

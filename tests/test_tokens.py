@@ -151,7 +151,7 @@ async def test_revoking_a_token_by_id_closes_it_and_refuses_it_everywhere(secure
     ):
         text(victim).insert(0, "before ")
         await healthy.wait_until(lambda: str(text(healthy)) == "before ")
-        assert (await asyncio.to_thread(api_status, secured.port, "/api/docs/notes?format=txt", doomed))[0] == 200
+        assert (await get(secured, "/api/docs/notes?format=txt", bearer=doomed)).status == 200
         result = await run_collab("revoke", "--db", str(db_path), "--id", "doomed")
         assert result.returncode == 0, result.stderr
         assert "revoked token 'doomed'" in result.stderr
@@ -160,9 +160,9 @@ async def test_revoking_a_token_by_id_closes_it_and_refuses_it_everywhere(secure
         again = await Client(with_token(url, doomed)).connect()
         assert (await again.wait_closed())[0] == 4401 and again.permission_denied == "permission denied: token revoked"
         assert not again.synced.is_set()
-        status, body = await asyncio.to_thread(api_status, secured.port, "/api/docs/notes?format=txt", doomed)
-        assert (status, body) == (401, {"error": "token revoked"})
-        assert (await asyncio.to_thread(api_status, secured.port, "/api/docs", doomed))[0] == 401
+        refusal = await get(secured, "/api/docs/notes?format=txt", bearer=doomed)
+        assert (refusal.status, refusal.json()) == (401, {"error": "token revoked"})
+        assert (await get(secured, "/api/docs", bearer=doomed)).status == 401
         text(healthy).insert(7, "after")
         await other.resync()
         async with synced(with_token(url, kept)) as fresh:
@@ -175,11 +175,12 @@ async def test_revoking_a_document_before_a_time(secured: CollabServer, db_path:
     """Tokens for team/ minted before the time lose team/a, keep team/b; newer ones and other rooms are unaffected."""
     old = token("team/", ttl=3600, now=time.time() - 600)
     new = token("team/")
+    elsewhere = token("elsewhere", ttl=3600, now=time.time() - 600)
     async with (
         synced(with_token(room_url(secured, "team/a"), old)) as victim,
         synced(with_token(room_url(secured, "team/b"), old)) as sibling,
         synced(with_token(room_url(secured, "team/a"), new)) as newer,
-        synced(with_token(room_url(secured, "elsewhere"), token("elsewhere", ttl=3600, now=time.time() - 600))) as other,
+        synced(with_token(room_url(secured, "elsewhere"), elsewhere)) as other,
     ):
         text(sibling).insert(0, "b")
         text(newer).insert(0, "a")
@@ -193,8 +194,10 @@ async def test_revoking_a_document_before_a_time(secured: CollabServer, db_path:
         assert victim.permission_denied == "permission denied: token revoked"
         refused = await Client(with_token(room_url(secured, "team/a"), old)).connect()
         assert (await refused.wait_closed())[0] == 4401
-        status, body = await asyncio.to_thread(api_status, secured.port, "/api/docs", old)
-        assert status == 200 and [doc["name"] for doc in body["documents"]] == ["team/b"], "the listing hides team/a"
+        listing = await get(secured, "/api/docs", bearer=old)
+        assert listing.status == 200 and [doc["name"] for doc in listing.json()["documents"]] == ["team/b"], (
+            "the listing hides team/a"
+        )
         text(newer).insert(1, "!")
         text(sibling).insert(1, "!")
         await newer.resync()
@@ -293,8 +296,8 @@ async def test_public_key_tokens(start_server: StartServer, tmp_path: Path, algo
             assert (await intruder.wait_closed())[0] == 4401, kind
             assert not intruder.synced.is_set(), kind
         path = "/api/docs/notes?format=txt"
-        status, body = await asyncio.to_thread(api_status, server.port, path, sign_with(private, algorithm, claims))
-        assert (status, body) == (200, b"signed")
+        reply = await get(server, path, bearer=sign_with(private, algorithm, claims))
+        assert (reply.status, reply.body) == (200, b"signed")
         assert writer.close_code is None
 
 

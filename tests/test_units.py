@@ -72,7 +72,13 @@ def test_the_formatters_write_what_help_shows() -> None:
         "0s",
         "1500ms",
     ]
-    assert [format_size(value) for value in (64 * 2**20, 16 * 2**20, 2**30, 1536, 0)] == ["64M", "16M", "1G", "1536", "0"]
+    assert [format_size(value) for value in (64 * 2**20, 16 * 2**20, 2**30, 1536, 0)] == [
+        "64M",
+        "16M",
+        "1G",
+        "1536",
+        "0",
+    ]
 
 
 @given(st.integers(min_value=0, max_value=10**7), st.sampled_from([0.001, 1, 60, 3600, 86400]))

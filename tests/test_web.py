@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
-import http.client
 import re
 from pathlib import Path
 from urllib.parse import quote
@@ -15,24 +13,7 @@ from collab.http.router import Router
 from collab.http.static import WEB_DIR, install_web
 from collab.server.app import CollabServer
 
-from .helpers import room_url, synced, text
-
-Reply = tuple[int, dict[str, str], bytes]
-
-
-def fetch(port: int, path: str, headers: dict[str, str] | None = None) -> Reply:
-    """GET `path` sent exactly as given (http.client does not normalise it), body not decoded."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        connection.request("GET", path, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, {key.lower(): value for key, value in response.getheaders()}, response.read()
-    finally:
-        connection.close()
-
-
-async def get(server: CollabServer, path: str, **headers: str) -> Reply:
-    return await asyncio.to_thread(fetch, server.port, path, {key.replace("_", "-"): v for key, v in headers.items()})
+from .helpers import get, room_url, synced, text
 
 
 def asset_paths(html: bytes) -> list[str]:

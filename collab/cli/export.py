@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ExportError, StorageError
+from ..errors import ConfigError, ExportError, NotFoundError, StorageError
 from ..filenames import MANIFEST, file_name_for
 from ..formats import FORMATS, doc_from_records, render
 from ..store import DocumentInfo, Reader
@@ -49,24 +49,24 @@ def select_names(available: list[str], patterns: list[str]) -> list[str]:
     for pattern in patterns:
         matches = [name for name in available if name == pattern or fnmatch.fnmatchcase(name, pattern)]
         if not matches:
-            raise ExportError(f"no document matches {pattern!r}")
+            raise NotFoundError(f"no document matches {pattern!r}")
         chosen.update(dict.fromkeys(matches))
     return list(chosen)
 
 
-def export(db: Path, out: str, fmt: str, patterns: list[str], at: float | None = None) -> list[Exported]:
+def export(db: str | Path, out: str, fmt: str, patterns: list[str], at: float | None = None) -> list[Exported]:
     """Write the selected documents to directory `out` (or stdout if `out` is '-'); return what was written."""
     if fmt not in FORMATS:
-        raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     with open_reader(db) as reader:
         infos = {info.name: info for info in reader.documents()}
         names = select_names(list(infos), patterns)
         if at is not None:
             names = [name for name in names if infos[name].created_at <= at]
             if not names:
-                raise ExportError(f"no selected document existed at {format_time(at)}")
+                raise NotFoundError(f"no selected document existed at {format_time(at)}")
         if out == "-" and len(names) != 1:
-            raise ExportError(f"--out - writes one document, but {len(names)} match; name exactly one")
+            raise ConfigError(f"--out - writes one document, but {len(names)} match; name exactly one")
         rendered: dict[str, bytes] = {}
         failed: dict[str, Exported] = {}
         for name in names:

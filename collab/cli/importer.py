@@ -21,7 +21,7 @@ from pycrdt import Doc
 from ..auth import Permission, mint_token
 from ..client import Client
 from ..config import Settings
-from ..errors import ImportFailed, InvalidUpdateError
+from ..errors import ConfigError, DatabaseInUseError, ImportFailed, InvalidUpdateError
 from ..formats import doc_from_records
 from ..store.engines import locate, open_store
 from ..sync.names import validate_room_name
@@ -40,7 +40,7 @@ class Imported:
     """'server ws://…' or 'database PATH'."""
 
 
-async def import_update(db: Path, update: bytes, name: str) -> Imported:
+async def import_update(db: str | Path, update: bytes, name: str) -> Imported:
     """Merge `update` (a Yjs v1 update) into document `name`."""
     validate_room_name(name)
     try:
@@ -50,7 +50,7 @@ async def import_update(db: Path, update: bytes, name: str) -> Imported:
     server = locate(db).running_server()
     if server is not None:
         if "url" not in server:
-            raise ImportFailed(f"a collab server (pid {server.get('pid')}) is starting on {db}; try again")
+            raise DatabaseInUseError(f"a collab server (pid {server.get('pid')}) is starting on {db}; try again")
         return await _through_server(
             f"{server['url']}/{quote(name, safe='')}{_token_query(server, name)}", update, name
         )
@@ -63,7 +63,7 @@ def _token_query(server: dict[str, object], name: str) -> str:
         return ""
     secret = Settings.load().secret()
     if secret is None:
-        raise ImportFailed(
+        raise ConfigError(
             "the server requires tokens: set COLLAB_AUTH_SECRET (or COLLAB_AUTH_SECRET_FILE) to its secret"
         )
     return "?token=" + mint_token(secret, name, Permission.WRITE, ttl=SERVER_TIMEOUT * 2)
@@ -90,11 +90,11 @@ def _loopback_tls() -> ssl.SSLContext:
     return context
 
 
-async def _into_database(db: Path, update: bytes, name: str) -> Imported:
+async def _into_database(db: str | Path, update: bytes, name: str) -> Imported:
     lock = locate(db).lock()
     lock.acquire()
     try:
-        store = open_store(Settings(db=db))
+        store = open_store(Settings(db=str(db)))
         await store.start()
         try:
             records = await store.load(name)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .. import __version__
-from ..config import Settings, env_name, parse_path
+from ..config import Settings, env_name, parse_database, parse_path
 from ..errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
@@ -280,10 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_db_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", type=_flag(parse_path), help=f"database file [{env_name('db')}, default {Settings.db}]")
+    parser.add_argument(
+        "--db",
+        type=_flag(parse_database),
+        help=f"database: a file, sqlite:///path [{env_name('db')}, default {Settings.db}]",
+    )
 
 
-def _db(args: argparse.Namespace) -> Path:
+def _db(args: argparse.Namespace) -> str:
     return Settings.load({"db": args.db}).db
 
 
@@ -367,7 +371,6 @@ def _token(args: argparse.Namespace) -> int:
 def _revoke(args: argparse.Namespace) -> int:
     from ..auth import Revocation
     from ..store.history import format_time
-    from ..store.revocations import add_revocation
 
     if args.token_id is not None:
         if args.before is not None:
@@ -379,7 +382,9 @@ def _revoke(args: argparse.Namespace) -> int:
         before = time.time() if args.before is None else args.before
         revocation = Revocation(scope=args.doc, before=before)
         what = f"tokens for {args.doc!r} minted before {format_time(before)}"
-    add_revocation(_db(args), revocation)
+    from ..store.engines import locate
+
+    locate(_db(args)).add_revocation(revocation)
     print(f"revoked {what}", file=sys.stderr)
     return 0
 

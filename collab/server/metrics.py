@@ -7,7 +7,6 @@ callables) rather than the server, so it imports nothing of the server.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from ..metrics import Counter, Gauge, Histogram, Metric
 from ..store import Commit, Store
@@ -36,13 +35,8 @@ class ServerMetrics:
     It counts the store's commits through `store.on_commit`, which it sets: one `ServerMetrics` per store.
     """
 
-    def __init__(
-        self, store: Store, connections: Callable[[], int] | None = None, rooms: Callable[[], int] | None = None
-    ) -> None:
-        if connections is None or rooms is None:
-            # Transitional, until app.py passes the store and the two counts: `ServerMetrics(server)`.
-            server: Any = store
-            store, connections, rooms = server.store, (lambda: len(server.peers)), (lambda: len(server.rooms))
+    def __init__(self, store: Store, connections: Callable[[], int], rooms: Callable[[], int]) -> None:
+        """`connections()` and `rooms()`: the gauges' current values, read at each scrape."""
         self._store = store
         self._connections = connections
         self._rooms = rooms

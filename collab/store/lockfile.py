@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, StorageError
+from ..errors import DatabaseInUseError, StorageError
 
 __all__ = ["DatabaseLock", "running_server"]
 
@@ -45,7 +45,7 @@ class DatabaseLock:
             holder = _read(fd)
             os.close(fd)
             who = f"pid {holder.get('pid')}, {holder.get('url', 'no address yet')}" if holder else "another process"
-            raise ConfigError(f"the database {self.path.with_suffix('')} is in use by {who}") from None
+            raise DatabaseInUseError(f"the database {self.path.with_suffix('')} is in use by {who}") from None
         self._fd = fd
         self.describe(pid=os.getpid())
 
@@ -82,6 +82,7 @@ def running_server(db: Path) -> dict[str, Any] | None:
 
 def _read(fd: int) -> dict[str, Any]:
     try:
-        return json.loads(os.pread(fd, 4096, 0) or b"{}")
+        described: dict[str, Any] = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return described
     except ValueError:
         return {}

@@ -27,11 +27,10 @@ from sqlite_utils.migrations import Migrations
 
 from ..errors import ConfigError, StorageError
 from . import DocumentInfo, HistoryPoint, StoredRecord, WriteOp
-from .group_commit import GroupCommitStore
 from .history import Retention, to_keep
 from .sqlite_read import CHECKED_TABLES, first_checked_ids, read_documents, read_history, read_records
 
-__all__ = ["SQLiteEngine", "SQLiteStore", "migrate", "migrations", "open_database"]
+__all__ = ["SQLiteEngine", "migrate", "migrations", "open_database"]
 
 migrations = Migrations("collab")
 MIGRATION_NAMES: list[str] = []
@@ -274,23 +273,3 @@ class SQLiteEngine:
 
     def documents(self, name: str | None = None) -> list[DocumentInfo]:
         return read_documents(self.db.conn, name)
-
-
-class SQLiteStore(GroupCommitStore[SQLiteEngine]):
-    """A store on an `SQLiteEngine` at `path`.
-
-    Transitional: `CollabServer` builds its store with this until it calls `engines.open_store(settings)`,
-    which picks the engine from `--db`; remove it then.
-    """
-
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        commit_interval: float = 0.05,
-        synchronous: str = "full",
-        busy_timeout: float = 5.0,
-        retention: Retention = DEFAULT_RETENTION,
-    ) -> None:
-        engine = SQLiteEngine(path, synchronous=synchronous, busy_timeout=busy_timeout, retention=retention)
-        super().__init__(engine, commit_interval=commit_interval)

@@ -32,6 +32,7 @@ from ..errors import (
     ProtocolError,
     UnsupportedDataError,
     close_reason_for,
+    metric_label,
 )
 from .limits import Throttle, bytes_cost, frame_cost
 from .names import room_name_from_path
@@ -185,6 +186,6 @@ class Connection:
                 self._metrics.auth_failures.inc(error.label)
                 self._output(Auth(f"permission denied: {error}").encode())
             elif isinstance(error, ProtocolError | LimitError):
-                self._metrics.rejected.inc(type(error).__name__)
+                self._metrics.rejected.inc(metric_label(error))
             self.closing = True
         return close_reason_for(error)

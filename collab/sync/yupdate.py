@@ -297,7 +297,7 @@ class _Walk:
                 self.skip("number value", _ANY_FIXED[tag])
             elif tag == 116:
                 self.bytes("binary value")
-            elif tag == _ANY_ARRAY or tag == _ANY_MAP:
+            elif tag in (_ANY_ARRAY, _ANY_MAP):
                 if len(open) >= self.depth:
                     raise self.fail(f"value nests deeper than {self.depth} levels")
                 # Each array element takes a byte at least, each map entry two (key length, value).
@@ -420,7 +420,7 @@ def _structs(walk: _Walk) -> dict[int, int]:
             info = data[walk.pos]
             walk.pos += 1
             kind = info & 0x1F
-            if kind == _GC or kind == _SKIP:
+            if kind in (_GC, _SKIP):
                 if info != kind:
                     # yjs reads a GC or Skip whatever the high bits; yrs only with none set.
                     raise walk.fail(f"GC or skip with flag bits {info:#04x}")
