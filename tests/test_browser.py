@@ -325,11 +325,11 @@ async def test_a_refused_document_says_so_and_stops_trying(browser: Browser, ser
     ada.assert_no_errors()
 
 
-async def test_document_list_opens_and_creates_documents(browser: Browser, server: CollabServer) -> None:
+async def test_document_list_opens_and_creates_documents(browser: Browser, server: CollabServer, db_path: Path) -> None:
     for name, body in [("alpha notes", "a" * 3000), ("team/beta", "b")]:
         async with synced(room_url(server, name)) as client:
             text(client).insert(0, body)
-    await wait_for(lambda: stored_text(server.settings.db, "team/beta") == "b")
+    await wait_for(lambda: stored_text(db_path, "team/beta") == "b")
 
     home = await Person.arrive(browser, f"http://127.0.0.1:{server.port}/")
     rows = home.page.locator("#documents .doc-row")

@@ -24,7 +24,7 @@ from collab.logs import configure_logging, fields
 from collab.server.app import CollabServer
 
 from .conftest import StartServer
-from .helpers import ROOT, ServerProcess, room_url, synced, text
+from .helpers import ROOT, ServerProcess, get, room_url, synced, text
 
 
 @pytest.fixture(scope="module")
@@ -120,23 +120,19 @@ async def test_metrics_parse_and_move_with_traffic(start_server: StartServer) ->
 
 
 async def test_readyz_says_whether_the_store_is_writable(server: CollabServer, db_path: Path) -> None:
-    def get(path: str) -> int:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=10) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as error:
-            return error.code
-
-    assert await asyncio.to_thread(get, "/readyz") == 200
+    assert (await get(server, "/readyz"))[:3:2] == (200, b"ready\n")
     blocker = sqlite3.connect(db_path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
     try:
-        assert await asyncio.to_thread(get, "/readyz") == 503
-        assert await asyncio.to_thread(get, "/healthz") == 200, "alive, just not ready"
+        status, _, body = await get(server, "/readyz")
+        assert status == 503
+        reason = body.decode().removeprefix("store not writable: ").strip()
+        assert body.startswith(b"store not writable: ") and reason, "the reason is never empty"
+        assert (await get(server, "/healthz"))[0] == 200, "alive, just not ready"
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    assert await asyncio.to_thread(get, "/readyz") == 200
+    assert (await get(server, "/readyz"))[0] == 200
 
 
 async def test_json_logs_carry_the_connection_and_room(db_path: Path) -> None:

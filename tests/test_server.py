@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from pycrdt import Array, Doc, Map, Text
 
@@ -165,3 +166,17 @@ async def test_api_lists_stored_documents(server: CollabServer) -> None:
     assert document["name"] == "listed/doc 1"
     assert document["size"] > 0
     assert document["updated_at"].endswith("Z")
+
+
+async def test_a_server_runs_on_the_memory_engine(start_server: StartServer, tmp_path: Path) -> None:
+    """`--db memory:`: the same server with no file at all (what unit tests of rooms and the server can use)."""
+    server = await start_server(db="memory:")
+    async with synced(room_url(server, "in memory")) as ada, synced(room_url(server, "in memory")) as bob:
+        text(ada).insert(0, "nothing on disk")
+        await bob.wait_until(lambda: str(text(bob)) == "nothing on disk")
+    await server.store.flush()
+    [info] = await server.store.documents("in memory")
+    assert info.size > 0
+    status, _, body = await get(server, "/readyz")
+    assert (status, body) == (200, b"ready\n")
+    assert not list(tmp_path.iterdir()), "nothing was written to the test's directory"

@@ -230,7 +230,7 @@ class CollabServer:
 def describe(error: BaseException) -> str:
     """An error's message, or what it is when it has none (a timeout, an engine's empty message)."""
     if isinstance(error, TimeoutError):
-        return f"no answer within {READY_TIMEOUT:g} s"
+        return f"no answer within {READY_TIMEOUT:g} s (is another process holding its write lock?)"
     return str(error) or str(error.__cause__ or "") or type(error).__name__
 
 
