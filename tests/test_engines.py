@@ -23,20 +23,10 @@ from collab.store.history import Retention
 from collab.store.memory import MemoryEngine
 from collab.store.sqlite import SQLiteEngine
 
-from .helpers import ROOT
+from .helpers import ROOT, keystrokes
 
 T0 = 1_800_000_000.0
 NO_HISTORY = Retention(0, 0, 0)
-
-
-def keystrokes(text: str) -> list[bytes]:
-    doc: Doc = Doc()
-    updates: list[bytes] = []
-    doc.observe(lambda event: updates.append(event.update))
-    content = doc.get("content", type=Text)
-    for char in text:
-        content += char
-    return updates
 
 
 def text_at(engine: Engine, name: str, at: float | None = None) -> str:
@@ -150,7 +140,7 @@ def test_a_path_or_a_sqlite_url_names_a_sqlite_file(tmp_path: Path) -> None:
 
 async def test_open_store_runs_on_the_engine_db_names_and_a_reader_sees_it(tmp_path: Path) -> None:
     db = tmp_path / "chosen.db"
-    store = open_store(Settings(db=Path(f"sqlite://{db}"), commit_interval=0.01))
+    store = open_store(Settings(db=f"sqlite://{db}", commit_interval=0.01))
     await store.start()
     for update in keystrokes("via url"):
         store.append("doc", update)
@@ -167,7 +157,7 @@ async def test_open_store_runs_on_the_engine_db_names_and_a_reader_sees_it(tmp_p
 
 async def test_a_reader_sees_one_moment_while_the_store_keeps_writing(tmp_path: Path) -> None:
     db = tmp_path / "busy.db"
-    store = open_store(Settings(db=db, commit_interval=0.01))
+    store = open_store(Settings(db=str(db), commit_interval=0.01))
     await store.start()
     try:
         store.append("first", keystrokes("1")[0])
@@ -187,13 +177,13 @@ async def test_a_reader_sees_one_moment_while_the_store_keeps_writing(tmp_path: 
 async def test_memory_is_a_database_only_its_server_reaches() -> None:
     """What a test server on `--db memory:` gets: its own engine, no lock to take, nothing revoked from outside."""
     database = locate("memory:")
-    store = open_store(Settings(db=Path("memory:"), commit_interval=0))
+    store = open_store(Settings(db="memory:", commit_interval=0))
     assert isinstance(store.engine, MemoryEngine)
     await store.start()
     store.append("doc", keystrokes("m")[0])
     await store.close()
     assert [info.name for info in store.engine.documents()] == ["doc"]
-    assert open_store(Settings(db=Path("memory:"))).engine is not store.engine, "one engine per server"
+    assert open_store(Settings(db="memory:")).engine is not store.engine, "one engine per server"
     lock = database.lock()
     lock.acquire()
     database.lock().acquire()
@@ -214,7 +204,7 @@ def test_a_reader_needs_an_existing_collab_database(tmp_path: Path) -> None:
 async def test_the_command_line_reads_through_the_reader(tmp_path: Path) -> None:
     """stats, rooms, history and export on a database no server runs on, named by a sqlite: URL."""
     db = tmp_path / "cli.db"
-    store = open_store(Settings(db=db, commit_interval=0.01))
+    store = open_store(Settings(db=str(db), commit_interval=0.01))
     await store.start()
     for update in keystrokes("typed"):
         store.append("notes/a", update)

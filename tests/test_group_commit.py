@@ -18,7 +18,7 @@ from collab.store import Commit, DocumentInfo, HistoryPoint, StoredRecord, Write
 from collab.store.group_commit import GroupCommitStore
 from collab.store.memory import MemoryEngine, MemoryStore
 
-from .helpers import wait_for
+from .helpers import keystrokes, wait_for
 
 
 class FailingEngine:
@@ -55,16 +55,6 @@ class FailingEngine:
 
     def close(self) -> None:
         self.inner.close()
-
-
-def keystrokes(text: str) -> list[bytes]:
-    doc: Doc = Doc()
-    updates: list[bytes] = []
-    doc.observe(lambda event: updates.append(event.update))
-    content = doc.get("content", type=Text)
-    for char in text:
-        content += char
-    return updates
 
 
 async def text_in(store: GroupCommitStore[FailingEngine] | MemoryStore, name: str) -> str:

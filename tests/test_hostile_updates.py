@@ -205,7 +205,7 @@ async def test_a_stored_row_that_would_crash_is_reported_and_export_carries_on(t
             assert code == 1011
             server.wait_for_line(rf"stored update #{row_id} does not decode")
             reply = await get(server.port, "/api/docs/bad?format=txt")
-            assert reply.status == 503 and f"#{row_id}".encode() in reply.body
+            assert reply.status == 500 and f"#{row_id}".encode() in reply.body
             await still_syncs(server.url("good"), good, " still")
         assert server.process is not None and server.process.poll() is None
     finally:

@@ -19,25 +19,7 @@ from collab.store.group_commit import GroupCommitStore
 from collab.store.history import DAY, HOUR, Retention, parse_time, to_keep
 from collab.store.sqlite import MIGRATION_NAMES, SQLiteEngine
 
-from .helpers import wait_for
-
-
-def keystrokes(text: str) -> list[bytes]:
-    doc: Doc = Doc()
-    updates: list[bytes] = []
-    doc.observe(lambda event: updates.append(event.update))
-    content = doc.get("content", type=Text)
-    for char in text:
-        content += char
-    return updates
-
-
-def text_of(updates: list[bytes]) -> str:
-    doc: Doc = Doc()
-    for update in updates:
-        doc.apply_update(update)
-    return str(doc.get("content", type=Text))
-
+from .helpers import keystrokes, text_of, wait_for
 
 FileStore = GroupCommitStore[SQLiteEngine]
 

@@ -24,13 +24,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
 from websockets.http11 import Response
 
 from ..auth import Access
-from ..errors import AuthError, ForbiddenError, InvalidRoomNameError, NotFoundError, StorageError
+from ..errors import (
+    AuthError,
+    CorruptDocumentError,
+    InvalidRoomNameError,
+    NotFoundError,
+    StorageError,
+    http_status_for,
+)
 from ..filenames import file_name_for
 from ..formats import FORMATS, doc_from_records, doc_from_updates, render
 from ..store import DocumentInfo, Store
@@ -80,7 +88,7 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
 
     def refused(error: AuthError) -> Response:
         metrics.auth_failures.inc(error.label)
-        return error_response(403 if isinstance(error, ForbiddenError) else 401, str(error))
+        return error_response(http_status_for(error), str(error))
 
     async def list_documents(request: HttpRequest) -> Response:
         try:
@@ -101,7 +109,7 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
                 raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
             at = parse_time(request.query["at"], time.time()) if "at" in request.query else None
         except (ValueError, InvalidRoomNameError) as error:  # UnicodeDecodeError is a ValueError
-            return error_response(400, str(error))
+            return error_response(HTTPStatus.BAD_REQUEST, str(error))
         try:
             access.check(request_token(request), name)
         except AuthError as error:
@@ -109,10 +117,12 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
         try:
             async with exporting:
                 body = await _export(store, rooms, name, fmt, at)
-        except NotFoundError as error:  # HistoryError too: no state kept for that moment
-            return error_response(404, str(error))
+        except CorruptDocumentError as error:  # retrying will not help: 500, naming the row
+            return error_response(http_status_for(error), f"document cannot be read: {error}")
         except StorageError as error:
-            return error_response(503, f"document temporarily unavailable: {error}")
+            return error_response(http_status_for(error), f"document temporarily unavailable: {error}")
+        except NotFoundError as error:  # HistoryError too: no state kept for that moment
+            return error_response(http_status_for(error), str(error))
         extension, content_type = FORMATS[fmt]
         headers = {}
         if fmt == "ydoc":

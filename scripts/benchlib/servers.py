@@ -152,7 +152,8 @@ class ManagedTarget(Target):
         return self.log_path.parent / "collab.db"
 
     async def wait_unloaded(self, room: str, timeout: float, occurrence: int = 1) -> None:
-        """Wait until collab logged (at debug level) its `occurrence`-th unload of `room`: compacted, flushed, dropped."""
+        """Wait until collab logged (at debug level) its `occurrence`-th unload of `room`: compacted, flushed,
+        dropped."""
         await self.wait_log(rf"unloaded room {re.escape(repr(room))}$", timeout, occurrence)
 
     async def wait_log(self, pattern: str, timeout: float, occurrence: int = 1) -> None:

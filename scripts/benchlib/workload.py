@@ -52,7 +52,8 @@ pycrdt, whose cost per applied keystroke grows with such a run (a backspace ends
 
 
 def typing(n: int, client_id: int, seed: int, pattern: str = "typing") -> Stream:
-    """n keystrokes by one typist; the last one is always an insert, so the stream's end is visible in a state vector."""
+    """n keystrokes by one typist; the last one is always an insert, so that the stream's end shows in a state
+    vector."""
     p_jump, p_backspace = PATTERNS[pattern]
     rnd = random.Random(seed)
     doc: Doc[Text] = Doc(client_id=client_id)

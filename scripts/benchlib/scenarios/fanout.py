@@ -1,14 +1,15 @@
 """`fanout`: rooms of clients, a few writers typing at a fixed rate; delivery latency and convergence.
 
-Writer w sends its k-th keystroke at start + k / rate (writers staggered evenly within one interval) and
-notes when, by time.perf_counter() (not loop.time(), which uvloop caches per iteration in milliseconds). Every other client of the room, on receiving an update, reads the writer's client id from the
-update's first bytes (`writer_of`) and counts that writer's updates: the k-th one received is the k-th sent,
-since a server relays one connection's updates in order. Latency is receive time minus send time, on one
-monotonic clock (all clients live in this process). The rate is meant to be well below saturation.
+Writer w sends its k-th keystroke at start + k / rate (writers staggered evenly within one interval) and notes when,
+by time.perf_counter() (not loop.time(), which uvloop caches per iteration in milliseconds). Every other client of
+the room, on receiving an update, reads the writer's client id from the update's first bytes (`writer_of`) and
+counts that writer's updates: the k-th one received is the k-th sent, since a server relays one connection's updates
+in order. Latency is receive time minus send time, on one monotonic clock (all clients live in this process). The
+rate is meant to be well below saturation.
 
-With `preload`, each writer's first `preload` keystrokes are uploaded (merged, by a separate connection)
-before anyone joins: the clients start from a long document, and the writers go on with their long runs,
-which is what makes each keystroke cost pycrdt more (see workload.PATTERNS).
+With `preload`, each writer's first `preload` keystrokes are uploaded (merged, by a separate connection) before
+anyone joins: the clients start from a long document, and the writers go on with their long runs, which is what
+makes each keystroke cost pycrdt more (see workload.PATTERNS).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ async def run(ctx: Context, target: Target) -> Result:
         for r in range(size.rooms)
     ]
     if size.preload:
-        for room, room_streams in zip(rooms, streams):
+        for room, room_streams in zip(rooms, streams, strict=True):
             await upload(target.url(room), room_streams, size.preload)
     peers = [await fill_room(target.url(room), size.clients) for room in rooms]
     latencies = Latencies([stream for room_streams in streams for stream in room_streams])
@@ -137,7 +138,7 @@ async def verify(
 ) -> bool:
     """Every client, and the server, has every keystroke of the room."""
     ok = True
-    for room, room_peers, room_streams in zip(rooms, peers, streams):
+    for room, room_peers, room_streams in zip(rooms, peers, streams, strict=True):
         expected = text_of(*(stream.updates for stream in room_streams))
         for peer in room_peers:
             own = room_streams[peer.index].updates if peer.index < writers else []

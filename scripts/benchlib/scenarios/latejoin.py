@@ -48,7 +48,7 @@ async def run(ctx: Context, target: Target) -> Result:
     streams = [ctx.stream("latejoin", 0, ops) for ops in size.ops]
     uploads = [chunked(stream, size.upload_chunk) for stream in streams]
     with Meter(target) as meter:
-        for index, (ops, stream, upload) in enumerate(zip(size.ops, streams, uploads)):
+        for index, (ops, stream, upload) in enumerate(zip(size.ops, streams, uploads, strict=True)):
             room = ctx.room("latejoin", index)
             expected = expected_text([stream])
             writer = await join(target.url(room), keep=False)

@@ -110,7 +110,9 @@ async def run(ctx: Context, target: Target) -> Result:
     try:
         with Meter(target) as meter:
             start = time.perf_counter()
-            sending = asyncio.gather(*(send_all(writer, stream) for writer, stream in zip(writers, streams)))
+            sending = asyncio.gather(
+                *(send_all(writer, stream) for writer, stream in zip(writers, streams, strict=True))
+            )
             done = [holds_last_keystroke(stream) for stream in streams]
             pending = set(range(size.rooms))
             deadline = start + DURABLE_TIMEOUT
@@ -124,19 +126,19 @@ async def run(ctx: Context, target: Target) -> Result:
         total = size.rooms * size.updates
         result.metrics = {"updates_per_s": round(total / (end - start)), "updates": total}
         result.checks["database_complete"] = all(
-            text_of(db.records(room)) == expected_text([stream]) for room, stream in zip(rooms, streams)
+            text_of(db.records(room)) == expected_text([stream]) for room, stream in zip(rooms, streams, strict=True)
         )
         await close_all(writers)
         for room in rooms:
             await target.wait_unloaded(room, UNLOAD_TIMEOUT)
         stored = [db.stored_bytes(room) for room in rooms]
         reference = [expected_update_size([stream]) for stream in streams]
-        ratios = [s / r for s, r in zip(stored, reference)]
+        ratios = [s / r for s, r in zip(stored, reference, strict=True)]
         result.metrics["stored_kb_per_doc"] = round(sum(stored) / len(stored) / 1024, 2)
         result.metrics["get_update_kb_per_doc"] = round(sum(reference) / len(reference) / 1024, 2)
         result.metrics["storage_ratio"] = round(max(ratios), 3)
         result.checks["compacted_complete"] = all(
-            text_of(db.records(room)) == expected_text([stream]) for room, stream in zip(rooms, streams)
+            text_of(db.records(room)) == expected_text([stream]) for room, stream in zip(rooms, streams, strict=True)
         )
     finally:
         db.close()

@@ -95,8 +95,8 @@ async def run(ctx: Context, target: Target) -> Result:
             counts = await asyncio.gather(
                 *(
                     load.write(writer, stream)
-                    for load, room_streams in zip(loads, streams)
-                    for writer, stream in zip(load.writers, room_streams)
+                    for load, room_streams in zip(loads, streams, strict=True)
+                    for writer, stream in zip(load.writers, room_streams, strict=True)
                 )
             )
             for timer in timers:
@@ -130,12 +130,12 @@ async def verify(
 ) -> bool:
     """Every client, and the server, has exactly what the writers sent."""
     ok = True
-    for room, load, room_streams, room_counts in zip(rooms, loads, streams, counts):
-        sent = [stream.updates[:count] for stream, count in zip(room_streams, room_counts)]
+    for room, load, room_streams, room_counts in zip(rooms, loads, streams, counts, strict=True):
+        sent = [stream.updates[:count] for stream, count in zip(room_streams, room_counts, strict=True)]
         expected = text_of(*sent)
         for reader in load.readers:
             ok &= reader.received_text() == expected
-        for writer, own in zip(load.writers, sent):
+        for writer, own in zip(load.writers, sent, strict=True):
             ok &= writer.received_text(own) == expected
         ok &= await server_text(target, room) == expected
         await asyncio.sleep(0)
