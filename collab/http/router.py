@@ -106,7 +106,10 @@ class Router:
             self._exact[path] = handler
 
     async def handle(self, request: Request) -> Response:
-        http_request = HttpRequest(request)
+        try:
+            http_request = HttpRequest(request)
+        except ValueError:  # urlsplit refuses some targets ("//[x/y": an unclosed IPv6 host)
+            return respond(400, "malformed request target\n")
         handler = self._exact.get(http_request.path)
         if handler is None:
             handler = next(

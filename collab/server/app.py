@@ -223,8 +223,8 @@ class CollabServer:
 
     def _end_session(self, peer: object, error: AuthError) -> None:
         """A live connection's token expired or was revoked: close it as a refusal at connect would."""
-        assert isinstance(peer, WebSocketConnection)
-        peer.fail(error)
+        if isinstance(peer, WebSocketConnection):  # what the transport hands Sessions
+            peer.fail(error)
 
 
 def describe(error: BaseException) -> str:

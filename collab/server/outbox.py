@@ -11,9 +11,12 @@ this is its own send path, not a bypass of a library's.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Protocol
 
 __all__ = ["Backlogged", "Backlogs", "Flushable", "Outbox", "server_frame"]
+
+logger = logging.getLogger("collab.server")
 
 
 class Backlogged(Protocol):
@@ -81,7 +84,10 @@ class Outbox:
     def flush(self) -> None:
         peers, self.peers = self.peers, []
         for peer in peers:
-            peer.flush()
+            try:
+                peer.flush()
+            except Exception:  # one connection's failure must not leave the others' frames unsent, forever
+                logger.exception("flushing a connection failed")
 
 
 class _FrameCache:

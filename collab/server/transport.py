@@ -29,9 +29,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Coroutine, Sequence
 from http import HTTPStatus
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from websockets.datastructures import MultipleValuesError
 from websockets.frames import Frame, Opcode
@@ -41,7 +42,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from ..auth import TOKEN_SUBPROTOCOL_PREFIX, Access, Grant
-from ..errors import AuthError, CollabError, ServerBusyError, close_reason_for
+from ..errors import CollabError, ServerBusyError, close_reason_for
 from ..http.head import MAX_HEAD, check_head
 from ..http.router import OriginPolicy, Router, respond
 from ..logs import fields
@@ -123,6 +124,8 @@ class Endpoint:
         """HTTP answers and room loads in flight."""
         self._ids = itertools.count(1)
         self._all_closed: asyncio.Future[None] | None = None
+        self.closing = False
+        """Set when the server shuts down."""
 
     def __call__(self) -> WebSocketConnection:
         return WebSocketConnection(self)
@@ -130,19 +133,17 @@ class Endpoint:
     def next_id(self) -> str:
         return str(next(self._ids))
 
-    def spawn(self, coroutine: object, name: str) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine, name=name)  # type: ignore[arg-type]
+    def spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine, name=name)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-
-    def end_session(self, peer: WebSocketConnection, error: AuthError) -> None:
-        """For `Sessions`: a live connection's token expired or was revoked."""
-        peer.fail(error)
 
     def keepalive(self, now: float, interval: float) -> None:
         """Ping the connections silent for `interval`; cut those that did not answer the last ping."""
         silent_since = now - interval
         for peer in list(self.peers):
+            if peer.pinged_at and peer.last_heard >= peer.pinged_at:
+                peer.pinged_at = 0.0  # heard from since the ping, pong or not: alive
             if peer.pinged_at and peer.pinged_at <= silent_since and peer.last_heard < peer.pinged_at:
                 logger.info("no answer to a keepalive ping, dropping the connection", extra=fields(conn=peer.id))
                 peer.abort()
@@ -156,7 +157,9 @@ class Endpoint:
             self._all_closed.set_result(None)
 
     async def shutdown(self, timeout: float) -> None:
-        """Close every connection (1001), waiting up to `timeout` for the close handshakes; cut the rest."""
+        """Close every connection (1001), waiting up to `timeout` for the close handshakes and the HTTP answers
+        under way; cut the rest. Requests that arrive meanwhile are answered 503."""
+        self.closing = True
         if self.connections:
             self._all_closed = asyncio.get_running_loop().create_future()
             for connection in list(self.connections):
@@ -247,19 +250,27 @@ class WebSocketConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         head = self._head
         if head is None:
+            now = asyncio.get_running_loop().time()
+            if now > self.last_heard:  # not while held back, when it is ahead (see _handle)
+                self.last_heard = now  # any bytes: a client uploading one big message is not silent
             ws = self._ws
             ws.receive_data(data)
             events = ws.events_received()
             if events:
-                self._frames(events)
+                self._frames(events, now)
+            if ws.state is not _OPEN and self.conn is not None:
+                self.conn.closing = True  # websockets refused a frame (1002, 1009) or answered a close
             self._write_protocol_data()  # pongs, the close handshake, a refused frame's close
         elif isinstance(head, bytearray):
             self._read_head(head, data)
         # else: a plain request being answered, or answered: what follows the head is dropped
 
     def eof_received(self) -> bool | None:
-        self._ws.receive_eof()
-        self._write_protocol_data()
+        if self._head is _ANSWERING:
+            return True  # a client that half-closed after its request (nc -N) still gets the answer
+        if self._head is None:
+            self._ws.receive_eof()
+            self._write_protocol_data()
         return None  # asyncio closes the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -277,6 +288,7 @@ class WebSocketConnection(asyncio.Protocol):
             if conn.room is not None:
                 endpoint.rooms.leave(conn.room, conn)
             self._log_close()
+            conn.room = None  # Sessions may keep this connection until its token expires: not the room
 
     # The request head and the handshake.
 
@@ -315,7 +327,9 @@ class WebSocketConnection(asyncio.Protocol):
         except MultipleValuesError as error:  # a header read with .get() sent twice: the client's fault
             self._respond(respond(HTTPStatus.BAD_REQUEST, f"duplicated header: {error}\n"))
             return
-        if not allowed:
+        if endpoint.closing:
+            self._respond(respond(HTTPStatus.SERVICE_UNAVAILABLE, "server shutting down\n"))
+        elif not allowed:
             endpoint.metrics.auth_failures.inc("origin")
             logger.warning("refused a request from another origin", extra=fields(origin=origin, path=request.path))
             self._respond(respond(HTTPStatus.FORBIDDEN, "origin not allowed (see --allowed-origin)\n"))
@@ -342,7 +356,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def _respond(self, response: Response) -> None:
         """Send a response other than 101; the connection then closes."""
-        if self._transport is None:
+        if self._transport is None or self._head is _ANSWERED:
             return
         self._head = _ANSWERED
         self._ws.send_response(response)
@@ -384,12 +398,15 @@ class WebSocketConnection(asyncio.Protocol):
             if conn.grant is not None:
                 endpoint.sessions.add(self, name, conn.grant)  # closed at expiry or revocation
             room = endpoint.rooms.join_loaded(name, conn)
-        except CollabError as error:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as error:  # a bug or a pycrdt panic included: that connection alone closes
             self.fail(error)
             return
         if room is not None:
             self._joined(room)
             return
+        self.last_heard = math.inf  # not silent, just not read while its room loads (see keepalive)
         self._hold_reading()
         endpoint.spawn(self._join(name), name=f"join {name}")
 
@@ -398,9 +415,9 @@ class WebSocketConnection(asyncio.Protocol):
         assert conn is not None
         try:
             room = await self._endpoint.rooms.join(name, conn)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
             raise
-        except Exception as error:
+        except BaseException as error:  # StorageError, ServerBusyError, a pycrdt panic while loading
             self.fail(error)
             return
         if self._transport is None or conn.closing:  # gone while the room loaded
@@ -412,17 +429,15 @@ class WebSocketConnection(asyncio.Protocol):
     def _joined(self, room: Room) -> None:
         conn = self.conn
         assert conn is not None
-        conn.joined(room, asyncio.get_running_loop().time())
+        self.last_heard = now = asyncio.get_running_loop().time()
+        conn.joined(room, now)
         if logger.isEnabledFor(logging.DEBUG):
             peer = self._transport.get_extra_info("peername") if self._transport else None
             logger.debug("joined", extra=fields(conn=self.id, room=room.name, peer=peer, read_only=conn.read_only))
 
     # Receiving.
 
-    def _frames(self, events: Sequence[Request | Response | Frame]) -> None:
-        now = asyncio.get_running_loop().time()
-        if now > self.last_heard:
-            self.last_heard = now
+    def _frames(self, events: Sequence[Request | Response | Frame], now: float) -> None:
         conn = self.conn
         assert conn is not None
         # Once the connection is open, websockets' events are frames (received frames hold bytes).
@@ -449,6 +464,7 @@ class WebSocketConnection(asyncio.Protocol):
             elif opcode is _PONG:
                 self.pinged_at = 0.0
             elif opcode is _CLOSE:
+                self._handle_held()  # what came before the close counts, held back or not
                 conn.closing = True  # websockets has answered it; nothing more goes out
 
     def _reassemble(self, frame: Frame) -> tuple[bool, bytes] | None:
@@ -464,8 +480,11 @@ class WebSocketConnection(asyncio.Protocol):
         self._fragments = None
         return text, bytes(data)
 
-    def _handle(self, message: bytes, now: float) -> bool:
-        """Hand one message to the rules; True when reading must stop (held back, or closing)."""
+    def _handle(self, message: bytes, now: float, hold: bool = True) -> bool:
+        """Hand one message to the rules; True when reading must stop (held back, or closing).
+
+        `hold=False`: the rate limit's wait is ignored (the connection is closing).
+        """
         conn = self.conn
         assert conn is not None
         try:
@@ -475,13 +494,21 @@ class WebSocketConnection(asyncio.Protocol):
         except BaseException as error:  # and so pycrdt's PanicException (a BaseException) on a Rust panic
             self.fail(error)
             return True
-        if wait:
+        if wait and hold:
             self._hold_reading()
             self.last_heard = now + wait  # silence while we do not listen is no sign of death
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(wait, self._drain)
             return True
         return False
+
+    def _handle_held(self) -> None:
+        """Handle at once what waits in `_queued` (the connection is closing: there is no later)."""
+        queued, self._queued = self._queued, None
+        if queued:
+            now = asyncio.get_running_loop().time()
+            for message in queued:
+                self._handle(message, now, hold=False)
 
     def _handle_text(self) -> None:
         assert self.conn is not None
@@ -552,6 +579,8 @@ class WebSocketConnection(asyncio.Protocol):
         """Half-close (the client then closes its side), and cut the connection if it does not in time."""
         transport = self._transport
         assert transport is not None
+        if not transport.is_reading():
+            transport.resume_reading()  # to see the client's end of the stream
         if transport.can_write_eof():
             transport.write_eof()  # not close(): unread bytes of a body would turn it into a reset
         else:
@@ -575,12 +604,18 @@ class WebSocketConnection(asyncio.Protocol):
         reason = self.conn.close_for(error) if self.conn is not None else close_reason_for(error)
         self.close(reason.code, reason.reason)
 
-    def close(self, code: int, reason: str) -> None:
-        """Start the close handshake: what is queued goes out first, then the close frame."""
+    def close(self, code: int, reason: str, *, keep_received: bool = False) -> None:
+        """Start the close handshake: what is queued goes out first, then the close frame.
+
+        `keep_received`: first handle the messages held back by the rate limit (a shutdown); else, as after
+        an error or for an expired token, they are dropped.
+        """
         ws = self._ws
         transport = self._transport
         if transport is None or ws.state is not _OPEN:
             return
+        if keep_received:
+            self._handle_held()
         self.flush()
         if self.conn is not None:
             self.conn.closing = True
@@ -595,11 +630,11 @@ class WebSocketConnection(asyncio.Protocol):
         """For a server shutdown: a WebSocket connection is closed (1001), an answered request's closed once
         its answer is out, anything else cut."""
         if self._head is None:
-            self.close(1001, "server shutting down")
+            self.close(1001, "server shutting down", keep_received=True)
         elif self._transport is not None:
             if self._head is _ANSWERED:
                 self._transport.close()
-            else:
+            elif self._head is not _ANSWERING:  # an answer under way is awaited (Endpoint.shutdown)
                 self._transport.abort()
 
     def abort(self) -> None:
@@ -691,7 +726,7 @@ class WebSocketConnection(asyncio.Protocol):
         elif error is not None:
             code = close_reason_for(error).code
             logger.warning("connection closed", extra=fields(**where, code=code, reason=str(error)))
-        elif sent is not None and not closed.rcvd_then_sent and closed.__cause__ is not None:
+        elif sent is not None and not closed.rcvd_then_sent and _refused_a_frame(closed.__cause__):
             # websockets refused a frame (too big, malformed) and closed with this code.
             logger.warning("connection closed", extra=fields(**where, code=sent.code, reason=sent.reason))
         elif sent is not None and not closed.rcvd_then_sent:  # collab closed it, and logged why
@@ -701,3 +736,8 @@ class WebSocketConnection(asyncio.Protocol):
             reason = received.reason if received is not None else ""
             level = logging.DEBUG if code in NORMAL_CLOSURES else logging.WARNING
             logger.log(level, "connection closed", extra=fields(**where, code=code, reason=reason))
+
+
+def _refused_a_frame(cause: BaseException | None) -> bool:
+    """Whether websockets' parser stopped on a frame it refused (not on the stream ending too early)."""
+    return cause is not None and not isinstance(cause, EOFError)

@@ -20,7 +20,10 @@ MAX_NAME_LENGTH = 255
 
 def room_name_from_path(path: str) -> str:
     """The validated room name a WebSocket request path asks for."""
-    raw = urlsplit(path).path
+    try:
+        raw = urlsplit(path).path
+    except ValueError as error:  # "//[x/room": what urlsplit reads as an unclosed IPv6 host
+        raise InvalidRoomNameError(f"malformed request path: {error}") from error
     if not raw.startswith("/"):
         raise InvalidRoomNameError("request path must start with /")
     try:

@@ -182,10 +182,11 @@ class Room:
     # Membership.
 
     def join(self, peer: Peer) -> None:
-        """Add a peer and greet it: our state vector, then everyone's presence."""
+        """Greet a peer (our state vector, then everyone's presence), then add it: a greeting that fails leaves
+        the room as it was."""
+        greeting = [SyncStep1(self.state_vector()).encode(), *awareness_messages(self.presence.current())]
         self.peers[peer] = None
-        peer.send(SyncStep1(self.state_vector()).encode())
-        for frame in awareness_messages(self.presence.current()):
+        for frame in greeting:
             peer.send(frame)
 
     def leave(self, peer: Peer) -> None:

@@ -18,15 +18,14 @@ from collections.abc import Callable, Iterable
 
 from pycrdt import Doc, Text, merge_updates
 
+from collab.formats import CONTENT_ROOT as TEXT_NAME
 from collab.sync.protocol import SyncStep1, SyncStep2, Update, parse_frame
+from collab.sync.room import EMPTY_STATE_VECTOR, EMPTY_UPDATE
 
 from .wsclient import WsClient, connect
 
-__all__ = ["EMPTY_STATE_VECTOR", "Peer", "join", "text_of"]
+__all__ = ["EMPTY_STATE_VECTOR", "TEXT_NAME", "Peer", "join", "text_of"]
 
-EMPTY_STATE_VECTOR = b"\x00"
-EMPTY_UPDATE = b"\x00\x00"
-TEXT_NAME = "content"
 DECODE_CHUNK = 64
 
 

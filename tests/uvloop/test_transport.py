@@ -8,21 +8,30 @@ checks that the installed websockets has the sans-I/O API the transport relies o
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from importlib.metadata import version
 
 import pytest
 import uvloop
-from pycrdt import Text
+from pycrdt import Doc, Text
 from websockets.asyncio.client import connect
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close, Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from collab.client import Client
+from collab.http.router import HttpRequest, respond
 from collab.server.app import CollabServer
-from collab.sync.protocol import Update
+from collab.server.transport import CLOSE_TIMEOUT
+from collab.store import StoredRecord
+from collab.sync.protocol import QueryAwareness, Update
 
 from ..conftest import StartServer
-from ..helpers import room_url, synced, text
+from ..helpers import SECRET, get, keystrokes, room_url, synced, text, token, wait_for, with_token
 
 
 def test_the_installed_websockets_is_a_supported_one() -> None:
@@ -134,3 +143,153 @@ async def test_an_update_sent_just_before_the_close_counts(server: CollabServer)
     writer.close()
     room = server.rooms.get("last")
     assert room is not None and str(room.doc.get("content", type=Text)) == "last words"
+
+
+class RawClient:
+    """A WebSocket client as bytes (websockets' sans-I/O `ClientProtocol`): it writes exactly what a test says,
+    when it says, and never answers a ping on its own."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, protocol: ClientProtocol) -> None:
+        self.reader, self.writer, self.protocol = reader, writer, protocol
+
+    @classmethod
+    async def connect(cls, server: CollabServer, path: str) -> RawClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        protocol = ClientProtocol(parse_uri(f"ws://127.0.0.1:{server.port}{path}"))
+        protocol.send_request(protocol.connect())
+        client = cls(reader, writer, protocol)
+        client.write()
+        async with asyncio.timeout(5):
+            while protocol.state is State.CONNECTING:
+                protocol.receive_data(await reader.read(65536))
+        return client
+
+    def write(self) -> None:
+        """Everything queued, in one write."""
+        self.writer.write(b"".join(self.protocol.data_to_send()))
+
+    async def read_to_end(self, timeout: float = 10) -> None:
+        async with asyncio.timeout(timeout):
+            while data := await self.reader.read(65536):
+                self.protocol.receive_data(data)
+                self.write()  # the answer to a close frame (and to a ping: the tests that need none never read)
+        self.protocol.receive_eof()  # settles its close code
+        self.writer.close()
+
+
+async def test_updates_held_back_then_a_close_all_count(start_server: StartServer) -> None:
+    """Past its burst, a client's updates wait while reading is held back; its close must not drop them."""
+    server = await start_server(max_messages_per_second=10)
+    client = await RawClient.connect(server, "/held-close")
+    for update in keystrokes("x" * 100):
+        client.protocol.send_binary(Update(update).encode())
+    client.protocol.send_close(1000, "bye")
+    started = asyncio.get_running_loop().time()
+    client.write()  # the burst and the close in one write: one read on the server
+    await client.read_to_end()
+    assert asyncio.get_running_loop().time() - started < CLOSE_TIMEOUT, "a clean close, not the close timer's cut"
+    room = server.rooms.get("held-close")
+    assert room is not None and str(room.doc.get("content", type=Text)) == "x" * 100
+
+
+async def test_a_shutdown_keeps_what_the_rate_limit_held_back(start_server: StartServer) -> None:
+    server = await start_server(max_messages_per_second=10)
+    client = await RawClient.connect(server, "/held-shutdown")
+    for update in keystrokes("y" * 60):
+        client.protocol.send_binary(Update(update).encode())
+    client.write()
+    await wait_for(lambda: bool(server.rooms.get("held-shutdown")))
+    await asyncio.sleep(0.2)  # read, and held back past the burst of 20
+    await server.stop()
+    await client.read_to_end()
+    room = server.rooms.get("held-shutdown")
+    assert room is not None and str(room.doc.get("content", type=Text)) == "y" * 60
+
+
+async def test_a_slow_load_does_not_trip_the_keepalive(start_server: StartServer) -> None:
+    server = await start_server(keepalive=0.3)
+    real_load = server.store.load
+
+    async def slow_load(name: str, at: float | None = None) -> list[StoredRecord]:  # a busy database
+        await asyncio.sleep(1.5)
+        return await real_load(name, at)
+
+    server.store.load = slow_load  # type: ignore[method-assign]
+    async with synced(room_url(server, "slow")) as client:
+        text(client).insert(0, "loaded late, still connected")
+        await client.resync()
+    assert client.close_code == 1000
+
+
+async def test_a_client_that_never_answers_pings_is_dropped_even_after_talking(start_server: StartServer) -> None:
+    server = await start_server(keepalive=0.2)
+    client = await RawClient.connect(server, "/no-pongs")
+    await wait_for(lambda: all(peer.pinged_at for peer in server.peers) and bool(server.peers))  # silent: pinged
+    client.protocol.send_binary(QueryAwareness().encode())
+    client.write()  # heard from after the ping, though without a pong; then silent for good
+    async with asyncio.timeout(3):
+        while await client.reader.read(65536):
+            pass  # the server cuts it: the stream ends
+    await wait_for(lambda: not server.peers)
+
+
+async def test_a_long_upload_is_not_mistaken_for_silence(start_server: StartServer) -> None:
+    """A message arriving over longer than the keepalive interval: its bytes show the client is alive."""
+    server = await start_server(keepalive=0.2)
+    async with synced(room_url(server, "upload")) as reader:
+        client = await RawClient.connect(server, "/upload")
+        writer_doc: Doc = Doc()
+        writer_doc.get("content", type=Text).insert(0, "z" * 200_000)
+        client.protocol.send_binary(Update(writer_doc.get_update()).encode())
+        [frame] = client.protocol.data_to_send()
+        for start in range(0, len(frame), 8192):  # about 1.2 s for the one message
+            client.writer.write(frame[start : start + 8192])
+            await asyncio.sleep(0.05)
+        await reader.wait_until(lambda: len(str(text(reader))) == 200_000)
+
+
+async def test_a_malformed_path_closes_with_4400(server: CollabServer, caplog: pytest.LogCaptureFixture) -> None:
+    client = await RawClient.connect(server, "//[x/room")
+    await client.read_to_end()
+    assert client.protocol.close_code == 4400
+    assert "Fatal error" not in caplog.text and "Traceback" not in caplog.text
+
+
+async def test_a_shutdown_lets_an_http_answer_under_way_finish(start_server: StartServer) -> None:
+    server = await start_server()
+
+    async def slow(request: HttpRequest) -> Response:
+        await asyncio.sleep(0.5)
+        return respond(200, "finished\n")
+
+    server.http.route("/slow", slow)
+    answer = asyncio.create_task(get(server, "/slow"))
+    await asyncio.sleep(0.1)
+    await server.stop()
+    status, _, body = await answer
+    assert (status, body) == (200, b"finished\n")
+
+
+async def test_a_client_that_half_closes_after_its_request_gets_the_answer(server: CollabServer) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    writer.write_eof()  # as `nc -N` does
+    async with asyncio.timeout(5):
+        response = await reader.read()
+    writer.close()
+    assert response.startswith(b"HTTP/1.1 200 OK") and response.endswith(b"ok\n")
+
+
+async def test_a_closed_connection_does_not_keep_its_room_in_memory(start_server: StartServer) -> None:
+    """Sessions keeps a connection until its token expires (a heap entry); the room must not be kept with it."""
+    server = await start_server(auth_secret=SECRET, unload_after=0.05)
+    async with synced(with_token(room_url(server, "big"), token("big", ttl=86400))) as client:
+        text(client).insert(0, "x" * 1_000_000)
+        await client.resync()
+        loaded = server.rooms.get("big")
+        assert loaded is not None
+        room = weakref.ref(loaded)
+        del loaded
+    await wait_for(lambda: "big" not in server.rooms)
+    gc.collect()
+    assert room() is None
