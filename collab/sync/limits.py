@@ -3,8 +3,8 @@
 A connection may spend `rate` tokens per second on average and bursts of up to `capacity`. A frame that
 costs more than the connection has left is still handled, but puts the budget into debt, and
 `Throttle.charge` answers how long the caller must wait before reading the connection's next frame:
-the server then stops reading that socket, websockets' bounded receive queue fills and stops reading
-the transport, and TCP backpressure slows the sender to the rate. A legitimate bulk writer (an import,
+the server's transport then stops reading that socket for that long, the kernel's buffers fill, and
+TCP backpressure slows the sender to the rate. A legitimate bulk writer (an import,
 a bot, a script sending keystrokes as fast as TCP allows) is slowed, not closed, and loses nothing.
 
 Only two things close a connection (1008, `RateLimitError`), both far beyond what any real client does:
