@@ -83,6 +83,8 @@ def root_types(update: bytes) -> dict[str, RootType | None]:
     names = list(doc_from_updates([update]).keys())
     found: dict[str, RootType | None] = dict.fromkeys(names)
     for root_type, has_content in probes:
+        if None not in found.values():
+            break  # every root typed: no more scratch copies (each one decodes the whole document)
         scratch = doc_from_updates([update])
         for name in names:
             if found[name] is None and has_content(scratch.get(name, type=root_type)):

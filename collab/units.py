@@ -57,7 +57,10 @@ def parse_time(text: str, now: float) -> float:
     relative = _AGO.sub("", text)
     match = _DURATION.match(relative)
     if match and match[2]:
-        return now - parse_duration(relative)
+        ago = now - parse_duration(relative)
+        if ago < 0:  # before 1970, or an overflow (1e20d): no document is that old
+            raise ValueError(f"not a time: {text!r} is before 1970 ({TIME_EXAMPLES})")
+        return ago
     if relative.strip().startswith("-"):
         raise ValueError(f"not a time: {text!r} (a duration ago cannot be negative; {TIME_EXAMPLES})")
     try:
@@ -66,7 +69,13 @@ def parse_time(text: str, now: float) -> float:
         raise ValueError(f"not a time: {text!r} ({TIME_EXAMPLES})") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    try:
+        timestamp = moment.timestamp()
+    except (OverflowError, ValueError):  # year 1 in a zone east of UTC, and the like
+        raise ValueError(f"not a time: {text!r} ({TIME_EXAMPLES})") from None
+    if timestamp < 0:
+        raise ValueError(f"not a time: {text!r} is before 1970 ({TIME_EXAMPLES})")
+    return timestamp
 
 
 def format_duration(seconds: float) -> str:

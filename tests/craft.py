@@ -1,4 +1,9 @@
-"""Yjs v1 updates built by hand, byte by byte, for the inputs no honest client writes (see collab.yupdate)."""
+"""Yjs v1 updates built by hand, byte by byte, for the inputs no honest client writes (see collab.sync.yupdate).
+
+Apart from helpers.py on purpose: a byte-level encoder of the update format, used only by the tests
+of update validation (test_yupdate, test_hostile_updates, test_fuzz_updates); helpers.py holds what
+tests of clients, rooms and servers share.
+"""
 
 from __future__ import annotations
 

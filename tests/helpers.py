@@ -1,9 +1,11 @@
 """What test files share, so that no test imports another test module.
 
-URLs and synced clients; keystrokes and the text they make; tokens; HTTP requests
-(`get`, `upgrade_status`); the CLI (`run_collab`) and a server (`ServerProcess`)
-in a subprocess; frames a room sends (`FramePeer`); the stock Node client.
-Fixtures (servers, stores) are in conftest.py.
+URLs and synced clients; keystrokes and the text they make; checks that a client
+still works after an attack (`still_works`, `still_syncs`, `presence_still_works`);
+tokens; HTTP requests (`get`, `upgrade_status`); the CLI (`collab_cli`, `run_collab`)
+and a server (`ServerProcess`) in a subprocess; frames a room sends (`FramePeer`);
+the stock Node client. Fixtures (servers, stores) are in conftest.py, and their
+types (`StartServer`) here: test modules import this module, never conftest.py.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from collab.client import Client
 from collab.config import Settings
 from collab.server.app import CollabServer
 from collab.sync.protocol import Message, parse_frame
+from collab.sync.yupdate import MAX_CLOCK
+
+from . import craft
 
 ROOT = Path(__file__).resolve().parent.parent
 INTEROP = ROOT / "tests" / "interop"
@@ -127,12 +132,58 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interva
             await asyncio.sleep(interval)
 
 
+def server_text(server: CollabServer, room: str) -> str:
+    """The text of `room` in an in-process server's memory; the room must be loaded."""
+    document = server.rooms.get(room)
+    assert document is not None, f"room {room!r} is not loaded"
+    return str(document.doc.get("content", type=Text))
+
+
 async def still_works(server: CollabServer, client: Client, room: str, marker: str) -> None:
-    """The client's edit reaches the server's document."""
+    """`client` can still edit `room`: its edit `marker` reaches the in-process server's document.
+
+    It opens no connection, unlike `still_syncs`: for tests at a connection limit, or that count peers.
+    """
+    assert client.close_code is None, (client.close_code, client.close_reason)
     text(client).insert(len(str(text(client))), marker)
     await client.resync()
-    document = server.rooms.get(room)
-    assert document is not None and marker in str(document.doc.get("content", type=Text))
+    assert marker in server_text(server, room)
+
+
+async def still_syncs(url: str, client: Client, marker: str) -> str:
+    """`client` can still edit its room at `url`: its edit `marker` reaches a newcomer there.
+
+    This checks more than `still_works` (the server took the edit *and* serves it to others) and works
+    with a server in a subprocess, but opens a connection. Returns the text the newcomer got, which is
+    the server's whole document, for checks that nothing of an attacker's is in it.
+    """
+    assert client.close_code is None, (client.close_code, client.close_reason)
+    text(client).insert(len(str(text(client))), marker)
+    async with synced(url) as newcomer:
+        await newcomer.wait_until(lambda: marker in str(text(newcomer)))
+        return str(text(newcomer))
+
+
+def no_token(room: str) -> str:
+    return ""
+
+
+async def presence_still_works(
+    server: CollabServer, room: str, client: Client, elsewhere: Client, query: Callable[[str], str] = no_token
+) -> None:
+    """`still_syncs` for presence as well: `client`'s awareness state and edit reach newcomers in `room`,
+    `elsewhere` (a client in the room "elsewhere") still syncs, and neither was closed.
+
+    For attacks on presence, which must break neither the document, nor presence, nor another room.
+    `query(room)` is what a newcomer's URL ends with (a token: "?token=...").
+    """
+    state = {"user": "still here", "cursor": 7}
+    client.set_awareness(state)
+    async with synced(room_url(server, room) + query(room)) as newcomer:
+        await newcomer.wait_until(lambda: newcomer.awareness.get(client.client_id) == state)
+    await still_syncs(room_url(server, room) + query(room), client, "still here. ")
+    await still_syncs(room_url(server, "elsewhere") + query("elsewhere"), elsewhere, "elsewhere too. ")
+    assert client.close_code is None and elsewhere.close_code is None
 
 
 def stored_text(db_path: Path, room: str, name: str = "content") -> str | None:
@@ -199,7 +250,8 @@ async def upgrade_status(port: int, origin: str | None, host: str = "127.0.0.1",
 
 
 def collab_cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """`python -m collab ARGS` with `env` added to this one's; raise unless it exits 0 when `check`.
+    """`python -m collab ARGS` with `env` added to this one's less its COLLAB_ settings (so that a
+    developer's shell cannot change what a test sees); raise unless it exits 0 when `check`.
 
     It blocks: async tests use `run_collab`, which runs it in a thread so that an in-process server
     keeps serving meanwhile.
@@ -210,7 +262,7 @@ def collab_cli(*args: str, env: dict[str, str] | None = None, check: bool = True
         text=True,
         timeout=60,
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        env={**{key: value for key, value in os.environ.items() if not key.startswith("COLLAB_")}, **(env or {})},
     )
     if check and result.returncode != 0:
         raise AssertionError(f"collab {' '.join(args)} exited {result.returncode}: {result.stderr}")
@@ -390,3 +442,19 @@ class NodeClient:
                 if predicate(snap):
                     return snap
                 await asyncio.sleep(0.02)
+
+
+def a_real_panic() -> BaseException:
+    """pyo3's PanicException, as pycrdt raises it: two updates that together wrap a 32-bit clock.
+
+    No input reaches pycrdt unchecked any more (that is the point of collab's walk), so tests that need a
+    panic inject this one, real, where they need it.
+    """
+    doc: Doc = Doc()
+    doc.apply_update(craft.text_update(7, 0, "XYZ"))
+    try:
+        doc.apply_update(craft.text_update(7, MAX_CLOCK, "ab"))
+    except BaseException as panic:
+        assert not isinstance(panic, Exception)
+        return panic
+    raise AssertionError("pycrdt no longer panics on this; find another panic")

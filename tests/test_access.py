@@ -16,10 +16,10 @@ from collab.auth import Permission, mint_token, verify_token
 from collab.client import Client
 from collab.server.app import CollabServer
 
-from .conftest import StartServer
 from .helpers import (
     ROOT,
     SECRET,
+    StartServer,
     collab_cli,
     get,
     refused,

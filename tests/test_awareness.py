@@ -40,8 +40,7 @@ from collab.sync.protocol import (
     parse_frame,
 )
 
-from .conftest import StartServer
-from .helpers import INTEROP, NodeClient, room_url, synced, text
+from .helpers import INTEROP, NodeClient, StartServer, no_token, presence_still_works, room_url, synced
 
 SECRET = "a-test-secret-of-enough-length"
 
@@ -62,10 +61,6 @@ class Watcher(Client):
         return [entry for entry in self.entries if entry.client_id == client_id]
 
 
-def no_token(room: str) -> str:
-    return ""
-
-
 @asynccontextmanager
 async def bystanders(
     server: CollabServer, room: str, query: Callable[[str], str] = no_token
@@ -79,21 +74,6 @@ async def bystanders(
         watcher.set_awareness({"user": "watcher"})
         await watcher.wait_until(lambda: watcher.client_id in watcher.awareness)
         yield watcher, other
-
-
-async def still_fine(
-    server: CollabServer, room: str, watcher: Watcher, other: Client, query: Callable[[str], str] = no_token
-) -> None:
-    """The watcher's edits and presence reach a newcomer, and the other room still syncs."""
-    text(watcher).insert(0, "still here. ")
-    watcher.set_awareness({"user": "watcher", "cursor": 7})
-    async with synced(room_url(server, room) + query(room)) as fresh:
-        await fresh.wait_until(lambda: "still here. " in str(text(fresh)))
-        await fresh.wait_until(lambda: fresh.awareness.get(watcher.client_id) == {"user": "watcher", "cursor": 7})
-    text(other).insert(0, "elsewhere too. ")
-    async with synced(room_url(server, "elsewhere") + query("elsewhere")) as fresh:
-        await fresh.wait_until(lambda: "elsewhere too. " in str(text(fresh)))
-    assert watcher.close_code is None and other.close_code is None
 
 
 def entries_frame(entries: list[tuple[int, int, str]]) -> bytes:
@@ -124,7 +104,7 @@ async def test_a_connection_cannot_change_or_remove_another_users_presence(serve
             assert server.metrics.rejected.get(NOT_OWNER) == 3
             alice.set_awareness({"user": "alice", "cursor": 3})
             await watcher.wait_until(lambda: watcher.awareness.get(alice.client_id) == {"user": "alice", "cursor": 3})
-        await still_fine(server, "team", watcher, other)
+        await presence_still_works(server, "team", watcher, other)
 
 
 async def test_a_quick_reconnect_keeps_showing_the_users_cursor(server: CollabServer) -> None:
@@ -146,7 +126,7 @@ async def test_a_quick_reconnect_keeps_showing_the_users_cursor(server: CollabSe
             assert all(not entry.is_removal for entry in watcher.saw(4242)), "the cursor never disappeared"
             await old.close()
         await watcher.wait_until(lambda: 4242 not in watcher.awareness)
-        await still_fine(server, "reconnect", watcher, other)
+        await presence_still_works(server, "reconnect", watcher, other)
 
 
 async def test_with_tokens_the_same_subject_takes_its_id_over_at_once(start_server: StartServer) -> None:
@@ -179,7 +159,7 @@ async def test_with_tokens_the_same_subject_takes_its_id_over_at_once(start_serv
             eve.send_raw(entries_frame([(77, 60, '{"user":"eve"}')]))
             await sync_point(eve, watcher, {"user": "eve", "again": True})
             assert 77 not in watcher.awareness
-        await still_fine(server, "secure", watcher, other, watcher_token)
+        await presence_still_works(server, "secure", watcher, other, watcher_token)
 
 
 # Lock-out.
@@ -214,7 +194,7 @@ async def test_a_huge_clock_for_a_stock_clients_id_does_not_lock_it_out(start_se
                 snapshot = await victim.snapshot()
                 assert snapshot["awareness"][str(victim_id)] == {"user": "victim", "cursor": 2}
             assert not [event for event in victim.events if event["event"] in ("closed", "connection-close")]
-        await still_fine(server, "locked", watcher, other, writer)
+        await presence_still_works(server, "locked", watcher, other, writer)
 
 
 async def test_the_server_never_sends_a_clock_javascript_cannot_read(server: CollabServer) -> None:
@@ -231,7 +211,7 @@ async def test_the_server_never_sends_a_clock_javascript_cannot_read(server: Col
         # Its removal goes out with clock + 1 = 2**53 - 1, the largest a JavaScript client reads exactly.
         await watcher.wait_until(lambda: me not in watcher.awareness)
         assert max(entry.clock for entry in watcher.entries) == MAX_VAR_UINT
-        await still_fine(server, "clocks", watcher, other)
+        await presence_still_works(server, "clocks", watcher, other)
 
 
 async def test_the_client_survives_any_frame(caplog: pytest.LogCaptureFixture) -> None:
@@ -286,7 +266,7 @@ async def test_invalid_states_close_the_sender_and_never_reach_others(server: Co
         async with synced(room_url(server, "states")) as marker:
             await sync_point(marker, watcher, {"user": "marker"})  # all the server sent before has arrived
         assert watcher.saw(attacker.client_id) == []
-        await still_fine(server, "states", watcher, other)
+        await presence_still_works(server, "states", watcher, other)
 
 
 async def test_states_within_the_limits_are_relayed_as_sent(server: CollabServer) -> None:
@@ -298,7 +278,7 @@ async def test_states_within_the_limits_are_relayed_as_sent(server: CollabServer
             sent = AwarenessEntry(sender.client_id, clock, state)
             sender.send_raw(awareness_message([sent]))
             await watcher.wait_until(lambda: watcher.saw(sent.client_id)[-1:] == [sent])  # noqa: B023
-        await still_fine(server, "fine", watcher, other)
+        await presence_still_works(server, "fine", watcher, other)
 
 
 # Counts.
@@ -316,7 +296,7 @@ async def test_a_million_fake_ids_are_refused_before_they_are_decoded(server: Co
         code, reason = await attacker.wait_closed()
         assert code == 1009 and f"more than {MAX_AWARENESS_ENTRIES}" in (reason or "")
         assert len(server.rooms.get("million").presence) == 1  # type: ignore[union-attr]
-        await still_fine(server, "million", watcher, other)
+        await presence_still_works(server, "million", watcher, other)
 
 
 async def test_a_connection_introduces_a_few_ids_and_cannot_store_unknown_removals(server: CollabServer) -> None:
@@ -331,7 +311,7 @@ async def test_a_connection_introduces_a_few_ids_and_cannot_store_unknown_remova
         assert server.metrics.rejected.get(TOO_MANY_IDS) == MAX_AWARENESS_ENTRIES - MAX_CLIENT_IDS
         room = server.rooms.get("ids")
         assert room is not None and len(room.presence) == 1 + MAX_CLIENT_IDS and not room.presence._removed
-        await still_fine(server, "ids", watcher, other)
+        await presence_still_works(server, "ids", watcher, other)
 
 
 def nesting(value: object) -> int:

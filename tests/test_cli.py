@@ -17,11 +17,7 @@ from collab.errors import EXIT_BROKEN_PIPE, EXIT_IN_USE, EXIT_NOT_FOUND, EXIT_ST
 from collab.store.lockfile import DatabaseLock
 from collab.units import parse_duration, parse_size
 
-
-def collab(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "collab", *args], capture_output=True, text=True, timeout=60, env=env, cwd=cwd
-    )
+from .helpers import collab_cli
 
 
 def one_clear_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -39,9 +35,7 @@ def subcommands() -> list[str]:
 
 @pytest.mark.parametrize("argv", [[], *([name] for name in subcommands())])
 def test_every_help_ends_with_an_example(argv: list[str]) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "collab", *argv, "--help"], capture_output=True, text=True, timeout=30, check=True
-    )
+    result = collab_cli(*argv, "--help")
     match = re.search(r"\nexamples?:\n(.*)", result.stdout, re.DOTALL)
     assert match, "help must end with an example"
     assert "collab " in match[1]
@@ -63,24 +57,13 @@ def test_sizes_and_durations_parse_with_units() -> None:
 
 
 def test_a_bad_environment_value_is_a_clear_error() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "collab", "serve"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"COLLAB_PORT": "not-a-port", "PATH": "/usr/bin:/bin"},
-    )
+    result = collab_cli("serve", env={"COLLAB_PORT": "not-a-port"}, check=False)
     assert result.returncode == 2
     assert "COLLAB_PORT" in result.stderr and "not-a-port" in result.stderr
 
 
 def test_a_bad_flag_is_a_clear_error() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "collab", "serve", "--commit-interval", "soon"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = collab_cli("serve", "--commit-interval", "soon", check=False)
     assert result.returncode == 2
     assert "--commit-interval" in result.stderr
 
@@ -92,21 +75,11 @@ def test_a_busy_port_and_an_unusable_database_are_clear_errors(tmp_path: Path) -
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, "-m", "collab", "serve", "--port", str(port), "--db", str(tmp_path / "a.db")],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        result = collab_cli("serve", "--port", str(port), "--db", str(tmp_path / "a.db"), check=False)
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     (tmp_path / "file").write_text("not a directory")
-    result = subprocess.run(
-        [sys.executable, "-m", "collab", "serve", "--port", "0", "--db", str(tmp_path / "file" / "x.db")],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = collab_cli("serve", "--port", "0", "--db", str(tmp_path / "file" / "x.db"), check=False)
     assert result.returncode == EXIT_STORAGE
     assert "cannot open database" in result.stderr
     assert "Traceback" not in result.stderr
@@ -144,7 +117,7 @@ def test_scripts_export_wraps_collab_export(tmp_path: Path) -> None:
     ],
 )
 def test_a_bad_flag_value_is_one_line_naming_the_flag(argv: list[str], expected: str) -> None:
-    result = collab(*argv)
+    result = collab_cli(*argv, check=False)
     assert result.returncode == EXIT_USAGE
     line = one_clear_line(result)
     assert line.startswith(expected), line
@@ -153,7 +126,7 @@ def test_a_bad_flag_value_is_one_line_naming_the_flag(argv: list[str], expected:
 
 
 def test_an_out_of_range_port_in_the_environment_is_refused(tmp_path: Path) -> None:
-    result = collab("serve", "--db", str(tmp_path / "a.db"), env={**os.environ, "COLLAB_PORT": "70000"})
+    result = collab_cli("serve", "--db", str(tmp_path / "a.db"), env={"COLLAB_PORT": "70000"}, check=False)
     assert result.returncode == EXIT_USAGE
     assert one_clear_line(result).startswith("collab serve: COLLAB_PORT: not a port number: '70000'")
     assert not (tmp_path / "a.db").exists(), "nothing was started"
@@ -167,22 +140,20 @@ def test_an_empty_variable_counts_as_unset() -> None:
 @pytest.mark.parametrize("variable", ["COLLAB_AUTH_SECRET", "COLLAB_AUTH_SECRET_FILE", "COLLAB_AUTH_PUBLIC_KEY"])
 def test_an_empty_access_control_variable_is_refused_not_ignored(variable: str) -> None:
     """A blank secret in an env file must not quietly serve every document to anyone."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("COLLAB_")}
-    result = collab("token", "notes", env={**env, variable: ""})
+    result = collab_cli("token", "notes", env={variable: ""}, check=False)
     assert result.returncode == EXIT_USAGE
     assert one_clear_line(result).startswith(f"collab token: {variable} is empty")
 
 
 def test_an_empty_document_name_says_so() -> None:
-    result = collab("token", "", env={**os.environ, "COLLAB_AUTH_SECRET": "s" * 32})
+    result = collab_cli("token", "", env={"COLLAB_AUTH_SECRET": "s" * 32}, check=False)
     assert result.returncode == EXIT_USAGE
     line = one_clear_line(result)
     assert line.startswith("collab token: the document name is empty") and "ws://" not in line
 
 
 def test_a_token_can_live_a_week() -> None:
-    result = collab("token", "notes", "--ttl", "1w", env={**os.environ, "COLLAB_AUTH_SECRET": "s" * 32})
-    assert result.returncode == 0, result.stderr
+    result = collab_cli("token", "notes", "--ttl", "1w", env={"COLLAB_AUTH_SECRET": "s" * 32})
     from collab.auth import verify_token
 
     grant = verify_token(b"s" * 32, result.stdout.strip())
@@ -190,7 +161,7 @@ def test_a_token_can_live_a_week() -> None:
 
 
 def test_serve_help_shows_defaults_as_they_are_written() -> None:
-    help_text = " ".join(collab("serve", "--help").stdout.split())
+    help_text = " ".join(collab_cli("serve", "--help").stdout.split())
     for shown in ("default 64M]", "default 50ms]", "default 1h]", "default 30d]", "default 20s]", "default 16M]"):
         assert shown in help_text
     assert "67108864" not in help_text and "3600.0" not in help_text and "0.05" not in help_text
@@ -207,8 +178,8 @@ def backup(tmp_path: Path) -> Path:
 
 def test_a_missing_document_is_not_found_not_a_usage_error(tmp_path: Path) -> None:
     db = tmp_path / "a.db"
-    assert collab("import", str(backup(tmp_path)), "--name", "hello", "--db", str(db)).returncode == 0
-    result = collab("history", "nope", "--db", str(db))
+    collab_cli("import", str(backup(tmp_path)), "--name", "hello", "--db", str(db))
+    result = collab_cli("history", "nope", "--db", str(db), check=False)
     assert result.returncode == EXIT_NOT_FOUND
     assert one_clear_line(result) == "collab history: no document named 'nope'\n"
 
@@ -218,7 +189,7 @@ def test_a_database_in_use_has_its_own_exit_code(tmp_path: Path) -> None:
     lock = DatabaseLock(db)
     lock.acquire()
     try:
-        result = collab("serve", "--port", "0", "--db", str(db))
+        result = collab_cli("serve", "--port", "0", "--db", str(db), check=False)
     finally:
         lock.release()
     assert result.returncode == EXIT_IN_USE
@@ -229,7 +200,7 @@ def test_a_database_in_use_has_its_own_exit_code(tmp_path: Path) -> None:
 def test_a_reader_that_stops_early_gets_no_traceback(tmp_path: Path, command: list[str]) -> None:
     """`collab rooms | head`: the pipe's reading end is gone before collab writes its first line."""
     db = tmp_path / "a.db"
-    assert collab("import", str(backup(tmp_path)), "--name", "hello", "--db", str(db)).returncode == 0
+    collab_cli("import", str(backup(tmp_path)), "--name", "hello", "--db", str(db))
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:

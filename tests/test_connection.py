@@ -21,8 +21,20 @@ from collab.errors import (
 from collab.metrics import Counter
 from collab.store.memory import MemoryStore
 from collab.sync.connection import READ_ONLY_NOTICE, Connection, ConnectionRules
-from collab.sync.protocol import Auth, Message, SyncStep1, SyncStep2, Update, parse_frame
+from collab.sync.protocol import (
+    Auth,
+    Awareness,
+    AwarenessEntry,
+    Message,
+    SyncStep1,
+    SyncStep2,
+    Update,
+    awareness_message,
+    parse_frame,
+)
 from collab.sync.room import Room
+
+from .helpers import text_of
 
 SECRET = b"a secret of at least sixteen bytes"
 
@@ -47,6 +59,8 @@ class Client:
         self.text = self.doc.get("content", type=Text)
         self.inbox: list[bytes] = []
         """Messages from the server not yet read."""
+        self.received: list[Message] = []
+        """Every message read from the server, in order."""
         self.outbox: list[bytes] = [SyncStep1(self.doc.get_state()).encode()]
         """Messages for the server not yet delivered: a client opens with its step 1."""
         self.auth: list[str] = []
@@ -62,6 +76,7 @@ class Client:
         self.inbox.clear()  # in place: the connection holds its append
         for frame in inbox:
             for message in parse_frame(frame):
+                self.received.append(message)
                 if isinstance(message, SyncStep1):
                     self.outbox.append(SyncStep2(self.doc.get_update(message.state_vector)).encode())
                 elif isinstance(message, SyncStep2 | Update):
@@ -122,13 +137,20 @@ async def test_a_late_joiner_gets_only_what_it_is_missing(memory_store: MemorySt
     pair = ConnectionPair(memory_store)
     ada, ada_connection = pair.connect()
     ada.type(0, "x" * 1000)
+    presence = AwarenessEntry(ada.doc.client_id, 1, '{"user":"ada"}')
+    ada.outbox.append(awareness_message([presence]))
     pair.pump((ada, ada_connection))
     late, late_connection = pair.connect()
     pair.pump((late, late_connection))
     assert str(late.text) == "x" * 1000
-    # Its copy came as one step 2, answered to its step 1; nothing was relayed twice.
-    step2s = [m for m in pair.counts.received if isinstance(m, SyncStep2)]
-    assert len(step2s) == 2  # one from each client, answering the room's step 1
+    # The greeting (the room's step 1 and everyone's presence), then one step 2 answering its own step 1
+    # that brings the whole text by itself; none of ada's edits relayed on top.
+    match late.received:
+        case [SyncStep1(), Awareness(entries=[greeted]), SyncStep2(update=update)]:
+            assert greeted == presence
+            assert text_of([update]) == "x" * 1000
+        case received:
+            raise AssertionError(f"the late joiner received {received}")
 
 
 async def test_a_malformed_message_closes_only_its_connection(memory_store: MemoryStore) -> None:

@@ -23,17 +23,14 @@ from collab.store.history import Retention
 from collab.store.memory import MemoryEngine
 from collab.store.sqlite import SQLiteEngine
 
-from .helpers import ROOT, keystrokes
+from .helpers import ROOT, keystrokes, text_of
 
 T0 = 1_800_000_000.0
 NO_HISTORY = Retention(0, 0, 0)
 
 
 def text_at(engine: Engine, name: str, at: float | None = None) -> str:
-    doc: Doc = Doc()
-    for record in engine.load(name, at):
-        doc.apply_update(record.data)
-    return str(doc.get("content", type=Text))
+    return text_of(record.data for record in engine.load(name, at))
 
 
 @pytest.fixture(params=["memory", "sqlite"])

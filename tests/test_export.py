@@ -19,9 +19,9 @@ from collab.client import Client
 from collab.filenames import MANIFEST, file_name_for, name_from_file_name
 from collab.server.app import CollabServer
 
-from .conftest import StartServer
 from .helpers import (
     ServerProcess,
+    StartServer,
     doc_of,
     get,
     http_get,
@@ -279,7 +279,7 @@ async def test_http_api_errors_say_what_is_wrong(server: CollabServer) -> None:
         (base + "?format=docx", 400, "unknown format 'docx'"),
         (base + "?at=whenever", 400, "not a time"),
         ("/api/docs/", 400, "no document name: GET /api/docs/NAME, or /api/docs for the list"),
-        ("/api/docs/%FF", 400, "utf-8"),
+        ("/api/docs/%FF", 400, "not UTF-8"),
     ]
     for path, status, message in cases:
         reply = await get(server, path)
@@ -289,9 +289,6 @@ async def test_http_api_errors_say_what_is_wrong(server: CollabServer) -> None:
 
 
 SENTENCE = "lorem ipsum dolor sit amet "
-MAX_RELAY_DELAY = 0.5
-"""Longest a keystroke may take from one client to another of its room while a large export runs (and
-at most half the export's time). Off the loop, the worst is one native pycrdt call: ~0.25 s on 2 cores."""
 
 
 def large_document() -> Doc:
@@ -361,7 +358,9 @@ async def test_a_large_export_does_not_hold_up_other_rooms(tmp_path: Path) -> No
                     for index, at_sent in enumerate(sent)
                 ]
                 assert len(delays) > exporting / 0.02 / 2, "the typist kept typing during the export"
-                bound = min(MAX_RELAY_DELAY, exporting / 2)
-                assert max(delays) < bound, (path, f"export {exporting:.2f} s", sorted(delays)[-5:])
+                # Off the loop, the worst is one native pycrdt call (~0.25 s on 2 cores); a fixed bound in
+                # seconds fails under CPU load, which slows the export as much: half of it is what fails
+                # only when the render holds the loop.
+                assert max(delays) < exporting / 2, (path, f"export {exporting:.2f} s", sorted(delays)[-5:])
     finally:
         server.stop()

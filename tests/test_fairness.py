@@ -11,12 +11,10 @@ import time
 
 import pytest
 import websockets.exceptions
-from pycrdt import Text
 
 from collab.client import Client
 from collab.config import Settings
 from collab.errors import RateLimitError
-from collab.server.app import CollabServer
 from collab.server.transport import CLOSE_TIMEOUT as SLOW_CLOSE_TIMEOUT
 from collab.sync.limits import AUDIENCE_PER_TOKEN, MAX_FRAME_COST_BURSTS, Throttle, bytes_cost, frame_cost
 from collab.sync.protocol import (
@@ -29,15 +27,7 @@ from collab.sync.protocol import (
     parse_frame,
 )
 
-from .conftest import StartServer
-from .helpers import keystrokes, room_url, still_works, synced, text, wait_for
-
-
-def server_text(server: CollabServer, room: str) -> str:
-    document = server.rooms.get(room)
-    assert document is not None
-    return str(document.doc.get("content", type=Text))
-
+from .helpers import StartServer, keystrokes, room_url, server_text, still_works, synced, text, wait_for
 
 # The throttle, on an explicit clock.
 

@@ -11,14 +11,13 @@ import logging
 from collections.abc import Sequence
 
 import pytest
-from pycrdt import Doc, Text
 
 from collab.errors import StorageError
 from collab.store import Commit, DocumentInfo, HistoryPoint, StoredRecord, WriteOp
 from collab.store.group_commit import GroupCommitStore
 from collab.store.memory import MemoryEngine, MemoryStore
 
-from .helpers import keystrokes, wait_for
+from .helpers import keystrokes, text_of, wait_for
 
 
 class FailingEngine:
@@ -58,10 +57,7 @@ class FailingEngine:
 
 
 async def text_in(store: GroupCommitStore[FailingEngine] | MemoryStore, name: str) -> str:
-    doc: Doc = Doc()
-    for record in await store.load(name):
-        doc.apply_update(record.data)
-    return str(doc.get("content", type=Text))
+    return text_of(record.data for record in await store.load(name))
 
 
 async def test_writes_in_one_window_are_one_commit_of_one_row_per_document() -> None:

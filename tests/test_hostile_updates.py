@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import websockets.asyncio.client
-from pycrdt import Doc, Text, get_state
+from pycrdt import Text, get_state
 
 from collab.client import Client
 from collab.server.app import CollabServer
@@ -21,8 +21,18 @@ from collab.sync.room import Room
 from collab.sync.yupdate import MAX_CLOCK, MAX_STATE_VECTOR_CLIENTS, check_state_vector, check_update
 
 from . import craft
-from .conftest import StartServer
-from .helpers import ServerProcess, collab_cli, get, room_url, synced, text, wait_for
+from .helpers import (
+    ServerProcess,
+    StartServer,
+    a_real_panic,
+    collab_cli,
+    get,
+    room_url,
+    still_syncs,
+    synced,
+    text,
+    wait_for,
+)
 
 # What killed the server (SIGSEGV in pycrdt's decoder): a 60 KB update, one value nested 30,000 deep.
 DEEP = craft.nested_any(30_000)
@@ -34,12 +44,6 @@ async def refused_frame(url: str, frame: bytes) -> tuple[int | None, str | None]
     await attacker.synced.wait()
     attacker.send_raw(frame)
     return await attacker.wait_closed()
-
-
-async def still_syncs(url: str, writer: Client, marker: str) -> None:
-    text(writer).insert(len(str(text(writer))), marker)
-    async with synced(url) as fresh:
-        await fresh.wait_until(lambda: marker in str(text(fresh)))
 
 
 def test_the_deep_update_really_crashes_pycrdt_unchecked() -> None:
@@ -218,18 +222,6 @@ async def test_a_stored_row_that_would_crash_is_reported_and_export_carries_on(t
     manifest = {entry["name"]: entry for entry in json.loads((out / "manifest.json").read_text())["documents"]}
     assert manifest["bad"]["file"] is None and f"#{row_id}" in manifest["bad"]["error"]
     assert "error" not in manifest["good"]
-
-
-def a_real_panic() -> BaseException:
-    """pyo3's PanicException, as pycrdt raises it: two updates that together wrap a 32-bit clock."""
-    doc: Doc = Doc()
-    doc.apply_update(craft.text_update(7, 0, "XYZ"))
-    try:
-        doc.apply_update(craft.text_update(7, MAX_CLOCK, "ab"))
-    except BaseException as panic:
-        assert not isinstance(panic, Exception)
-        return panic
-    raise AssertionError("pycrdt no longer panics on this; find another panic")
 
 
 async def test_a_library_panic_closes_one_connection_with_1011(

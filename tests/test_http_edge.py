@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+from websockets.http11 import Response
 
 from collab.client import Client
+from collab.http import api
+from collab.http.router import HttpRequest, respond
 from collab.server.app import CollabServer
 
-from .helpers import room_url, synced, text
+from .helpers import StartServer, a_real_panic, get, room_url, synced, text, wait_for
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -112,6 +117,11 @@ BAD_REQUESTS = {
     "non-ASCII path": (b"GET /\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     "header without a colon": (request(extra="no colon here\r\n"), 400),
     "head too large": (b"GET / HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+    "header line too long": (request(extra="X-Pad: " + "a" * 9_000 + "\r\n"), 431),
+    "too many headers": (request(extra="".join(f"X-{n}: {n}\r\n" for n in range(200))), 431),
+    "Content-Length 00": (request(extra="Content-Length: 00\r\n"), 413),
+    "a control character in a header value": (request(extra="X-A: a\x01b\r\n"), 400),
+    "a space in a header name": (request(extra="X A: b\r\n"), 400),
 }
 
 
@@ -125,6 +135,7 @@ async def test_unservable_requests_get_an_answer(
     assert b"\r\nConnection: close\r\n" in response
     if expected == 405:
         assert b"\r\nAllow: GET\r\n" in response
+    assert b"WebSocket" not in response.partition(b"\r\n\r\n")[2], "an HTTP answer speaks of HTTP"
 
 
 async def test_pipelined_requests_get_the_first_answer_and_a_close(
@@ -149,3 +160,69 @@ async def test_a_request_head_in_small_pieces_is_served(
         response = await reader.read()
     writer.close()
     assert status(response) == 200 and response.endswith(b"ok\n")
+
+
+async def test_an_answer_may_take_longer_than_the_handshake_timeout(start_server: StartServer) -> None:
+    """The handshake timeout is for reading the request; an export that renders for longer is still answered."""
+    server = await start_server(handshake_timeout=0.3)
+
+    async def slow(request: HttpRequest) -> Response:
+        await asyncio.sleep(0.8)
+        return respond(200, "rendered\n")
+
+    server.http.route("/slow", slow)
+    reply = await get(server, "/slow")
+    assert (reply.status, reply.body) == (200, b"rendered\n")
+
+
+async def test_a_panic_while_answering_is_a_500_for_that_request_alone(
+    server: CollabServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    panic = a_real_panic()
+
+    async def panics(request: HttpRequest) -> Response:
+        raise panic
+
+    server.http.route("/panics", panics)
+    with caplog.at_level(logging.ERROR, logger="collab.server"):
+        reply = await get(server, "/panics?token=secret-looking")
+    assert (reply.status, reply.body) == (500, b"internal error\n")
+    assert "secret-looking" not in caplog.text, "a query (which may hold a token) is not logged"
+    assert (await get(server, "/healthz")).status == 200
+
+
+async def test_a_time_out_of_any_calendar_is_a_400(server: CollabServer) -> None:
+    async with synced(room_url(server, "dated")) as client:
+        text(client).insert(0, "x")
+        await client.resync()
+    for at in ("100000000000w", "99999999999999999999d", "0001-01-01T00:00:00+05:00"):
+        reply = await get(server, f"/api/docs/dated?at={at}")
+        assert reply.status == 400 and b"not a time" in reply.body, (at, reply)
+
+
+async def test_a_store_that_does_not_answer_gives_503_and_rooms_in_memory_still_export(
+    start_server: StartServer, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While commits fail, a load waits for them (it must not miss an update): the API answers 503 in time."""
+    monkeypatch.setattr(api, "STORE_TIMEOUT", 0.5)
+    server = await start_server(sqlite_busy_timeout=0.05)
+    async with synced(room_url(server, "stuck")) as writer, synced(room_url(server, "fine")) as other:
+        text(other).insert(0, "in memory")
+        await other.resync()
+        await server.store.flush()
+        blocker = sqlite3.connect(db_path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock: commits fail and retry
+        try:
+            text(writer).insert(0, "pending")
+            await writer.resync()
+            await wait_for(lambda: server.store.failing)
+            stuck = await get(server, "/api/docs/stuck?at=0s&format=txt")  # from the store, as of now
+            assert stuck.status == 503 and b"did not answer" in stuck.body
+            fine = await get(server, "/api/docs/fine?format=txt")  # from its room
+            assert (fine.status, fine.body) == (200, b"in memory")
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        await wait_for(lambda: not server.store.failing)
+        reply = await get(server, "/api/docs/stuck?at=0s&format=txt")
+        assert (reply.status, reply.body) == (200, b"pending"), "the pending edit, not a stale read"

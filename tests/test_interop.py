@@ -9,8 +9,7 @@ from pycrdt import Text
 
 from collab.server.app import CollabServer
 
-from .conftest import StartServer
-from .helpers import INTEROP, NodeClient, room_url, synced, text
+from .helpers import INTEROP, NodeClient, StartServer, room_url, synced, text
 
 pytestmark = pytest.mark.skipif(
     shutil.which("node") is None or not (INTEROP / "node_modules" / "y-websocket").is_dir(),

@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "collab"
-IO_MODULES = {"asyncio", "websockets", "sqlite3", "sqlite_utils", "socket", "selectors", "uvloop"}
+IO_MODULES = {
+    *("asyncio", "anyio", "uvloop", "selectors", "threading", "concurrent"),  # event loops and threads
+    *("websockets", "socket", "ssl", "sqlite3", "sqlite_utils"),
+}
 SANS_IO = ("collab.sync",)
 """Packages whose modules take bytes and the clock in and give decisions out."""
 
@@ -35,37 +38,33 @@ def imports(path: Path, *, module_level_only: bool) -> set[str]:
 
 
 def imports_in(source: str, package: str, *, module_level_only: bool) -> set[str]:
+    """Every statement at any depth is visited (`with`, `try`, `match` cases, class bodies...) except the
+    bodies of `if TYPE_CHECKING:`, and of functions when `module_level_only` (they run later, if at all)."""
     found: set[str] = set()
 
-    def visit(nodes: list[ast.stmt]) -> None:
-        for node in nodes:
-            if isinstance(node, ast.If) and is_type_checking(node):
-                visit(node.orelse)
-                continue
-            if isinstance(node, ast.Import):
-                found.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    target = ".".join(base + ([node.module] if node.module else []))
+    def visit(node: ast.AST) -> None:
+        match node:
+            case ast.If() if is_type_checking(node):
+                for statement in node.orelse:
+                    visit(statement)
+                return
+            case ast.FunctionDef() | ast.AsyncFunctionDef() if module_level_only:
+                return
+            case ast.Import(names=names):
+                found.update(alias.name for alias in names)
+            case ast.ImportFrom(module=module, names=names, level=level):
+                if level:
+                    base = package.split(".")[: len(package.split(".")) - level + 1]
+                    target = ".".join(base + ([module] if module else []))
                 else:
-                    target = node.module or ""
+                    target = module or ""
                 found.add(target)
                 # `from . import x` may name a submodule
-                found.update(f"{target}.{alias.name}" for alias in node.names)
-            if module_level_only and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-                if isinstance(node, ast.ClassDef):
-                    visit(node.body)
-                continue
-            for field in ("body", "orelse", "finalbody", "handlers"):
-                children = getattr(node, field, None)
-                if isinstance(children, list) and children and isinstance(children[0], ast.stmt | ast.excepthandler):
-                    visit([c for c in children if isinstance(c, ast.stmt)])
-                    for handler in children:
-                        if isinstance(handler, ast.ExceptHandler):
-                            visit(handler.body)
+                found.update(f"{target}.{alias.name}" for alias in names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
 
-    visit(ast.parse(source).body)
+    visit(ast.parse(source))
     return found
 
 
@@ -142,8 +141,14 @@ def test_the_checker_sees_imports_that_run() -> None:
         "if TYPE_CHECKING:\n    import websockets\n"
         "def later():\n    import sqlite3\n"
         "try:\n    import uvloop\nexcept ImportError:\n    pass\n"
+        "match engine:\n    case 'threads':\n        from concurrent import futures\n"
+        "with suppress(ImportError):\n    import ssl\n"
+        "class Loop:\n    import selectors\n    def run(self):\n        import threading\n"
     )
     everything = imports_in(source, "collab.sync", module_level_only=False)
     assert {"asyncio", "collab.server", "collab.server.app", "sqlite3", "uvloop"} <= everything
+    assert {"concurrent", "concurrent.futures", "ssl", "selectors", "threading"} <= everything
     assert "websockets" not in everything
-    assert "sqlite3" not in imports_in(source, "collab.sync", module_level_only=True)
+    module_level = imports_in(source, "collab.sync", module_level_only=True)
+    assert {"asyncio", "uvloop", "concurrent", "ssl", "selectors"} <= module_level
+    assert not {"sqlite3", "threading", "websockets"} & module_level

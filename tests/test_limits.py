@@ -7,8 +7,7 @@ import asyncio
 from collab.client import Client
 from collab.sync.protocol import AwarenessEntry, awareness_message
 
-from .conftest import StartServer
-from .helpers import room_url, still_works, synced, text, wait_for
+from .helpers import StartServer, room_url, still_works, synced, text, wait_for
 
 
 async def test_too_many_connections_are_closed_with_1013(start_server: StartServer) -> None:

@@ -23,8 +23,7 @@ from collab.client import Client
 from collab.logs import configure_logging, fields
 from collab.server.app import CollabServer
 
-from .conftest import StartServer
-from .helpers import ROOT, ServerProcess, get, room_url, synced, text
+from .helpers import ROOT, ServerProcess, StartServer, get, room_url, synced, text
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,7 @@ from pycrdt import Array, Map
 
 from collab.client import Client
 
-from .conftest import StartServer
-from .helpers import ServerProcess, room_url, stored_text, synced, text, wait_for
+from .helpers import ServerProcess, StartServer, room_url, stored_text, synced, text, wait_for
 
 
 async def write_document(url: str) -> str:

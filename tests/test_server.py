@@ -11,8 +11,7 @@ from collab.client import Client
 from collab.server.app import CollabServer
 from collab.store import StoredRecord
 
-from .conftest import StartServer
-from .helpers import get, room_url, synced, text, wait_for
+from .helpers import StartServer, get, room_url, synced, text, wait_for
 
 
 async def test_two_clients_converge(server: CollabServer) -> None:

@@ -20,8 +20,19 @@ from collab.errors import UnauthenticatedError
 from collab.server.app import CollabServer
 from collab.store.history import format_time
 
-from .conftest import StartServer
-from .helpers import SECRET, collab_cli, get, room_url, run_collab, synced, text, token, wait_for, with_token
+from .helpers import (
+    SECRET,
+    StartServer,
+    collab_cli,
+    get,
+    room_url,
+    run_collab,
+    synced,
+    text,
+    token,
+    wait_for,
+    with_token,
+)
 
 
 def signed(claims: dict[str, Any] | str) -> str:

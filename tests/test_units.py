@@ -108,6 +108,13 @@ def test_a_bad_moment_names_itself(text: str) -> None:
         parse_time(text, NOW)
 
 
+@pytest.mark.parametrize("text", ["100000000000w", "99999999999999999999d", "1969-12-31", "0001-01-01T00:00:00+05:00"])
+def test_a_moment_before_1970_or_past_any_calendar_is_refused(text: str) -> None:
+    """Out of range for datetime (it would overflow when shown), or before anything collab stored."""
+    with pytest.raises(ValueError, match="not a time"):
+        parse_time(text, NOW)
+
+
 def test_times_are_shown_in_utc_and_read_back() -> None:
     shown = format_time(NOW + 0.25)
     assert shown == "2027-01-15T08:00:00.250Z"

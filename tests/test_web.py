@@ -91,6 +91,7 @@ async def test_a_current_copy_is_revalidated_with_304(server: CollabServer) -> N
     assert (status, body) == (304, b"")
     assert again["etag"] == headers["etag"]
     assert again["cache-control"] == "no-cache"
+    assert again["connection"] == "close", "as every answer says: the server closes after it"
     status, _, body = await get(server, "/", if_none_match='"something-else"')
     assert status == 200 and body
 

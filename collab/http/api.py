@@ -60,6 +60,10 @@ EXPORT_THREADS = 2
 calls (up to ~0.2 s each for a 10 MB document), and every thread that renders takes turns with the
 event loop, so more exports at once would only slow the rooms down; the rest wait their turn."""
 
+STORE_TIMEOUT = 10.0
+"""Seconds an HTTP request waits for the store before answering 503: while commits fail, a load waits for
+them (so that it never misses an accepted update), and a request must not hang as long as an outage."""
+
 
 def document_json(info: DocumentInfo) -> dict[str, object]:
     return {
@@ -86,6 +90,13 @@ def request_token(request: HttpRequest) -> str | None:
 def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metrics: ServerMetrics) -> None:
     """Register the API's routes on `router`."""
 
+    def unavailable(error: StorageError | TimeoutError) -> Response:
+        if isinstance(error, TimeoutError):
+            return error_response(
+                HTTPStatus.SERVICE_UNAVAILABLE, f"the store did not answer within {STORE_TIMEOUT:g} s"
+            )
+        return error_response(http_status_for(error), f"document temporarily unavailable: {error}")
+
     def refused(error: AuthError) -> Response:
         metrics.auth_failures.inc(error.label)
         return error_response(http_status_for(error), str(error))
@@ -95,7 +106,11 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
             grant = access.check(request_token(request))
         except AuthError as error:
             return refused(error)
-        infos = await store.documents()
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT):
+                infos = await store.documents()
+        except (StorageError, TimeoutError) as error:
+            return unavailable(error)
         visible = [info for info in infos if access.allows(grant, info.name)]
         return json_response({"documents": [document_json(info) for info in visible]})
 
@@ -115,12 +130,11 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
         except AuthError as error:
             return refused(error)
         try:
-            async with exporting:
-                body = await _export(store, rooms, name, fmt, at)
+            body = await _export(store, rooms, name, fmt, at, exporting)
         except CorruptDocumentError as error:  # retrying will not help: 500, naming the row
             return error_response(http_status_for(error), f"document cannot be read: {error}")
-        except StorageError as error:
-            return error_response(http_status_for(error), f"document temporarily unavailable: {error}")
+        except (StorageError, TimeoutError) as error:
+            return unavailable(error)
         except NotFoundError as error:  # HistoryError too: no state kept for that moment
             return error_response(http_status_for(error), str(error))
         extension, content_type = FORMATS[fmt]
@@ -140,16 +154,25 @@ def _document_name(path: str) -> str:
     encoded = path[len(DOCS) + 1 :]
     if not encoded:
         raise InvalidRoomNameError(f"no document name: GET {DOCS}/NAME, or {DOCS} for the list")
-    return validate_room_name(unquote(encoded, errors="strict"))
+    try:
+        name = unquote(encoded, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidRoomNameError("the document name is not UTF-8 once percent-decoded") from None
+    return validate_room_name(name)
 
 
-async def _export(store: Store, rooms: Rooms, name: str, fmt: str, at: float | None) -> bytes:
+async def _export(
+    store: Store, rooms: Rooms, name: str, fmt: str, at: float | None, threads: asyncio.Semaphore
+) -> bytes:
     """Document `name` now (from its room if loaded) or at `at`, rendered in `fmt` in a thread.
 
     Raises `NotFoundError` if there is no such document, or none yet at `at`; `HistoryError` if no
-    state is kept for `at`; `StorageError` (`CorruptDocumentError`) if it cannot be read.
+    state is kept for `at`; `StorageError` (`CorruptDocumentError`) if it cannot be read; `TimeoutError`
+    if the store does not answer within `STORE_TIMEOUT` (its commits failing, a load waits for them). Only
+    the rendering holds one of the `threads`: a slow store does not hold up exports of rooms in memory.
     """
-    infos = await store.documents(name)
+    async with asyncio.timeout(STORE_TIMEOUT):
+        infos = await store.documents(name)
     info = infos[0] if infos else None
     if info is not None and at is not None and at < info.created_at:
         created = format_time(info.created_at)
@@ -160,9 +183,12 @@ async def _export(store: Store, rooms: Rooms, name: str, fmt: str, at: float | N
         # answers from the stored bytes then). Rendering types the roots of the Doc it reads, so the
         # thread renders a copy of its own.
         update = room.diff(EMPTY_STATE_VECTOR)
-        return await asyncio.to_thread(lambda: render(doc_from_updates([update]), fmt, info, name))
-    records = await store.load(name, at)
+        async with threads:
+            return await asyncio.to_thread(lambda: render(doc_from_updates([update]), fmt, info, name))
+    async with asyncio.timeout(STORE_TIMEOUT):
+        records = await store.load(name, at)
     if not records:
         raise NotFoundError(f"no document named {name!r}")
     # A row that would crash pycrdt: CorruptDocumentError, from the thread.
-    return await asyncio.to_thread(lambda: render(doc_from_records(name, records), fmt, info, name))
+    async with threads:
+        return await asyncio.to_thread(lambda: render(doc_from_records(name, records), fmt, info, name))

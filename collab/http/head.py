@@ -10,6 +10,7 @@ head earns instead (400, 405, 413, 505), or whether it asks for an upgrade.
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 
 from websockets.http11 import Response
@@ -17,6 +18,14 @@ from websockets.http11 import Response
 from .router import respond
 
 __all__ = ["MAX_HEAD", "check_head"]
+
+MAX_LINE = 8190
+MAX_HEADERS = 128
+"""Longest request or header line and most headers: websockets' own limits (8,192 bytes a line with its CRLF,
+128 headers), checked here so that the answer speaks of an HTTP request, not of "a WebSocket connection"."""
+# RFC 9110 section 5.6.2 (a header name is a token) and 5.5 (a value: visible characters, spaces, tabs, obs-text).
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_VALUE = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")
 
 MAX_HEAD = 64 * 1024
 """Largest request head (request line and headers) read: above websockets' own line limit, below anything costly."""
@@ -49,9 +58,11 @@ def check_head(head: bytes) -> Response | bool:
     counts: dict[str, int] = {}
     upgrade = False
     content_length = b"0"
+    if len(header_lines) > MAX_HEADERS or max(map(len, lines)) > MAX_LINE:
+        return respond(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request header fields too large\n")
     for line in header_lines:
         name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip() or not name.isascii():
+        if not colon or not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
             return respond(HTTPStatus.BAD_REQUEST, "malformed header line\n")
         key = name.decode().lower()
         counts[key] = counts.get(key, 0) + 1
@@ -66,6 +77,6 @@ def check_head(head: bytes) -> Response | bool:
         return respond(HTTPStatus.METHOD_NOT_ALLOWED, "GET only\n", headers={"Allow": "GET"})
     if not content_length.isdigit():
         return respond(HTTPStatus.BAD_REQUEST, "malformed Content-Length\n")
-    if "transfer-encoding" in counts or content_length.lstrip(b"0"):
+    if "transfer-encoding" in counts or content_length != b"0":  # websockets takes "0" and nothing else
         return respond(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "a request takes no body here\n")
     return upgrade

@@ -122,7 +122,8 @@ class StaticFiles:
             common["Vary"] = "Accept-Encoding"
         matches = if_none_match(request.headers.get("If-None-Match", ""))
         if etag in matches or "*" in matches:
-            return Response(HTTPStatus.NOT_MODIFIED, "Not Modified", Headers(common), b"")
+            # Connection: close as on every answer (the transport closes after any response but a 101).
+            return Response(HTTPStatus.NOT_MODIFIED, "Not Modified", Headers({**common, "Connection": "close"}), b"")
         content_type = CONTENT_TYPES.get(path.suffix, "application/octet-stream")
         if use_gzip:
             assert loaded.gzipped is not None

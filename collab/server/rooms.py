@@ -92,7 +92,7 @@ class Rooms:
 
     def leave(self, room: Room, peer: Peer) -> None:
         """Remove `peer`; schedule the room's unload if it is now empty."""
-        room.leave(peer)
+        room.leave(peer, asyncio.get_running_loop().time())  # the clock connections give Room.receive
         if not room.peers and room.name not in self._unloading and self._rooms.get(room.name) is room:
             self._unloading[room.name] = asyncio.create_task(self._unload_when_idle(room), name=f"unload {room.name}")
 

@@ -310,12 +310,15 @@ class WebSocketConnection(asyncio.Protocol):
             self._refuse(respond(HTTPStatus.BAD_REQUEST, "data sent before the handshake response\n"))
             return
         self._head = _ANSWERING
+        if self._timer is not None:  # the head is in: answering it is not the handshake's time
+            self._timer.cancel()
+            self._timer = None
         ws = self._ws
         ws.receive_data(bytes(head[:end]))
         requests = [event for event in ws.events_received() if isinstance(event, Request)]
-        if not requests:  # websockets could not parse it after all; it has queued what to answer
-            self._head = _ANSWERED
-            self._write_protocol_data()
+        if not requests:  # websockets could not parse what check_head let through: answer, do not just hang up
+            ws.data_to_send()  # its end of stream, without an answer
+            self._refuse(respond(HTTPStatus.BAD_REQUEST, "malformed request\n"))
             return
         self._request(requests[0], upgrade)
 
@@ -331,7 +334,7 @@ class WebSocketConnection(asyncio.Protocol):
             self._respond(respond(HTTPStatus.SERVICE_UNAVAILABLE, "server shutting down\n"))
         elif not allowed:
             endpoint.metrics.auth_failures.inc("origin")
-            logger.warning("refused a request from another origin", extra=fields(origin=origin, path=request.path))
+            logger.warning("refused a request from another origin", extra=fields(origin=origin, path=_logged(request)))
             self._respond(respond(HTTPStatus.FORBIDDEN, "origin not allowed (see --allowed-origin)\n"))
         elif not upgrade:
             endpoint.spawn(self._answer(request), name="http")
@@ -349,8 +352,10 @@ class WebSocketConnection(asyncio.Protocol):
             response = await self._endpoint.router.handle(request)
         except MultipleValuesError as error:
             response = respond(HTTPStatus.BAD_REQUEST, f"duplicated header: {error}\n")
-        except Exception:
-            logger.exception("HTTP handler failed", extra=fields(path=request.path))
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:  # a bug, or a pycrdt panic while rendering: this request alone fails
+            logger.exception("HTTP handler failed", extra=fields(path=_logged(request)))
             response = respond(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
         self._respond(response)
 
@@ -741,3 +746,8 @@ class WebSocketConnection(asyncio.Protocol):
 def _refused_a_frame(cause: BaseException | None) -> bool:
     """Whether websockets' parser stopped on a frame it refused (not on the stream ending too early)."""
     return cause is not None and not isinstance(cause, EOFError)
+
+
+def _logged(request: Request) -> str:
+    """A request's path as logs show it: without its query, which may carry a token."""
+    return request.path.partition("?")[0]

@@ -45,6 +45,8 @@ class GroupCommitStore(Generic[E]):
         self.commit_interval = commit_interval
         self.on_commit: Callable[[Commit], None] | None = None
         self._queue: list[WriteOp] = []
+        self._in_flight: list[WriteOp] = []
+        """The batch being committed (or about to be retried): what `load` must wait for besides the queue."""
         self._oldest_queued_at = 0.0
         self._queued = 0
         self._committed = 0
@@ -64,8 +66,8 @@ class GroupCommitStore(Generic[E]):
         self._writer = asyncio.create_task(self._write_forever(), name="collab-store-writer")
 
     async def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
-        if any(op.name == name for op in self._queue):
-            await self.flush()
+        if any(op.name == name for op in self._in_flight) or any(op.name == name for op in self._queue):
+            await self.flush()  # what is queued or being committed (or retried) for it comes first
         return await self._on_thread(self.engine.load, name, at)
 
     async def history(self, name: str) -> list[HistoryPoint]:
@@ -149,9 +151,11 @@ class GroupCommitStore(Generic[E]):
             if not batch:
                 continue
             started = time.perf_counter()
+            self._in_flight = batch
             try:
                 await self._on_thread(self._coalesce_and_commit, batch)
             except StorageError as error:
+                self._in_flight = []
                 logger.error(
                     "store commit failed, %d writes kept in memory, retrying in %.1fs: %s",
                     len(batch),
@@ -166,6 +170,7 @@ class GroupCommitStore(Generic[E]):
                 await asyncio.sleep(retry_delay)
                 retry_delay = min(retry_delay * 2, RETRY_MAX_DELAY)
                 continue
+            self._in_flight = []
             seconds = time.perf_counter() - started
             if self.failing:
                 logger.warning("store commits succeed again, %d writes recovered", len(batch))

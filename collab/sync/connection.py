@@ -140,8 +140,10 @@ class Connection:
         `close_for` maps to 1011).
         """
         room = self.room
-        if self.closing or room is None:
+        if self.closing:
             return 0.0
+        if room is None:
+            raise RuntimeError("receive() before joined(): the transport must hold messages while joining")
         messages = parse_frame(message)
         self._metrics.count_received(messages)
         wait = 0.0
@@ -149,7 +151,7 @@ class Connection:
             wait = self._throttle.charge(frame_cost(messages, len(room.peers) - 1), now, bytes_cost(messages))
         if self.read_only:
             messages = self._drop_edits(messages)
-        room.receive(self, messages)
+        room.receive(self, messages, now)
         return wait
 
     def receive_text(self) -> None:

@@ -189,18 +189,24 @@ class Room:
         for frame in greeting:
             peer.send(frame)
 
-    def leave(self, peer: Peer) -> None:
-        """Remove a peer and tell the others its cursors are gone (or handed to its reconnection)."""
+    def leave(self, peer: Peer, now: float | None = None) -> None:
+        """Remove a peer and tell the others its cursors are gone (or handed to its reconnection).
+
+        `now`: the caller's monotonic clock, the same one it gives `receive` (default: `time.monotonic()`).
+        """
         self.peers.pop(peer, None)
-        changes = self.presence.remove_owner(peer, time.monotonic())
+        changes = self.presence.remove_owner(peer, time.monotonic() if now is None else now)
         if changes and self.peers:
             for frame in awareness_messages(changes):
                 self._broadcast(frame)
 
     # Messages.
 
-    def receive(self, peer: Peer, messages: list[Message]) -> None:
-        """Handle the messages of one frame from `peer`, all validated before any takes effect."""
+    def receive(self, peer: Peer, messages: list[Message], now: float | None = None) -> None:
+        """Handle the messages of one frame from `peer`, all validated before any takes effect.
+
+        `now`: the caller's monotonic clock, which presence keeps its times in (default: `time.monotonic()`).
+        """
         growth = 0
         trial: set[int] = set()
         for index, message in enumerate(messages):
@@ -218,7 +224,7 @@ class Room:
             elif type(message) is SyncStep1:
                 peer.send(SyncStep2(self.diff(message.state_vector)).encode())
             elif type(message) is Awareness:
-                self._accept_awareness(peer, message)
+                self._accept_awareness(peer, message, time.monotonic() if now is None else now)
             elif type(message) is QueryAwareness:
                 # Answered even when nobody is present: the asker waits for an answer.
                 for frame in list(awareness_messages(self.presence.current())) or [awareness_message(())]:
@@ -282,11 +288,11 @@ class Room:
                 f"document would exceed {self.max_document_size} bytes ({self.size} + {growth})"
             )
 
-    def _accept_awareness(self, sender: Peer, message: Awareness) -> None:
+    def _accept_awareness(self, sender: Peer, message: Awareness, now: float) -> None:
         """Apply the presence rules (collab.presence) and broadcast what they accepted."""
         grant = sender.grant
         accepted, dropped = self.presence.apply(
-            sender, message.entries, time.monotonic(), grant.subject if grant is not None else None
+            sender, message.entries, now, grant.subject if grant is not None else None
         )
         if dropped:
             logger.debug("dropped awareness entries", extra=fields(conn=sender.id, room=self.name, **dropped))
