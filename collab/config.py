@@ -83,13 +83,25 @@ def parse_database(text: str) -> str:
     return text
 
 
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text.lower() not in allowed:
-            raise ValueError(f"{text!r} is not one of {', '.join(allowed)}")
+class _Choice:
+    """A parser for one of a few words; `metavar` is what --help shows for it."""
+
+    def __init__(self, *allowed: str) -> None:
+        self.allowed = allowed
+        self.metavar = "{" + ",".join(allowed) + "}"
+
+    def __call__(self, text: str) -> str:
+        if text.lower() not in self.allowed:
+            raise ValueError(f"{text!r} is not one of {', '.join(self.allowed)}")
         return text.lower()
 
-    return parse
+
+def parse_positive_duration(text: str) -> float:
+    """A duration that must be more than zero (a handshake needs some time)."""
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(f"must be more than 0: {text!r}")
+    return seconds
 
 
 def _host(text: str) -> str:
@@ -102,13 +114,30 @@ def _origins(text: str) -> tuple[str, ...]:
     return tuple(origin.strip().rstrip("/") for origin in text.split(",") if origin.strip())
 
 
+_METAVARS: dict[Callable[[str], Any], str] = {
+    parse_duration: "DURATION",
+    parse_positive_duration: "DURATION",
+    parse_size: "SIZE",
+    parse_port: "PORT",
+    parse_count: "N",
+    parse_rate: "RATE",
+    parse_path: "FILE",
+    parse_database: "DB",
+    _host: "HOST",
+    _origins: "ORIGINS",
+    str: "TEXT",
+}
+"""What `--help` writes after each flag, by the kind of value it takes."""
+
+
 def _shown(default: object) -> str:
     return "none" if default is None or default == () else str(default)
 
 
 def _setting(default: Any, parse: Callable[[str], Any], help: str, show: Callable[[Any], str] = _shown) -> Any:
     """A `Settings` field: `parse` reads a flag or variable (ValueError: why not), `show` writes the default."""
-    return field(default=default, metadata={"parse": parse, "help": help, "show": show})
+    metavar = getattr(parse, "metavar", None) or _METAVARS.get(parse, "VALUE")
+    return field(default=default, metadata={"parse": parse, "help": help, "show": show, "metavar": metavar})
 
 
 def _size(default: int, help: str) -> Any:
@@ -144,7 +173,7 @@ class Settings:
     history_hourly: float = _duration(86400.0, "keep an hourly checkpoint of each document for this long (0: none)")
     history_daily: float = _duration(30 * 86400.0, "keep a daily checkpoint of each document for this long (0: none)")
     sqlite_synchronous: str = _setting(
-        "full", _choice("normal", "full", "extra"), "SQLite synchronous mode (full also survives power loss)"
+        "full", _Choice("normal", "full", "extra"), "SQLite synchronous mode (full also survives power loss)"
     )
     sqlite_busy_timeout: float = _duration(
         5.0, "how long a write waits for a lock held by another process before it fails and is retried"
@@ -192,9 +221,14 @@ class Settings:
     keepalive: float = _duration(
         20.0, "ping connections silent this long, drop them if no answer within as long again; 0: never"
     )
-    handshake_timeout: float = _duration(10.0, "close connections that do not complete the handshake in time")
-    log_level: str = _setting("info", _choice("debug", "info", "warning", "error"), "log verbosity")
-    log_format: str = _setting("text", _choice("text", "json"), "log lines as text (key=value fields) or JSON objects")
+    handshake_timeout: float = _setting(
+        10.0,
+        parse_positive_duration,
+        "close connections that do not send their request (or finish TLS) in time; more than 0",
+        format_duration,
+    )
+    log_level: str = _setting("info", _Choice("debug", "info", "warning", "error"), "log verbosity")
+    log_format: str = _setting("text", _Choice("text", "json"), "log lines as text (key=value fields) or JSON objects")
 
     def public_key(self) -> PublicKey | None:
         """The verifying key of `--auth-public-key`, or None; needs the optional `cryptography` package."""

@@ -18,8 +18,8 @@ from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 
 from .errors import CorruptDocumentError
 from .store import DocumentInfo, StoredRecord
-from .store.history import format_time
 from .sync.room import check_records
+from .units import format_time
 
 __all__ = [
     "CONTENT_ROOT",

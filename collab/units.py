@@ -12,6 +12,7 @@ gives examples); the formatters write what the parsers read back.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 
@@ -36,7 +37,10 @@ def parse_duration(text: str) -> float:
     match = _DURATION.match(text)
     if not match:
         raise ValueError(f"not a duration: {text!r} ({DURATION_EXAMPLES})")
-    return float(match[1]) * _DURATION_UNITS[(match[2] or "s").lower()]
+    seconds = float(match[1]) * _DURATION_UNITS[(match[2] or "s").lower()]
+    if not math.isfinite(seconds):
+        raise ValueError(f"not a duration: {text!r} is too long ({DURATION_EXAMPLES})")
+    return seconds
 
 
 def parse_size(text: str) -> int:

@@ -12,8 +12,6 @@ from collab.store.memory import MemoryStore
 
 from .helpers import SECRET, StartServer, servers_on
 
-__all__ = ["StartServer"]
-
 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:

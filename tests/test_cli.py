@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,11 +15,11 @@ from pycrdt import Doc, Text
 
 from collab.cli.main import build_parser
 from collab.config import Settings
-from collab.errors import EXIT_BROKEN_PIPE, EXIT_IN_USE, EXIT_NOT_FOUND, EXIT_STORAGE, EXIT_USAGE
+from collab.errors import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_IN_USE, EXIT_NOT_FOUND, EXIT_STORAGE, EXIT_USAGE
 from collab.store.lockfile import DatabaseLock
 from collab.units import parse_duration, parse_size
 
-from .helpers import collab_cli
+from .helpers import SECRET, ServerProcess, collab_cli
 
 
 def one_clear_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -114,6 +116,10 @@ def test_scripts_export_wraps_collab_export(tmp_path: Path) -> None:
         (["token", "x", "--ttl", "soon"], "collab token: --ttl: not a duration: 'soon'"),
         (["export", "--at", "-2h"], "collab export: --at: not a time: '-2h'"),
         (["history"], "collab history: the following arguments are required: name"),
+        (["token", "x", "--ttl", "9" * 400 + "w"], "collab token: --ttl: not a duration: "),
+        (["serve", "--handshake-timeout", "0"], "collab serve: --handshake-timeout: must be more than 0: '0'"),
+        (["revoke", "--id", ""], "collab revoke: --id: empty token id"),
+        (["token", "x", "--id", " "], "collab token: --id: empty token id"),
     ],
 )
 def test_a_bad_flag_value_is_one_line_naming_the_flag(argv: list[str], expected: str) -> None:
@@ -237,3 +243,58 @@ def test_scripts_collab_runs_any_command_from_anywhere(tmp_path: Path) -> None:
     )
     assert missing.returncode == EXIT_STORAGE
     assert one_clear_line(missing) == f"collab history: no database at {tmp_path / 'none.db'}\n"
+
+
+def test_import_into_a_memory_database_is_refused(tmp_path: Path) -> None:
+    """`--db memory:` keeps nothing once the command ends: saying "merged" would be a lie."""
+    backup = tmp_path / "notes.ydoc"
+    doc: Doc = Doc()
+    doc.get("content", type=Text).insert(0, "kept?")
+    backup.write_bytes(doc.get_update())
+    result = collab_cli("import", str(backup), "--name", "notes", "--db", "memory:", check=False)
+    assert result.returncode == EXIT_USAGE
+    assert one_clear_line(result).startswith("collab import: --db memory: keeps nothing once this command ends")
+
+
+def test_import_into_a_locked_database_fails_in_bounded_time(tmp_path: Path) -> None:
+    """Another process holds the write lock: one line and exit 5, after the busy timeout, not a retry forever."""
+    db = tmp_path / "locked.db"
+    collab_cli("stats", "--db", str(db), check=False)  # nothing yet
+    backup = tmp_path / "notes.ydoc"
+    doc: Doc = Doc()
+    doc.get("content", type=Text).insert(0, "later")
+    backup.write_bytes(doc.get_update())
+    collab_cli("import", str(backup), "--name", "first", "--db", str(db))  # creates the database
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        result = collab_cli(
+            "import", str(backup), "--name", "notes", "--db", str(db),
+            env={"COLLAB_SQLITE_BUSY_TIMEOUT": "200ms"}, check=False,
+        )  # fmt: skip
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert result.returncode == EXIT_STORAGE
+    assert one_clear_line(result).startswith("collab import: cannot write to the database")
+    collab_cli("import", str(backup), "--name", "notes", "--db", str(db))  # and once free, it goes in
+
+
+def test_import_through_a_server_with_the_wrong_secret_says_so_at_once(tmp_path: Path) -> None:
+    db = tmp_path / "secured.db"
+    server = ServerProcess(db, env={"COLLAB_AUTH_SECRET": SECRET}).start()
+    try:
+        backup = tmp_path / "notes.ydoc"
+        doc: Doc = Doc()
+        doc.get("content", type=Text).insert(0, "x")
+        backup.write_bytes(doc.get_update())
+        started = time.monotonic()
+        result = collab_cli(
+            "import", str(backup), "--name", "notes", "--db", str(db),
+            env={"COLLAB_AUTH_SECRET": "wrong" * 4}, check=False,
+        )  # fmt: skip
+        assert time.monotonic() - started < 20, "refused at once, not after the 60 s import timeout"
+    finally:
+        server.stop()
+    assert result.returncode == EXIT_FAILURE
+    assert one_clear_line(result).startswith("collab import: the server refused the token")

@@ -18,7 +18,7 @@ from pycrdt import Doc, Text, merge_updates
 from collab.config import Settings
 from collab.errors import ConfigError, HistoryError, StorageError
 from collab.store import Engine, WriteOp
-from collab.store.engines import InMemory, SQLiteFile, locate, open_reader, open_store
+from collab.store.engines import InMemory, SQLiteFile, locate, open_reader, open_store, redacted
 from collab.store.history import Retention
 from collab.store.memory import MemoryEngine
 from collab.store.sqlite import SQLiteEngine
@@ -50,7 +50,6 @@ def append(name: str, update: bytes, at: float) -> WriteOp:
 def test_an_unknown_document_is_empty_everywhere(engine: Engine) -> None:
     assert engine.load("nobody") == []
     assert engine.load("nobody", T0) == []
-    assert engine.history("nobody") == []
     assert engine.documents() == []
     assert engine.documents("nobody") == []
 
@@ -93,7 +92,6 @@ def test_loading_at_a_moment_reaches_back_to_the_last_compaction(engine: Engine)
     assert text_at(engine, "doc", T0 + 99) == "abcd"
     with pytest.raises(HistoryError, match="no history is kept"):
         engine.load("doc", T0 + 1)
-    assert [(point.at, point.kind) for point in engine.history("doc")] == [(T0 + 20, "update"), (T0 + 21, "update")]
 
 
 def test_documents_are_listed_by_name(engine: Engine) -> None:
@@ -121,18 +119,63 @@ def test_what_is_committed_survives_closing_and_reopening_the_file(tmp_path: Pat
 # Choosing an engine by --db.
 
 
-def test_a_path_or_a_sqlite_url_names_a_sqlite_file(tmp_path: Path) -> None:
+def test_a_path_or_a_sqlite_url_names_a_sqlite_file() -> None:
     assert locate("data/collab.db") == SQLiteFile(Path("data/collab.db"))
-    assert locate(Path("/srv/collab.db")) == SQLiteFile(Path("/srv/collab.db"))
+    assert locate("/srv/collab.db") == SQLiteFile(Path("/srv/collab.db"))
     assert locate("sqlite:///srv/collab.db") == SQLiteFile(Path("/srv/collab.db"))
-    assert locate(Path("sqlite:///srv/collab.db")) == SQLiteFile(Path("/srv/collab.db")), "as Settings.db holds it"
+    assert locate("SQLite:///srv/collab.db") == SQLiteFile(Path("/srv/collab.db")), "a scheme in any case"
     assert locate("sqlite:relative.db") == SQLiteFile(Path("relative.db"))
     assert locate("./odd:name.db") == SQLiteFile(Path("odd:name.db"))
-    assert locate("memory:") == InMemory()
-    with pytest.raises(ConfigError, match="no engine for postgresql:, only for sqlite:, memory:"):
+    assert locate(Path("./odd:name.db")) == SQLiteFile(Path("odd:name.db")), "a Path is a file, whatever its name"
+    assert locate(Path("/srv/collab.db")) == SQLiteFile(Path("/srv/collab.db"))
+    assert locate("memory:") == locate("MEMORY:") == InMemory()
+    assert locate("sqlite:///srv/collab.db").persistent and not locate("memory:").persistent
+
+
+def test_what_no_engine_takes_is_refused_naming_the_forms_it_takes() -> None:
+    accepted = (
+        r"use a file path \(\./ before a name with a colon\), sqlite:///abs/path\.db, sqlite:rel/path\.db or memory:"
+    )
+    with pytest.raises(ConfigError, match="no engine for postgresql:; " + accepted):
         locate("postgresql://collab@db/collab")
-    with pytest.raises(ConfigError, match="names no file"):
+    with pytest.raises(ConfigError, match=r"'odd:name\.db': collab has no engine for odd:"):
+        locate("odd:name.db")
+    with pytest.raises(ConfigError, match="names no file; " + accepted):
         locate("sqlite://")
+    with pytest.raises(ConfigError, match="'sqlite://host/x.db': a SQLite file has no host; " + accepted):
+        locate("sqlite://host/x.db")
+    with pytest.raises(ConfigError, match="'memory:foo': memory: takes nothing after it; " + accepted):
+        locate("memory:foo")
+    with pytest.raises(
+        ConfigError, match=r"'Postgres://collab:\*\*\*@db/collab': collab has no engine for postgres:"
+    ) as refused:
+        locate("Postgres://collab:hunter2@db/collab")
+    assert "hunter2" not in str(refused.value)
+    with pytest.raises(ConfigError, match=r"'sqlite://u:\*\*\*@host/x.db'") as refused:
+        locate("sqlite://u:hunter2@host/x.db")
+    assert "hunter2" not in str(refused.value)
+
+
+def test_a_database_url_is_printed_without_its_password() -> None:
+    assert redacted("postgresql://user:secret@host/db") == "postgresql://user:***@host/db"
+    assert redacted("postgresql://user:p@ss:w/rd@host:5432/db") == "postgresql://user:***@host:5432/db", "unquoted"
+    assert redacted("postgresql://user:@host/db") == "postgresql://user:***@host/db"
+    for shown in ("postgresql://user@host:5432/db", "postgresql://host:5432/db?x=a@b", "sqlite:///a:b@c.db", "d.db"):
+        assert redacted(shown) == shown
+
+
+def test_describe_sums_the_database_and_its_wal_by_name(tmp_path: Path) -> None:
+    """Not a glob: that counted a neighbouring x.db.bak, and read the brackets of d[1].db as a pattern (0 bytes)."""
+    for name in ("x.db", "d[1].db"):
+        path = tmp_path / name
+        engine = SQLiteEngine(path)
+        engine.open()
+        engine.commit([append("doc", keystrokes("sized")[0], T0)])  # the WAL holds it until a checkpoint
+        (tmp_path / f"{name}.bak").write_bytes(b"an old copy" * 1000)
+        on_disk = sum((tmp_path / f"{name}{suffix}").stat().st_size for suffix in ("", "-wal", "-shm"))
+        assert (tmp_path / f"{name}-wal").stat().st_size > 0
+        assert SQLiteFile(path).describe() == f"{path} ({on_disk} bytes on disk, with WAL)"
+        engine.close()
 
 
 async def test_open_store_runs_on_the_engine_db_names_and_a_reader_sees_it(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """Group commit over any engine: batching, flushing, and retrying a failing engine forever.
 
 Run on the in-memory engine, and on `FailingEngine`, a real engine that refuses its next N commits
-the way a full disk or a database locked by another process does.
+the way a full disk or a database locked by another process does (or with any error it is given).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from collab.errors import StorageError
-from collab.store import Commit, DocumentInfo, HistoryPoint, StoredRecord, WriteOp
+from collab.errors import HistoryError, StorageError
+from collab.store import Commit, DocumentInfo, StoredRecord, WriteOp
 from collab.store.group_commit import GroupCommitStore
 from collab.store.memory import MemoryEngine, MemoryStore
 
@@ -21,11 +21,12 @@ from .helpers import keystrokes, text_of, wait_for
 
 
 class FailingEngine:
-    """A `MemoryEngine` whose next `failures` commits raise, as a disk that fills up and is then freed."""
+    """A `MemoryEngine` whose next `failures` commits raise `error`, as a disk that fills up and is then freed."""
 
-    def __init__(self, failures: int = 0) -> None:
+    def __init__(self, failures: int = 0, error: BaseException | None = None) -> None:
         self.inner = MemoryEngine()
         self.failures = failures
+        self.error = OSError(28, "No space left on device") if error is None else error
         self.attempts: list[list[WriteOp]] = []
         self.writable = True
 
@@ -36,14 +37,11 @@ class FailingEngine:
         self.attempts.append(list(batch))
         if self.failures > 0:
             self.failures -= 1
-            raise OSError(28, "No space left on device")
+            raise self.error
         self.inner.commit(batch)
 
     def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
         return self.inner.load(name, at)
-
-    def history(self, name: str) -> list[HistoryPoint]:
-        return self.inner.history(name)
 
     def documents(self, name: str | None = None) -> list[DocumentInfo]:
         return self.inner.documents(name)
@@ -128,6 +126,61 @@ async def test_writes_made_during_an_outage_join_the_retry() -> None:
         await store.flush()
         assert await text_in(store, "doc") == "ab"
         assert engine.inner.commits == 1
+    finally:
+        await store.close()
+
+
+async def test_any_error_from_a_commit_is_a_failed_commit_that_is_retried(caplog: pytest.LogCaptureFixture) -> None:
+    """Even one of collab's own errors, which `_on_thread` passes on unwrapped: it once ended the writer."""
+    engine = FailingEngine(failures=1, error=HistoryError("an engine bug that raises the wrong error"))
+    store = GroupCommitStore(engine, commit_interval=0.01)
+    await store.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="collab.store"):
+            store.append("doc", keystrokes("x")[0])
+            await wait_for(lambda: store.failing)
+            async with asyncio.timeout(10):
+                await store.flush()
+        assert "store commit failed, 1 writes kept in memory" in caplog.text and "the wrong error" in caplog.text
+        assert len(engine.attempts) == 2 and not store.failing and store.pending == 0
+        assert await text_in(store, "doc") == "x"
+    finally:
+        await store.close()
+
+
+class WriterKiller(BaseException):
+    """Not an `Exception`, so no `except Exception` in the writer stops it: what any bug there would do."""
+
+
+async def test_a_writer_that_stops_says_so_instead_of_hanging(caplog: pytest.LogCaptureFixture) -> None:
+    engine = FailingEngine(failures=1, error=WriterKiller("a bug in the writer"))
+    store = GroupCommitStore(engine, commit_interval=0.01)
+    await store.start()
+    with caplog.at_level(logging.ERROR, logger="collab.store"):
+        store.append("doc", keystrokes("x")[0])
+        async with asyncio.timeout(10):
+            with pytest.raises(StorageError, match="store writer stopped; 1 writes cannot be committed"):
+                await store.flush()
+    assert "store writer stopped; 1 writes will not be committed" in caplog.text and "WriterKiller" in caplog.text
+    assert store.failing, "what /readyz reports"
+    with pytest.raises(StorageError, match="writer stopped"):
+        await store.check_writable()
+    with pytest.raises(StorageError, match="writer stopped; cannot write to 'doc'"):
+        store.append("doc", b"")
+    with pytest.raises(StorageError, match="1 writes were not committed"):
+        await store.close()
+    with pytest.raises(StorageError, match="store is not running"):
+        await store.check_writable()
+
+
+async def test_listing_a_document_commits_what_is_queued_for_it_first() -> None:
+    """So the API can tell "created after that moment" from "no such document" for a document just made."""
+    store = MemoryStore(commit_interval=3600)  # only a flush can commit within the test
+    await store.start()
+    try:
+        store.append("new", keystrokes("x")[0])
+        [info] = await store.documents("new")
+        assert info.name == "new" and info.log_length == 1 and store.pending == 0
     finally:
         await store.close()
 

@@ -231,10 +231,10 @@ async def test_a_library_panic_closes_one_connection_with_1011(
     panic = a_real_panic()
     receive = Room.receive
 
-    def panicking(room: Room, peer: object, messages: list[object]) -> None:
+    def panicking(room: Room, peer: object, messages: list[object], *clock: float | None) -> None:
         if room.name == "panics" and any(type(message) is Update for message in messages):
             raise panic
-        receive(room, peer, messages)  # type: ignore[arg-type]
+        receive(room, peer, messages, *clock)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Room, "receive", panicking)
     async with synced(room_url(server, "elsewhere")) as bystander:

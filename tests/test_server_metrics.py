@@ -51,19 +51,21 @@ async def test_store_commits_and_the_counts_handed_in_are_reported(memory_store:
     assert after["collab_connections"] == "5", "read when scraped"
 
 
-def test_what_the_transport_counts_keeps_its_names_and_labels(memory_store: MemoryStore) -> None:
+def test_sent_frames_are_counted_by_the_kind_their_first_bytes_say(memory_store: MemoryStore) -> None:
+    """The refusal counters' reasons are checked where real connections are refused (test_access,
+    test_fairness, test_connection); here, only that both families are declared before the first refusal."""
     metrics = ServerMetrics(memory_store, connections=lambda: 0, rooms=lambda: 0)
     metrics.count_sent(b"\x00\x02\x01\x00")  # a sync update
     metrics.count_sent(b"\x01\x01\x00")  # awareness
-    metrics.rejected.inc("slow_client")
-    metrics.rejected.inc("read_only", amount=3)
-    metrics.auth_failures.inc("origin")
+    metrics.count_sent(b"\x00\x00\x01\x00")  # sync step 1
     found = samples(metrics)
     assert found['collab_messages_sent_total{type="update"}'] == "1"
+    assert found['collab_sent_bytes_total{type="update"}'] == "4"
     assert found['collab_sent_bytes_total{type="awareness"}'] == "3"
-    assert found['collab_rejected_messages_total{reason="read_only"}'] == "3"
-    assert found['collab_rejected_messages_total{reason="slow_client"}'] == "1"
-    assert found['collab_auth_failures_total{reason="origin"}'] == "1"
+    assert found['collab_messages_sent_total{type="sync_step1"}'] == "1"
+    text = render(metrics.all())
+    assert "# TYPE collab_rejected_messages_total counter" in text
+    assert "# TYPE collab_auth_failures_total counter" in text
 
 
 def test_the_store_builds_no_metrics() -> None:

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from pycrdt import Doc, Text, merge_updates
 
-from collab.errors import ConfigError, HistoryError
-from collab.store import WriteOp
+from collab.errors import HistoryError, StorageError
+from collab.store import HistoryPoint, WriteOp
 from collab.store.group_commit import GroupCommitStore
 from collab.store.history import DAY, HOUR, Retention, parse_time, to_keep
 from collab.store.sqlite import MIGRATION_NAMES, SQLiteEngine
+from collab.store.sqlite_read import SQLiteReader, first_checked_ids
 
 from .helpers import keystrokes, text_of, wait_for
 
@@ -107,10 +108,51 @@ async def test_a_database_from_a_newer_collab_is_refused_untouched(db_path: Path
         )
     before = db_path.read_bytes()
     newer = sqlite_store(db_path)
-    with pytest.raises(ConfigError, match="newer collab"):
+    with pytest.raises(StorageError, match="newer collab"):  # exit 5, not 2: no flag of the user's is wrong
         await newer.start()
     assert db_path.read_bytes() == before
     assert sorted(path.name for path in db_path.parent.iterdir() if "collab.db" in path.name)[0] == "collab.db"
+
+
+def test_a_commit_that_failed_halfway_can_be_retried(db_path: Path) -> None:
+    """The ids of documents the failed transaction inserted are forgotten with it: reused, they failed the
+    retry with "FOREIGN KEY constraint failed", again and again, as long as the server ran."""
+    sqlite_engine = engine(db_path)
+    update = keystrokes("x")[0]
+    batch = [WriteOp("append", "first", update, T0), WriteOp("append", "second", update * 100, T0)]
+    default_length = sqlite_engine.db.conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+    # Too big a blob, refused by SQLite itself after "first" and "second" were inserted (as a full disk would be).
+    sqlite_engine.db.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, len(update) * 50)
+    with pytest.raises(sqlite3.DataError, match="too big"):
+        sqlite_engine.commit(batch)
+    assert sqlite_engine.documents() == [], "rolled back"
+    sqlite_engine.db.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, default_length)
+    sqlite_engine.commit(batch)  # what the store does next: the same writes again
+    assert [info.name for info in sqlite_engine.documents()] == ["first", "second"]
+    assert text_of([record.data for record in sqlite_engine.load("first")]) == "x"
+    sqlite_engine.close()
+
+
+def test_which_rows_are_checked_is_read_or_the_failure_raised(db_path: Path) -> None:
+    """A table missing (a database not migrated yet) means no row is checked; a locked database is an error,
+    not "every row unchecked"."""
+    sqlite_engine = engine(db_path)
+    sqlite_engine.close()
+    with sqlite3.connect(db_path) as conn:
+        assert set(first_checked_ids(conn)) == {"snapshots", "updates"}
+        conn.execute("DROP TABLE checked_rows")
+        assert first_checked_ids(conn) == {}
+        conn.execute("PRAGMA journal_mode=DELETE")  # in WAL mode a reader is never locked out
+    writer = sqlite3.connect(db_path, isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")
+    try:
+        reader = sqlite3.connect(db_path, timeout=0)
+        with pytest.raises(StorageError, match="cannot read which rows are checked: database is locked"):
+            first_checked_ids(reader)
+        reader.close()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
 
 
 async def test_a_failing_disk_delays_writes_but_loses_none(db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -154,6 +196,13 @@ def state_at(sqlite_engine: SQLiteEngine, at: float | None) -> str:
     return text_of([record.data for record in sqlite_engine.load("doc", at)])
 
 
+def history_of(sqlite_engine: SQLiteEngine) -> list[HistoryPoint]:
+    """What `collab history` lists, read beside the engine as the command line does."""
+    with SQLiteReader(sqlite_engine.path) as reader:
+        assert reader.history("nobody") == []
+        return reader.history("doc")
+
+
 def test_point_in_time_reads_survive_compaction(db_path: Path) -> None:
     sqlite_engine = engine(db_path)
     all_updates = keystrokes("abcdefghXY")
@@ -175,7 +224,7 @@ def test_point_in_time_reads_survive_compaction(db_path: Path) -> None:
     assert state_at(sqlite_engine, None) == "abcdefghXY"
     with pytest.raises(HistoryError, match="history starts at"):
         sqlite_engine.load("doc", T0 - HOUR)
-    kinds = [point.kind for point in sqlite_engine.history("doc")]
+    kinds = [point.kind for point in history_of(sqlite_engine)]
     assert kinds == ["checkpoint"] * 4 + ["update"] * 2
     sqlite_engine.close()
 
@@ -194,7 +243,7 @@ def test_retention_thins_checkpoints_and_keeps_the_chain_readable(db_path: Path)
         sqlite_engine.commit([WriteOp("compact", "doc", doc.get_update(), at + 1)])
         expected[at] = str(content)  # a checkpoint is dated by the last change it holds
     now = T0 + 11 * 6 * HOUR
-    kept = [point.at for point in sqlite_engine.history("doc") if point.kind == "checkpoint"]
+    kept = [point.at for point in history_of(sqlite_engine) if point.kind == "checkpoint"]
     assert kept == sorted(kept) and kept[-1] == now
     # Older than 2 days: gone, but the newest of each day within 2 days survives.
     assert all(now + 1 - at <= 2 * DAY for at in kept)
@@ -233,7 +282,7 @@ def test_recent_changes_are_all_kept_and_history_can_be_turned_off(db_path: Path
     sqlite_engine.close()
     without_history = engine(db_path, Retention(0, 0, 0))
     without_history.commit([WriteOp("compact", "doc", merge_updates(*updates), T0 + 20)])
-    assert without_history.history("doc") == []
+    assert history_of(without_history) == []
     with pytest.raises(HistoryError, match="no history is kept"):
         without_history.load("doc", T0 + 1)
     without_history.close()

@@ -18,7 +18,7 @@ from collab.auth import Permission, mint_token, verify_token
 from collab.client import Client
 from collab.errors import UnauthenticatedError
 from collab.server.app import CollabServer
-from collab.store.history import format_time
+from collab.units import format_time
 
 from .helpers import (
     SECRET,

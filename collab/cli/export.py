@@ -27,7 +27,7 @@ from ..filenames import MANIFEST, file_name_for
 from ..formats import FORMATS, doc_from_records, render
 from ..store import DocumentInfo, Reader
 from ..store.engines import open_reader
-from ..store.history import format_time
+from ..units import format_time
 
 __all__ = ["Exported", "export", "select_names"]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -21,9 +22,21 @@ from pycrdt import Doc
 from ..auth import Permission, mint_token
 from ..client import Client
 from ..config import Settings
-from ..errors import ConfigError, DatabaseInUseError, ImportFailed, InvalidUpdateError
+from ..errors import (
+    FORBIDDEN,
+    UNAUTHENTICATED,
+    CollabError,
+    ConfigError,
+    DatabaseInUseError,
+    ForbiddenError,
+    ImportFailed,
+    InvalidUpdateError,
+    StorageError,
+    UnauthenticatedError,
+)
 from ..formats import doc_from_records
-from ..store.engines import locate, open_store
+from ..store import Engine, WriteOp
+from ..store.engines import locate
 from ..sync.names import validate_room_name
 from ..sync.room import check_update
 
@@ -47,7 +60,7 @@ async def import_update(db: str | Path, update: bytes, name: str) -> Imported:
         check_update(update)
     except InvalidUpdateError as error:
         raise ImportFailed(f"not a Yjs update (expected a .ydoc file from collab export): {error}") from error
-    server = locate(db).running_server()
+    server = locate(str(db)).running_server()
     if server is not None:
         if "url" not in server:
             raise DatabaseInUseError(f"a collab server (pid {server.get('pid')}) is starting on {db}; try again")
@@ -72,15 +85,39 @@ def _token_query(server: dict[str, object], name: str) -> str:
 async def _through_server(url: str, update: bytes, name: str) -> Imported:
     # The server was found through its lock file on this machine; its certificate may name a public host.
     tls = _loopback_tls() if url.startswith("wss:") else None
-    async with asyncio.timeout(SERVER_TIMEOUT):
-        async with Client(url, ssl=tls) as client:
-            await client.synced.wait()
+    where = f"{url.split('/')[0]}//{url.split('/')[2]}"
+    try:
+        async with asyncio.timeout(SERVER_TIMEOUT), Client(url, ssl=tls) as client:
+            await _synced_or_refused(client)
             before = client.doc.get_update()
             client.doc.apply_update(update)  # the client sends what is new to the server
             changed = client.doc.get_update() != before
             # A round trip after the update: once answered, the server has handled the update.
             await client.resync()
-    return Imported(name, changed, f"server {url.split('/')[0]}//{url.split('/')[2]}")
+    except TimeoutError:
+        raise ImportFailed(f"the server at {where} did not answer within {SERVER_TIMEOUT:g} s") from None
+    except OSError as error:
+        raise ImportFailed(f"cannot reach the server at {where}: {error.strerror or error}") from None
+    return Imported(name, changed, f"server {where}")
+
+
+async def _synced_or_refused(client: Client) -> None:
+    """Wait for the first sync; a server that closes instead (a refused token) says why."""
+    synced = asyncio.ensure_future(client.synced.wait())
+    closed = asyncio.ensure_future(client.wait_closed(timeout=SERVER_TIMEOUT))
+    try:
+        await asyncio.wait((synced, closed), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in (synced, closed):
+            waiting.cancel()
+    if client.synced.is_set():
+        return
+    code, reason = client.close_code, client.close_reason or client.permission_denied or ""
+    if code == UNAUTHENTICATED:
+        raise UnauthenticatedError(f"the server refused the token: {reason}")
+    if code == FORBIDDEN:
+        raise ForbiddenError(f"the server refused the token: {reason}")
+    raise ImportFailed(f"the server closed the connection ({code} {reason})".rstrip())
 
 
 def _loopback_tls() -> ssl.SSLContext:
@@ -91,21 +128,38 @@ def _loopback_tls() -> ssl.SSLContext:
 
 
 async def _into_database(db: str | Path, update: bytes, name: str) -> Imported:
-    lock = locate(db).lock()
+    """Merge in one transaction of the engine, holding the database's lock; a failure is one `StorageError`.
+
+    Not the server's group-commit store, which retries a failed commit forever: a command must finish.
+    """
+    database = locate(str(db))
+    if not database.persistent:
+        raise ConfigError(f"--db {db} keeps nothing once this command ends: import through a running server")
+    lock = database.lock()
     lock.acquire()
     try:
-        store = open_store(Settings(db=str(db)))
-        await store.start()
+        engine = database.engine(Settings.load({"db": str(db)}))
+        changed = await asyncio.to_thread(_merge_into, engine, name, update)
+    finally:
+        lock.release()
+    return Imported(name, changed, f"database {db}")
+
+
+def _merge_into(engine: Engine, name: str, update: bytes) -> bool:
+    """On a thread: read the document, merge, write what is new; whether anything was."""
+    try:
+        engine.open()
         try:
-            records = await store.load(name)
-            current: Doc = doc_from_records(name, records)  # a row that would crash pycrdt is reported, not read
+            current: Doc = doc_from_records(name, engine.load(name))  # a row that would crash pycrdt is reported
             before_state, before = current.get_state(), current.get_update()
             current.apply_update(update)
             changed = current.get_update() != before
             if changed:
-                store.append(name, current.get_update(before_state))
+                engine.commit([WriteOp("append", name, current.get_update(before_state), time.time())])
+            return changed
         finally:
-            await store.close()
-    finally:
-        lock.release()
-    return Imported(name, changed, f"database {db}")
+            engine.close()
+    except CollabError:
+        raise
+    except Exception as error:  # the driver's own errors: a locked or unwritable database
+        raise StorageError(f"cannot write to the database: {type(error).__name__}: {error}") from error

@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = command(
         "serve",
         "run the server",
-        "Serve documents to y-websocket clients over WebSocket, with SQLite persistence.",
+        "Serve documents to y-websocket clients over WebSocket, stored in the database --db names.",
         SERVE_EPILOG,
     )
     _add_setting_flags(serve)
@@ -235,7 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--subject", help="who the token is for (its sub claim): the same person across reconnects")
     token.add_argument(
-        "--id", dest="token_id", help="the token's id (its jti claim), for collab revoke [default: random]"
+        "--id",
+        dest="token_id",
+        type=_flag(_token_id),
+        help="the token's id (its jti claim), for collab revoke [default: random]",
     )
     token.set_defaults(handler=_token)
 
@@ -247,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_db_flag(revoke)
     which = revoke.add_mutually_exclusive_group(required=True)
-    which.add_argument("--id", dest="token_id", help="the jti of the token to revoke")
+    which.add_argument("--id", dest="token_id", type=_flag(_token_id), help="the jti of the token to revoke")
     which.add_argument(
         "--doc", metavar="NAME", help="a document name, or a prefix ending in / for all documents under it"
     )
@@ -297,7 +300,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
             "--" + item.name.replace("_", "-"),
             type=_flag(item.metadata["parse"]),
             default=None,
-            metavar=item.name.split("_")[-1].upper(),
+            metavar=item.metadata["metavar"],
             help=f"{item.metadata['help']} [{env_name(item.name)}, default {item.metadata['show'](item.default)}]",
         )
 
@@ -356,6 +359,12 @@ def _name_of_backup(file: Path) -> str:
         ) from None
 
 
+def _token_id(text: str) -> str:
+    if not text.strip():
+        raise ValueError("empty token id")
+    return text
+
+
 def _token(args: argparse.Namespace) -> int:
     from ..auth import Permission, mint_token
 
@@ -370,7 +379,7 @@ def _token(args: argparse.Namespace) -> int:
 
 def _revoke(args: argparse.Namespace) -> int:
     from ..auth import Revocation
-    from ..store.history import format_time
+    from ..units import format_time
 
     if args.token_id is not None:
         if args.before is not None:
@@ -405,7 +414,7 @@ def _stats(args: argparse.Namespace) -> int:
         "log rows": f"{sum(info.log_length for info in infos)} (not yet compacted)",
     }
     if infos:
-        from ..store.history import format_time
+        from ..units import format_time
 
         lines["last change"] = format_time(max(info.updated_at for info in infos))
     for key, value in lines.items():
@@ -432,7 +441,7 @@ def _rooms(args: argparse.Namespace) -> int:
 
 def _history(args: argparse.Namespace) -> int:
     from ..store.engines import open_reader
-    from ..store.history import format_time
+    from ..units import format_time
 
     with open_reader(_db(args)) as reader:
         points = reader.history(args.name)

@@ -42,9 +42,9 @@ from ..errors import (
 from ..filenames import file_name_for
 from ..formats import FORMATS, doc_from_records, doc_from_updates, render
 from ..store import DocumentInfo, Store
-from ..store.history import format_time, parse_time
 from ..sync.names import validate_room_name
 from ..sync.room import EMPTY_STATE_VECTOR
+from ..units import format_time, parse_time
 from .router import HttpRequest, Router, json_response, respond
 
 if TYPE_CHECKING:  # the server hands them in; the API does not depend on the server's package

@@ -26,7 +26,7 @@ from ..http.static import install_web
 from ..logs import fields
 from ..metrics import render
 from ..store import Store
-from ..store.engines import locate, open_store
+from ..store.engines import locate, open_store, redacted
 from ..sync.connection import ConnectionRules
 from .metrics import ServerMetrics
 from .outbox import Backlogs
@@ -150,7 +150,7 @@ class CollabServer:
             http,
             self.settings.host,
             self.port,
-            extra=fields(database=self.settings.db, access_control=self.access.enabled),
+            extra=fields(database=redacted(str(self.settings.db)), access_control=self.access.enabled),
         )
 
     def _tls_context(self) -> ssl.SSLContext | None:

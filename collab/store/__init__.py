@@ -8,7 +8,7 @@ sized to its callers:
             `group_commit.GroupCommitStore` is the one implementation: it queues writes, commits
             them in groups on one worker thread and retries a failing commit forever.
     Engine  what a database implements (blocking, run on that worker thread): open, commit a
-            batch, load, history, documents, check_writable, close. `sqlite.SQLiteEngine` is the
+            batch, load, documents, check_writable, close. `sqlite.SQLiteEngine` is the
             real one, `memory.MemoryEngine` the smallest example.
     Reader  what the command line reads (export, rooms, history, stats): one consistent
             read-only moment of a database, which a running server keeps writing.
@@ -99,7 +99,7 @@ class Store(Protocol):
     """Called on the event loop after every successful commit; the server's metrics set it."""
 
     async def start(self) -> None:
-        """Open the engine (creating and migrating it if needed); `StorageError` or `ConfigError` says why not."""
+        """Open the engine (creating and migrating it if needed); `StorageError` says why not."""
         ...
 
     async def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
@@ -120,10 +120,6 @@ class Store(Protocol):
 
     async def flush(self) -> None:
         """Return once everything queued before the call is committed (however many retries that takes)."""
-        ...
-
-    async def history(self, name: str) -> list[HistoryPoint]:
-        """The moments `name` can be loaded at, oldest first."""
         ...
 
     async def documents(self, name: str | None = None) -> list[DocumentInfo]:
@@ -154,15 +150,23 @@ class Engine(Protocol):
 
     Raise `StorageError` (or let the driver's own error out: the store wraps it) when the database cannot
     do what is asked; never return [] for a read that failed. A failed `commit` is retried with the same
-    writes, so it must be all or nothing.
+    writes, so it must be all or nothing, and leave nothing behind (a cached id of a row it rolled back)
+    that would fail the retry.
     """
 
     def open(self) -> None:
-        """Connect, creating and migrating the schema if needed; `ConfigError` for a schema from a newer collab."""
+        """Connect, creating and migrating the schema if needed; `StorageError` for a schema from a newer collab.
+
+        Called once, by `Store.start`: nothing calls it again after a failure.
+        """
         ...
 
     def commit(self, batch: Sequence[WriteOp]) -> None:
-        """Write `batch` in order, in one transaction: all of it or none."""
+        """Write `batch` in order, in one transaction: all of it or none.
+
+        The store retries a failed commit forever and never calls `open` again, so an engine whose
+        connection can be lost (a database server restarting) must reconnect here, on its own.
+        """
         ...
 
     def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
@@ -170,10 +174,6 @@ class Engine(Protocol):
 
         `HistoryError` when `at` is older than what is kept.
         """
-        ...
-
-    def history(self, name: str) -> list[HistoryPoint]:
-        """The moments `name` can be loaded at, oldest first; [] if unknown."""
         ...
 
     def documents(self, name: str | None = None) -> list[DocumentInfo]:

@@ -1,6 +1,7 @@
 """Which engine a `--db` value names, and everything collab does with that database.
 
-    data/collab.db, sqlite:///srv/collab.db     a SQLite file (a bare path is one)
+    data/collab.db, ./odd:name.db               a SQLite file (a bare path is one)
+    sqlite:///srv/collab.db, sqlite:rel.db      a SQLite file, absolute (no host) or relative
     memory:                                     documents in the server's memory, gone when it stops
                                                 (for tests and trying collab out)
 
@@ -9,10 +10,12 @@ the engine the server's store runs on, a read-only `Reader` for the command
 line, the lock that keeps a database to one server, and the revoked tokens.
 Rooms, the server, the HTTP API and the CLI reach a database only through
 here, so a new engine is one more `Backend` and one more entry in `SCHEMES`.
+Print a `--db` value only through `redacted`: a database URL may hold a password.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +44,11 @@ __all__ = [
     "locate",
     "open_reader",
     "open_store",
+    "redacted",
 ]
+
+ACCEPTED = "a file path (./ before a name with a colon), sqlite:///abs/path.db, sqlite:rel/path.db or memory:"
+"""The `--db` forms, for the errors that refuse another."""
 
 
 class ServerLock(Protocol):
@@ -70,6 +77,11 @@ class RevocationFeed(Protocol):
 
 class Backend(Protocol):
     """One database, as named by `--db`."""
+
+    @property
+    def persistent(self) -> bool:
+        """Whether what is written outlives the process (False for `memory:`: nothing to import into)."""
+        ...
 
     def engine(self, settings: Settings) -> Engine:
         """The engine for the server's store, tuned by `settings`; not opened yet."""
@@ -106,12 +118,21 @@ class SQLiteFile:
 
     path: Path
 
+    @property
+    def persistent(self) -> bool:
+        return True
+
     @classmethod
     def from_location(cls, location: str) -> SQLiteFile:
         # sqlite:///srv/collab.db holds /srv/collab.db, as a file URL does; sqlite:collab.db is relative.
-        path = location.removeprefix("//")
+        path = location
+        if location.startswith("//"):
+            host, slash, path = location[2:].partition("/")
+            if host:
+                raise ConfigError(f"--db {redacted('sqlite:' + location)!r}: a SQLite file has no host; use {ACCEPTED}")
+            path = slash + path
         if not path:
-            raise ConfigError("--db sqlite: names no file; try sqlite:///srv/collab.db or a plain path")
+            raise ConfigError(f"--db sqlite: names no file; use {ACCEPTED}")
         return cls(Path(path))
 
     def engine(self, settings: Settings) -> Engine:
@@ -139,15 +160,30 @@ class SQLiteFile:
         add_revocation(self.path, revocation)
 
     def describe(self) -> str:
-        files = sum(
-            path.stat().st_size for path in self.path.parent.glob(self.path.name + "*") if path.suffix != ".lock"
-        )
+        files = 0
+        for suffix in ("", "-wal", "-shm"):  # by name: a glob would count x.db.bak, and read d[1].db as a pattern
+            try:
+                files += os.stat(f"{self.path}{suffix}").st_size
+            except FileNotFoundError:
+                pass
         return f"{self.path} ({files} bytes on disk, with WAL)"
 
 
 @dataclass(frozen=True, slots=True)
 class InMemory:
     """`memory:`: a fresh `MemoryEngine` per server, which no other process can reach."""
+
+    @property
+    def persistent(self) -> bool:
+        return False
+
+    @classmethod
+    def from_location(cls, location: str) -> InMemory:
+        if location:
+            raise ConfigError(
+                f"--db {redacted('memory:' + location)!r}: memory: takes nothing after it; use {ACCEPTED}"
+            )
+        return cls()
 
     def engine(self, settings: Settings) -> Engine:
         return MemoryEngine()
@@ -190,26 +226,37 @@ class _Unshared:
         pass
 
 
-SCHEMES: dict[str, Callable[[str], Backend]] = {"sqlite": SQLiteFile.from_location, "memory": lambda _: InMemory()}
-"""`--db` scheme -> what opens the rest of the value. A value with no scheme is a SQLite file path."""
+SCHEMES: dict[str, Callable[[str], Backend]] = {"sqlite": SQLiteFile.from_location, "memory": InMemory.from_location}
+"""`--db` scheme (lower case) -> what opens the rest of the value. A value with no scheme is a SQLite file path."""
 
-_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]+):")
+_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]+):", re.IGNORECASE)  # two letters at least: C:\ is a drive, not a scheme
+_PASSWORD = re.compile(r"^(?P<user>[a-z][a-z0-9+.-]*://[^:/?#@]*):[^?#]*@", re.IGNORECASE)
+"""A URL's `scheme://user:` and everything up to the last `@` before its query: drivers split a password
+holding `@` or `/` differently, so all that any of them may read as the password is hidden."""
 
 
-def locate(db: str | Path) -> Backend:
-    """The database `db` names: `scheme:rest` for a known scheme, else a SQLite file path.
+def redacted(db: str) -> str:
+    """`db` with a URL's password hidden (`postgresql://user:***@host/db`), fit for a log line or an error."""
+    return _PASSWORD.sub(r"\g<user>:***@", db, count=1)
 
-    Raises `ConfigError` for a scheme collab has no engine for (prefix a file name holding a colon with ./).
+
+def locate(db: str | os.PathLike[str]) -> Backend:
+    """The database `db` names: `scheme:rest` for a known scheme (in any case), else a SQLite file path.
+
+    Only a `str` is read for a scheme: a `Path` is always a file, since `Path("./odd:name.db")` has already
+    dropped the `./` that told `odd:` from a scheme (and `Path("sqlite:///x")` is `sqlite:/x`).
+    Raises `ConfigError` for a scheme collab has no engine for, or a form its engine does not take.
     """
-    text = str(db)
-    match = _SCHEME.match(text)
+    if not isinstance(db, str):
+        return SQLiteFile(Path(db))
+    match = _SCHEME.match(db)
     if match is None:
-        return SQLiteFile(Path(text))
-    opener = SCHEMES.get(match[1])
+        return SQLiteFile(Path(db))
+    scheme = match[1].lower()
+    opener = SCHEMES.get(scheme)
     if opener is None:
-        known = ", ".join(f"{scheme}:" for scheme in SCHEMES)
-        raise ConfigError(f"--db {text!r}: no engine for {match[1]}:, only for {known} (or a file path)")
-    return opener(text[match.end() :])
+        raise ConfigError(f"--db {redacted(db)!r}: collab has no engine for {scheme}:; use {ACCEPTED}")
+    return opener(db[match.end() :])
 
 
 def open_store(settings: Settings) -> GroupCommitStore[Engine]:
@@ -218,6 +265,6 @@ def open_store(settings: Settings) -> GroupCommitStore[Engine]:
     return GroupCommitStore(engine, commit_interval=settings.commit_interval)
 
 
-def open_reader(db: str | Path) -> Reader:
+def open_reader(db: str | os.PathLike[str]) -> Reader:
     """A read-only view of the database `db` names, for `with`; `StorageError` if it does not exist."""
     return locate(db).reader()

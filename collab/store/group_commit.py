@@ -5,7 +5,10 @@ a window (`commit_interval`, 50 ms by default) and hands it to the engine as
 one batch, run on the store's single worker thread so the event loop never
 blocks on disk. If a commit fails the batch goes back to the head of the queue
 and is retried with backoff, forever: a failing disk delays durability, it
-never drops an update. `flush()` is how callers wait for durability.
+never drops an update. Whatever a commit raises counts as a failed commit;
+should the writer task itself ever end, the store says so (`failing`, and
+`flush`, `check_writable` and `close` raise) instead of hanging.
+`flush()` is how callers wait for durability.
 
 The store holds its engine (`Engine`, see `collab.store`) rather than being
 subclassed by it: everything here is the same for every database.
@@ -23,7 +26,7 @@ from typing import Generic, TypeVar
 from pycrdt import merge_updates
 
 from ..errors import CollabError, StorageError
-from . import Commit, DocumentInfo, Engine, HistoryPoint, StoredRecord, WriteOp
+from . import Commit, DocumentInfo, Engine, StoredRecord, WriteOp
 
 __all__ = ["GroupCommitStore", "coalesce"]
 
@@ -64,15 +67,11 @@ class GroupCommitStore(Generic[E]):
         self._urgent = asyncio.Event()
         await self._on_thread(self.engine.open)
         self._writer = asyncio.create_task(self._write_forever(), name="collab-store-writer")
+        self._writer.add_done_callback(self._writer_stopped)
 
     async def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
-        if any(op.name == name for op in self._in_flight) or any(op.name == name for op in self._queue):
-            await self.flush()  # what is queued or being committed (or retried) for it comes first
+        await self._flush_writes_of(name)
         return await self._on_thread(self.engine.load, name, at)
-
-    async def history(self, name: str) -> list[HistoryPoint]:
-        """The moments `name` can be loaded at, oldest first."""
-        return await self._on_thread(self.engine.history, name)
 
     def append(self, name: str, update: bytes, updates: int = 1) -> None:
         self._enqueue(WriteOp("append", name, update, time.time(), updates))
@@ -86,28 +85,39 @@ class GroupCommitStore(Generic[E]):
             return
         if self._writer is None or self._urgent is None:
             raise StorageError(f"store is not running; {self.pending} writes cannot be committed")
+        if self._writer.done():
+            raise StorageError(f"store writer stopped; {self.pending} writes cannot be committed")
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append((target, waiter))
         self._urgent.set()
         await waiter
 
     async def documents(self, name: str | None = None) -> list[DocumentInfo]:
+        if name is not None:
+            await self._flush_writes_of(name)  # a document just created is listed, with its first change
         return await self._on_thread(self.engine.documents, name)
 
     async def check_writable(self) -> None:
         """Raise `StorageError` unless the engine can take a write lock right now."""
         if self._writer is None:
             raise StorageError("store is not running")
+        if self._writer.done():
+            raise StorageError("store writer stopped; restart the server")
         await self._on_thread(self.engine.check_writable)
 
     async def close(self) -> None:
-        if self._writer is None:
+        """Flush, then release the engine; `StorageError` after releasing it if the writer had stopped."""
+        writer = self._writer
+        if writer is None:
             return
-        await self.flush()
-        self._writer.cancel()
+        if not writer.done():
+            await self.flush()
+        writer.cancel()
         self._writer = None
         await self._on_thread(self.engine.close)
         self._executor.shutdown(wait=True)
+        if self.pending:
+            raise StorageError(f"store writer stopped; {self.pending} writes were not committed")
 
     @property
     def pending(self) -> int:
@@ -116,9 +126,16 @@ class GroupCommitStore(Generic[E]):
 
     # Internals.
 
+    async def _flush_writes_of(self, name: str) -> None:
+        """Flush if writes of `name` are queued or being committed (or retried): a read must see them."""
+        if any(op.name == name for op in self._in_flight) or any(op.name == name for op in self._queue):
+            await self.flush()
+
     def _enqueue(self, op: WriteOp) -> None:
         if self._writer is None:
             raise StorageError(f"store is not running; cannot write to {op.name!r}")
+        if self._writer.done():
+            raise StorageError(f"store writer stopped; cannot write to {op.name!r}")
         if not self._queue:
             self._oldest_queued_at = time.monotonic()
         self._queue.append(op)
@@ -154,7 +171,7 @@ class GroupCommitStore(Generic[E]):
             self._in_flight = batch
             try:
                 await self._on_thread(self._coalesce_and_commit, batch)
-            except StorageError as error:
+            except Exception as error:  # whatever the engine raised (a CollabError too): a failed commit
                 self._in_flight = []
                 logger.error(
                     "store commit failed, %d writes kept in memory, retrying in %.1fs: %s",
@@ -180,6 +197,24 @@ class GroupCommitStore(Generic[E]):
             updates = sum(op.updates for op in batch if op.kind == "append")
             self._report(Commit(seconds, updates, sum(op.kind == "compact" for op in batch)))
             self._wake_waiters()
+
+    def _writer_stopped(self, writer: asyncio.Task[None]) -> None:
+        """Done-callback of the writer: it ends only when `close` cancels it, so anything else is a bug to shout.
+
+        Flush waiters get a `StorageError` rather than waiting forever, and `failing` makes `/readyz` say 503.
+        """
+        if writer.cancelled():
+            return
+        logger.error(
+            "store writer stopped; %d writes will not be committed until a restart",
+            self.pending,
+            exc_info=writer.exception(),
+        )
+        self.failing = True
+        for _, waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(StorageError(f"store writer stopped; {self.pending} writes cannot be committed"))
+        self._waiters = []
 
     def _report(self, commit: Commit) -> None:
         """Tell `on_commit`; whatever it raises is logged, since the writer must outlive it."""

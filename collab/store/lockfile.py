@@ -33,7 +33,7 @@ class DatabaseLock:
         self._details: dict[str, Any] = {}
 
     def acquire(self) -> None:
-        """Take the lock, or raise `ConfigError` naming the process that has it (`StorageError`: no access)."""
+        """Take the lock, or raise `DatabaseInUseError` naming the process that has it (`StorageError`: no access)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

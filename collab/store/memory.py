@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..errors import HistoryError
-from . import DocumentInfo, HistoryPoint, StoredRecord, WriteOp
+from . import DocumentInfo, StoredRecord, WriteOp
 from .group_commit import GroupCommitStore
 from .history import format_time
 
@@ -67,12 +67,6 @@ class MemoryEngine:
                 raise HistoryError(f"document {name!r} has no state for {format_time(at)}: no history is kept")
             rows = [(stored_at, record) for stored_at, record in rows if stored_at <= at]
         return [record for _, record in rows]
-
-    def history(self, name: str) -> list[HistoryPoint]:
-        document = self._documents.get(name)
-        if document is None:
-            return []
-        return [HistoryPoint(at, "update", len(record.data)) for at, record in document.rows if record.kind == "update"]
 
     def documents(self, name: str | None = None) -> list[DocumentInfo]:
         return [

@@ -26,9 +26,9 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from ..errors import ConfigError, StorageError
-from . import DocumentInfo, HistoryPoint, StoredRecord, WriteOp
+from . import DocumentInfo, StoredRecord, WriteOp
 from .history import Retention, to_keep
-from .sqlite_read import CHECKED_TABLES, first_checked_ids, read_documents, read_history, read_records
+from .sqlite_read import CHECKED_TABLES, first_checked_ids, read_documents, read_records
 
 __all__ = ["SQLiteEngine", "migrate", "migrations", "open_database"]
 
@@ -101,10 +101,13 @@ def m004_checked_rows(db: Database) -> None:
 
 
 def migrate(db: Database, path: Path) -> None:
-    """Bring the schema up to date; `ConfigError` if a newer collab migrated it (never touch what we do not know)."""
+    """Bring the schema up to date; `StorageError` if a newer collab migrated it (never touch what we do not know).
+
+    Not a `ConfigError`: the database is fine and so is the command line; this collab cannot use it (exit 5).
+    """
     unknown = {m.name for m in migrations.applied(db)} - set(MIGRATION_NAMES)
     if unknown:
-        raise ConfigError(f"{path} was migrated by a newer collab ({', '.join(sorted(unknown))}); upgrade collab")
+        raise StorageError(f"{path} was migrated by a newer collab ({', '.join(sorted(unknown))}); upgrade collab")
     migrations.apply(db)
 
 
@@ -115,7 +118,7 @@ DEFAULT_RETENTION = Retention()
 def open_database(path: Path, busy_timeout: float = 5.0, synchronous: str = "full") -> Database:
     """Open (creating it and its folder if needed) and migrate the database at `path`, in WAL mode.
 
-    Raises `StorageError` if it cannot be opened, `ConfigError` if a newer collab migrated it; the
+    Raises `StorageError` if it cannot be opened or a newer collab migrated it; the
     connection is closed on any failure. Usable from any thread (the store's writer thread opens it).
     """
     try:
@@ -168,8 +171,13 @@ class SQLiteEngine:
         return self._db
 
     def open(self) -> None:
-        self._db = open_database(self.path, self.busy_timeout, self.synchronous)
-        self._first_checked = first_checked_ids(self._db.conn)
+        db = open_database(self.path, self.busy_timeout, self.synchronous)
+        try:
+            self._first_checked = first_checked_ids(db.conn)
+        except BaseException:
+            db.conn.close()
+            raise
+        self._db = db
 
     def check_writable(self) -> None:
         # Taking the write lock (and giving it back) is what a commit needs first.
@@ -267,9 +275,6 @@ class SQLiteEngine:
 
     def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
         return read_records(self.db.conn, name, at, self._first_checked)
-
-    def history(self, name: str) -> list[HistoryPoint]:
-        return read_history(self.db.conn, name)
 
     def documents(self, name: str | None = None) -> list[DocumentInfo]:
         return read_documents(self.db.conn, name)

@@ -20,7 +20,6 @@ from . import DocumentInfo, HistoryPoint, StoredRecord
 from .history import format_time
 
 __all__ = [
-    "HistoryPoint",
     "SQLiteReader",
     "connect_read_only",
     "first_checked_ids",
@@ -47,11 +46,15 @@ def first_checked_ids(conn: sqlite3.Connection) -> dict[str, int]:
     """Per table, the first row id a walking collab wrote; tables missing (an older schema) count none.
 
     The table never changes after its migration: read it once per connection (or read transaction).
+    Any other failure (a locked database, an I/O error) raises `StorageError`: reading it as "no row
+    checked" would walk every row again, and hide the failure until the next read.
     """
     try:
         return dict(conn.execute("SELECT tab, first_id FROM checked_rows").fetchall())
-    except sqlite3.OperationalError:  # no such table: a database this collab has not migrated yet
-        return {}
+    except sqlite3.Error as error:
+        if str(error) == "no such table: checked_rows":  # a database this collab has not migrated yet
+            return {}
+        raise StorageError(f"cannot read which rows are checked: {error}") from error
 
 
 def _doc_id(conn: sqlite3.Connection, name: str) -> int | None:
@@ -180,8 +183,12 @@ class SQLiteReader:
         self._first_checked: dict[str, int] = {}
 
     def __enter__(self) -> Self:
-        self.conn.execute("BEGIN")
-        self._first_checked = first_checked_ids(self.conn)
+        try:
+            self.conn.execute("BEGIN")
+            self._first_checked = first_checked_ids(self.conn)
+        except BaseException:
+            self.conn.close()  # `with` calls no __exit__ when __enter__ raises
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

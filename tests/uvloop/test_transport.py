@@ -30,8 +30,7 @@ from collab.server.transport import CLOSE_TIMEOUT
 from collab.store import StoredRecord
 from collab.sync.protocol import QueryAwareness, Update
 
-from ..conftest import StartServer
-from ..helpers import SECRET, get, keystrokes, room_url, synced, text, token, wait_for, with_token
+from ..helpers import SECRET, StartServer, get, keystrokes, room_url, synced, text, token, wait_for, with_token
 
 
 def test_the_installed_websockets_is_a_supported_one() -> None:
