@@ -1,3 +1,3 @@
 """collab: a self-hostable real-time collaboration server speaking the y-websocket protocol."""
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"

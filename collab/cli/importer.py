@@ -2,7 +2,7 @@
 
 Merging is a CRDT merge: whatever the document already has is not added again,
 so importing the same backup twice changes nothing. If a server is running on
-the database (see `lockfile`), the import goes through it as a WebSocket
+the database (see `store.lockfile`), the import goes through it as a WebSocket
 client: connected clients see the content at once and the server stores it.
 Otherwise it is written to the database file directly (created if missing),
 holding the database lock so that no server starts meanwhile.

@@ -35,7 +35,7 @@ class StoredRecord:
     id: int
     data: bytes
     checked: bool = False
-    """Written by a collab that walks everything before storing it (`collab.yupdate`): it need not be walked
+    """Written by a collab that walks everything before storing it (`collab.sync.yupdate`): it need not be walked
     again before pycrdt reads it. False for rows an older collab wrote, which may hold what crashes pycrdt."""
 
 

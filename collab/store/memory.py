@@ -50,7 +50,7 @@ class MemoryEngine:
             document = self._documents.setdefault(op.name, _Document(op.at, op.at))
             if op.kind == "compact":
                 document.rows.clear()
-            # Rooms walk every update before storing it (collab.yupdate), as with the SQLite engine's rows.
+            # Rooms walk every update before storing it (collab.sync.yupdate), as with the SQLite engine's rows.
             record = StoredRecord("snapshot" if op.kind == "compact" else "update", self._next_id, op.data, True)
             document.rows.append((op.at, record))
             document.updated_at = max(document.updated_at, op.at)

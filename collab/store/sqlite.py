@@ -92,7 +92,7 @@ def m003_revocations(db: Database) -> None:
 
 @migration
 def m004_checked_rows(db: Database) -> None:
-    # Rows from this migration on were walked (collab.yupdate) before they were stored; older ones may hold
+    # Rows from this migration on were walked (collab.sync.yupdate) before they were stored; older ones may hold
     # what crashes pycrdt and are walked when read. Ids are reused only below the first id recorded here
     # (SQLite picks max(rowid) + 1), so a row can be taken for older than it is, never for newer.
     db.execute("CREATE TABLE checked_rows (tab TEXT PRIMARY KEY, first_id INTEGER NOT NULL)")

@@ -116,7 +116,7 @@ def _checkpoint_at(conn: sqlite3.Connection, name: str, doc_id: int, at: float) 
         return StoredRecord("checkpoint", chain[-1][0], parts[0])
     for checkpoint_id, _, _, data in chain[start:]:
         try:
-            check_update(data, strict=False)  # before pycrdt merges it (see collab.yupdate)
+            check_update(data, strict=False)  # before pycrdt merges it (see collab.sync.yupdate)
         except InvalidUpdateError as error:
             # The text `room.check_records` gives a row it walks.
             raise CorruptDocumentError(

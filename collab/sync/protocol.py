@@ -68,7 +68,7 @@ AUTH_PERMISSION_DENIED = 0
 MAX_VAR_UINT = 2**53 - 1
 # lib0's writeVarUint does encode a JavaScript number above 2**53 - 1 (inexactly), and a stock client whose
 # awareness clock was pushed up there sends one on every renewal. Such a clock is read (up to 64 bits) so
-# that the entry can be dropped (collab.presence) rather than its sender closed: closing it made the stock
+# that the entry can be dropped (collab.sync.presence) rather than its sender closed: closing it made the stock
 # client reconnect and be closed again, forever.
 AWARENESS_CLOCK_BITS = 64
 
@@ -139,7 +139,7 @@ class Update:
 class AwarenessEntry:
     """One client's presence: its state as JSON text, or "null" once it left.
 
-    A parsed entry's clock may exceed 2**53 - 1 (see AWARENESS_CLOCK_BITS); collab.presence drops those.
+    A parsed entry's clock may exceed 2**53 - 1 (see AWARENESS_CLOCK_BITS); collab.sync.presence drops those.
     """
 
     client_id: int

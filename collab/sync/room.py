@@ -151,7 +151,17 @@ class Room:
         self._size_exact = True
 
     @classmethod
-    def from_records(cls, name: str, records: list[StoredRecord], store: Store, **options: object) -> Room:
+    def from_records(
+        cls,
+        name: str,
+        records: list[StoredRecord],
+        store: Store,
+        *,
+        compact_after: int = 1000,
+        max_document_size: int = 0,
+        schedule: Callable[[Callable[[], None]], object] | None = None,
+        rejected: Counter | None = None,
+    ) -> Room:
         """Rebuild a room from what the store holds; raise `CorruptDocumentError` naming a bad record.
 
         Every record is decoded here, in full, so a document that cannot be read is refused before anyone
@@ -162,7 +172,15 @@ class Room:
         """
         states = check_records(name, records)
         log_length = sum(record.kind == "update" for record in records)
-        room = cls(name, store, log_length=log_length, **options)  # type: ignore[arg-type]
+        room = cls(
+            name,
+            store,
+            log_length=log_length,
+            compact_after=compact_after,
+            max_document_size=max_document_size,
+            schedule=schedule,
+            rejected=rejected,
+        )
         if len(records) == 1:
             room._stored, room._stored_state = records[0].data, states[0]
         elif records:
@@ -289,7 +307,7 @@ class Room:
             )
 
     def _accept_awareness(self, sender: Peer, message: Awareness, now: float) -> None:
-        """Apply the presence rules (collab.presence) and broadcast what they accepted."""
+        """Apply the presence rules (collab.sync.presence) and broadcast what they accepted."""
         grant = sender.grant
         accepted, dropped = self.presence.apply(
             sender, message.entries, now, grant.subject if grant is not None else None
