@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 
-from .errors import CorruptDocumentError
+from .errors import CorruptDocumentError, NotFoundError
 from .store import DocumentInfo, StoredRecord
 from .sync.room import check_records
 from .units import format_time
@@ -64,6 +64,13 @@ def doc_from_records(name: str, records: list[StoredRecord]) -> Doc:
         return doc_from_updates([record.data for record in records])
     except ValueError as error:
         raise CorruptDocumentError(f"document {name!r} does not decode: {error}") from error
+
+
+def check_existed(info: DocumentInfo, at: float) -> None:
+    """Raise `NotFoundError` if the document was created after `at` (the CLI and the API say the same)."""
+    if at < info.created_at:
+        when, created = format_time(at), format_time(info.created_at)
+        raise NotFoundError(f"document {info.name!r} did not exist yet at {when}; it was created at {created}")
 
 
 def root_types(update: bytes) -> dict[str, RootType | None]:

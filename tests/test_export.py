@@ -16,6 +16,7 @@ import pytest
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 
 from collab.client import Client
+from collab.errors import EXIT_NOT_FOUND
 from collab.filenames import MANIFEST, file_name_for, name_from_file_name
 from collab.server.app import CollabServer
 
@@ -188,7 +189,8 @@ async def test_at_returns_earlier_content_after_later_edits_and_compaction(
     history = (await run_collab("history", "diary", "--db", str(db_path))).stdout.splitlines()
     assert len(history) >= 2 and all(re.match(r"\d{4}-\d\d-\d\dT.*Z  (checkpoint|update)", line) for line in history)
     too_early = await run_collab("export", "--db", str(db_path), "--out", "-", "--at", "30d", "diary", check=False)
-    assert too_early.returncode != 0 and "existed at" in too_early.stderr
+    assert too_early.returncode == EXIT_NOT_FOUND
+    assert "collab export: document 'diary' did not exist yet at " in too_early.stderr, "what the API says too"
 
 
 @pytest.mark.parametrize(

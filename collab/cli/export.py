@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, ExportError, NotFoundError, StorageError
 from ..filenames import MANIFEST, file_name_for
-from ..formats import FORMATS, doc_from_records, render
+from ..formats import FORMATS, check_existed, doc_from_records, render
 from ..store import DocumentInfo, Reader
 from ..store.engines import open_reader
 from ..units import format_time
@@ -62,6 +62,8 @@ def export(db: str | Path, out: str, fmt: str, patterns: list[str], at: float | 
         infos = {info.name: info for info in reader.documents()}
         names = select_names(list(infos), patterns)
         if at is not None:
+            if len(names) == 1:
+                check_existed(infos[names[0]], at)
             names = [name for name in names if infos[name].created_at <= at]
             if not names:
                 raise NotFoundError(f"no selected document existed at {format_time(at)}")

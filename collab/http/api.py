@@ -40,7 +40,7 @@ from ..errors import (
     http_status_for,
 )
 from ..filenames import file_name_for
-from ..formats import FORMATS, doc_from_records, doc_from_updates, render
+from ..formats import FORMATS, check_existed, doc_from_records, doc_from_updates, render
 from ..store import DocumentInfo, Store
 from ..sync.names import validate_room_name
 from ..sync.room import EMPTY_STATE_VECTOR
@@ -174,9 +174,8 @@ async def _export(
     async with asyncio.timeout(STORE_TIMEOUT):
         infos = await store.documents(name)
     info = infos[0] if infos else None
-    if info is not None and at is not None and at < info.created_at:
-        created = format_time(info.created_at)
-        raise NotFoundError(f"document {name!r} did not exist yet at {format_time(at)}; it was created at {created}")
+    if info is not None and at is not None:
+        check_existed(info, at)
     room = rooms.get(name) if at is None else None
     if room is not None:
         # Bytes, taken on the loop: the room's Doc belongs to the loop (and may not be built yet: diff
