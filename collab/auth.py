@@ -12,11 +12,11 @@ library can mint one. Its claims:
      "sub": "ada",          # who it is for, optional: the same person across reconnects
      "jti": "k3J9..."}      # its id, optional: `collab revoke --id`
 
-An app server mints tokens with the secret collab is configured with; collab
-only verifies them. A connection is closed (4401) when its token expires or is
-revoked (`Revocations`, filled by the server from the database). Clients
-present a token as `?token=...` on the URL, or as
-the WebSocket subprotocol `token.<TOKEN>` (a browser cannot set headers), or to
+An app server mints tokens with the secret collab is configured with (or with
+the private key of `--auth-public-key`, see `collab.keys`); collab only verifies
+them. A connection is closed (4401) when its token expires or is revoked
+(`Revocations`, filled by the server from the database). Clients present a
+token as `?token=...` on the URL, or as the WebSocket subprotocol `token.<TOKEN>` (a browser cannot set headers), or to
 the HTTP API as `Authorization: Bearer <TOKEN>`.
 """
 

@@ -458,3 +458,11 @@ def a_real_panic() -> BaseException:
         assert not isinstance(panic, Exception)
         return panic
     raise AssertionError("pycrdt no longer panics on this; find another panic")
+
+
+def write_backup(path: Path, typed: str) -> Path:
+    """A `.ydoc` backup at `path` whose "content" text is `typed`, as `collab export --format ydoc` writes one."""
+    doc: Doc = Doc()
+    doc.get("content", type=Text).insert(0, typed)
+    path.write_bytes(doc.get_update())
+    return path

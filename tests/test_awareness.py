@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from pycrdt import Doc
 from websockets.asyncio.server import ServerConnection, serve
 
-from collab.auth import Permission, mint_token
+from collab.auth import Permission
 from collab.client import Client
 from collab.errors import ProtocolError
 from collab.server.app import CollabServer
@@ -40,9 +40,17 @@ from collab.sync.protocol import (
     parse_frame,
 )
 
-from .helpers import INTEROP, NodeClient, StartServer, no_token, presence_still_works, room_url, synced
-
-SECRET = "a-test-secret-of-enough-length"
+from .helpers import (
+    INTEROP,
+    SECRET,
+    NodeClient,
+    StartServer,
+    no_token,
+    presence_still_works,
+    room_url,
+    synced,
+    token,
+)
 
 
 class Watcher(Client):
@@ -133,7 +141,7 @@ async def test_with_tokens_the_same_subject_takes_its_id_over_at_once(start_serv
     server = await start_server(auth_secret=SECRET)
 
     def query(subject: str, permission: Permission = Permission.WRITE, room: str = "secure") -> str:
-        return "?token=" + mint_token(SECRET.encode(), room, permission, 600, subject=subject)
+        return "?token=" + token(room, permission, subject=subject)
 
     def watcher_token(room: str) -> str:
         return query("watcher", room=room)
@@ -175,7 +183,7 @@ async def test_a_huge_clock_for_a_stock_clients_id_does_not_lock_it_out(start_se
     server = await start_server(auth_secret=SECRET)
 
     def query(permission: Permission, room: str = "locked") -> str:
-        return "?token=" + mint_token(SECRET.encode(), room, permission, 600)
+        return "?token=" + token(room, permission)
 
     def writer(room: str) -> str:
         return query(Permission.WRITE, room)

@@ -25,7 +25,20 @@ from pycrdt import Text
 
 from collab.server.app import CollabServer
 
-from .helpers import ROOT, ServerProcess, StartServer, room_url, servers_on, stored_text, synced, text, wait_for
+from .helpers import (
+    ROOT,
+    SECRET,
+    ServerProcess,
+    StartServer,
+    room_url,
+    servers_on,
+    stored_text,
+    synced,
+    text,
+    token,
+    wait_for,
+    with_token,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -396,17 +409,14 @@ async def test_the_editor_fits_a_phone(browser: Browser, server: CollabServer) -
 
 
 async def test_pages_carry_the_access_token(browser: Browser, start_server: StartServer) -> None:
-    from collab.auth import Permission, mint_token
-
-    secret = "browser-test-secret-0123456789"
-    server = await start_server(auth_secret=secret)
-    token = mint_token(secret.encode(), "team/", Permission.WRITE, 600)
-    async with synced(f"{room_url(server, 'team/plan')}?token={token}") as client:
+    server = await start_server(auth_secret=SECRET)
+    team = token("team/")
+    async with synced(with_token(room_url(server, "team/plan"), team)) as client:
         text(client).insert(0, "for the team")
         await client.resync()
     await server.store.flush()
 
-    home = await Person.arrive(browser, f"http://127.0.0.1:{server.port}/?token={token}")
+    home = await Person.arrive(browser, f"http://127.0.0.1:{server.port}/?token={team}")
     rows = home.page.locator("#documents .doc-row")
     await expect(rows).to_have_count(1)
     await rows.first.click()

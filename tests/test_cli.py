@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from pycrdt import Doc, Text
 
 from collab.cli.main import build_parser
 from collab.config import Settings
@@ -19,7 +18,7 @@ from collab.errors import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_IN_USE, EXIT_NOT_
 from collab.store.lockfile import DatabaseLock
 from collab.units import parse_duration, parse_size
 
-from .helpers import SECRET, ServerProcess, collab_cli
+from .helpers import SECRET, ServerProcess, collab_cli, write_backup
 
 
 def one_clear_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -173,18 +172,9 @@ def test_serve_help_shows_defaults_as_they_are_written() -> None:
     assert "67108864" not in help_text and "3600.0" not in help_text and "0.05" not in help_text
 
 
-def backup(tmp_path: Path) -> Path:
-    doc: Doc = Doc()
-    doc["content"] = content = Text()
-    content += "hello"
-    path = tmp_path / "hello.ydoc"
-    path.write_bytes(doc.get_update())
-    return path
-
-
 def test_a_missing_document_is_not_found_not_a_usage_error(tmp_path: Path) -> None:
     db = tmp_path / "a.db"
-    collab_cli("import", str(backup(tmp_path)), "--name", "hello", "--db", str(db))
+    collab_cli("import", str(write_backup(tmp_path / "hello.ydoc", "hello")), "--name", "hello", "--db", str(db))
     result = collab_cli("history", "nope", "--db", str(db), check=False)
     assert result.returncode == EXIT_NOT_FOUND
     assert one_clear_line(result) == "collab history: no document named 'nope'\n"
@@ -206,7 +196,7 @@ def test_a_database_in_use_has_its_own_exit_code(tmp_path: Path) -> None:
 def test_a_reader_that_stops_early_gets_no_traceback(tmp_path: Path, command: list[str]) -> None:
     """`collab rooms | head`: the pipe's reading end is gone before collab writes its first line."""
     db = tmp_path / "a.db"
-    collab_cli("import", str(backup(tmp_path)), "--name", "hello", "--db", str(db))
+    collab_cli("import", str(write_backup(tmp_path / "hello.ydoc", "hello")), "--name", "hello", "--db", str(db))
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
@@ -247,10 +237,7 @@ def test_scripts_collab_runs_any_command_from_anywhere(tmp_path: Path) -> None:
 
 def test_import_into_a_memory_database_is_refused(tmp_path: Path) -> None:
     """`--db memory:` keeps nothing once the command ends: saying "merged" would be a lie."""
-    backup = tmp_path / "notes.ydoc"
-    doc: Doc = Doc()
-    doc.get("content", type=Text).insert(0, "kept?")
-    backup.write_bytes(doc.get_update())
+    backup = write_backup(tmp_path / "notes.ydoc", "kept?")
     result = collab_cli("import", str(backup), "--name", "notes", "--db", "memory:", check=False)
     assert result.returncode == EXIT_USAGE
     assert one_clear_line(result).startswith("collab import: --db memory: keeps nothing once this command ends")
@@ -259,11 +246,7 @@ def test_import_into_a_memory_database_is_refused(tmp_path: Path) -> None:
 def test_import_into_a_locked_database_fails_in_bounded_time(tmp_path: Path) -> None:
     """Another process holds the write lock: one line and exit 5, after the busy timeout, not a retry forever."""
     db = tmp_path / "locked.db"
-    collab_cli("stats", "--db", str(db), check=False)  # nothing yet
-    backup = tmp_path / "notes.ydoc"
-    doc: Doc = Doc()
-    doc.get("content", type=Text).insert(0, "later")
-    backup.write_bytes(doc.get_update())
+    backup = write_backup(tmp_path / "notes.ydoc", "later")
     collab_cli("import", str(backup), "--name", "first", "--db", str(db))  # creates the database
     blocker = sqlite3.connect(db, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
@@ -284,10 +267,7 @@ def test_import_through_a_server_with_the_wrong_secret_says_so_at_once(tmp_path:
     db = tmp_path / "secured.db"
     server = ServerProcess(db, env={"COLLAB_AUTH_SECRET": SECRET}).start()
     try:
-        backup = tmp_path / "notes.ydoc"
-        doc: Doc = Doc()
-        doc.get("content", type=Text).insert(0, "x")
-        backup.write_bytes(doc.get_update())
+        backup = write_backup(tmp_path / "notes.ydoc", "x")
         started = time.monotonic()
         result = collab_cli(
             "import", str(backup), "--name", "notes", "--db", str(db),

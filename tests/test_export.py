@@ -32,6 +32,7 @@ from .helpers import (
     synced,
     text,
     wait_for,
+    write_backup,
 )
 
 
@@ -87,9 +88,7 @@ async def test_ydoc_round_trip_into_an_empty_database(server: CollabServer, db_p
 async def test_import_through_a_running_server_reaches_connected_clients(
     start_server: StartServer, db_path: Path, tmp_path: Path
 ) -> None:
-    backup: Doc = Doc()
-    backup.get("content", type=Text).insert(0, "restored from backup")
-    (tmp_path / "restored.ydoc").write_bytes(backup.get_update())
+    write_backup(tmp_path / "restored.ydoc", "restored from backup")
     server = await start_server()
     async with synced(room_url(server, "restored")) as watcher:
         result = await run_collab("import", str(tmp_path / "restored.ydoc"), "--db", str(db_path))

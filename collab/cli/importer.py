@@ -14,7 +14,6 @@ import asyncio
 import ssl
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import quote
 
 from pycrdt import Doc
@@ -36,7 +35,7 @@ from ..errors import (
 )
 from ..formats import doc_from_records
 from ..store import Engine, WriteOp
-from ..store.engines import locate
+from ..store.engines import Backend, locate, redacted
 from ..sync.names import validate_room_name
 from ..sync.room import check_update
 
@@ -53,28 +52,31 @@ class Imported:
     """'server ws://…' or 'database PATH'."""
 
 
-async def import_update(db: str | Path, update: bytes, name: str) -> Imported:
-    """Merge `update` (a Yjs v1 update) into document `name`."""
+async def import_update(settings: Settings, update: bytes, name: str) -> Imported:
+    """Merge `update` (a Yjs v1 update) into document `name` of `settings.db`."""
     validate_room_name(name)
     try:
         check_update(update)
     except InvalidUpdateError as error:
         raise ImportFailed(f"not a Yjs update (expected a .ydoc file from collab export): {error}") from error
-    server = locate(str(db)).running_server()
+    database = locate(settings.db)
+    server = database.running_server()
     if server is not None:
         if "url" not in server:
-            raise DatabaseInUseError(f"a collab server (pid {server.get('pid')}) is starting on {db}; try again")
-        return await _through_server(
-            f"{server['url']}/{quote(name, safe='')}{_token_query(server, name)}", update, name
-        )
-    return await _into_database(db, update, name)
+            raise DatabaseInUseError(
+                f"a collab server (pid {server.get('pid')}) is starting on {settings.db}; try again"
+            )
+        where = str(server["url"])
+        url = f"{where}/{quote(name, safe='')}{_token_query(server, name, settings)}"
+        return await _through_server(url, where, update, name)
+    return await _into_database(database, settings, update, name)
 
 
-def _token_query(server: dict[str, object], name: str) -> str:
+def _token_query(server: dict[str, object], name: str, settings: Settings) -> str:
     """A short-lived write token when the server checks tokens (minted with the same secret)."""
     if not server.get("auth"):
         return ""
-    secret = Settings.load().secret()
+    secret = settings.secret()
     if secret is None:
         raise ConfigError(
             "the server requires tokens: set COLLAB_AUTH_SECRET (or COLLAB_AUTH_SECRET_FILE) to its secret"
@@ -82,10 +84,10 @@ def _token_query(server: dict[str, object], name: str) -> str:
     return "?token=" + mint_token(secret, name, Permission.WRITE, ttl=SERVER_TIMEOUT * 2)
 
 
-async def _through_server(url: str, update: bytes, name: str) -> Imported:
+async def _through_server(url: str, where: str, update: bytes, name: str) -> Imported:
+    """Merge as a client of the server at `where` (its lock file's URL), so that its clients see it at once."""
     # The server was found through its lock file on this machine; its certificate may name a public host.
     tls = _loopback_tls() if url.startswith("wss:") else None
-    where = f"{url.split('/')[0]}//{url.split('/')[2]}"
     try:
         async with asyncio.timeout(SERVER_TIMEOUT), Client(url, ssl=tls) as client:
             await _synced_or_refused(client)
@@ -127,22 +129,20 @@ def _loopback_tls() -> ssl.SSLContext:
     return context
 
 
-async def _into_database(db: str | Path, update: bytes, name: str) -> Imported:
+async def _into_database(database: Backend, settings: Settings, update: bytes, name: str) -> Imported:
     """Merge in one transaction of the engine, holding the database's lock; a failure is one `StorageError`.
 
     Not the server's group-commit store, which retries a failed commit forever: a command must finish.
     """
-    database = locate(str(db))
     if not database.persistent:
-        raise ConfigError(f"--db {db} keeps nothing once this command ends: import through a running server")
+        raise ConfigError(f"--db {settings.db} keeps nothing once this command ends: import through a running server")
     lock = database.lock()
     lock.acquire()
     try:
-        engine = database.engine(Settings.load({"db": str(db)}))
-        changed = await asyncio.to_thread(_merge_into, engine, name, update)
+        changed = await asyncio.to_thread(_merge_into, database.engine(settings), name, update)
     finally:
         lock.release()
-    return Imported(name, changed, f"database {db}")
+    return Imported(name, changed, f"database {redacted(settings.db)}")
 
 
 def _merge_into(engine: Engine, name: str, update: bytes) -> bool:

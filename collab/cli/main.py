@@ -156,15 +156,14 @@ def _moment(text: str) -> float:
 def _join_dash_values(argv: Sequence[str]) -> list[str]:
     """`--ttl -5m` -> `--ttl=-5m`, so that the value reaches its parser and is refused there, by name."""
     joined: list[str] = []
-    for arg in argv:
+    for index, arg in enumerate(argv):
+        if arg == "--":  # what follows is positional, taken as it is
+            return [*joined, *argv[index:]]
         previous = joined[-1] if joined else ""
-        if _DASH_VALUE.match(arg) and previous.startswith("--") and previous != "--" and "=" not in previous:
+        if _DASH_VALUE.match(arg) and previous.startswith("--") and "=" not in previous:
             joined[-1] = f"{previous}={arg}"
         else:
             joined.append(arg)
-        if arg == "--":
-            joined.extend(argv[len(joined) :])
-            break
     return joined
 
 
@@ -315,6 +314,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from ..filenames import MANIFEST
     from .export import export
 
     written = export(_db(args), args.out, args.format, args.names, args.at)
@@ -323,7 +323,7 @@ def _export(args: argparse.Namespace) -> int:
         print(f"collab export: {item.error}", file=sys.stderr)
     if args.out != "-":
         print(
-            f"exported {len(written) - len(failed)} document(s) to {args.out}/ (see {args.out}/manifest.json)"
+            f"exported {len(written) - len(failed)} document(s) to {args.out}/ (see {args.out}/{MANIFEST})"
             + (f"; {len(failed)} could not be read" if failed else ""),
             file=sys.stderr,
         )
@@ -338,7 +338,7 @@ def _import(args: argparse.Namespace) -> int:
     except OSError as error:
         raise ConfigError(f"cannot read {args.file}: {error.strerror}") from error
     name = _document_name(args.name, "--name") if args.name is not None else _name_of_backup(args.file)
-    result = asyncio.run(import_update(_db(args), update, name))
+    result = asyncio.run(import_update(Settings.load({"db": args.db}), update, name))
     outcome = "merged into" if result.changed else "already contained in"
     print(f"{args.file}: {outcome} {result.name!r} ({result.via})", file=sys.stderr)
     return 0
@@ -444,9 +444,9 @@ def _history(args: argparse.Namespace) -> int:
     from ..units import format_time
 
     with open_reader(_db(args)) as reader:
-        points = reader.history(args.name)
-    if not points:
-        raise NotFoundError(f"no document named {args.name!r}")
+        if not reader.documents(args.name):
+            raise NotFoundError(f"no document named {args.name!r}")
+        points = reader.history(args.name)  # none for a compacted document when history is off
     for point in points:
         print(f"{format_time(point.at)}  {point.kind:<10}  {point.size} bytes")
     return 0

@@ -5,7 +5,7 @@ silent: a body (Content-Length, chunked) or a malformed line ends the
 connection with no response, and bytes after the head (a pipelined request)
 are parsed as WebSocket frames during the handshake. collab serves GET only,
 one request per connection, without a body: `check_head` says which answer a
-head earns instead (400, 405, 413, 505), or whether it asks for an upgrade.
+head earns instead (400, 405, 413, 431, 505), or whether it asks for an upgrade.
 """
 
 from __future__ import annotations

@@ -87,8 +87,10 @@ class Sessions:
         self._expiries.clear()
         await asyncio.to_thread(self.reader.close)
 
-    def add(self, peer: Watched, name: str, grant: Grant) -> None:
-        """Watch a connection that `grant` let into `name` until `discard`."""
+    def add(self, peer: Watched, name: str) -> None:
+        """Watch a connection that its grant let into `name` until `discard`."""
+        grant = peer.grant
+        assert grant is not None, "only connections with a token have a session"
         self._live[peer] = name
         heapq.heappush(self._expiries, (grant.expires_at, next(self._order), peer))
         if self._expiries[0][2] is peer:

@@ -18,7 +18,7 @@ only moves bytes between them and the socket and keeps the timers. Per connectio
 5. A close, from either side or from an error, runs the close handshake; a client that does not
    complete it within `CLOSE_TIMEOUT` is cut.
 
-Outgoing frames bypass websockets' send path on purpose, as collab owns the transport: each message is
+Data frames do not go through websockets' send_binary(): collab owns the transport, and each message is
 framed once for all its recipients (`outbox.server_frame`) and each connection's frames of one loop
 turn go out in one write (`outbox.Outbox`). Idle connections cost no coroutine and no task: a
 server-wide keepalive (`Endpoint.keepalive`) pings the silent ones.
@@ -66,7 +66,7 @@ SUBPROTOCOL = Subprotocol("collab")
 # Close codes a peer may end with without that being worth a warning.
 NORMAL_CLOSURES = (1000, 1001, 1005)
 _OPEN = State.OPEN
-_BINARY, _TEXT, _CONT, _PONG, _CLOSE = Opcode.BINARY, Opcode.TEXT, Opcode.CONT, Opcode.PONG, Opcode.CLOSE
+_BINARY, _TEXT, _CONT, _CLOSE = Opcode.BINARY, Opcode.TEXT, Opcode.CONT, Opcode.CLOSE
 
 # Where a connection is before it is a WebSocket connection (`WebSocketConnection._head`).
 _ANSWERING = b"answering"
@@ -143,8 +143,8 @@ class Endpoint:
         silent_since = now - interval
         for peer in list(self.peers):
             if peer.pinged_at and peer.last_heard >= peer.pinged_at:
-                peer.pinged_at = 0.0  # heard from since the ping, pong or not: alive
-            if peer.pinged_at and peer.pinged_at <= silent_since and peer.last_heard < peer.pinged_at:
+                peer.pinged_at = 0.0  # heard from since the ping (its pong, or anything else): alive
+            if peer.pinged_at and peer.pinged_at <= silent_since:
                 logger.info("no answer to a keepalive ping, dropping the connection", extra=fields(conn=peer.id))
                 peer.abort()
             elif peer.last_heard < silent_since and not peer.pinged_at:
@@ -301,7 +301,8 @@ class WebSocketConnection(asyncio.Protocol):
                 self._refuse(respond(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large\n"))
             return
         end += 4
-        upgrade = check_head(bytes(head[:end]))  # or the refusal to answer instead
+        request_head = bytes(head[:end])
+        upgrade = check_head(request_head)  # or the refusal to answer instead
         if isinstance(upgrade, Response):
             self._refuse(upgrade)
             return
@@ -314,7 +315,7 @@ class WebSocketConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         ws = self._ws
-        ws.receive_data(bytes(head[:end]))
+        ws.receive_data(request_head)
         requests = [event for event in ws.events_received() if isinstance(event, Request)]
         if not requests:  # websockets could not parse what check_head let through: answer, do not just hang up
             ws.data_to_send()  # its end of stream, without an answer
@@ -401,7 +402,7 @@ class WebSocketConnection(asyncio.Protocol):
             ]
             name = conn.admit(request.path, offered, endpoint.access)
             if conn.grant is not None:
-                endpoint.sessions.add(self, name, conn.grant)  # closed at expiry or revocation
+                endpoint.sessions.add(self, name)  # closed at expiry or revocation
             room = endpoint.rooms.join_loaded(name, conn)
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -466,8 +467,6 @@ class WebSocketConnection(asyncio.Protocol):
                     self._queued.append(data)
                 else:
                     self._handle(data, now)
-            elif opcode is _PONG:
-                self.pinged_at = 0.0
             elif opcode is _CLOSE:
                 self._handle_held()  # what came before the close counts, held back or not
                 conn.closing = True  # websockets has answered it; nothing more goes out
@@ -725,12 +724,12 @@ class WebSocketConnection(asyncio.Protocol):
         ws.receive_eof()  # the connection is gone: websockets settles its close code
         closed = ws.close_exc
         sent, received = closed.sent, closed.rcvd
-        if error is not None and not isinstance(error, CollabError):
+        if error is not None:
             code = close_reason_for(error).code
-            logger.error("unexpected error, connection closed", extra=fields(**where, code=code), exc_info=error)
-        elif error is not None:
-            code = close_reason_for(error).code
-            logger.warning("connection closed", extra=fields(**where, code=code, reason=str(error)))
+            if isinstance(error, CollabError):
+                logger.warning("connection closed", extra=fields(**where, code=code, reason=str(error)))
+            else:
+                logger.error("unexpected error, connection closed", extra=fields(**where, code=code), exc_info=error)
         elif sent is not None and not closed.rcvd_then_sent and _refused_a_frame(closed.__cause__):
             # websockets refused a frame (too big, malformed) and closed with this code.
             logger.warning("connection closed", extra=fields(**where, code=sent.code, reason=sent.reason))

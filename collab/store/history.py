@@ -14,9 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..units import format_time, parse_time
-
-__all__ = ["DAY", "HOUR", "Retention", "format_time", "parse_time", "to_keep"]
+__all__ = ["DAY", "HOUR", "Retention", "to_keep"]
 
 HOUR = 3600.0
 DAY = 86400.0

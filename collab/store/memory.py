@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..errors import HistoryError
+from ..units import format_time
 from . import DocumentInfo, StoredRecord, WriteOp
 from .group_commit import GroupCommitStore
-from .history import format_time
 
 __all__ = ["MemoryEngine", "MemoryStore"]
 

@@ -16,8 +16,8 @@ from pycrdt import merge_updates
 
 from ..errors import CorruptDocumentError, HistoryError, InvalidUpdateError, StorageError
 from ..sync.yupdate import check_update
+from ..units import format_time
 from . import DocumentInfo, HistoryPoint, StoredRecord
-from .history import format_time
 
 __all__ = [
     "SQLiteReader",

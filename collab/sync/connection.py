@@ -71,7 +71,7 @@ class ConnectionMetrics(Protocol):
 
 
 def request_token(path: str, offered_subprotocols: Sequence[str]) -> str | None:
-    """The token a connection request carries: `?token=` in its URL, else a `collab-token.` subprotocol."""
+    """The token a connection request carries: `?token=` in its URL, else a `token.` subprotocol."""
     query = parse_qs(path.partition("?")[2])  # not urlsplit: the path was validated, whatever it holds
     if "token" in query:
         return query["token"][-1]
@@ -85,12 +85,12 @@ class Connection:
         "_metrics",
         "_output",
         "_throttle",
+        "_told_read_only",
         "closing",
         "grant",
         "id",
         "read_only",
         "room",
-        "told_read_only",
     )
 
     def __init__(
@@ -105,7 +105,7 @@ class Connection:
         self.grant: Grant | None = None
         """What the connection's token allows; None when access control is off."""
         self.read_only = False
-        self.told_read_only = False
+        self._told_read_only = False
         self.room: Room | None = None
         """The room joined; None while admitting and joining."""
         self.closing = False
@@ -169,8 +169,8 @@ class Connection:
             )
             if edits:
                 self._metrics.rejected.inc("read_only", amount=edits)
-                if not self.told_read_only:
-                    self.told_read_only = True
+                if not self._told_read_only:
+                    self._told_read_only = True
                     self.send(Auth(READ_ONLY_NOTICE).encode())
         return kept
 

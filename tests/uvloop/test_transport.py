@@ -198,8 +198,13 @@ async def test_a_shutdown_keeps_what_the_rate_limit_held_back(start_server: Star
     for update in keystrokes("y" * 60):
         client.protocol.send_binary(Update(update).encode())
     client.write()
-    await wait_for(lambda: bool(server.rooms.get("held-shutdown")))
-    await asyncio.sleep(0.2)  # read, and held back past the burst of 20
+
+    def applied() -> int:
+        room = server.rooms.get("held-shutdown")
+        return len(str(room.doc.get("content", type=Text))) if room is not None else 0
+
+    await wait_for(lambda: applied() >= 20)  # the burst is in; the rest is held back
+    assert applied() < 60, "held back: what the shutdown must still handle"
     reading = asyncio.create_task(client.read_to_end())  # answers the server's close
     await server.stop()
     await reading
@@ -259,13 +264,16 @@ async def test_a_malformed_path_closes_with_4400(server: CollabServer, caplog: p
 async def test_a_shutdown_lets_an_http_answer_under_way_finish(start_server: StartServer) -> None:
     server = await start_server()
 
+    started = asyncio.Event()
+
     async def slow(request: HttpRequest) -> Response:
+        started.set()
         await asyncio.sleep(0.5)
         return respond(200, "finished\n")
 
     server.http.route("/slow", slow)
     answer = asyncio.create_task(get(server, "/slow"))
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(started.wait(), 10)  # the answer is under way
     await server.stop()
     status, _, body = await answer
     assert (status, body) == (200, b"finished\n")
