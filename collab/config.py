@@ -157,7 +157,8 @@ class Settings:
     db: str = _setting(
         "data/collab.db",
         parse_database,
-        "database: a SQLite file (created if missing), sqlite:///path, or memory: (gone when the server stops)",
+        "database: a SQLite file (created if missing), sqlite:///path, postgresql://user:password@host:port/dbname"
+        " (PG* variables fill in the rest; needs collab[postgres]), or memory: (gone when the server stops)",
     )
     max_message_size: int = _size(64 * 2**20, "largest WebSocket message accepted; larger ones close with 1009")
     commit_interval: float = _duration(
@@ -177,6 +178,9 @@ class Settings:
     )
     sqlite_busy_timeout: float = _duration(
         5.0, "how long a write waits for a lock held by another process before it fails and is retried"
+    )
+    postgres_lock_timeout: float = _duration(
+        5.0, "PostgreSQL: how long a write waits for a row lock another connection holds before it fails and is retried"
     )
     auth_secret: str | None = _setting(
         None, str, "turn access control on: the secret tokens are signed with (prefer --auth-secret-file)"

@@ -1,8 +1,12 @@
-"""Fixtures: real collab servers on 127.0.0.1 with a free port and a real SQLite file."""
+"""Fixtures: real collab servers on 127.0.0.1 with a free port, a real SQLite file, a real PostgreSQL database.
+
+PostgreSQL comes from tests/postgres.py (COLLAB_TEST_PG, else the shared server on 127.0.0.1:5432, else a
+private cluster for the session); each test gets a fresh database, dropped at the end.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,11 +15,30 @@ from collab.server.app import CollabServer
 from collab.store.memory import MemoryStore
 
 from .helpers import SECRET, StartServer, servers_on
+from .postgres import admin_url, drop_database, fresh_database
 
 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "collab.db"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """The URL of a fresh, empty PostgreSQL database for this test; dropped at the end (open sessions ended)."""
+    admin = admin_url()
+    url = fresh_database(admin)
+    yield url
+    drop_database(url, admin)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> str:
+    """The `--db` value of a fresh database, once per engine: a SQLite file path, then a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("db_path"))
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 @pytest.fixture

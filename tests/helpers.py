@@ -3,7 +3,8 @@
 URLs and synced clients; keystrokes and the text they make; checks that a client
 still works after an attack (`still_works`, `still_syncs`, `presence_still_works`);
 tokens; HTTP requests (`get`, `upgrade_status`); the CLI (`collab_cli`, `run_collab`)
-and a server (`ServerProcess`) in a subprocess; frames a room sends (`FramePeer`);
+and a server (`ServerProcess`) in a subprocess; what a database holds, on either engine (`stored_text`,
+`row_counts`, `insert_corrupt_row`); frames a room sends (`FramePeer`);
 the stock Node client. Fixtures (servers, stores) are in conftest.py, and their
 types (`StartServer`) here: test modules import this module, never conftest.py.
 """
@@ -21,18 +22,20 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from queue import Empty, Queue
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
+import psycopg
 from pycrdt import Doc, Text
 
 from collab.auth import Permission, mint_token
 from collab.client import Client
 from collab.config import Settings
 from collab.server.app import CollabServer
+from collab.store.engines import open_reader
 from collab.sync.protocol import Message, parse_frame
 from collab.sync.yupdate import MAX_CLOCK
 
@@ -49,12 +52,13 @@ StartServer = Callable[..., Awaitable[CollabServer]]
 
 
 @asynccontextmanager
-async def servers_on(db_path: Path) -> AsyncIterator[StartServer]:
-    """Start in-process servers on `db_path` (the `start_server` fixture); all are stopped at the end."""
+async def servers_on(db: str | Path) -> AsyncIterator[StartServer]:
+    """Start in-process servers on `db` (a `--db` value or a SQLite file; the `start_server` fixture);
+    all are stopped at the end."""
     servers: list[CollabServer] = []
 
     async def start(**overrides: Any) -> CollabServer:
-        options: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "db": db_path, **overrides}
+        options: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "db": db, **overrides}
         server = CollabServer(Settings(**options))
         await server.start()
         servers.append(server)
@@ -186,20 +190,48 @@ async def presence_still_works(
     assert client.close_code is None and elsewhere.close_code is None
 
 
-def stored_text(db_path: Path, room: str, name: str = "content") -> str | None:
-    """The text a document has in the database right now, read as an outsider would (None: no such doc)."""
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as conn:
-        row = conn.execute("SELECT id FROM documents WHERE name = ?", [room]).fetchone()
-        if row is None:
+def stored_text(db: str | Path, room: str, name: str = "content") -> str | None:
+    """The text a document has in the database right now, read as an outsider would (None: no such doc).
+
+    `db` is a `--db` value (the `database` fixture) or a SQLite file; read through the CLI's `Reader`.
+    """
+    with open_reader(db) as reader:
+        if not reader.documents(room):
             return None
-        doc: Doc = Doc()
-        for (data,) in conn.execute(
-            """SELECT data FROM (SELECT id, data FROM snapshots WHERE doc_id = ?1 ORDER BY id DESC LIMIT 1)
-               UNION ALL SELECT data FROM (SELECT id, data FROM updates WHERE doc_id = ?1 ORDER BY id)""",
-            [row[0]],
-        ):
-            doc.apply_update(data)
+        doc = doc_of(record.data for record in reader.records(room))
     return str(doc.get(name, type=Text))
+
+
+def _on_postgres(db: str | Path) -> bool:
+    return isinstance(db, str) and db.lower().startswith(("postgresql:", "postgres:"))
+
+
+def insert_corrupt_row(db: str | Path, room: str) -> None:
+    """Append bytes that are no Yjs update (0xdeadbeef) to `room`'s log by hand, as damage would.
+
+    On PostgreSQL the row is unchecked (the column's default), so collab walks it before pycrdt sees it;
+    either way loading the document must fail naming the row (1011), never serve it empty.
+    """
+    corrupt = b"\xde\xad\xbe\xef"
+    if _on_postgres(db):
+        with psycopg.connect(str(db)) as server:
+            [(doc_id,)] = server.execute("SELECT id FROM documents WHERE name = %s", [room]).fetchall()
+            server.execute("INSERT INTO updates (doc_id, created_at, data) VALUES (%s, 0, %s)", [doc_id, corrupt])
+        return
+    with closing(sqlite3.connect(db)) as file, file:
+        [(doc_id,)] = file.execute("SELECT id FROM documents WHERE name = ?", [room]).fetchall()
+        file.execute("INSERT INTO updates (doc_id, created_at, data) VALUES (?, 0, ?)", [doc_id, corrupt])
+
+
+def row_counts(db: str | Path, room: str) -> dict[str, int]:
+    """How many snapshots, updates and checkpoints rows `room` has in the database (all 0: no such doc)."""
+    tables = ("snapshots", "updates", "checkpoints")
+    query = "SELECT count(*) FROM {} t JOIN documents d ON d.id = t.doc_id WHERE d.name = "  # our own table names
+    if _on_postgres(db):
+        with psycopg.connect(str(db)) as server:
+            return {table: server.execute(query.format(table) + "%s", [room]).fetchall()[0][0] for table in tables}
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as file:
+        return {table: file.execute(query.format(table) + "?", [room]).fetchall()[0][0] for table in tables}
 
 
 class Reply(NamedTuple):
@@ -298,8 +330,9 @@ class FramePeer:
 class ServerProcess:
     """`python -m collab serve` in a subprocess, for restarts, SIGTERM and kill -9."""
 
-    def __init__(self, db_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.db_path = db_path
+    def __init__(self, db: str | Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.db = db
+        """A `--db` value or a SQLite file."""
         self.args = args
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[str] | None = None
@@ -310,7 +343,7 @@ class ServerProcess:
     def start(self, timeout: float = 20.0) -> ServerProcess:
         self.output, self._lines = [], Queue()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "collab", "serve", "--port", str(self.port), "--db", str(self.db_path), *self.args],
+            [sys.executable, "-m", "collab", "serve", "--port", str(self.port), "--db", str(self.db), *self.args],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,

@@ -1,8 +1,10 @@
-"""What every engine does alike, run against each: the in-memory engine and SQLite on a real file.
+"""What every engine does alike, run against each: the in-memory engine, SQLite on a real file, and
+PostgreSQL in a fresh database of a real server.
 
-The in-memory engine keeps what SQLite keeps with history off (a snapshot and the log since), so both
-are driven here with the same chosen timestamps and must answer the same. Then: choosing an engine by
-`--db`, and the read-only `Reader` the command line uses.
+The in-memory engine keeps what SQLite and PostgreSQL keep with history off (a snapshot and the log since),
+so all are driven here with the same chosen timestamps and must answer the same. Then: choosing an engine
+by `--db`, and the read-only `Reader` the command line uses. What servers and the CLI do on both
+persistent engines is in test_store_contract.py and test_persistence.py.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from pycrdt import Doc, Text, merge_updates
 from collab.config import Settings
 from collab.errors import ConfigError, HistoryError, StorageError
 from collab.store import Engine, WriteOp
-from collab.store.engines import InMemory, SQLiteFile, locate, open_reader, open_store, redacted
+from collab.store.engines import InMemory, PostgresDatabase, SQLiteFile, locate, open_reader, open_store, redacted
 from collab.store.history import Retention
 from collab.store.memory import MemoryEngine
+from collab.store.postgres import PostgresEngine
 from collab.store.sqlite import SQLiteEngine
 
 from .helpers import ROOT, keystrokes, text_of
@@ -33,11 +36,18 @@ def text_at(engine: Engine, name: str, at: float | None = None) -> str:
     return text_of(record.data for record in engine.load(name, at))
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    opened: Engine = (
-        MemoryEngine() if request.param == "memory" else SQLiteEngine(tmp_path / "c.db", retention=NO_HISTORY)
-    )
+    opened: Engine
+    if request.param == "memory":
+        opened = MemoryEngine()
+    elif request.param == "sqlite":
+        opened = SQLiteEngine(tmp_path / "c.db", retention=NO_HISTORY)
+    else:
+        # Built as `collab serve --db postgresql://…` builds it, with history off like the others.
+        url: str = request.getfixturevalue("postgres_url")
+        opened = locate(url).engine(Settings(db=url, history_recent=0, history_hourly=0, history_daily=0))
+        assert isinstance(opened, PostgresEngine)
     opened.open()
     yield opened
     opened.close()
@@ -102,13 +112,13 @@ def test_documents_are_listed_by_name(engine: Engine) -> None:
     assert alpha.created_at == alpha.updated_at == T0 + 1 and alpha.log_length == 1
 
 
-def test_what_is_committed_survives_closing_and_reopening_the_file(tmp_path: Path) -> None:
-    """The one thing the engines differ in: only SQLite keeps documents past `close`."""
-    first = SQLiteEngine(tmp_path / "c.db")
+def test_what_is_committed_survives_closing_and_reopening(database: str) -> None:
+    """The one thing the engines differ in: SQLite and PostgreSQL keep documents past `close`, memory does not."""
+    first = locate(database).engine(Settings(db=database))
     first.open()
     first.commit([append("doc", update, T0 + n) for n, update in enumerate(keystrokes("kept"))])
     first.close()
-    again = SQLiteEngine(tmp_path / "c.db")
+    again = locate(database).engine(Settings(db=database))
     again.open()
     try:
         assert text_at(again, "doc") == "kept"
@@ -119,7 +129,7 @@ def test_what_is_committed_survives_closing_and_reopening_the_file(tmp_path: Pat
 # Choosing an engine by --db.
 
 
-def test_a_path_or_a_sqlite_url_names_a_sqlite_file() -> None:
+def test_a_path_or_a_url_names_its_engine() -> None:
     assert locate("data/collab.db") == SQLiteFile(Path("data/collab.db"))
     assert locate("/srv/collab.db") == SQLiteFile(Path("/srv/collab.db"))
     assert locate("sqlite:///srv/collab.db") == SQLiteFile(Path("/srv/collab.db"))
@@ -130,14 +140,18 @@ def test_a_path_or_a_sqlite_url_names_a_sqlite_file() -> None:
     assert locate(Path("/srv/collab.db")) == SQLiteFile(Path("/srv/collab.db"))
     assert locate("memory:") == locate("MEMORY:") == InMemory()
     assert locate("sqlite:///srv/collab.db").persistent and not locate("memory:").persistent
+    assert locate("postgresql://collab:pw@db:5432/collab") == PostgresDatabase("postgresql://collab:pw@db:5432/collab")
+    assert locate("Postgres://collab@db/collab") == PostgresDatabase("postgresql://collab@db/collab"), "one spelling"
+    assert locate("postgresql:///collab").persistent, "host, port and user from PG* variables or libpq's defaults"
 
 
 def test_what_no_engine_takes_is_refused_naming_the_forms_it_takes() -> None:
     accepted = (
-        r"use a file path \(\./ before a name with a colon\), sqlite:///abs/path\.db, sqlite:rel/path\.db or memory:"
+        r"use a file path \(\./ before a name with a colon\), sqlite:///abs/path\.db, sqlite:rel/path\.db,"
+        r" postgresql://user:password@host:port/dbname or memory:"
     )
-    with pytest.raises(ConfigError, match="no engine for postgresql:; " + accepted):
-        locate("postgresql://collab@db/collab")
+    with pytest.raises(ConfigError, match="no engine for mysql:; " + accepted):
+        locate("mysql://collab@db/collab")
     with pytest.raises(ConfigError, match=r"'odd:name\.db': collab has no engine for odd:"):
         locate("odd:name.db")
     with pytest.raises(ConfigError, match="names no file; " + accepted):
@@ -147,10 +161,12 @@ def test_what_no_engine_takes_is_refused_naming_the_forms_it_takes() -> None:
     with pytest.raises(ConfigError, match="'memory:foo': memory: takes nothing after it; " + accepted):
         locate("memory:foo")
     with pytest.raises(
-        ConfigError, match=r"'Postgres://collab:\*\*\*@db/collab': collab has no engine for postgres:"
+        ConfigError, match=r"'MySQL://collab:\*\*\*@db/collab': collab has no engine for mysql:"
     ) as refused:
-        locate("Postgres://collab:hunter2@db/collab")
+        locate("MySQL://collab:hunter2@db/collab")
     assert "hunter2" not in str(refused.value)
+    with pytest.raises(ConfigError, match=r"'postgresql:collab': a PostgreSQL URL starts postgresql://"):
+        locate("postgresql:collab")
     with pytest.raises(ConfigError, match=r"'sqlite://u:\*\*\*@host/x.db'") as refused:
         locate("sqlite://u:hunter2@host/x.db")
     assert "hunter2" not in str(refused.value)
@@ -195,20 +211,19 @@ async def test_open_store_runs_on_the_engine_db_names_and_a_reader_sees_it(tmp_p
     assert info.name == "doc" and info.log_length == 1
 
 
-async def test_a_reader_sees_one_moment_while_the_store_keeps_writing(tmp_path: Path) -> None:
-    db = tmp_path / "busy.db"
-    store = open_store(Settings(db=str(db), commit_interval=0.01))
+async def test_a_reader_sees_one_moment_while_the_store_keeps_writing(database: str) -> None:
+    store = open_store(Settings(db=database, commit_interval=0.01))
     await store.start()
     try:
         store.append("first", keystrokes("1")[0])
         await store.flush()
-        with open_reader(db) as reader:
+        with open_reader(database) as reader:
             assert [info.name for info in reader.documents()] == ["first"]
             store.append("second", keystrokes("2")[0])
             await store.flush()
             assert [info.name for info in reader.documents()] == ["first"], "the moment of the first read"
             assert reader.records("second") == []
-        with open_reader(db) as later:
+        with open_reader(database) as later:
             assert [info.name for info in later.documents()] == ["first", "second"]
     finally:
         await store.close()
@@ -239,6 +254,15 @@ def test_a_reader_needs_an_existing_collab_database(tmp_path: Path) -> None:
     (tmp_path / "junk.db").write_bytes(b"not sqlite at all, just bytes" * 100)
     with pytest.raises(StorageError, match="not a collab database"):
         open_reader(tmp_path / "junk.db")
+
+
+def test_a_reader_needs_a_reachable_collab_database_on_postgresql(postgres_url: str) -> None:
+    """A database with no collab tables yet is refused (never created by a reader), as is one not there."""
+    with pytest.raises(StorageError, match=r"PostgreSQL collab_test_\w+ on .* is not a collab database"):
+        open_reader(postgres_url)
+    missing = postgres_url.rsplit("/", 1)[0] + "/collab_test_no_such_database"
+    with pytest.raises(StorageError, match="cannot connect to PostgreSQL collab_test_no_such_database on "):
+        open_reader(missing)
 
 
 async def test_the_command_line_reads_through_the_reader(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import pytest
 
 from collab.errors import HistoryError, StorageError
-from collab.store import Commit, DocumentInfo, StoredRecord, WriteOp
+from collab.store import Commit, DocumentDump, DocumentInfo, StoredRecord, WriteOp
 from collab.store.group_commit import GroupCommitStore
 from collab.store.memory import MemoryEngine, MemoryStore
 
@@ -52,6 +52,9 @@ class FailingEngine:
 
     def close(self) -> None:
         self.inner.close()
+
+    def restore(self, dump: DocumentDump) -> None:
+        self.inner.restore(dump)
 
 
 async def text_in(store: GroupCommitStore[FailingEngine] | MemoryStore, name: str) -> str:

@@ -1,15 +1,20 @@
-"""The stock Yjs client (npm yjs + y-websocket provider + ws) against collab, under Node."""
+"""The stock Yjs client (npm yjs + y-websocket provider + ws) against collab, under Node.
+
+Every test runs with the server on both persistent engines (`on_database`, and `server` here: a SQLite file,
+then a fresh PostgreSQL database); the whole file takes a few seconds.
+"""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import AsyncIterator
 
 import pytest
 from pycrdt import Text
 
 from collab.server.app import CollabServer
 
-from .helpers import INTEROP, NodeClient, StartServer, room_url, synced, text
+from .helpers import INTEROP, NodeClient, StartServer, room_url, servers_on, synced, text
 
 pytestmark = pytest.mark.skipif(
     shutil.which("node") is None or not (INTEROP / "node_modules" / "y-websocket").is_dir(),
@@ -19,6 +24,19 @@ pytestmark = pytest.mark.skipif(
 
 def base_url(server: CollabServer) -> str:
     return f"ws://127.0.0.1:{server.port}"
+
+
+@pytest.fixture
+async def on_database(database: str) -> AsyncIterator[StartServer]:
+    """`start_server` on each persistent engine in turn."""
+    async with servers_on(database) as start:
+        yield start
+
+
+@pytest.fixture
+async def server(on_database: StartServer) -> CollabServer:
+    """Conftest's `server`, on each engine."""
+    return await on_database()
 
 
 async def test_stock_clients_and_pycrdt_converge(server: CollabServer) -> None:
@@ -72,15 +90,15 @@ async def test_stock_client_awareness_both_ways_and_cleanup(server: CollabServer
         await py.wait_until(lambda: js_id not in py.awareness)
 
 
-async def test_stock_client_sees_persisted_text_after_restart(start_server: StartServer) -> None:
-    first = await start_server()
+async def test_stock_client_sees_persisted_text_after_restart(on_database: StartServer) -> None:
+    first = await on_database()
     async with NodeClient(base_url(first), "durable") as js:
         await js.synced()
         js.send("insert", index=0, value="survives restarts")
         async with synced(room_url(first, "durable")) as py:
             await py.wait_until(lambda: str(text(py)) == "survives restarts")
     await first.stop()
-    second = await start_server()
+    second = await on_database()
     async with NodeClient(base_url(second), "durable") as js:
         await js.synced()
         snapshot = await js.wait_snapshot(lambda snap: snap["text"] != "")

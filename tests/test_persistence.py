@@ -1,8 +1,14 @@
-"""Nothing is lost: clean shutdowns, kill -9, unloading, a failing disk, a corrupt row."""
+"""Nothing is lost: clean shutdowns, kill -9, unloading, a failing disk, a corrupt row.
+
+All but the failing disk (SQLite's write lock, held by hand) run on both persistent engines, through the
+`database` fixture: a SQLite file and a fresh PostgreSQL database. PostgreSQL going away while clients
+type is in test_postgres_outage.py.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import sqlite3
 from pathlib import Path
@@ -12,7 +18,18 @@ from pycrdt import Array, Map
 
 from collab.client import Client
 
-from .helpers import ServerProcess, StartServer, room_url, stored_text, synced, text, wait_for
+from .helpers import (
+    ServerProcess,
+    StartServer,
+    insert_corrupt_row,
+    room_url,
+    row_counts,
+    servers_on,
+    stored_text,
+    synced,
+    text,
+    wait_for,
+)
 
 
 async def write_document(url: str) -> str:
@@ -40,16 +57,16 @@ async def assert_document(url: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-async def test_clean_shutdown_flushes_everything(db_path: Path, signum: int) -> None:
+async def test_clean_shutdown_flushes_everything(database: str, signum: int) -> None:
     # A commit window far longer than the test: only the shutdown flush can have saved the edits.
-    server = ServerProcess(db_path, "--commit-interval", "1h", "--unload-after", "1h").start()
+    server = ServerProcess(database, "--commit-interval", "1h", "--unload-after", "1h").start()
     try:
         written = await write_document(server.url("notes/plan"))
-        assert stored_text(db_path, "notes/plan") is None
+        assert stored_text(database, "notes/plan") is None
     finally:
         assert server.stop(signum) == 0
     assert any("everything is on disk" in line for line in server.output)
-    assert stored_text(db_path, "notes/plan") == written
+    assert stored_text(database, "notes/plan") == written
     server.start()
     try:
         await assert_document(server.url("notes/plan"), written)
@@ -57,11 +74,11 @@ async def test_clean_shutdown_flushes_everything(db_path: Path, signum: int) -> 
         server.stop()
 
 
-async def test_kill_9_keeps_every_committed_update(db_path: Path) -> None:
-    server = ServerProcess(db_path, "--unload-after", "1h").start()
+async def test_kill_9_keeps_every_committed_update(database: str) -> None:
+    server = ServerProcess(database, "--unload-after", "1h").start()
     written = await write_document(server.url("crash"))
     # Group commit makes it durable within the commit window, with no shutdown and no unload.
-    await wait_for(lambda: stored_text(db_path, "crash") == written, timeout=5)
+    await wait_for(lambda: stored_text(database, "crash") == written, timeout=5)
     server.kill()
     server.start()
     try:
@@ -70,16 +87,16 @@ async def test_kill_9_keeps_every_committed_update(db_path: Path) -> None:
         server.stop()
 
 
-async def test_room_unloads_when_idle_and_reloads_from_disk(start_server: StartServer, db_path: Path) -> None:
-    server = await start_server(unload_after=0.05, compact_after=10_000)
-    url = room_url(server, "idle")
-    written = await write_document(url)
-    await wait_for(lambda: "idle" not in server.rooms)
-    # Unloading compacted the log into one snapshot.
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT count(*) FROM updates").fetchone() == (0,)
-        assert conn.execute("SELECT count(*) FROM snapshots").fetchone() == (1,)
-    await assert_document(url, written)
+async def test_room_unloads_when_idle_and_reloads_from_disk(database: str) -> None:
+    async with servers_on(database) as start_server:
+        server = await start_server(unload_after=0.05, compact_after=10_000)
+        url = room_url(server, "idle")
+        written = await write_document(url)
+        await wait_for(lambda: "idle" not in server.rooms)
+        # Unloading compacted the log into one snapshot.
+        counts = row_counts(database, "idle")
+        assert (counts["updates"], counts["snapshots"]) == (0, 1)
+        await assert_document(url, written)
 
 
 async def test_a_failing_disk_keeps_the_room_serving_and_loses_nothing(
@@ -106,25 +123,21 @@ async def test_a_failing_disk_keeps_the_room_serving_and_loses_nothing(
     await wait_for(lambda: "disk" not in server.rooms)
 
 
-async def test_a_corrupt_row_refuses_that_document_only(
-    start_server: StartServer, db_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    server = await start_server()
-    await write_document(room_url(server, "good"))
-    async with synced(room_url(server, "damaged")) as writer:
-        text(writer).insert(0, "precious")
-    await server.stop()
-    with sqlite3.connect(db_path) as conn:
-        [(doc_id,)] = conn.execute("SELECT id FROM documents WHERE name = 'damaged'")
-        conn.execute("INSERT INTO updates (doc_id, created_at, data) VALUES (?, 0, x'DEADBEEF')", [doc_id])
-    server = await start_server()
-    with caplog.at_level(logging.ERROR):
-        client = await Client(room_url(server, "damaged")).connect()
-        code, reason = await client.wait_closed()
-    assert code == 1011 and "try again" in (reason or "")
-    assert not client.synced.is_set(), "never served as an empty document"
-    assert "does not decode" in caplog.text
-    assert "damaged" not in server.rooms
-    await assert_document(room_url(server, "good"), "the quick brown fox jumps over the lazy dog ")
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT count(*) FROM updates WHERE doc_id = ?", [doc_id]).fetchone()[0] >= 1
+async def test_a_corrupt_row_refuses_that_document_only(database: str, caplog: pytest.LogCaptureFixture) -> None:
+    async with servers_on(database) as start_server:
+        server = await start_server()
+        await write_document(room_url(server, "good"))
+        async with synced(room_url(server, "damaged")) as writer:
+            text(writer).insert(0, "precious")
+        await server.stop()
+        insert_corrupt_row(database, "damaged")
+        server = await start_server()
+        with caplog.at_level(logging.ERROR):
+            client = await Client(room_url(server, "damaged")).connect()
+            code, reason = await client.wait_closed()
+        assert code == 1011 and "try again" in (reason or "")
+        assert not client.synced.is_set(), "never served as an empty document"
+        assert re.search(r"document 'damaged': stored update #\d+ does not decode", caplog.text), "names the row"
+        assert "damaged" not in server.rooms
+        await assert_document(room_url(server, "good"), "the quick brown fox jumps over the lazy dog ")
+    assert row_counts(database, "damaged")["updates"] >= 1, "the damaged row is kept for an operator to see"

@@ -14,6 +14,7 @@ import asyncio
 import ssl
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 from pycrdt import Doc
@@ -39,7 +40,7 @@ from ..store.engines import Backend, locate, redacted
 from ..sync.names import validate_room_name
 from ..sync.room import check_update
 
-__all__ = ["Imported", "import_update"]
+__all__ = ["Imported", "import_update", "merge_through_server"]
 
 SERVER_TIMEOUT = 60.0
 
@@ -62,17 +63,25 @@ async def import_update(settings: Settings, update: bytes, name: str) -> Importe
     database = locate(settings.db)
     server = database.running_server()
     if server is not None:
-        if "url" not in server:
-            raise DatabaseInUseError(
-                f"a collab server (pid {server.get('pid')}) is starting on {settings.db}; try again"
-            )
-        where = str(server["url"])
-        url = f"{where}/{quote(name, safe='')}{_token_query(server, name, settings)}"
-        return await _through_server(url, where, update, name)
+        return await merge_through_server(settings, server, update, name)
     return await _into_database(database, settings, update, name)
 
 
-def _token_query(server: dict[str, object], name: str, settings: Settings) -> str:
+async def merge_through_server(settings: Settings, server: dict[str, Any], update: bytes, name: str) -> Imported:
+    """Merge `update`, already checked, into `name` as a client of `server` (what `running_server` found).
+
+    `collab copy` calls it too, once per document. `DatabaseInUseError` if the server has no address yet.
+    """
+    if "url" not in server:
+        raise DatabaseInUseError(
+            f"a collab server (pid {server.get('pid')}) is starting on {redacted(settings.db)}; try again"
+        )
+    where = str(server["url"])
+    url = f"{where}/{quote(name, safe='')}{_token_query(server, name, settings)}"
+    return await _through_server(url, where, update, name)
+
+
+def _token_query(server: dict[str, Any], name: str, settings: Settings) -> str:
     """A short-lived write token when the server checks tokens (minted with the same secret)."""
     if not server.get("auth"):
         return ""

@@ -47,8 +47,9 @@ SERVE_EPILOG = """\
 every flag can also be set with its environment variable (COLLAB_PORT=8080 ...);
 a flag beats the environment, which beats the default.
 
-example:
+examples:
   collab serve --host 0.0.0.0 --port 8080 --db /var/lib/collab/collab.db
+  collab serve --db postgresql://collab:PASSWORD@db.internal:5432/collab   (needs collab[postgres])
 """
 
 
@@ -71,6 +72,18 @@ connected clients see the content at once.
 
 example:
   collab import backups/meeting.ydoc --name meeting
+"""
+
+COPY_EPILOG = """\
+SOURCE and TARGET are --db values: a file, sqlite:///path or postgresql://...
+Every document is copied with its history (a document the target lacks), or
+merged into the target's (a CRDT merge: running it twice changes nothing).
+Safe while a server runs on SOURCE; with one running on TARGET, the copy goes
+through it (its clients see it at once) but history stays behind.
+
+examples:
+  collab copy data/collab.db postgresql://collab@db.internal/collab     grow into PostgreSQL
+  collab copy postgresql://collab@db.internal/collab local.db           a local copy
 """
 
 HISTORY_EPILOG = """\
@@ -215,6 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--name", help="document to merge into [default: the name the file name stands for]")
     restore.set_defaults(handler=_import)
 
+    copy = command(
+        "copy",
+        "copy every document into another database",
+        "Copy every document, with its history, from one database into another, as a CRDT merge.",
+        COPY_EPILOG,
+    )
+    copy.add_argument("source", type=_flag(parse_database), metavar="SOURCE", help="the database to read")
+    copy.add_argument("target", type=_flag(parse_database), metavar="TARGET", help="the database to write into")
+    copy.set_defaults(handler=_copy)
+
     token = command(
         "token",
         "mint an access token",
@@ -285,7 +308,10 @@ def _add_db_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db",
         type=_flag(parse_database),
-        help=f"database: a file, sqlite:///path [{env_name('db')}, default {Settings.db}]",
+        help=(
+            "database: a file, sqlite:///path, postgresql://user:pass@host/dbname"
+            f" [{env_name('db')}, default {Settings.db}]"
+        ),
     )
 
 
@@ -341,6 +367,23 @@ def _import(args: argparse.Namespace) -> int:
     result = asyncio.run(import_update(Settings.load({"db": args.db}), update, name))
     outcome = "merged into" if result.changed else "already contained in"
     print(f"{args.file}: {outcome} {result.name!r} ({result.via})", file=sys.stderr)
+    return 0
+
+
+def _copy(args: argparse.Namespace) -> int:
+    from ..store.engines import redacted
+    from .copy import LineProgress, TerminalProgress, copy_databases
+
+    progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else LineProgress(sys.stderr)
+    try:
+        copied = copy_databases(args.source, args.target, progress)
+    finally:
+        progress.end()  # before an error line, which must not land on the bar's
+    counts = {outcome: sum(item.outcome == outcome for item in copied) for outcome in ("new", "merged", "unchanged")}
+    print(
+        f"copied {len(copied)} document(s) from {redacted(args.source)} to {redacted(args.target)}: "
+        + ", ".join(f"{count} {outcome}" for outcome, count in counts.items())
+    )
     return 0
 
 

@@ -19,7 +19,7 @@ from websockets.http11 import Response
 
 from ..auth import Access
 from ..config import Settings
-from ..errors import AuthError, ConfigError, StorageError
+from ..errors import AuthError, ConfigError, DatabaseInUseError, StorageError
 from ..http.api import install_api
 from ..http.router import HttpRequest, OriginPolicy, Router, respond
 from ..http.static import install_web
@@ -39,6 +39,8 @@ __all__ = ["CollabServer", "run"]
 logger = logging.getLogger("collab.server")
 
 READY_TIMEOUT = 2.0
+LOCK_CHECK_INTERVAL = 2.0
+"""Seconds between checks that the server still holds its database's lock (a PostgreSQL one can be lost)."""
 LISTEN_BACKLOG = 1024
 """Connections the kernel queues before collab accepts them (asyncio's default of 100 drops bursts)."""
 
@@ -74,6 +76,9 @@ class CollabServer:
         self._sweeper: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._keepalive: asyncio.Task[None] | None = None
+        self._lock_watch: asyncio.Task[None] | None = None
+        self._lock_lost: str | None = None
+        """Why the database's lock is held by another server now (then /readyz says 503), or None."""
         self.sessions = Sessions(self.access, database.revocations(), self._end_session)
         self.http = Router()
         self.http.route("/healthz", self._healthz)
@@ -141,9 +146,12 @@ class CollabServer:
         if self.settings.keepalive > 0:
             self._keepalive = asyncio.create_task(self._keepalive_forever(), name="collab-keepalive")
         self._sweeper = asyncio.create_task(self._sweep_backlogs_forever(), name="collab-slow-clients")
-        self.lock.describe(
-            url=f"{self.scheme}://{connectable_host(self.settings.host)}:{self.port}", auth=self.access.enabled
+        await asyncio.to_thread(
+            self.lock.describe,
+            url=f"{self.scheme}://{connectable_host(self.settings.host)}:{self.port}",
+            auth=self.access.enabled,
         )
+        self._lock_watch = asyncio.create_task(self._watch_lock_forever(), name="collab-lock-watch")
         http = "https" if tls else "http"
         logger.info(
             "listening on %s://%s:%d",
@@ -172,6 +180,8 @@ class CollabServer:
             self._keepalive.cancel()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._lock_watch is not None:
+            self._lock_watch.cancel()
         server.close()  # listen no more
         await self.endpoint.shutdown(CLOSE_TIMEOUT + 1.0)
         await server.wait_closed()
@@ -195,7 +205,31 @@ class CollabServer:
             return respond(HTTPStatus.SERVICE_UNAVAILABLE, f"store not writable: {describe(error)}\n")
         if self.store.failing:
             return respond(HTTPStatus.SERVICE_UNAVAILABLE, "store not writable: commits are failing\n")
+        if self._lock_lost is not None:
+            return respond(HTTPStatus.SERVICE_UNAVAILABLE, f"database lock lost: {self._lock_lost}\n")
         return respond(HTTPStatus.OK, "ready\n")
+
+    async def _watch_lock_forever(self) -> None:
+        """Keep the database's one-server lock: a PostgreSQL advisory lock goes when its connection does.
+
+        `ServerLock.check` takes it again after PostgreSQL restarted. If another server took it meanwhile,
+        this one keeps serving its clients (what they write is still stored, and merges), but it says so:
+        an error in the log and 503 on /readyz, so that a load balancer stops sending it anyone.
+        """
+        while True:
+            await asyncio.sleep(LOCK_CHECK_INTERVAL)
+            try:
+                await asyncio.to_thread(self.lock.check)
+            except DatabaseInUseError as error:
+                if self._lock_lost is None:
+                    logger.error("lost the database lock while it was unreachable: %s", error)
+                self._lock_lost = str(error)
+            except StorageError:
+                continue  # unreachable: the store's commits and /readyz say so; try again later
+            else:
+                if self._lock_lost is not None:
+                    logger.warning("holding the database lock again")
+                self._lock_lost = None
 
     async def _metrics(self, request: HttpRequest) -> Response:
         return respond(HTTPStatus.OK, render(self.metrics.all()), "text/plain; version=0.0.4; charset=utf-8")

@@ -24,7 +24,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol, Self
 
-__all__ = ["Commit", "DocumentInfo", "Engine", "HistoryPoint", "Reader", "Store", "StoredRecord", "WriteOp"]
+__all__ = [
+    "Commit",
+    "DocumentDump",
+    "DocumentInfo",
+    "Engine",
+    "HistoryPoint",
+    "Reader",
+    "Store",
+    "StoredRecord",
+    "StoredRow",
+    "WriteOp",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +73,28 @@ class DocumentInfo:
     """Unix time of the last committed change."""
     history_size: int = 0
     """Bytes of point-in-time checkpoints kept besides the snapshot and log."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """One row of a document as stored, with its time: what `collab copy` carries between databases."""
+
+    kind: Literal["snapshot", "update", "checkpoint"]
+    created_at: float
+    data: bytes
+    base: bool = False
+    """For a checkpoint: True if it is the whole document, False if it is the change since the one before."""
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentDump:
+    """Everything stored for one document, history included, in a form any engine can write back."""
+
+    name: str
+    created_at: float
+    updated_at: float
+    rows: list[StoredRow]
+    """Its snapshot (at most one) first, then its log in order, then its checkpoints oldest first."""
 
 
 class WriteOp(NamedTuple):
@@ -184,6 +217,13 @@ class Engine(Protocol):
         """A cheap probe that raises when a commit could not start now (a lock held elsewhere, a read-only disk)."""
         ...
 
+    def restore(self, dump: DocumentDump) -> None:
+        """Write `dump` as a new document, rows and times as they are, in one transaction (`collab copy`).
+
+        The caller has walked every row (`collab.sync.yupdate`); `StorageError` if `dump.name` is already stored.
+        """
+        ...
+
     def close(self) -> None:
         """Release the connection; the engine may be opened again."""
         ...
@@ -209,4 +249,8 @@ class Reader(Protocol):
 
     def history(self, name: str) -> list[HistoryPoint]:
         """The moments `name` can be exported at, oldest first; [] if unknown."""
+        ...
+
+    def dump(self, name: str) -> DocumentDump | None:
+        """Every row stored for `name`, history included (`collab copy`); None if unknown."""
         ...

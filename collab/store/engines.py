@@ -2,6 +2,8 @@
 
     data/collab.db, ./odd:name.db               a SQLite file (a bare path is one)
     sqlite:///srv/collab.db, sqlite:rel.db      a SQLite file, absolute (no host) or relative
+    postgresql://user:pass@host:5432/dbname     a PostgreSQL database (postgres:// too; libpq URL
+                                                parameters and PG* variables work; collab[postgres])
     memory:                                     documents in the server's memory, gone when it stops
                                                 (for tests and trying collab out)
 
@@ -38,6 +40,7 @@ __all__ = [
     "SCHEMES",
     "Backend",
     "InMemory",
+    "PostgresDatabase",
     "RevocationFeed",
     "SQLiteFile",
     "ServerLock",
@@ -47,7 +50,10 @@ __all__ = [
     "redacted",
 ]
 
-ACCEPTED = "a file path (./ before a name with a colon), sqlite:///abs/path.db, sqlite:rel/path.db or memory:"
+ACCEPTED = (
+    "a file path (./ before a name with a colon), sqlite:///abs/path.db, sqlite:rel/path.db,"
+    " postgresql://user:password@host:port/dbname or memory:"
+)
 """The `--db` forms, for the errors that refuse another."""
 
 
@@ -60,6 +66,13 @@ class ServerLock(Protocol):
 
     def describe(self, **details: Any) -> None:
         """Record details (pid, url, auth) for whoever finds it held (`Backend.running_server`)."""
+        ...
+
+    def check(self) -> None:
+        """Make sure it is still held, taking it again if it was lost and is free (blocking: run it on a thread).
+
+        `DatabaseInUseError` if another server took it meanwhile; `StorageError` if that cannot be known now.
+        """
         ...
 
     def release(self) -> None: ...
@@ -170,6 +183,65 @@ class SQLiteFile:
 
 
 @dataclass(frozen=True, slots=True)
+class PostgresDatabase:
+    """A PostgreSQL database, named by a libpq URL; psycopg (`collab[postgres]`) is imported only for one."""
+
+    url: str
+
+    @property
+    def persistent(self) -> bool:
+        return True
+
+    @classmethod
+    def from_location(cls, location: str) -> PostgresDatabase:
+        if not location.startswith("//"):
+            raise ConfigError(f"--db {redacted('postgresql:' + location)!r}: a PostgreSQL URL starts postgresql://")
+        try:
+            import psycopg  # noqa: F401  (said here, before anything is started)
+        except ImportError:
+            raise ConfigError(
+                "--db postgresql://… needs PostgreSQL support: pip install 'collab[postgres]' (scripts/serve does)"
+            ) from None
+        return cls("postgresql:" + location)
+
+    def engine(self, settings: Settings) -> Engine:
+        from .postgres import PostgresEngine
+
+        retention = Retention(settings.history_recent, settings.history_hourly, settings.history_daily)
+        return PostgresEngine(self.url, lock_timeout=settings.postgres_lock_timeout, retention=retention)
+
+    def reader(self) -> Reader:
+        from .postgres_read import PostgresReader
+
+        return PostgresReader(self.url)
+
+    def lock(self) -> ServerLock:
+        from .postgres_read import PostgresLock
+
+        return PostgresLock(self.url)
+
+    def running_server(self) -> dict[str, Any] | None:
+        from .postgres_read import running_server
+
+        return running_server(self.url)
+
+    def revocations(self) -> RevocationFeed:
+        from .postgres_read import PostgresRevocations
+
+        return PostgresRevocations(self.url)
+
+    def add_revocation(self, revocation: Revocation) -> None:
+        from .postgres_read import add_revocation
+
+        add_revocation(self.url, revocation)
+
+    def describe(self) -> str:
+        from .postgres_read import describe
+
+        return describe(self.url)
+
+
+@dataclass(frozen=True, slots=True)
 class InMemory:
     """`memory:`: a fresh `MemoryEngine` per server, which no other process can reach."""
 
@@ -216,6 +288,9 @@ class _Unshared:
     def describe(self, **details: Any) -> None:
         pass
 
+    def check(self) -> None:
+        pass
+
     def release(self) -> None:
         pass
 
@@ -226,7 +301,12 @@ class _Unshared:
         pass
 
 
-SCHEMES: dict[str, Callable[[str], Backend]] = {"sqlite": SQLiteFile.from_location, "memory": InMemory.from_location}
+SCHEMES: dict[str, Callable[[str], Backend]] = {
+    "sqlite": SQLiteFile.from_location,
+    "postgresql": PostgresDatabase.from_location,
+    "postgres": PostgresDatabase.from_location,
+    "memory": InMemory.from_location,
+}
 """`--db` scheme (lower case) -> what opens the rest of the value. A value with no scheme is a SQLite file path."""
 
 _SCHEME = re.compile(r"^([a-z][a-z0-9+.-]+):", re.IGNORECASE)  # two letters at least: C:\ is a drive, not a scheme

@@ -56,6 +56,9 @@ class DatabaseLock:
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, json.dumps(self._details).encode(), 0)
 
+    def check(self) -> None:
+        """An flock lasts as long as its file descriptor: nothing can take it from a running server."""
+
     def release(self) -> None:
         if self._fd is not None:
             os.ftruncate(self._fd, 0)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..errors import HistoryError
+from ..errors import HistoryError, StorageError
 from ..units import format_time
-from . import DocumentInfo, StoredRecord, WriteOp
+from . import DocumentDump, DocumentInfo, StoredRecord, WriteOp
 from .group_commit import GroupCommitStore
 
 __all__ = ["MemoryEngine", "MemoryStore"]
@@ -56,6 +56,15 @@ class MemoryEngine:
             document.updated_at = max(document.updated_at, op.at)
             self._next_id += 1
         self.commits += 1
+
+    def restore(self, dump: DocumentDump) -> None:
+        if dump.name in self._documents:
+            raise StorageError(f"document {dump.name!r} is already stored: merge into it instead")
+        document = self._documents[dump.name] = _Document(dump.created_at, dump.updated_at)
+        for row in dump.rows:  # no history is kept here: checkpoints are left out
+            if row.kind != "checkpoint":
+                document.rows.append((row.created_at, StoredRecord(row.kind, self._next_id, row.data, True)))
+                self._next_id += 1
 
     def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
         document = self._documents.get(name)

@@ -1,34 +1,35 @@
 """The SQLite engine: WAL mode, one writer thread, an update log, snapshots, checkpoints.
 
-    documents(id, name UNIQUE, created_at, updated_at)
-    snapshots(id, doc_id, created_at, data)      -- the document as of its last compaction
-    updates(id, doc_id, created_at, data)        -- the log since that snapshot
-    checkpoints(id, doc_id, created_at, base, data)
-                                                 -- past states: base=1 whole, else the change since the previous one
+The tables are those of `tables` (the same on PostgreSQL), plus
+
     revocations(id, created_at, token_id, scope, before)
                                                  -- `collab revoke`, polled by the server (see `revocations`)
+    checked_rows(tab, first_id)                  -- rows from first_id on were walked before they were stored
 
 Loading reads the snapshot plus the log. Compaction, in the same transaction as
-the writes before it, turns the log into checkpoints (see `history`), replaces
-the snapshot and deletes the log. The schema is versioned with ordered
-sqlite-utils migrations; a database written by a newer collab is refused,
-never modified or moved aside. Reads live in `sqlite_read`.
+the writes before it, turns the log rows it read into checkpoints (see
+`compaction`), merges them into a new snapshot and deletes exactly them. The
+schema is versioned with ordered sqlite-utils migrations; a database written by
+a newer collab is refused, never modified or moved aside. Reads live in
+`sqlite_read` and `tables`.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from pycrdt import merge_updates
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from ..errors import ConfigError, StorageError
-from . import DocumentInfo, StoredRecord, WriteOp
-from .history import Retention, to_keep
-from .sqlite_read import CHECKED_TABLES, first_checked_ids, read_documents, read_records
+from . import DocumentDump, DocumentInfo, StoredRecord, WriteOp
+from .compaction import plan_compaction
+from .history import Retention
+from .sqlite_read import CHECKED_TABLES, first_checked_ids, sqlite_tables
+from .tables import Tables
 
 __all__ = ["SQLiteEngine", "migrate", "migrations", "open_database"]
 
@@ -207,7 +208,7 @@ class SQLiteEngine:
 
     def commit(self, batch: Sequence[WriteOp]) -> None:
         try:
-            with self.db.atomic():
+            with self._write_transaction():
                 for op in batch:
                     self._write(op)
         except BaseException:
@@ -215,66 +216,47 @@ class SQLiteEngine:
             self._doc_ids.clear()
             raise
 
+    @contextmanager
+    def _write_transaction(self) -> Iterator[None]:
+        """A transaction holding the write lock from its start (`BEGIN IMMEDIATE`).
+
+        A deferred transaction that reads first (a compaction does) and then writes fails at once with
+        "database is locked" if another connection committed meanwhile: SQLite cannot wait for a read
+        snapshot to become writable. Taking the lock first makes it wait `busy_timeout` instead.
+        """
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
     def _write(self, op: WriteOp) -> None:
         db = self.db
         doc_id = self._doc_id(op.name, op.at)
+        tables = self._tables()
         if op.kind == "compact":
-            if self.retention.enabled:
-                self._checkpoint_log(doc_id, op)
-            else:
-                # Without history the chain would miss these changes: it ends here.
-                db.execute("DELETE FROM checkpoints WHERE doc_id = ?", [doc_id])
-            db.execute("DELETE FROM updates WHERE doc_id = ?", [doc_id])
-            db.execute("DELETE FROM snapshots WHERE doc_id = ?", [doc_id])
-            table = "snapshots"
+            # The write transaction is SQLite's lock on the whole database: no other writer meanwhile.
+            snapshot, log, chain = tables.compaction_rows(doc_id)
+            plan = plan_compaction(
+                op.name, op.data, snapshot, log, chain, tables.checkpoint_data, now=op.at, retention=self.retention
+            )
+            tables.apply(doc_id, plan, op.at)
         else:
-            table = "updates"
-        db.execute(f"INSERT INTO {table} (doc_id, created_at, data) VALUES (?, ?, ?)", [doc_id, op.at, op.data])
+            tables.insert_rows("updates", [(doc_id, op.at, op.data)])
         db.execute("UPDATE documents SET updated_at = max(updated_at, ?) WHERE id = ?", [op.at, doc_id])
 
-    def _checkpoint_log(self, doc_id: int, compaction: WriteOp) -> None:
-        """Turn the log rows into checkpoints (each row is the change since the one before), then prune."""
-        db = self.db
-        log = db.execute("SELECT created_at, data FROM updates WHERE doc_id = ? ORDER BY id", [doc_id]).fetchall()
-        if log and db.execute("SELECT 1 FROM checkpoints WHERE doc_id = ? LIMIT 1", [doc_id]).fetchone() is None:
-            # The chain starts whole: the snapshot so far (if any) with the first change.
-            snapshot = db.execute(
-                "SELECT data FROM snapshots WHERE doc_id = ? ORDER BY id DESC LIMIT 1", [doc_id]
-            ).fetchone()
-            first_at, first = log.pop(0)
-            whole = first if snapshot is None else merge_updates(snapshot[0], first)
-            db.execute(
-                "INSERT INTO checkpoints (doc_id, created_at, base, data) VALUES (?, ?, 1, ?)",
-                [doc_id, first_at, whole],
-            )
-        db.conn.executemany(
-            "INSERT INTO checkpoints (doc_id, created_at, base, data) VALUES (?, ?, 0, ?)",
-            [(doc_id, at, data) for at, data in log],
-        )
-        self._prune_checkpoints(doc_id, now=compaction.at)
+    def _tables(self) -> Tables:
+        return sqlite_tables(self.db.conn, self._first_checked)
 
-    def _prune_checkpoints(self, doc_id: int, now: float) -> None:
-        """Drop what retention does not keep, folding each dropped diff into the next kept checkpoint."""
-        db = self.db
-        rows = db.execute(
-            "SELECT id, created_at, base, data FROM checkpoints WHERE doc_id = ? ORDER BY id", [doc_id]
-        ).fetchall()
-        keep = to_keep([at for _, at, _, _ in rows], now, self.retention)
-        carried: tuple[int, bytes] | None = None  # (base, data) of the dropped run before a kept one
-        for index, (checkpoint_id, _, base, data) in enumerate(rows):
-            if index not in keep:
-                db.execute("DELETE FROM checkpoints WHERE id = ?", [checkpoint_id])
-                carried = (base, data) if carried is None else (carried[0], merge_updates(carried[1], data))
-            elif carried is not None:
-                if not base:
-                    db.execute(
-                        "UPDATE checkpoints SET base = ?, data = ? WHERE id = ?",
-                        [carried[0], merge_updates(carried[1], data), checkpoint_id],
-                    )
-                carried = None
+    def restore(self, dump: DocumentDump) -> None:
+        with self._write_transaction():
+            self._tables().restore(dump)
 
     def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
-        return read_records(self.db.conn, name, at, self._first_checked)
+        return self._tables().records(name, at)
 
     def documents(self, name: str | None = None) -> list[DocumentInfo]:
-        return read_documents(self.db.conn, name)
+        return self._tables().documents(name)

@@ -1,0 +1,306 @@
+"""The PostgreSQL engine: collab's tables in a database teams already run and back up.
+
+The tables are those of `tables` (the same as SQLite's), with a `checked`
+column on snapshots and updates (true for rows collab walked before storing
+them; a row put there by hand is walked before pycrdt sees it), plus
+
+    revocations(id, created_at, token_id, scope, before)   -- `collab revoke` (see `postgres_read`)
+    collab_server(id = 1, details)                         -- where the server holding the database listens
+    collab_migrations(name, applied_at)                    -- the migrations applied, by name
+
+The driver is psycopg 3 (`collab[postgres]`): maintained, blocking calls that
+suit the store's one worker thread, binary wheels that bring their own libpq.
+One connection per engine: the store commits one group at a time, so a pool
+would hold idle connections. A connection lost (the server restarted, the
+backend terminated) is replaced by the next call; the store retries the
+failed commit with the same writes.
+
+Each group commit is one transaction: the documents it touches are created if
+new and locked `FOR UPDATE` in name order (so two processes committing the same
+documents queue instead of deadlocking), its log rows inserted, its compactions
+done under that row lock (see `compaction`: exactly the rows read are deleted).
+Durability is the server's `synchronous_commit` (on by default: a commit returns
+once the WAL is flushed).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from ..errors import ConfigError, StorageError
+from . import DocumentDump, DocumentInfo, StoredRecord, WriteOp
+from .compaction import plan_compaction
+from .history import Retention
+from .tables import Tables
+
+__all__ = ["MIGRATIONS", "PostgresEngine", "connect", "migrate", "one_line", "postgres_tables", "where"]
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+T = TypeVar("T")
+
+MIGRATION_LOCK = 0x636F6C6C6162  # "collab": the advisory lock held while migrating
+STREAM_ROWS = 256
+"""Rows fetched at a time while reading: a long log streams in instead of being buffered whole."""
+
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    (
+        "m001_documents",
+        """
+        CREATE TABLE documents (
+            id bigserial PRIMARY KEY,
+            name text NOT NULL UNIQUE,
+            created_at double precision NOT NULL,
+            updated_at double precision NOT NULL);
+        CREATE TABLE snapshots (
+            id bigserial PRIMARY KEY,
+            doc_id bigint NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+            created_at double precision NOT NULL,
+            data bytea NOT NULL,
+            checked boolean NOT NULL DEFAULT false);
+        CREATE INDEX snapshots_by_doc ON snapshots (doc_id, id);
+        CREATE TABLE updates (
+            id bigserial PRIMARY KEY,
+            doc_id bigint NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+            created_at double precision NOT NULL,
+            data bytea NOT NULL,
+            checked boolean NOT NULL DEFAULT false);
+        CREATE INDEX updates_by_doc ON updates (doc_id, id);
+        CREATE TABLE checkpoints (
+            id bigserial PRIMARY KEY,
+            doc_id bigint NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+            created_at double precision NOT NULL,
+            base boolean NOT NULL,
+            data bytea NOT NULL);
+        CREATE INDEX checkpoints_by_doc ON checkpoints (doc_id, id);
+        """,
+    ),
+    (
+        "m002_revocations",
+        """
+        CREATE TABLE revocations (
+            id bigserial PRIMARY KEY,
+            created_at double precision NOT NULL,
+            token_id text,
+            scope text,
+            before double precision,
+            CHECK ((token_id IS NOT NULL AND scope IS NULL AND before IS NULL)
+                OR (token_id IS NULL AND scope IS NOT NULL AND before IS NOT NULL)));
+        """,
+    ),
+    (
+        "m003_server",
+        """
+        CREATE TABLE collab_server (
+            id integer PRIMARY KEY CHECK (id = 1),
+            details jsonb NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now());
+        """,
+    ),
+)
+"""Ordered, each applied once and recorded by name in collab_migrations; never edit one, add the next."""
+
+DEFAULTS = {"connect_timeout": "10", "application_name": "collab"}
+"""libpq parameters collab sets when neither the URL nor the environment (PGCONNECT_TIMEOUT, PGAPPNAME) does."""
+ENVIRONMENT = {"connect_timeout": "PGCONNECT_TIMEOUT", "application_name": "PGAPPNAME"}
+
+
+def where(url: str) -> str:
+    """The database `url` names, for messages: never its password."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "PostgreSQL"
+    host = params.get("host") or os.environ.get("PGHOST") or "localhost"
+    port = params.get("port") or os.environ.get("PGPORT") or "5432"
+    dbname = params.get("dbname") or os.environ.get("PGDATABASE") or params.get("user") or "(default)"
+    return f"PostgreSQL {dbname} on {host}:{port}"
+
+
+def one_line(error: BaseException) -> str:
+    """A driver error's message on one line: libpq and PostgreSQL add hints and DETAIL lines after newlines."""
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+def connect(url: str, *, autocommit: bool = False, lock_timeout: float | None = None) -> Connection:
+    """A connection to `url` (a libpq URL; PG* variables fill in what it leaves out), or `StorageError`."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as error:
+        raise ConfigError(f"--db: not a PostgreSQL URL: {error}") from None
+    extra = {key: value for key, value in DEFAULTS.items() if key not in params and ENVIRONMENT[key] not in os.environ}
+    if lock_timeout is not None:
+        # A write waiting on a lock another process holds fails after this, and the store retries it.
+        extra["options"] = f"{params.get('options', '')} -c lock_timeout={round(lock_timeout * 1000)}".strip()
+    try:
+        return psycopg.connect(make_conninfo(url, **extra), autocommit=autocommit)
+    except psycopg.Error as error:
+        raise StorageError(f"cannot connect to {where(url)}: {one_line(error)}") from error
+
+
+def migrate(conn: Connection, url: str) -> None:
+    """Bring the schema up to date in one transaction, under an advisory lock (processes starting together wait).
+
+    `StorageError` if a newer collab migrated it: never touch a schema we do not know.
+    """
+    known = [name for name, _ in MIGRATIONS]
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
+        conn.execute(
+            """CREATE TABLE IF NOT EXISTS collab_migrations (
+                name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        applied = {name for (name,) in conn.execute("SELECT name FROM collab_migrations")}
+        unknown = applied - set(known)
+        if unknown:
+            raise StorageError(
+                f"{where(url)} was migrated by a newer collab ({', '.join(sorted(unknown))}); upgrade collab"
+            )
+        for name, statements in MIGRATIONS:
+            if name not in applied:
+                conn.execute(statements.encode())  # bytes: several statements in one simple query
+                conn.execute("INSERT INTO collab_migrations (name) VALUES (%s)", [name])
+
+
+def postgres_tables(conn: Connection) -> Tables:
+    """collab's tables through `conn` (`?` placeholders become psycopg's; rows stream in binary)."""
+
+    def execute(sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        return conn.cursor(binary=True).stream(sql.replace("?", "%s"), params, size=STREAM_ROWS)
+
+    def execute_many(sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            conn.cursor().executemany(sql.replace("?", "%s"), rows)
+
+    return Tables(execute, execute_many, {"snapshots": "checked", "updates": "checked"}, checked_column=True)
+
+
+class PostgresEngine:
+    """Documents in a PostgreSQL database: the `Engine` `collab serve --db postgresql://…` runs on."""
+
+    def __init__(self, url: str, *, lock_timeout: float = 5.0, retention: Retention | None = None) -> None:
+        self.url = url
+        self.lock_timeout = lock_timeout
+        self.retention = Retention() if retention is None else retention
+        self._conn: Connection | None = None
+        self._open = False
+
+    def open(self) -> None:
+        conn = connect(self.url, lock_timeout=self.lock_timeout)
+        try:
+            migrate(conn, self.url)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._open = conn, True
+
+    def close(self) -> None:
+        self._open = False
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _connection(self) -> Connection:
+        """The open connection, or a new one if the last was lost (the store retries what failed with it)."""
+        if not self._open:
+            raise StorageError("store is not open")
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            self._conn = connect(self.url, lock_timeout=self.lock_timeout)
+        return self._conn
+
+    def _on_connection(self, work: Callable[[Connection], T]) -> T:
+        """`work(connection)`, once more on a new connection if the one it got had died since its last use.
+
+        psycopg learns that a connection is dead (PostgreSQL restarted, the backend was terminated) only
+        by using it: without this, the first load after a restart would fail although the database is up.
+        A commit retried this way is retried with the same writes, as the store would retry it.
+        """
+        conn = self._connection()
+        try:
+            return work(conn)
+        except psycopg.OperationalError:
+            if not conn.broken:
+                raise
+        return work(self._connection())
+
+    def check_writable(self) -> None:
+        self._on_connection(self._check_writable)
+
+    def _check_writable(self, conn: Connection) -> None:
+        with conn.transaction():
+            if conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,):
+                raise StorageError(f"{where(self.url)} is a read-only standby")
+
+    def commit(self, batch: Sequence[WriteOp]) -> None:
+        def write(conn: Connection) -> None:
+            with conn.transaction():
+                self._write(conn, batch)
+
+        self._on_connection(write)
+
+    def _write(self, conn: Connection, batch: Sequence[WriteOp]) -> None:
+        created: dict[str, float] = {}
+        updated: dict[str, float] = {}
+        for op in batch:
+            created.setdefault(op.name, op.at)
+            updated[op.name] = max(updated.get(op.name, op.at), op.at)
+        names = sorted(created)
+        conn.execute(
+            """INSERT INTO documents (name, created_at, updated_at)
+               SELECT name, at, at FROM unnest(%s::text[], %s::float8[]) AS new(name, at) ORDER BY name
+               ON CONFLICT (name) DO NOTHING""",
+            [names, [created[name] for name in names]],
+        )
+        doc_ids: dict[str, int] = dict(
+            conn.execute(
+                "SELECT name, id FROM documents WHERE name = ANY(%s) ORDER BY name FOR UPDATE", [names]
+            ).fetchall()
+        )
+        tables = postgres_tables(conn)
+        appends: list[tuple[int, float, bytes]] = []
+        for op in batch:
+            if op.kind == "append":
+                appends.append((doc_ids[op.name], op.at, op.data))
+                continue
+            tables.insert_rows("updates", appends)  # what came before the compaction is in the log it reads
+            appends = []
+            doc_id = doc_ids[op.name]
+            snapshot, log, chain = tables.compaction_rows(doc_id)
+            plan = plan_compaction(
+                op.name, op.data, snapshot, log, chain, tables.checkpoint_data, now=op.at, retention=self.retention
+            )
+            tables.apply(doc_id, plan, op.at)
+        tables.insert_rows("updates", appends)
+        conn.execute(
+            """UPDATE documents SET updated_at = greatest(documents.updated_at, changed.at)
+               FROM unnest(%s::bigint[], %s::float8[]) AS changed(id, at) WHERE documents.id = changed.id""",
+            [[doc_ids[name] for name in names], [updated[name] for name in names]],
+        )
+
+    def restore(self, dump: DocumentDump) -> None:
+        def write(conn: Connection) -> None:
+            with conn.transaction():
+                postgres_tables(conn).restore(dump)
+
+        self._on_connection(write)
+
+    def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
+        return self._on_connection(lambda conn: self._reading(conn, lambda tables: tables.records(name, at)))
+
+    def documents(self, name: str | None = None) -> list[DocumentInfo]:
+        return self._on_connection(lambda conn: self._reading(conn, lambda tables: tables.documents(name)))
+
+    @staticmethod
+    def _reading(conn: Connection, read: Callable[[Tables], T]) -> T:
+        with conn.transaction():
+            # One snapshot of the database for all it reads (a snapshot and the log after it), whatever
+            # commits meanwhile.
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            return read(postgres_tables(conn))

@@ -1,0 +1,254 @@
+"""Everything besides the store that collab does with a PostgreSQL database.
+
+    PostgresReader       one consistent read-only moment (REPEATABLE READ, READ ONLY) for export, history, stats
+    PostgresRevocations  the revoked tokens a server polls (see `revocations` for why polling)
+    PostgresLock         one server per database: a session advisory lock, and where that server listens
+
+The lock is PostgreSQL's own: `pg_try_advisory_lock` on a connection the server
+keeps open, released by PostgreSQL when that connection ends however the process
+ends (kill -9 included), so a stale lock cannot outlive its server. Its details
+(pid, address, whether tokens are checked) sit in `collab_server` for `collab
+import` to find the server and go through it. Who holds the lock is read from
+`pg_locks`, never by trying to take it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from typing import Any, Self
+
+import psycopg
+
+from ..auth import Revocation
+from ..errors import DatabaseInUseError, StorageError
+from . import DocumentDump, DocumentInfo, HistoryPoint, StoredRecord
+from .postgres import Connection, connect, migrate, one_line, postgres_tables, where
+
+__all__ = ["PostgresLock", "PostgresReader", "PostgresRevocations", "add_revocation", "describe", "running_server"]
+
+SERVER_LOCK = 0x636F6C6C6162 + 1
+"""The advisory lock a server holds on its database ("collab" + 1; the migrations lock is "collab")."""
+_HELD = """SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE locktype = 'advisory' AND granted AND objsubid = 1
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND classid = %s AND objid = %s)"""
+"""Whether any session holds SERVER_LOCK (a bigint key shows as its high and low 32 bits)."""
+
+
+def _has_table(conn: Connection, table: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", [table]).fetchone() == (True,)
+
+
+class PostgresReader:
+    """A read-only view of a collab database as of one moment (a `Reader`): it can never write to it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conn = connect(url, autocommit=True)
+        try:
+            if not _has_table(self.conn, "documents"):
+                raise StorageError(f"{where(url)} is not a collab database (no documents table)")
+        except BaseException:
+            self.conn.close()
+            raise
+        self._tables = postgres_tables(self.conn)
+
+    def __enter__(self) -> Self:
+        try:
+            self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        except BaseException:
+            self.conn.close()  # `with` calls no __exit__ when __enter__ raises
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if not self.conn.broken:
+                self.conn.execute("COMMIT")
+        finally:
+            self.conn.close()
+
+    def documents(self, name: str | None = None) -> list[DocumentInfo]:
+        with self._reading():
+            return self._tables.documents(name)
+
+    def records(self, name: str, at: float | None = None) -> list[StoredRecord]:
+        with self._reading():
+            return self._tables.records(name, at)
+
+    def history(self, name: str) -> list[HistoryPoint]:
+        with self._reading():
+            return self._tables.history(name)
+
+    def dump(self, name: str) -> DocumentDump | None:
+        with self._reading():
+            return self._tables.dump(name)
+
+    def _reading(self) -> _DriverErrors:
+        return _DriverErrors(f"cannot read {where(self.url)}")
+
+
+class _DriverErrors:
+    """`with`: the driver's errors (a connection lost, a schema unknown) as one-line `StorageError`s."""
+
+    def __init__(self, doing: str) -> None:
+        self.doing = doing
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        if isinstance(error, psycopg.Error):
+            raise StorageError(f"{self.doing}: {one_line(error)}") from error
+
+
+def add_revocation(url: str, revocation: Revocation) -> int:
+    """Store `revocation` (creating and migrating the schema if needed); its row id."""
+    conn = connect(url)
+    try:
+        with _DriverErrors(f"cannot store the revocation in {where(url)}"):
+            migrate(conn, url)
+            with conn.transaction():
+                row = conn.execute(
+                    """INSERT INTO revocations (created_at, token_id, scope, before)
+                       VALUES (%s, %s, %s, %s) RETURNING id""",
+                    [time.time(), revocation.token_id, revocation.scope, revocation.before],
+                ).fetchone()
+        assert row is not None
+        return int(row[0])
+    finally:
+        conn.close()
+
+
+class PostgresRevocations:
+    """The server's view of the revocations table: every row once, in order; reconnects after a lost connection."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.last_id = 0
+        self._conn: Connection | None = None
+
+    def read_new(self) -> list[Revocation]:
+        """Rows added since the last call (all of them on the first); blocking, so run it on a thread."""
+        if self._conn is None or self._conn.broken or self._conn.closed:
+            self.close()
+            self._conn = connect(self.url, autocommit=True)
+        with _DriverErrors(f"cannot read revocations from {where(self.url)}"):
+            if not _has_table(self._conn, "revocations"):
+                return []
+            rows = self._conn.execute(
+                "SELECT id, token_id, scope, before FROM revocations WHERE id > %s ORDER BY id", [self.last_id]
+            ).fetchall()
+        if rows:
+            self.last_id = rows[-1][0]
+        return [Revocation(token_id, scope, before) for _, token_id, scope, before in rows]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class PostgresLock:
+    """Exclusive use of a database by one server, held on a connection of its own while the server runs."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: Connection | None = None
+        self._details: dict[str, Any] = {}
+
+    def acquire(self) -> None:
+        """Take the lock, or raise `DatabaseInUseError` naming the server that has it."""
+        self._conn = self._take()
+        self.describe(pid=os.getpid(), host=socket.gethostname())
+
+    def _take(self) -> Connection:
+        conn = connect(self.url, autocommit=True)
+        try:
+            with _DriverErrors(f"cannot lock {where(self.url)}"):
+                migrate(conn, self.url)  # collab_server must exist to say who holds the lock
+                if conn.execute("SELECT pg_try_advisory_lock(%s)", [SERVER_LOCK]).fetchone() != (True,):
+                    holder = _details(conn)
+                    who = f"pid {holder.get('pid')} on {holder.get('host')}, {holder.get('url', 'no address yet')}"
+                    raise DatabaseInUseError(
+                        f"the database {where(self.url)} is in use by {who if holder else 'another collab server'}"
+                    )
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def check(self) -> None:
+        """Take the lock again if its connection was lost (PostgreSQL restarted, the backend terminated)."""
+        conn = self._conn
+        assert conn is not None, "lock not held"
+        if not conn.closed:
+            try:
+                conn.execute("SELECT 1")
+                return
+            except psycopg.OperationalError as error:
+                if not conn.broken:
+                    raise StorageError(f"cannot check the lock on {where(self.url)}: {one_line(error)}") from error
+            conn.close()
+        self._conn = self._take()  # if this raises, the next check tries again
+        self.describe()
+
+    def describe(self, **details: Any) -> None:
+        """Record details (pid, url, auth) for whoever finds the lock held."""
+        assert self._conn is not None, "lock not held"
+        self._details.update(details)
+        with _DriverErrors(f"cannot record the server in {where(self.url)}"):
+            self._conn.execute(
+                """INSERT INTO collab_server (id, details) VALUES (1, %s)
+                   ON CONFLICT (id) DO UPDATE SET details = EXCLUDED.details, updated_at = now()""",
+                [json.dumps(self._details)],
+            )
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if not conn.broken:
+                conn.execute("DELETE FROM collab_server")
+                conn.execute("SELECT pg_advisory_unlock(%s)", [SERVER_LOCK])
+        except psycopg.Error:
+            pass  # closing the connection below releases the lock all the same
+        finally:
+            conn.close()
+
+
+def _details(conn: Connection) -> dict[str, Any]:
+    row = conn.execute("SELECT details FROM collab_server WHERE id = 1").fetchone()
+    return dict(row[0]) if row is not None else {}
+
+
+def running_server(url: str) -> dict[str, Any] | None:
+    """The details of the server holding the database's lock, or None if no server holds it."""
+    conn = connect(url, autocommit=True)
+    try:
+        with _DriverErrors(f"cannot read {where(url)}"):
+            if not _has_table(conn, "collab_server"):
+                return None
+            held = conn.execute(_HELD, [SERVER_LOCK >> 32, SERVER_LOCK & 0xFFFFFFFF]).fetchone() == (True,)
+            return _details(conn) if held else None
+    finally:
+        conn.close()
+
+
+def describe(url: str) -> str:
+    """The database in one line, for `collab stats`."""
+    conn = connect(url, autocommit=True)
+    try:
+        with _DriverErrors(f"cannot read {where(url)}"):
+            row = conn.execute(
+                "SELECT pg_database_size(current_database()), current_setting('server_version')"
+            ).fetchone()
+    finally:
+        conn.close()
+    assert row is not None
+    return f"{where(url)} (server {row[1]}, {row[0]} bytes on disk)"

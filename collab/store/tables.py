@@ -1,0 +1,259 @@
+"""collab's tables, read and compacted in SQL that SQLite and PostgreSQL both run.
+
+    documents(id, name UNIQUE, created_at, updated_at)
+    snapshots(id, doc_id, created_at, data)      -- the document as of its last compaction
+    updates(id, doc_id, created_at, data)        -- the log since that snapshot
+    checkpoints(id, doc_id, created_at, base, data)
+                                                 -- past states: base whole, else the change since the previous one
+
+Both engines keep this schema (`sqlite`, `postgres`); they differ in how a
+connection runs a statement and in how a row says it was walked before it was
+stored (`checked`): a column on PostgreSQL, an id range on SQLite (rows from
+before the walk existed). A `Tables` holds those two differences, and every
+read here works the same on both: a reader's consistent view, the store's
+loads, `collab copy`'s dumps, a compaction's reads and writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from pycrdt import merge_updates
+
+from ..errors import CorruptDocumentError, HistoryError, InvalidUpdateError, StorageError
+from ..sync.yupdate import check_update
+from ..units import format_time
+from . import DocumentDump, DocumentInfo, HistoryPoint, StoredRecord, StoredRow
+from .compaction import CheckpointMeta, CompactionPlan, LogRow
+
+__all__ = ["Execute", "ExecuteMany", "Tables"]
+
+
+class Execute(Protocol):
+    """Run one statement written with `?` placeholders; its rows, as an iterator read as they come."""
+
+    def __call__(self, sql: str, params: Sequence[Any] = (), /) -> Iterable[tuple[Any, ...]]: ...
+
+
+class ExecuteMany(Protocol):
+    """Run one statement written with `?` placeholders once per row of parameters (nothing for no rows)."""
+
+    def __call__(self, sql: str, rows: Sequence[Sequence[Any]], /) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Tables:
+    """collab's tables through one connection, in one transaction the caller holds."""
+
+    execute: Execute
+    execute_many: ExecuteMany
+    checked: Mapping[str, str]
+    """Per table with walked rows (snapshots, updates), the SQL expression that is true for a walked row."""
+    checked_column: bool
+    """Whether snapshots and updates have a `checked` column to set when writing (PostgreSQL)."""
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        rows = list(self.execute(sql, params))  # read to the end: a streamed result must be before the next
+        return rows[0] if rows else None
+
+    def doc_id(self, name: str) -> int | None:
+        row = self._one("SELECT id FROM documents WHERE name = ?", [name])
+        return None if row is None else int(row[0])
+
+    def records(self, name: str, at: float | None = None) -> list[StoredRecord]:
+        """What to apply, in order, to get `name` now or as it was at Unix time `at`; [] if unknown.
+
+        Now: the latest snapshot and the log after it, read as they stream in; history is not read.
+        Raises `HistoryError` if `at` is before the history kept for the document.
+        """
+        doc_id = self.doc_id(name)
+        if doc_id is None:
+            return []
+        snapshot = self._one(
+            f"SELECT id, created_at, data, {self.checked['snapshots']} FROM snapshots"
+            " WHERE doc_id = ? ORDER BY id DESC LIMIT 1",
+            [doc_id],
+        )
+        if at is not None and snapshot is not None and at < snapshot[1]:
+            return [self._checkpoint_at(name, doc_id, at)]
+        records = [] if snapshot is None else [StoredRecord("snapshot", snapshot[0], snapshot[2], bool(snapshot[3]))]
+        condition, args = ("", [doc_id]) if at is None else (" AND created_at <= ?", [doc_id, at])
+        rows = self.execute(
+            f"SELECT id, data, {self.checked['updates']} FROM updates WHERE doc_id = ?{condition} ORDER BY id", args
+        )
+        records.extend(StoredRecord("update", row_id, bytes(data), bool(checked)) for row_id, data, checked in rows)
+        return records
+
+    def _checkpoint_at(self, name: str, doc_id: int, at: float) -> StoredRecord:
+        chain = list(
+            self.execute(
+                "SELECT id, created_at, base, data FROM checkpoints WHERE doc_id = ? AND created_at <= ? ORDER BY id",
+                [doc_id, at],
+            )
+        )
+        if not chain:
+            oldest = self._one("SELECT min(created_at) FROM checkpoints WHERE doc_id = ?", [doc_id])
+            kept = (
+                "no history is kept"
+                if oldest is None or oldest[0] is None
+                else f"history starts at {format_time(oldest[0])}"
+            )
+            raise HistoryError(f"document {name!r} has no state for {format_time(at)}: {kept}")
+        start = max((index for index, row in enumerate(chain) if row[2]), default=None)
+        if start is None:
+            raise CorruptDocumentError(f"document {name!r}: checkpoint chain has no base before {format_time(at)}")
+        parts = [bytes(row[3]) for row in chain[start:]]
+        if len(parts) == 1:
+            return StoredRecord("checkpoint", chain[-1][0], parts[0])
+        for checkpoint_id, _, _, data in chain[start:]:
+            try:
+                check_update(bytes(data), strict=False)  # before pycrdt merges it (see collab.sync.yupdate)
+            except InvalidUpdateError as error:
+                # The text `room.check_records` gives a row it walks.
+                raise CorruptDocumentError(
+                    f"document {name!r}: stored checkpoint #{checkpoint_id} does not decode ({error})"
+                ) from error
+        # Every part was walked just now, so the merge need not be walked again (`room.check_records`).
+        return StoredRecord("checkpoint", chain[-1][0], merge_updates(*parts), checked=True)
+
+    def history(self, name: str) -> list[HistoryPoint]:
+        """Every moment `name` can be exported at, oldest first; [] if unknown."""
+        doc_id = self.doc_id(name)
+        if doc_id is None:
+            return []
+        rows = self.execute(
+            """SELECT created_at, 'checkpoint', length(data) FROM checkpoints WHERE doc_id = ?
+               UNION ALL SELECT created_at, 'update', length(data) FROM updates WHERE doc_id = ?
+               ORDER BY 1""",
+            [doc_id, doc_id],
+        )
+        return [HistoryPoint(at, kind, size) for at, kind, size in rows]
+
+    def documents(self, name: str | None = None) -> list[DocumentInfo]:
+        """Every stored document by name, or just `name` (then [] if it is unknown)."""
+        where, args = ("", []) if name is None else ("WHERE d.name = ?", [name])
+        rows = self.execute(
+            f"""SELECT d.name, d.created_at, d.updated_at,
+                 coalesce((SELECT sum(length(data)) FROM snapshots s WHERE s.doc_id = d.id), 0),
+                 coalesce((SELECT sum(length(data)) FROM updates u WHERE u.doc_id = d.id), 0),
+                 (SELECT count(*) FROM updates u WHERE u.doc_id = d.id),
+                 coalesce((SELECT sum(length(data)) FROM checkpoints c WHERE c.doc_id = d.id), 0)
+               FROM documents d {where} ORDER BY d.name""",
+            args,
+        )
+        return [
+            DocumentInfo(
+                name=doc_name,
+                size=int(snapshot_bytes) + int(log_bytes),
+                log_length=int(log_length),
+                created_at=created_at,
+                updated_at=updated_at,
+                history_size=int(history_bytes),
+            )
+            for doc_name, created_at, updated_at, snapshot_bytes, log_bytes, log_length, history_bytes in rows
+        ]
+
+    def dump(self, name: str) -> DocumentDump | None:
+        """Every row of `name` with its time (`collab copy`); None if unknown."""
+        row = self._one("SELECT id, created_at, updated_at FROM documents WHERE name = ?", [name])
+        if row is None:
+            return None
+        doc_id, created_at, updated_at = row
+        kinds: tuple[tuple[str, Literal["snapshot", "update"]], ...] = (
+            ("snapshots", "snapshot"),
+            ("updates", "update"),
+        )
+        rows = [
+            StoredRow(kind, at, bytes(data))
+            for table, kind in kinds
+            for at, data in self.execute(f"SELECT created_at, data FROM {table} WHERE doc_id = ? ORDER BY id", [doc_id])
+        ]
+        rows += [
+            StoredRow("checkpoint", at, bytes(data), bool(base))
+            for at, base, data in self.execute(
+                "SELECT created_at, base, data FROM checkpoints WHERE doc_id = ? ORDER BY id", [doc_id]
+            )
+        ]
+        return DocumentDump(name, created_at, updated_at, rows)
+
+    # A compaction's reads (inside the write transaction that then applies its plan).
+
+    def compaction_rows(self, doc_id: int) -> tuple[LogRow | None, list[LogRow], list[CheckpointMeta]]:
+        """The document's latest snapshot, its log in order and its checkpoint chain (without data)."""
+        snapshot = self._one(
+            f"SELECT id, created_at, data, {self.checked['snapshots']} FROM snapshots"
+            " WHERE doc_id = ? ORDER BY id DESC LIMIT 1",
+            [doc_id],
+        )
+        log = [
+            LogRow(row_id, at, bytes(data), bool(checked))
+            for row_id, at, data, checked in self.execute(
+                f"SELECT id, created_at, data, {self.checked['updates']} FROM updates WHERE doc_id = ? ORDER BY id",
+                [doc_id],
+            )
+        ]
+        chain = [
+            CheckpointMeta(row_id, at, bool(base))
+            for row_id, at, base in self.execute(
+                "SELECT id, created_at, base FROM checkpoints WHERE doc_id = ? ORDER BY id", [doc_id]
+            )
+        ]
+        stored = None if snapshot is None else LogRow(snapshot[0], snapshot[1], bytes(snapshot[2]), bool(snapshot[3]))
+        return stored, log, chain
+
+    # Writes.
+
+    def insert_rows(self, table: str, rows: Sequence[tuple[int, float, bytes]]) -> None:
+        """Add walked (doc_id, created_at, data) rows to `snapshots` or `updates`."""
+        if self.checked_column:
+            sql = f"INSERT INTO {table} (doc_id, created_at, data, checked) VALUES (?, ?, ?, true)"
+        else:
+            sql = f"INSERT INTO {table} (doc_id, created_at, data) VALUES (?, ?, ?)"
+        self.execute_many(sql, rows)
+
+    def apply(self, doc_id: int, plan: CompactionPlan, at: float) -> None:
+        """Write a compaction's plan: delete exactly what it read, store its snapshot and checkpoints."""
+        many = self.execute_many
+        if plan.drop_history:
+            many("DELETE FROM checkpoints WHERE doc_id = ?", [(doc_id,)])
+        many("DELETE FROM updates WHERE id = ?", [(row_id,) for row_id in plan.delete_updates])
+        many("DELETE FROM snapshots WHERE id = ?", [(row_id,) for row_id in plan.delete_snapshots])
+        many("DELETE FROM checkpoints WHERE id = ?", [(row_id,) for row_id in plan.delete_checkpoints])
+        many(
+            "UPDATE checkpoints SET base = ?, data = ? WHERE id = ?",
+            [(base, data, row_id) for row_id, base, data in plan.rewrite_checkpoints],
+        )
+        self.insert_checkpoints(doc_id, plan.insert_checkpoints)
+        self.insert_rows("snapshots", [(doc_id, at, plan.snapshot)])
+
+    def insert_checkpoints(self, doc_id: int, checkpoints: Iterable[tuple[float, bool, bytes]]) -> None:
+        self.execute_many(
+            "INSERT INTO checkpoints (doc_id, created_at, base, data) VALUES (?, ?, ?, ?)",
+            [(doc_id, at, base, data) for at, base, data in checkpoints],
+        )
+
+    def restore(self, dump: DocumentDump) -> None:
+        """Write `dump` as a new document; `StorageError` if one of that name is stored."""
+        if self.doc_id(dump.name) is not None:
+            raise StorageError(f"document {dump.name!r} is already stored: merge into it instead")
+        self.execute_many(
+            "INSERT INTO documents (name, created_at, updated_at) VALUES (?, ?, ?)",
+            [(dump.name, dump.created_at, dump.updated_at)],
+        )
+        doc_id = self.doc_id(dump.name)
+        assert doc_id is not None
+        for kind, table in (("snapshot", "snapshots"), ("update", "updates")):
+            self.insert_rows(table, [(doc_id, row.created_at, row.data) for row in dump.rows if row.kind == kind])
+        self.insert_checkpoints(
+            doc_id, [(row.created_at, row.base, row.data) for row in dump.rows if row.kind == "checkpoint"]
+        )
+
+    def checkpoint_data(self, ids: list[int]) -> dict[int, bytes]:
+        return {
+            row_id: bytes(data)
+            for row_id, data in self.execute(
+                f"SELECT id, data FROM checkpoints WHERE id IN ({', '.join('?' * len(ids))})", ids
+            )
+        }

@@ -1,0 +1,346 @@
+"""PostgreSQL for the tests: where the server comes from, throwaway clusters, and one fresh database per test.
+
+Where the server comes from (`admin_url()`, decided once per session):
+
+1. `COLLAB_TEST_PG`, when set: a libpq URL of a server where the tests may CREATE DATABASE and DROP DATABASE
+   (for example `postgresql://postgres:secret@db.internal:5432/postgres`). When it does not answer, the tests
+   fail and say so rather than quietly testing something else.
+2. Else the shared server at `postgresql://postgres@127.0.0.1:5432/postgres` (trust auth), when it answers.
+3. Else a private throwaway cluster (`PrivateCluster`) started for the session and removed at exit. Its binaries
+   come from PATH or /usr/lib/postgresql/<version>/bin; when there is no initdb anywhere, Debian's `postgresql`
+   package is installed with apt-get (through `sudo -n` when not root). initdb refuses to run as root, so as
+   root initdb and pg_ctl run as the `postgres` user (`runuser`), in a temp dir it owns. initdb runs once per
+   session; each cluster starts from a copy of its result.
+
+Each test gets its own database, `collab_test_<hex>` (`fresh_database`), dropped at the end (`drop_database`,
+which refuses any other name), so the tests never touch another database on a shared server. Tests that stop,
+restart or crash PostgreSQL use their own `PrivateCluster`, never the shared server.
+
+Nothing here skips: the PostgreSQL tests are part of the suite, so when no server can be provided they fail
+with a message that says what was tried.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import pwd
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Self
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+SHARED_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+# A server that is up answers within milliseconds; a closed port refuses at once. The bound is for a
+# firewalled host that drops packets, so that the suite does not hang on it.
+CONNECT_TIMEOUT_S = 3
+# pg_ctl's own wait bound (-t) for start and stop; the subprocess gets a little more so pg_ctl reports first.
+PG_CTL_TIMEOUT_S = 30
+INITDB_TIMEOUT_S = 120
+APT_TIMEOUT_S = 900
+TEST_DATABASE_PREFIX = "collab_test_"
+StopMode = Literal["fast", "immediate"]
+
+
+class PostgresUnavailable(Exception):
+    """No PostgreSQL server could be provided or controlled; the message says what was tried and what failed."""
+
+
+def admin_url() -> str:
+    """The URL of a server where tests may create databases (see the module docstring for where it comes from).
+
+    Decided once per session; a failure is remembered too, so that each later test fails at once with the
+    same message instead of trying again.
+    """
+    choice = _session_choice()
+    if isinstance(choice, PostgresUnavailable):
+        pytest.fail(f"no PostgreSQL for the tests: {choice}", pytrace=False)
+    return choice
+
+
+@functools.cache
+def _session_choice() -> str | PostgresUnavailable:
+    try:
+        # A private cluster, if one is started, removes itself at exit.
+        url, _private_cluster = choose_server(os.environ.get("COLLAB_TEST_PG") or None, SHARED_URL)
+    except PostgresUnavailable as error:
+        return error
+    return url
+
+
+def choose_server(configured: str | None, candidate: str) -> tuple[str, PrivateCluster | None]:
+    """The admin URL to use, and the private cluster started for it when neither server answered.
+
+    The caller owns the returned cluster (it is removed at exit anyway). Separate from `admin_url` so that
+    the fallback can be tested with a candidate that does not answer.
+    """
+    if configured is not None:
+        if not reachable(configured):
+            raise PostgresUnavailable(f"COLLAB_TEST_PG={redacted(configured)} does not answer")
+        return configured, None
+    if reachable(candidate):
+        return candidate, None
+    cluster = PrivateCluster()
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.remove()
+        raise
+    return cluster.admin_url, cluster
+
+
+def reachable(url: str) -> bool:
+    """Whether a server answers at `url` and lets us in (a wrong password counts as not answering)."""
+    try:
+        with _connect(url) as connection:
+            connection.execute("SELECT 1")
+    except psycopg.Error:
+        return False
+    return True
+
+
+def fresh_database(admin: str) -> str:
+    """Create an empty database `collab_test_<hex>` on the server at `admin` and return its URL."""
+    name = f"{TEST_DATABASE_PREFIX}{uuid.uuid4().hex}"
+    with _connect(admin) as connection:
+        connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return with_database(admin, name)
+
+
+def drop_database(url: str, admin: str | None = None) -> None:
+    """Drop the test database at `url`, ending any sessions still connected to it.
+
+    Connects to `admin` (default: the same server's `postgres` database). Only names `fresh_database` makes are
+    accepted, so a mistake cannot drop someone else's database on a shared server.
+    """
+    name = database_name(url)
+    if not name.startswith(TEST_DATABASE_PREFIX):
+        raise ValueError(f"refusing to drop {name!r}: not a database fresh_database() made")
+    with _connect(admin if admin is not None else with_database(url, "postgres")) as connection:
+        connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def with_database(url: str, name: str) -> str:
+    """`url` with its database replaced by `name`; host, port, user, password and query parameters are kept."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+def database_name(url: str) -> str:
+    return unquote(urlsplit(url).path.removeprefix("/"))
+
+
+def redacted(url: str) -> str:
+    """`url` without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
+    # Autocommit: CREATE DATABASE and DROP DATABASE cannot run inside a transaction.
+    return psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+
+
+class PrivateCluster:
+    """A throwaway PostgreSQL cluster in a temp dir, listening on 127.0.0.1 on a free port; for fault tests.
+
+    `start()` creates the cluster the first time; `stop("fast")` shuts down cleanly; `stop("immediate")`
+    simulates a crash (the postmaster kills its backends with no checkpoint, clients see their connections
+    fail, and the next `start()` runs crash recovery from the WAL); `restart()` keeps the port and the data.
+    Used as a context manager it is started on entry and removed (stopped, its files deleted) on exit; anything
+    still running at interpreter exit is removed too.
+
+    It runs with fsync=off, for speed. Commits still write their WAL to the kernel before returning
+    (synchronous_commit stays on), so committed data survives the server process crashing or being stopped
+    with "immediate": what fault tests simulate. It would not survive the machine losing power, which no test
+    simulates.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.bin_dir = postgres_bin_dir()
+        self.root = _owned_temp_dir("collab-pg-")
+        self.data_dir = self.root / "data"
+        self.log_file = self.root / "postgres.log"
+        self.running = False
+        atexit.register(self.remove)
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        """Start the server (creating the cluster the first time) and wait until it accepts connections."""
+        if not self.data_dir.exists():
+            # cp -a keeps the modes PostgreSQL insists on (0700) and, run as the owner, the ownership.
+            _run_as_owner(["cp", "-a", str(_template_data_dir()), str(self.data_dir)], self.root, INITDB_TIMEOUT_S)
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._pg_ctl(["start", "-l", str(self.log_file), "-o", options])
+        self.running = True
+
+    def stop(self, mode: StopMode = "fast") -> None:
+        """Stop the server: "fast" rolls back open transactions and checkpoints; "immediate" is a crash."""
+        self._pg_ctl(["stop", "-m", mode])
+        self.running = False
+
+    def restart(self) -> None:
+        """Stop cleanly and start again, on the same port with the same data."""
+        self.stop("fast")
+        self.start()
+
+    def remove(self) -> None:
+        """Stop the server if it runs (no need to be gentle with a throwaway cluster) and delete its files."""
+        if self.running:
+            try:
+                self.stop("immediate")
+            except PostgresUnavailable:
+                pass  # removing is best effort (it also runs at exit); the files go either way
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        return f"PrivateCluster(port={self.port}, root={self.root}, running={self.running})"
+
+    def _pg_ctl(self, arguments: list[str]) -> None:
+        # -w waits for the server to accept connections (start) or to be gone (stop), at most -t seconds.
+        command = [str(self.bin_dir / "pg_ctl"), "-w", "-t", str(PG_CTL_TIMEOUT_S), "-D", str(self.data_dir)]
+        try:
+            _run_as_owner([*command, *arguments], self.root, PG_CTL_TIMEOUT_S + 10)
+        except PostgresUnavailable as error:
+            raise PostgresUnavailable(f"{error}\nserver log ({self.log_file}):\n{self.log_tail()}") from None
+
+
+@functools.cache
+def _template_data_dir() -> Path:
+    """A cluster initdb makes once per session, which each PrivateCluster copies.
+
+    initdb takes 1–3 s (it bootstraps and fills the catalogs); copying its result takes a tenth of that, and
+    fault tests start a cluster each.
+    """
+    root = _owned_temp_dir("collab-pg-template-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    data_dir = root / "data"
+    initdb = str(postgres_bin_dir() / "initdb")
+    arguments = ["-D", str(data_dir), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C"]
+    _run_as_owner([initdb, *arguments], root, INITDB_TIMEOUT_S)
+    return data_dir
+
+
+def _owned_temp_dir(prefix: str) -> Path:
+    """A new temp dir that the user running PostgreSQL owns (data dir, socket and log go inside)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    if os.geteuid() == 0:
+        shutil.chown(path, user="postgres", group=None)
+    return path
+
+
+def _run_as_owner(command: list[str], cwd: Path, timeout_s: float) -> None:
+    """Run a command as the user owning the clusters: ourselves, or `postgres` as root (initdb refuses root)."""
+    if os.geteuid() == 0:
+        command = ["runuser", "-u", "postgres", "--", *command]
+    try:
+        # cwd: the postgres user may not be allowed into the test's working directory.
+        result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        raise PostgresUnavailable(f"{shlex.join(command)} took over {timeout_s} s") from None
+    if result.returncode != 0:
+        raise PostgresUnavailable(
+            f"{shlex.join(command)} failed (exit {result.returncode}):\n{result.stdout}{result.stderr}"
+        )
+
+
+@functools.cache
+def postgres_bin_dir() -> Path:
+    """The directory holding initdb and pg_ctl, installing Debian's postgresql package when there is none."""
+    found = _find_bin_dir()
+    if found is None:
+        _install_postgres()
+        found = _find_bin_dir()
+    if found is None:
+        raise PostgresUnavailable("no initdb on PATH or in /usr/lib/postgresql/*/bin, even after apt-get install")
+    if os.geteuid() == 0 and not _user_exists("postgres"):
+        raise PostgresUnavailable(f"found {found}, but as root initdb must run as user 'postgres', which is missing")
+    return found
+
+
+def _find_bin_dir() -> Path | None:
+    on_path = shutil.which("initdb")
+    if on_path is not None:
+        return Path(on_path).parent
+    # Debian puts the server binaries outside PATH, one directory per major version; take the newest.
+    debian = sorted(
+        (path.parent for path in Path("/usr/lib/postgresql").glob("*/bin/initdb")),
+        key=lambda bin_dir: int(bin_dir.parent.name) if bin_dir.parent.name.isdigit() else 0,
+    )
+    return debian[-1] if debian else None
+
+
+def _install_postgres() -> None:
+    if shutil.which("apt-get") is None:
+        raise PostgresUnavailable(
+            "no initdb found and no apt-get to install it; install PostgreSQL's server binaries "
+            "or set COLLAB_TEST_PG to a server where the tests may create databases"
+        )
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    # The package lists may be missing (fresh containers) or stale; update first, then install.
+    for step in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"]):
+        command = [*sudo, *step]
+        try:
+            result = subprocess.run(
+                command, env=environment, capture_output=True, text=True, timeout=APT_TIMEOUT_S, check=False
+            )
+        except subprocess.TimeoutExpired:
+            raise PostgresUnavailable(f"{shlex.join(command)} took over {APT_TIMEOUT_S} s") from None
+        if result.returncode != 0:
+            raise PostgresUnavailable(
+                f"no initdb found, and {shlex.join(command)} failed (exit {result.returncode}):\n"
+                f"{result.stderr[-2000:]}"
+            )
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
