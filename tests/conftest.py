@@ -1,7 +1,8 @@
 """Fixtures: real collab servers on 127.0.0.1 with a free port, a real SQLite file, a real PostgreSQL database.
 
 PostgreSQL comes from tests/postgres.py (COLLAB_TEST_PG, else the shared server on 127.0.0.1:5432, else a
-private cluster for the session); each test gets a fresh database, dropped at the end.
+private cluster for the session); each test gets a fresh database, dropped after it (in the background; every
+one by the session's end). Tests that stop PostgreSQL share one private cluster (`private_cluster`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collab.server.app import CollabServer
 from collab.store.memory import MemoryStore
 
 from .helpers import SECRET, StartServer, servers_on
-from .postgres import admin_url, drop_database, fresh_database
+from .postgres import DatabasePool, PrivateCluster, admin_url, drop_database, fresh_database, sweep_stale_databases
 
 
 @pytest.fixture
@@ -23,13 +24,57 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "collab.db"
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """The URL of a fresh, empty PostgreSQL database for this test; dropped at the end (open sessions ended)."""
+@pytest.fixture(scope="session")
+def database_pool() -> Iterator[DatabasePool]:
+    """Fresh PostgreSQL databases made ahead and dropped behind (`postgres_url`); all dropped at the session's end.
+
+    First drops what killed runs left behind, so that they do not pile up on a shared server.
+    """
     admin = admin_url()
-    url = fresh_database(admin)
+    sweep_stale_databases(admin)
+    pool = DatabasePool(admin)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def postgres_url(database_pool: DatabasePool) -> Iterator[str]:
+    """The URL of a fresh, empty PostgreSQL database for this test; dropped after it (open sessions ended)."""
+    url = database_pool.take()
     yield url
-    drop_database(url, admin)
+    database_pool.give_back(url)
+
+
+@pytest.fixture(scope="session")
+def session_cluster() -> Iterator[PrivateCluster]:
+    """The private cluster of the session (starting one takes about a second); use `private_cluster`."""
+    with PrivateCluster() as started:
+        yield started
+
+
+@pytest.fixture
+def private_cluster(session_cluster: PrivateCluster) -> Iterator[PrivateCluster]:
+    """A private PostgreSQL cluster, running, for tests that stop, crash or restart it; never the shared server.
+
+    Shared by the session, so a test may stop it only for a while: one that leaves it stopped (a test failing
+    mid-outage) has it started again here, so that the next test finds it running.
+    """
+    if not session_cluster.running:
+        session_cluster.start()
+    yield session_cluster
+    if not session_cluster.running:
+        session_cluster.start()
+
+
+@pytest.fixture
+def private_url(private_cluster: PrivateCluster) -> Iterator[str]:
+    """A fresh database on the private cluster, dropped at the end (the cluster started again first if the test
+    left it stopped)."""
+    url = fresh_database(private_cluster.admin_url)
+    yield url
+    if not private_cluster.running:
+        private_cluster.start()
+    drop_database(url, private_cluster.admin_url)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -39,6 +84,19 @@ def database(request: pytest.FixtureRequest) -> str:
         return str(request.getfixturevalue("db_path"))
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@pytest.fixture
+def another_database(request: pytest.FixtureRequest, database: str, tmp_path: Path) -> Iterator[str]:
+    """A second fresh `--db` value on the engine `database` is on: a database nothing has written to yet (on
+    SQLite, a file that does not exist yet; on PostgreSQL, a database without collab's tables)."""
+    if request.node.callspec.params["database"] == "sqlite":
+        yield str(tmp_path / "another.db")
+        return
+    pool: DatabasePool = request.getfixturevalue("database_pool")
+    url = pool.take()
+    yield url
+    pool.give_back(url)
 
 
 @pytest.fixture

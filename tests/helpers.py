@@ -2,9 +2,10 @@
 
 URLs and synced clients; keystrokes and the text they make; checks that a client
 still works after an attack (`still_works`, `still_syncs`, `presence_still_works`);
-tokens; HTTP requests (`get`, `upgrade_status`); the CLI (`collab_cli`, `run_collab`)
+tokens; HTTP requests (`get`, `upgrade_status`); the CLI (`collab_cli`, `run_collab`; `collab_in_process`)
 and a server (`ServerProcess`) in a subprocess; what a database holds, on either engine (`stored_text`,
-`row_counts`, `insert_corrupt_row`); frames a room sends (`FramePeer`);
+`wait_stored`, `row_counts`), and rows changed by hand (`insert_by_hand`, `spoil_checkpoints`); a document
+with every kind of root (`write_rich_document`, `contents`); frames a room sends (`FramePeer`);
 the stock Node client. Fixtures (servers, stores) are in conftest.py, and their
 types (`StartServer`) here: test modules import this module, never conftest.py.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import io
 import json
 import os
 import re
@@ -22,14 +24,14 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager, closing
+from contextlib import asynccontextmanager, closing, redirect_stderr, redirect_stdout
 from pathlib import Path
 from queue import Empty, Queue
 from typing import Any, NamedTuple
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
-from pycrdt import Doc, Text
+from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 
 from collab.auth import Permission, mint_token
 from collab.client import Client
@@ -122,6 +124,21 @@ def with_token(url: str, value: str) -> str:
     return f"{url}?token={value}"
 
 
+def with_password(url: str, password: str) -> str:
+    """A libpq `url` with `password` set (the user `postgres` if it names none), for tests that check no output
+    shows a password: a server with trust auth (the shared test server, a `PrivateCluster`) ignores it."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}:{password}@{host}"))
+
+
+def one_line(stderr: str) -> str:
+    """`stderr`, which must be one line (ending in a newline) and no traceback: how every CLI refusal reads."""
+    assert "Traceback" not in stderr, stderr
+    assert stderr.endswith("\n") and stderr.count("\n") == 1, stderr
+    return stderr
+
+
 async def refused(url: str, **options: Any) -> Client:
     """A client the server closes before it syncs (a bad token, a full server...), once closed."""
     client = await Client(url, **options).connect()
@@ -202,25 +219,75 @@ def stored_text(db: str | Path, room: str, name: str = "content") -> str | None:
     return str(doc.get(name, type=Text))
 
 
+async def wait_stored(db: str | Path, room: str, expected: str | None, timeout: float = 10.0) -> None:
+    """Wait until `stored_text(db, room)` is `expected`, reading it in a thread every 50 ms.
+
+    Not `wait_for`: each read opens a connection (27 ms on PostgreSQL), and polled on the event loop every
+    10 ms it kept an in-process server from serving about 70% of the time.
+    """
+    stored: str | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            while (stored := await asyncio.to_thread(stored_text, db, room)) != expected:
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"{room!r} never stored {expected!r} in {timeout} s; last read: {stored!r}") from None
+
+
 def _on_postgres(db: str | Path) -> bool:
     return isinstance(db, str) and db.lower().startswith(("postgresql:", "postgres:"))
 
 
-def insert_corrupt_row(db: str | Path, room: str) -> None:
-    """Append bytes that are no Yjs update (0xdeadbeef) to `room`'s log by hand, as damage would.
+NOT_AN_UPDATE = b"\xde\xad\xbe\xef"
+"""Bytes that no Yjs update starts with, for damage done by hand."""
 
-    On PostgreSQL the row is unchecked (the column's default), so collab walks it before pycrdt sees it;
-    either way loading the document must fail naming the row (1011), never serve it empty.
+
+def insert_by_hand(db: str | Path, room: str, data: bytes = NOT_AN_UPDATE) -> int:
+    """Append `data` to `room`'s log as a person with psql or sqlite3 would (creating the document if it is new,
+    times 0), by default bytes that are no Yjs update; the row's id.
+
+    Collab never wrote the row, so it walks it before pycrdt sees it (on PostgreSQL: the row's `checked` is the
+    column's default, false); loading a document with a row that does not decode must fail naming the row
+    (1011), never serve it empty.
     """
-    corrupt = b"\xde\xad\xbe\xef"
+    new_document = "INSERT INTO documents (name, created_at, updated_at) VALUES (?, 0, 0) ON CONFLICT (name) DO NOTHING"
+    new_row = (
+        "INSERT INTO updates (doc_id, created_at, data) SELECT id, 0, ? FROM documents WHERE name = ? RETURNING id"
+    )
     if _on_postgres(db):
         with psycopg.connect(str(db)) as server:
-            [(doc_id,)] = server.execute("SELECT id FROM documents WHERE name = %s", [room]).fetchall()
-            server.execute("INSERT INTO updates (doc_id, created_at, data) VALUES (%s, 0, %s)", [doc_id, corrupt])
+            server.execute(new_document.replace("?", "%s"), [room])
+            row = server.execute(new_row.replace("?", "%s") + ", checked", [data, room]).fetchone()
+        assert row is not None and row[1] is False, "the column's default says: never walked"
+        return int(row[0])
+    with closing(sqlite3.connect(db)) as file, file:
+        file.execute(new_document, [room])
+        [(row_id,)] = file.execute(new_row, [data, room]).fetchall()
+    return int(row_id)
+
+
+def spoil_checkpoints(db: str | Path, room: str, ids: Iterable[int]) -> None:
+    """Overwrite the data of `room`'s checkpoints `ids` with bytes that are no Yjs update, as damage would."""
+    query = "UPDATE checkpoints SET data = ? WHERE id = ? AND doc_id = (SELECT id FROM documents WHERE name = ?)"
+    rows = [(NOT_AN_UPDATE, row_id, room) for row_id in ids]
+    if _on_postgres(db):
+        with psycopg.connect(str(db)) as server, server.cursor() as cursor:
+            cursor.executemany(query.replace("?", "%s"), rows)
         return
     with closing(sqlite3.connect(db)) as file, file:
-        [(doc_id,)] = file.execute("SELECT id FROM documents WHERE name = ?", [room]).fetchall()
-        file.execute("INSERT INTO updates (doc_id, created_at, data) VALUES (?, 0, ?)", [doc_id, corrupt])
+        file.executemany(query, rows)
+
+
+def checkpoint_rows(db: str | Path, room: str) -> list[tuple[int, float, bool]]:
+    """`room`'s history checkpoints as (id, created_at, base), oldest first."""
+    query = "SELECT c.id, c.created_at, c.base FROM checkpoints c JOIN documents d ON d.id = c.doc_id WHERE d.name = "
+    if _on_postgres(db):
+        with psycopg.connect(str(db)) as server:
+            found = server.execute(query + "%s ORDER BY c.id", [room]).fetchall()
+    else:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as file:
+            found = file.execute(query + "? ORDER BY c.id", [room]).fetchall()
+    return [(int(row_id), float(at), bool(base)) for row_id, at, base in found]
 
 
 def row_counts(db: str | Path, room: str) -> dict[str, int]:
@@ -305,6 +372,38 @@ async def run_collab(
     *args: str, env: dict[str, str] | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(collab_cli, *args, env=env, check=check)
+
+
+def collab_in_process(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`collab ARGS` run by `collab.cli.main.main` in this process, answering as `collab_cli` does, without the
+    0.7-1 s a new interpreter takes to start; async tests call it through `asyncio.to_thread`.
+
+    Only where nothing can crash the process (a row that would overflow pycrdt's stack: use `collab_cli`) and
+    no terminal is wanted (stderr is no tty here). This process's COLLAB_ settings are set aside meanwhile.
+    """
+    from collab.cli.main import main
+
+    set_aside = {key: os.environ.pop(key) for key in [key for key in os.environ if key.startswith("COLLAB_")]}
+    raw = io.BytesIO()
+    stdout, stderr = io.TextIOWrapper(raw, encoding="utf-8"), io.StringIO()
+    try:
+        with redirect_stdout(stdout), redirect_stderr(stderr):
+            try:
+                code = main(list(args))
+            except SystemExit as exit:  # argparse refusing the command line
+                code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+    finally:
+        os.environ.update(set_aside)
+    stdout.flush()
+    result = subprocess.CompletedProcess(["collab", *args], code, raw.getvalue().decode(), stderr.getvalue())
+    if check and result.returncode != 0:
+        raise AssertionError(f"collab {' '.join(args)} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+async def run_in_process(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`collab_in_process` in a thread, so that an in-process server keeps serving meanwhile."""
+    return await asyncio.to_thread(collab_in_process, *args, check=check)
 
 
 class FramePeer:
@@ -491,6 +590,33 @@ def a_real_panic() -> BaseException:
         assert not isinstance(panic, Exception)
         return panic
     raise AssertionError("pycrdt no longer panics on this; find another panic")
+
+
+def contents(doc: Doc) -> dict[str, Any]:
+    """What `write_rich_document` writes, as read back from `doc`: every root, as plain values."""
+    return {
+        "content": str(doc.get("content", type=Text)),
+        "meta": doc.get("meta", type=Map).to_py(),
+        "items": doc.get("items", type=Array).to_py(),
+        "prosemirror": str(doc.get("prosemirror", type=XmlFragment)),
+    }
+
+
+async def write_rich_document(url: str) -> dict[str, Any]:
+    """A text, a map with a map in it, an array and an XML fragment (as ProseMirror keeps a document), written by
+    a client and accepted by the server; their `contents`."""
+    async with synced(url) as writer:
+        with writer.doc.transaction():
+            text(writer).insert(0, "# Plan\n\nShip it. Grüße 👋\n")
+            writer.doc.get("meta", type=Map)["owner"] = "ada"
+            writer.doc.get("meta", type=Map)["nested"] = Map({"depth": 2})
+            writer.doc.get("items", type=Array).extend(["one", 2, True])
+            fragment = writer.doc.get("prosemirror", type=XmlFragment)
+            paragraph = fragment.children.append(XmlElement("paragraph", {"align": "left"}))
+            paragraph.children.append(XmlText("hello"))
+        expected = contents(writer.doc)
+        await writer.resync()  # the server has it all
+    return expected
 
 
 def write_backup(path: Path, typed: str) -> Path:

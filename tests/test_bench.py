@@ -1,8 +1,10 @@
 """The benchmark harness (scripts/bench) runs, at tiny sizes, and reports well-formed results.
 
 A benchmark is not a test: nothing here asserts a speed. This only keeps the harness from rotting: every
-scenario runs against collab and the reference (which scripts/test installs into .cache/bench/), every
-client converges, and every result has the fields the table and docs/benchmarks.md rely on.
+scenario runs against collab and the reference (which scripts/test installs into .cache/bench/), latejoin
+and persist also against collab on PostgreSQL (the tests' server, tests/postgres.py), every client
+converges, and every result has the fields the table and docs/benchmarks.md rely on. Without PostgreSQL
+the run still succeeds and says why those rows are skipped.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
+from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 
 from collab.server.outbox import server_frame
 from tests.helpers import ROOT
+from tests.postgres import admin_url, free_port
 
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -26,6 +32,7 @@ from benchlib.wsclient import WsClient
 
 REFERENCE = ROOT / ".cache" / "bench" / "reference" / "node_modules" / "@y" / "websocket-server"
 SCENARIOS = ["fanout", "saturate", "latejoin", "conns", "persist", "flood"]
+POSTGRES_SCENARIOS = {"latejoin", "persist"}
 EXPECTED_METRICS = {
     "fanout": {"p50_ms", "p99_ms", "max_ms"},
     "saturate": {"updates_per_s", "deliveries_per_s"},
@@ -36,31 +43,52 @@ EXPECTED_METRICS = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], list[dict]]:
-    if not REFERENCE.exists():
-        pytest.fail("the reference server is not installed: run scripts/test, which installs it")
-    out = tmp_path_factory.mktemp("bench") / "results.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "scripts")}
+def run_bench(
+    out: Path, *args: str, postgres: str, timeout: float
+) -> tuple[subprocess.CompletedProcess[str], list[dict]]:
+    """`scripts/bench ARGS` with COLLAB_BENCH_PG=`postgres`: what it printed, and its results from --json-out."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "scripts"), "COLLAB_BENCH_PG": postgres}
     completed = subprocess.run(
-        [sys.executable, "-m", "benchlib", "--tiny", "--json-out", str(out)],
+        [sys.executable, "-m", "benchlib", *args, "--json-out", str(out)],
         check=False,
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=150,
+        timeout=timeout,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     return completed, json.loads(out.read_text())
 
 
-def test_every_scenario_ran_against_both_servers(tiny_run: tuple[subprocess.CompletedProcess[str], list[dict]]) -> None:
+def bench_databases(admin: str) -> set[str]:
+    with psycopg.connect(admin, autocommit=True) as connection:
+        rows = connection.execute("SELECT datname FROM pg_database WHERE datname LIKE 'collab_bench_%'")
+        return {name for (name,) in rows}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], list[dict]]:
+    if not REFERENCE.exists():
+        pytest.fail("the reference server is not installed: run scripts/test, which installs it")
+    admin = admin_url()
+    before = bench_databases(admin)
+    run = run_bench(tmp_path_factory.mktemp("bench") / "results.json", "--tiny", postgres=admin, timeout=180)
+    assert bench_databases(admin) <= before, "every scenario's PostgreSQL database is dropped after it"
+    return run
+
+
+def test_every_scenario_ran_against_every_server(
+    tiny_run: tuple[subprocess.CompletedProcess[str], list[dict]],
+) -> None:
     completed, results = tiny_run
     lines = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
     assert lines == results
     assert [(r["scenario"], r["server"]) for r in results] == [
-        (scenario, server) for scenario in SCENARIOS for server in ("collab", "reference")
+        (scenario, server)
+        for scenario in SCENARIOS
+        for server in ("collab", "collab-pg", "reference")
+        if server != "collab-pg" or scenario in POSTGRES_SCENARIOS
     ]
 
 
@@ -78,15 +106,46 @@ def test_results_are_well_formed(tiny_run: tuple[subprocess.CompletedProcess[str
         for name, value in result["metrics"].items():
             assert isinstance(value, int | float) and math.isfinite(value) and value >= 0, (where, name, value)
         assert result["loadgen_cpu_s"] >= 0 and result["wall_s"] > 0, where
-    collab_latejoin = next(r for r in results if r["scenario"] == "latejoin" and r["server"] == "collab")
-    assert {"cold_500_ms", "cold_2k_ms"} <= collab_latejoin["metrics"].keys()
+    for server in ("collab", "collab-pg"):
+        latejoin = next(r for r in results if r["scenario"] == "latejoin" and r["server"] == server)
+        assert {"cold_500_ms", "cold_2k_ms"} <= latejoin["metrics"].keys(), server
+    persist_pg = next(r for r in results if r["scenario"] == "persist" and r["server"] == "collab-pg")
+    assert "compressed_kb_per_doc" in persist_pg["metrics"]
+    if urlsplit(admin_url()).hostname in ("127.0.0.1", "localhost"):  # its backends' CPU is read from /proc
+        assert "db_server_cpu_s" in persist_pg["metrics"]
 
 
 def test_the_run_ends_with_the_table(tiny_run: tuple[subprocess.CompletedProcess[str], list[dict]]) -> None:
     completed, _ = tiny_run
     table = completed.stdout[completed.stdout.index("scenario  metric") :]
-    assert "collab/ref" in table and "saturate  updates_per_s" in table
-    assert "targets (issue 5):" in table and "load generator CPU" in table
+    assert "collab/ref" in table and "pg/sqlite" in table and "saturate  updates_per_s" in table
+    assert "targets (issues 5 and 11):" in table and "load generator CPU" in table
+    postgres_targets = [line for line in table.splitlines() if "PostgreSQL:" in line]
+    assert len(postgres_targets) == 3 and not any("n/a" in line for line in postgres_targets), postgres_targets
+    assert "server collab-pg: " in completed.stdout and "synchronous_commit=" in completed.stdout
+
+
+def test_without_postgresql_its_rows_are_skipped(tmp_path: Path) -> None:
+    """No server at COLLAB_BENCH_PG: the run succeeds, and the PostgreSQL rows say where none was found."""
+    port = free_port()
+    completed, results = run_bench(
+        tmp_path / "r.json",
+        *("--tiny", "--no-reference", "persist"),
+        postgres=f"postgresql://postgres@127.0.0.1:{port}/postgres",
+        timeout=90,
+    )
+    by_server = {r["server"]: r for r in results}
+    assert by_server.keys() == {"collab", "collab-pg"}
+    assert by_server["collab"]["ok"]
+    assert by_server["collab-pg"]["skipped"].startswith(f"no PostgreSQL at 127.0.0.1:{port} ")
+    assert f"[no PostgreSQL at 127.0.0.1:{port} " in completed.stdout
+
+
+def test_no_postgres_runs_sqlite_only(tmp_path: Path) -> None:
+    _, results = run_bench(
+        tmp_path / "r.json", "--tiny", "--no-reference", "--no-postgres", "persist", postgres=admin_url(), timeout=90
+    )
+    assert [(r["server"], r["ok"]) for r in results] == [("collab", True)]
 
 
 def test_sizes_can_be_overridden() -> None:

@@ -9,8 +9,7 @@ persistent engines is in test_store_contract.py and test_persistence.py.
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from collab.store.memory import MemoryEngine
 from collab.store.postgres import PostgresEngine
 from collab.store.sqlite import SQLiteEngine
 
-from .helpers import ROOT, keystrokes, text_of
+from .helpers import collab_in_process, keystrokes, text_of
 
 T0 = 1_800_000_000.0
 NO_HISTORY = Retention(0, 0, 0)
@@ -176,6 +175,9 @@ def test_a_database_url_is_printed_without_its_password() -> None:
     assert redacted("postgresql://user:secret@host/db") == "postgresql://user:***@host/db"
     assert redacted("postgresql://user:p@ss:w/rd@host:5432/db") == "postgresql://user:***@host:5432/db", "unquoted"
     assert redacted("postgresql://user:@host/db") == "postgresql://user:***@host/db"
+    assert redacted("postgresql://host/db?sslmode=require&password=pw&x=1") == (
+        "postgresql://host/db?sslmode=require&password=***&x=1"
+    ), "libpq takes the password as a parameter too"
     for shown in ("postgresql://user@host:5432/db", "postgresql://host:5432/db?x=a@b", "sqlite:///a:b@c.db", "d.db"):
         assert redacted(shown) == shown
 
@@ -260,9 +262,9 @@ def test_a_reader_needs_a_reachable_collab_database_on_postgresql(postgres_url: 
     """A database with no collab tables yet is refused (never created by a reader), as is one not there."""
     with pytest.raises(StorageError, match=r"PostgreSQL collab_test_\w+ on .* is not a collab database"):
         open_reader(postgres_url)
-    missing = postgres_url.rsplit("/", 1)[0] + "/collab_test_no_such_database"
-    with pytest.raises(StorageError, match="cannot connect to PostgreSQL collab_test_no_such_database on "):
-        open_reader(missing)
+    missing_name = f"collab_test_no_such_database_{uuid.uuid4().hex}"
+    with pytest.raises(StorageError, match=f"cannot connect to PostgreSQL {missing_name} on "):
+        open_reader(postgres_url.rsplit("/", 1)[0] + f"/{missing_name}")
 
 
 async def test_the_command_line_reads_through_the_reader(tmp_path: Path) -> None:
@@ -275,8 +277,7 @@ async def test_the_command_line_reads_through_the_reader(tmp_path: Path) -> None
     await store.close()
 
     def collab(*args: str) -> str:
-        command = [sys.executable, "-m", "collab", *args, "--db", f"sqlite://{db}"]
-        return subprocess.run(command, cwd=ROOT, capture_output=True, check=True, text=True, timeout=60).stdout
+        return collab_in_process(*args, "--db", f"sqlite://{db}").stdout
 
     stats = collab("stats")
     assert f"{db} (" in stats and "bytes on disk, with WAL)" in stats and "not running" in stats

@@ -2,7 +2,7 @@
 
 All but the failing disk (SQLite's write lock, held by hand) run on both persistent engines, through the
 `database` fixture: a SQLite file and a fresh PostgreSQL database. PostgreSQL going away while clients
-type is in test_postgres_outage.py.
+type is in test_postgres_faults.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collab.client import Client
 from .helpers import (
     ServerProcess,
     StartServer,
-    insert_corrupt_row,
+    insert_by_hand,
     room_url,
     row_counts,
     servers_on,
@@ -29,6 +29,7 @@ from .helpers import (
     synced,
     text,
     wait_for,
+    wait_stored,
 )
 
 
@@ -78,7 +79,7 @@ async def test_kill_9_keeps_every_committed_update(database: str) -> None:
     server = ServerProcess(database, "--unload-after", "1h").start()
     written = await write_document(server.url("crash"))
     # Group commit makes it durable within the commit window, with no shutdown and no unload.
-    await wait_for(lambda: stored_text(database, "crash") == written, timeout=5)
+    await wait_stored(database, "crash", written, timeout=5)
     server.kill()
     server.start()
     try:
@@ -106,7 +107,7 @@ async def test_a_failing_disk_keeps_the_room_serving_and_loses_nothing(
     url = room_url(server, "disk")
     async with synced(url) as writer:
         text(writer).insert(0, "before.")
-        await wait_for(lambda: stored_text(db_path, "disk") == "before.")
+        await wait_stored(db_path, "disk", "before.")
         blocker = sqlite3.connect(db_path, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
         with caplog.at_level(logging.ERROR, logger="collab.store"):
@@ -119,7 +120,7 @@ async def test_a_failing_disk_keeps_the_room_serving_and_loses_nothing(
     assert "disk" in server.rooms
     blocker.execute("ROLLBACK")
     blocker.close()
-    await wait_for(lambda: stored_text(db_path, "disk") == "before.during.")
+    await wait_stored(db_path, "disk", "before.during.")
     await wait_for(lambda: "disk" not in server.rooms)
 
 
@@ -130,7 +131,7 @@ async def test_a_corrupt_row_refuses_that_document_only(database: str, caplog: p
         async with synced(room_url(server, "damaged")) as writer:
             text(writer).insert(0, "precious")
         await server.stop()
-        insert_corrupt_row(database, "damaged")
+        insert_by_hand(database, "damaged")
         server = await start_server()
         with caplog.at_level(logging.ERROR):
             client = await Client(room_url(server, "damaged")).connect()

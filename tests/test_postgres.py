@@ -1,10 +1,12 @@
-"""What only the PostgreSQL engine does: migrations, the server lock, URLs and passwords, rows made by hand, size.
+"""What only the PostgreSQL engine does: migrations, the server lock, URLs and passwords, rows made by hand, a
+long log.
 
-The engine-agnostic contract (commits, loads, compaction, persistence across restarts) runs on PostgreSQL
-too, in test_engines.py, test_persistence.py and test_store_contract.py; this module holds what those
-cannot say: a schema migrated by name under an advisory lock, a lock PostgreSQL itself releases when a
-server dies, a `--db` value that may carry a password, a `checked` column that a row put there by hand
-leaves false. Every test has its own fresh database (`postgres_url`) on a real server.
+The engine-agnostic contract (commits, loads, compaction, persistence across restarts, import through a
+server, a 10 MB document) runs on PostgreSQL too, in test_engines.py, test_persistence.py and
+test_store_contract.py; this module holds what those cannot say: a schema migrated by name under an advisory
+lock, a lock PostgreSQL itself releases when a server dies, a `--db` value that may carry a password, a
+`checked` column that a row put there by hand leaves false. Every test has its own fresh database
+(`postgres_url`) on a real server.
 """
 
 from __future__ import annotations
@@ -12,18 +14,14 @@ from __future__ import annotations
 import json
 import random
 import threading
-import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 from psycopg import sql
-from pycrdt import Doc, Text
 
-from collab.errors import EXIT_CORRUPT, EXIT_IN_USE, EXIT_STORAGE, StorageError
+from collab.errors import EXIT_CORRUPT, EXIT_IN_USE, EXIT_STORAGE, EXIT_USAGE, StorageError
 from collab.store import WriteOp
 from collab.store.engines import PostgresDatabase, locate, redacted
 from collab.store.postgres import MIGRATIONS, PostgresEngine
@@ -35,27 +33,31 @@ from .helpers import (
     SECRET,
     ServerProcess,
     collab_cli,
+    collab_in_process,
     http_get,
+    insert_by_hand,
     keystrokes,
+    one_line,
     refused,
     room_url,
     run_collab,
+    run_in_process,
     servers_on,
-    stored_text,
     synced,
     text,
     text_of,
     token,
     wait_for,
+    wait_stored,
+    with_password,
     with_token,
-    write_backup,
 )
 from .postgres import database_name, free_port
 
 MIGRATION_NAMES = [name for name, _ in MIGRATIONS]
 A_NEWER_MIGRATION = "m900_from_a_newer_collab"
 PASSWORD = "s3cret-do-not-print"
-"""Added to URLs that have none; the shared server and private clusters trust 127.0.0.1, so it is never checked."""
+"""Put in URLs that have none; the shared server and private clusters trust 127.0.0.1, so it is never checked."""
 
 
 def connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
@@ -82,47 +84,6 @@ def everything(url: str) -> dict[str, list[tuple[Any, ...]]]:
             table: conn.execute(sql.SQL("SELECT * FROM {} ORDER BY 1").format(sql.Identifier(table))).fetchall()
             for table in tables
         }
-
-
-def with_password(url: str) -> tuple[str, str]:
-    """`url` with a password in it, and that password: its own if it has one, else `PASSWORD`."""
-    parts = urlsplit(url)
-    if parts.password:
-        return url, parts.password
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:{PASSWORD}@{host}")), PASSWORD
-
-
-def one_line(stderr: str) -> str:
-    """`stderr`, which must be one line and no traceback."""
-    assert "Traceback" not in stderr, stderr
-    assert stderr.endswith("\n") and stderr.count("\n") == 1, stderr
-    return stderr
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll a condition outside any event loop (another process's state), at most `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.05)
-
-
-def hand_insert(url: str, room: str, data: bytes) -> int:
-    """Append `data` to `room`'s log as a person with psql would (checked left to its default), creating the
-    document if it is new; the row's id."""
-    with connect(url) as conn:
-        conn.execute(
-            "INSERT INTO documents (name, created_at, updated_at) VALUES (%s, 0, 0) ON CONFLICT (name) DO NOTHING",
-            [room],
-        )
-        row = conn.execute(
-            "INSERT INTO updates (doc_id, created_at, data) SELECT id, 0, %s FROM documents WHERE name = %s"
-            " RETURNING id, checked",
-            [data, room],
-        ).fetchone()
-    assert row is not None and row[1] is False, "the column's default says: never walked"
-    return int(row[0])
 
 
 # Migrations.
@@ -179,10 +140,11 @@ def test_a_database_a_newer_collab_migrated_is_refused_and_left_untouched(postgr
     before = everything(postgres_url)
     with pytest.raises(StorageError, match=rf"migrated by a newer collab \({A_NEWER_MIGRATION}\); upgrade collab"):
         PostgresEngine(postgres_url).open()
+    # In a subprocess: were it not refused, it would serve until collab_cli's timeout rather than for ever.
     serve = collab_cli("serve", "--port", "0", "--db", postgres_url, check=False)
     assert serve.returncode == EXIT_STORAGE
     assert A_NEWER_MIGRATION in one_line(serve.stderr)
-    revoke = collab_cli("revoke", "--db", postgres_url, "--id", "someone", check=False)
+    revoke = collab_in_process("revoke", "--db", postgres_url, "--id", "someone", check=False)
     assert revoke.returncode == EXIT_STORAGE
     assert A_NEWER_MIGRATION in one_line(revoke.stderr)
     assert everything(postgres_url) == before, "nothing applied, nothing written"
@@ -223,7 +185,8 @@ def test_servers_starting_together_on_an_empty_database_do_not_race(postgres_url
 
 async def test_no_output_of_a_server_on_postgresql_shows_the_password(postgres_url: str) -> None:
     """The startup line, /metrics, `collab stats` (through the postgres:// spelling) and the shutdown lines."""
-    url, password = with_password(postgres_url)
+    password = urlsplit(postgres_url).password or PASSWORD  # a server that checks passwords wants its own
+    url = with_password(postgres_url, password)
     assert isinstance(locate(url), PostgresDatabase)
     assert isinstance(locate(url.replace("postgresql://", "postgres://", 1)), PostgresDatabase)
     assert password not in redacted(url) and redacted(url).startswith("postgresql://")
@@ -233,11 +196,12 @@ async def test_no_output_of_a_server_on_postgresql_shows_the_password(postgres_u
         async with synced(server.url("notes")) as writer:
             text(writer).insert(0, "hello")
             await writer.resync()
+        await wait_stored(url, "notes", "hello")  # committed, so that `collab stats` counts it
         listening = json.loads(server.wait_for_line(r'"event": "listening on ').string)
         assert listening["database"] == redacted(url)
         metrics = http_get(server.port, "/metrics")
         assert metrics.status == 200 and password.encode() not in metrics.body
-        stats = await run_collab("stats", "--db", url.replace("postgresql://", "postgres://", 1))
+        stats = await run_in_process("stats", "--db", url.replace("postgresql://", "postgres://", 1))
         assert password not in stats.stdout + stats.stderr
         lines = dict(line.split(":", 1) for line in stats.stdout.splitlines())
         host = urlsplit(postgres_url).hostname
@@ -258,11 +222,51 @@ async def test_no_output_of_a_server_on_postgresql_shows_the_password(postgres_u
 )
 def test_an_unreachable_server_is_one_line_without_the_password(command: list[str]) -> None:
     port = free_port()
-    result = collab_cli(*command, "--db", f"postgresql://someone:{PASSWORD}@127.0.0.1:{port}/collab", check=False)
+    run = collab_cli if command[0] == "serve" else collab_in_process  # serve in a subprocess, in case it serves
+    result = run(*command, "--db", f"postgresql://someone:{PASSWORD}@127.0.0.1:{port}/collab", check=False)
     assert result.returncode == EXIT_STORAGE
     line = one_line(result.stderr)
     assert f"cannot connect to PostgreSQL collab on 127.0.0.1:{port}" in line
     assert PASSWORD not in line
+
+
+def test_a_url_libpq_cannot_parse_is_refused_without_quoting_it() -> None:
+    # libpq's own message quotes the URL, password and all.
+    for url in (f"postgresql://u:{PASSWORD}@[::1/db", f"postgresql://u:{PASSWORD}%zz@127.0.0.1/db"):
+        result = collab_in_process("stats", "--db", url, check=False)
+        assert result.returncode == EXIT_USAGE
+        assert "not a PostgreSQL URL" in one_line(result.stderr) and PASSWORD not in result.stderr
+
+
+async def test_each_schema_is_a_database_of_its_own(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables and the one-server lock are per schema, chosen by `search_path` in the URL or in PGOPTIONS."""
+    with connect(postgres_url) as conn:
+        conn.execute("CREATE SCHEMA alpha")
+        conn.execute("CREATE SCHEMA beta")
+    separator = "&" if "?" in postgres_url else "?"
+    alpha = f"{postgres_url}{separator}options=-csearch_path%3Dalpha"
+    beta = f"{postgres_url}{separator}options=-csearch_path%3Dbeta"
+    async with servers_on(alpha) as start_alpha, servers_on(beta) as start_beta:
+        on_alpha, on_beta = await start_alpha(commit_interval=0.01), await start_beta(commit_interval=0.01)
+        for server, typed in ((on_alpha, "in alpha"), (on_beta, "in beta")):
+            async with synced(room_url(server, "notes")) as writer:
+                text(writer).insert(0, typed)
+                await writer.resync()
+        await wait_stored(alpha, "notes", "in alpha")
+        await wait_stored(beta, "notes", "in beta")
+        for url, server in ((alpha, on_alpha), (beta, on_beta)):
+            holder = running_server(url)
+            assert holder is not None and holder["url"] == f"ws://127.0.0.1:{server.port}"
+    # PGOPTIONS reaches the store's own connection too (it sets lock_timeout without replacing options).
+    monkeypatch.setenv("PGOPTIONS", "-c search_path=beta")
+    engine = PostgresEngine(postgres_url)
+    engine.open()
+    try:
+        assert text_of(record.data for record in engine.load("notes")) == "in beta"
+    finally:
+        engine.close()
+    with connect(postgres_url) as conn:
+        assert conn.execute("SELECT to_regclass('public.documents')").fetchone() == (None,), "nothing in public"
 
 
 def test_pg_variables_fill_in_what_the_url_leaves_out(postgres_url: str) -> None:
@@ -285,7 +289,7 @@ def test_pg_variables_fill_in_what_the_url_leaves_out(postgres_url: str) -> None
 # The server lock.
 
 
-def test_a_second_server_is_refused_until_the_first_is_killed(postgres_url: str) -> None:
+async def test_a_second_server_is_refused_until_the_first_is_killed(postgres_url: str) -> None:
     first = ServerProcess(postgres_url).start()
     try:
         assert first.process is not None
@@ -299,7 +303,7 @@ def test_a_second_server_is_refused_until_the_first_is_killed(postgres_url: str)
     finally:
         first.kill()
     # PostgreSQL ends the dead server's session, and the advisory lock with it; no stale lock to remove.
-    eventually(lambda: running_server(postgres_url) is None)
+    await wait_for(lambda: running_server(postgres_url) is None, interval=0.05)
     third = ServerProcess(postgres_url).start()
     try:
         holder = running_server(postgres_url)
@@ -307,19 +311,6 @@ def test_a_second_server_is_refused_until_the_first_is_killed(postgres_url: str)
     finally:
         assert third.stop() == 0
     assert running_server(postgres_url) is None, "a clean stop releases it at once"
-
-
-async def test_import_into_a_database_a_server_holds_goes_through_it(postgres_url: str, tmp_path: Path) -> None:
-    write_backup(tmp_path / "restored.ydoc", "restored from backup")
-    async with servers_on(postgres_url) as start_server:
-        server = await start_server()
-        async with synced(room_url(server, "restored")) as watcher:
-            result = await run_collab("import", str(tmp_path / "restored.ydoc"), "--db", postgres_url)
-            assert f"server ws://127.0.0.1:{server.port}" in result.stderr
-            await watcher.wait_until(lambda: str(text(watcher)) == "restored from backup")
-            again = await run_collab("import", str(tmp_path / "restored.ydoc"), "--db", postgres_url)
-            assert "already contained in" in again.stderr
-        await wait_for(lambda: stored_text(postgres_url, "restored") == "restored from backup")
 
 
 # Revocations.
@@ -333,7 +324,7 @@ async def test_revoking_a_token_closes_its_connection_on_a_server_on_postgresql(
         async with synced(with_token(url, kept)) as healthy, synced(with_token(url, doomed)) as victim:
             text(victim).insert(0, "before ")
             await healthy.wait_until(lambda: str(text(healthy)) == "before ")
-            result = await run_collab("revoke", "--db", postgres_url, "--id", "doomed")
+            result = await run_in_process("revoke", "--db", postgres_url, "--id", "doomed")
             assert "revoked token 'doomed'" in result.stderr
             assert (await victim.wait_closed())[0] == 4401
             assert victim.permission_denied == "permission denied: token revoked"
@@ -362,10 +353,10 @@ async def test_rows_inserted_by_hand_are_walked_before_pycrdt_reads_them(postgre
             await writer.resync()
     finally:
         assert server.stop() == 0
-    deep = hand_insert(postgres_url, "deep", craft.nested_any(30_000))
-    hand_insert(postgres_url, "wrapped", craft.text_update(7, 0, "XYZ"))
-    wrapped = hand_insert(postgres_url, "wrapped", craft.text_update(7, MAX_CLOCK, "ab"))
-    hand_insert(postgres_url, "by hand", craft.text_update(42, 0, "typed by hand"))
+    deep = insert_by_hand(postgres_url, "deep", craft.nested_any(30_000))
+    insert_by_hand(postgres_url, "wrapped", craft.text_update(7, 0, "XYZ"))
+    wrapped = insert_by_hand(postgres_url, "wrapped", craft.text_update(7, MAX_CLOCK, "ab"))
+    insert_by_hand(postgres_url, "by hand", craft.text_update(42, 0, "typed by hand"))
     server.start()
     try:
         for room, row in (("deep", deep), ("wrapped", wrapped)):
@@ -385,32 +376,7 @@ async def test_rows_inserted_by_hand_are_walked_before_pycrdt_reads_them(postgre
         assert server.stop() == 0
 
 
-# Size.
-
-
-def test_a_ten_megabyte_document_round_trips_through_the_engine_and_export(postgres_url: str, tmp_path: Path) -> None:
-    alphabet = "abcdefghijklmnopqrstuvwxyz ÄÖÜßéñ👋\n"
-    block = "".join(random.Random(11).choices(alphabet, k=4096))
-    typed = block * (10 * 2**20 // len(block.encode()) + 1)
-    assert len(typed.encode()) > 10 * 2**20
-    doc: Doc = Doc()
-    doc.get("content", type=Text).insert(0, typed)
-    update = doc.get_update()
-    engine = PostgresEngine(postgres_url)
-    engine.open()
-    try:
-        engine.commit([WriteOp("append", "big", update, 1.0)])
-        [record] = engine.load("big")
-        assert record.data == update
-        engine.commit([WriteOp("compact", "big", update, 2.0)])
-        [snapshot] = engine.load("big")
-        assert snapshot.kind == "snapshot" and text_of([snapshot.data]) == typed
-    finally:
-        engine.close()
-    exported = collab_cli("export", "--db", postgres_url, "--format", "txt", "--out", "-", "big")
-    assert exported.stdout == typed
-    collab_cli("export", "--db", postgres_url, "--format", "json", "--out", str(tmp_path), "big")
-    assert json.loads((tmp_path / "big.json").read_text(encoding="utf-8"))["roots"]["content"] == typed
+# A long log.
 
 
 def test_a_long_log_loads_in_order(postgres_url: str) -> None:

@@ -3,9 +3,9 @@
 A commit that fails (its connection terminated, the server stopped or crashed, a row lock held past
 `postgres_lock_timeout`) is kept in memory and retried with backoff; the rooms keep serving from memory, a
 room whose writes are not yet durable stays loaded, and a document that cannot be loaded is refused (1011),
-never served as empty. These tests stop, crash and restart PostgreSQL, so they run on a private cluster of
-their own (one for the module), never on the shared server; only the row lock test, which stops nothing,
-uses the usual fresh database. kill -9 of a server on PostgreSQL is in the contract suite
+never served as empty. These tests stop, crash and restart PostgreSQL, so they run on the session's private
+cluster (`private_cluster`), never on the shared server; only the row lock test, which stops nothing, uses the
+usual fresh database. kill -9 of a server on PostgreSQL is in the contract suite
 (test_persistence.py, `database` fixture).
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import psycopg
@@ -25,32 +25,14 @@ from collab.errors import DatabaseInUseError
 from collab.server.app import LOCK_CHECK_INTERVAL, CollabServer
 from collab.store.postgres_read import running_server
 
-from .helpers import get, refused, room_url, servers_on, stored_text, synced, text, wait_for
-from .postgres import PrivateCluster, StopMode, database_name, drop_database, fresh_database
+from .helpers import get, refused, room_url, servers_on, stored_text, synced, text, wait_for, wait_stored
+from .postgres import PrivateCluster, StopMode, database_name
 
 UNLOAD_AFTER = 0.2
 """Short, so that a room whose writes are pending would have unloaded long before the test ends."""
 RECOVERY_TIMEOUT = 15.0
 """The store retries at most every 5 s (its backoff cap), so commits succeed again within this of a restart."""
 COLD = "a document that must never be served empty"
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PrivateCluster]:
-    """One private cluster for the module (starting one takes about a second); each test leaves it running."""
-    with PrivateCluster() as started:
-        yield started
-
-
-@pytest.fixture
-def private_url(cluster: PrivateCluster) -> Iterator[str]:
-    """A fresh database on the private cluster, dropped at the end (the cluster started again if a test failed
-    with it stopped)."""
-    url = fresh_database(cluster.admin_url)
-    yield url
-    if not cluster.running:
-        cluster.start()
-    drop_database(url, cluster.admin_url)
 
 
 def terminate_sessions(cluster: PrivateCluster, url: str) -> int:
@@ -89,7 +71,7 @@ async def ready_status(server: CollabServer) -> int:
 
 
 async def test_sessions_terminated_while_two_clients_type_lose_no_keystroke(
-    cluster: PrivateCluster, private_url: str
+    private_cluster: PrivateCluster, private_url: str
 ) -> None:
     typed_by_alice = "the quick brown fox jumps over the lazy dog and back again " * 2
     typed_by_bob = "0123456789" * 12
@@ -99,7 +81,7 @@ async def test_sessions_terminated_while_two_clients_type_lose_no_keystroke(
     async def terminate_repeatedly() -> None:
         for _ in range(terminations):
             await asyncio.sleep(0.15)
-            ended.append(await asyncio.to_thread(terminate_sessions, cluster, private_url))
+            ended.append(await asyncio.to_thread(terminate_sessions, private_cluster, private_url))
 
     async with servers_on(private_url) as start_server:
         server = await start_server(commit_interval=0.01)
@@ -111,7 +93,7 @@ async def test_sessions_terminated_while_two_clients_type_lose_no_keystroke(
             total = len(typed_by_alice) + len(typed_by_bob)
             await alice.wait_until(lambda: len(str(text(alice))) == total and str(text(alice)) == str(text(bob)))
             typed = str(text(alice))
-            await wait_for(lambda: stored_text(private_url, "typed") == typed, timeout=RECOVERY_TIMEOUT, interval=0.05)
+            await wait_stored(private_url, "typed", typed, timeout=RECOVERY_TIMEOUT)
             # Now and then a termination falls while the store reconnects, and finds nothing to end.
             assert sum(1 for count in ended if count) >= terminations // 2, ended
             assert (alice.close_code, bob.close_code) == (None, None), "the room served both throughout"
@@ -122,7 +104,7 @@ async def test_sessions_terminated_while_two_clients_type_lose_no_keystroke(
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 async def test_postgres_down_keeps_rooms_serving_and_refuses_cold_joins(
-    cluster: PrivateCluster, private_url: str, mode: StopMode
+    private_cluster: PrivateCluster, private_url: str, mode: StopMode
 ) -> None:
     async with servers_on(private_url) as start_server:
         server = await start_server(commit_interval=0.01, unload_after=UNLOAD_AFTER)
@@ -134,9 +116,9 @@ async def test_postgres_down_keeps_rooms_serving_and_refuses_cold_joins(
             writer = await connected.enter_async_context(synced(hot_url))
             watcher = await connected.enter_async_context(synced(hot_url))
             text(writer).insert(0, "before.")
-            await wait_for(lambda: stored_text(private_url, "hot") == "before.", interval=0.05)
+            await wait_stored(private_url, "hot", "before.")
             assert await ready_status(server) == 200
-            async with outage(cluster, mode):
+            async with outage(private_cluster, mode):
                 await type_at_end(writer, "during.")
                 await watcher.wait_until(lambda: str(text(watcher)) == "before.during.")  # relayed from memory
                 await wait_for(lambda: server.store.failing)
@@ -175,7 +157,7 @@ async def test_a_row_locked_by_another_connection_delays_commits_and_loses_nothi
         try:
             async with synced(url) as writer:
                 text(writer).insert(0, "before.")
-                await wait_for(lambda: stored_text(postgres_url, "locked") == "before.", interval=0.05)
+                await wait_stored(postgres_url, "locked", "before.")
                 blocker.execute("SELECT id FROM documents WHERE name = %s FOR UPDATE", ["locked"])
                 with caplog.at_level(logging.ERROR, logger="collab.store"):
                     await type_at_end(writer, "during.")
@@ -190,13 +172,15 @@ async def test_a_row_locked_by_another_connection_delays_commits_and_loses_nothi
         finally:
             blocker.rollback()
             blocker.close()
-        await wait_for(lambda: stored_text(postgres_url, "locked") == "before.during.", timeout=RECOVERY_TIMEOUT)
+        await wait_stored(postgres_url, "locked", "before.during.", timeout=RECOVERY_TIMEOUT)
         await wait_for(lambda: not server.store.failing)
         assert await ready_status(server) == 200
         await wait_for(lambda: "locked" not in server.rooms)
 
 
-async def test_a_cold_join_right_after_postgres_restarted_is_served(cluster: PrivateCluster, private_url: str) -> None:
+async def test_a_cold_join_right_after_postgres_restarted_is_served(
+    private_cluster: PrivateCluster, private_url: str
+) -> None:
     async with servers_on(private_url) as start_server:
         server = await start_server(commit_interval=0.01, unload_after=UNLOAD_AFTER)
         cold_url = room_url(server, "cold")
@@ -204,18 +188,18 @@ async def test_a_cold_join_right_after_postgres_restarted_is_served(cluster: Pri
             text(author).insert(0, COLD)
         await wait_for(lambda: "cold" not in server.rooms)
         # A maintenance restart while nobody types: nothing uses the store's connection until the next join.
-        await asyncio.to_thread(cluster.restart)
+        await asyncio.to_thread(private_cluster.restart)
         async with Client(cold_url) as late:
             await late.wait_until(late.synced.is_set)  # raises, naming the close code, if the join is refused
             assert str(text(late)) == COLD
 
 
 async def test_the_database_stays_locked_to_its_server_through_an_outage(
-    cluster: PrivateCluster, private_url: str
+    private_cluster: PrivateCluster, private_url: str
 ) -> None:
     async with servers_on(private_url) as start_server:
         first = await start_server(commit_interval=0.01)
-        await asyncio.to_thread(cluster.restart)  # ends every session, the one holding the lock too
+        await asyncio.to_thread(private_cluster.restart)  # ends every session, the one holding the lock too
         # The server takes its lock again within a few seconds (LOCK_CHECK_INTERVAL), and says where it listens.
         await wait_for(lambda: running_server(private_url) is not None, timeout=10 * LOCK_CHECK_INTERVAL, interval=0.1)
         holder = running_server(private_url)
@@ -227,12 +211,12 @@ async def test_the_database_stays_locked_to_its_server_through_an_outage(
 
 
 async def test_a_server_whose_lock_another_server_took_says_so(
-    cluster: PrivateCluster, private_url: str, caplog: pytest.LogCaptureFixture
+    private_cluster: PrivateCluster, private_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with servers_on(private_url) as start_server:
         first = await start_server(commit_interval=0.01)
         with caplog.at_level(logging.ERROR, logger="collab.server"):
-            assert terminate_sessions(cluster, private_url) >= 1  # the lock's session too: the lock is free
+            assert terminate_sessions(private_cluster, private_url) >= 1  # the lock's session too: the lock is free
             second = await start_server(commit_interval=0.01)  # before the first takes it again
             await wait_for(lambda: "lost the database lock" in caplog.text, timeout=10 * LOCK_CHECK_INTERVAL)
         assert await ready_status(first) == 503

@@ -1,19 +1,25 @@
 """The test infrastructure that provides PostgreSQL (tests/postgres.py and the fixtures in tests/conftest.py).
 
-Every PostgreSQL test trusts these parts: that its database is fresh and is dropped, that a private cluster
-really restarts and really crashes, and that a missing server leads to a private cluster rather than a skip.
+Every PostgreSQL test trusts these parts: that its database is fresh and is dropped (made ahead and dropped
+behind by a pool, and swept up after a killed run), that a private cluster really restarts and really crashes,
+and that a missing server leads to a private cluster rather than a skip.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import subprocess
+import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from .postgres import (
+    TEST_DATABASE_NAME,
     TEST_DATABASE_PREFIX,
+    DatabasePool,
     PostgresUnavailable,
     PrivateCluster,
     admin_url,
@@ -24,15 +30,14 @@ from .postgres import (
     fresh_database,
     reachable,
     redacted,
+    sweep_stale_databases,
     with_database,
 )
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PrivateCluster]:
-    """One private cluster for the module (starting one takes about a second); each test leaves it running."""
-    with PrivateCluster() as started:
-        yield started
+def database_names(admin: str) -> set[str]:
+    with psycopg.connect(admin, autocommit=True) as connection:
+        return {str(name) for (name,) in connection.execute("SELECT datname FROM pg_database")}
 
 
 def database_exists(admin: str, name: str) -> bool:
@@ -51,20 +56,23 @@ def user_tables(url: str) -> list[str]:
 def test_a_fresh_database_is_empty_writable_and_dropped_afterwards() -> None:
     admin = admin_url()
     url = fresh_database(admin)
-    name = database_name(url)
-    assert name.startswith(TEST_DATABASE_PREFIX)
-    assert database_exists(admin, name)
-    assert user_tables(url) == []
-    with psycopg.connect(url) as connection:
-        connection.execute("CREATE TABLE probe (value text)")
-        connection.execute("INSERT INTO probe VALUES ('written')")
-    with psycopg.connect(url) as connection:
-        assert connection.execute("SELECT value FROM probe").fetchall() == [("written",)]
+    try:
+        name = database_name(url)
+        match = TEST_DATABASE_NAME.fullmatch(name)
+        assert match is not None and name.startswith(TEST_DATABASE_PREFIX) and int(match[1]) == os.getpid()
+        assert database_exists(admin, name)
+        assert user_tables(url) == []
+        with psycopg.connect(url) as connection:
+            connection.execute("CREATE TABLE probe (value text)")
+            connection.execute("INSERT INTO probe VALUES ('written')")
+        with psycopg.connect(url) as connection:
+            assert connection.execute("SELECT value FROM probe").fetchall() == [("written",)]
 
-    drop_database(url, admin)
+        drop_database(url, admin)
 
-    assert not database_exists(admin, name)
-    drop_database(url, admin)  # dropping twice is harmless (IF EXISTS)
+        assert not database_exists(admin, name)
+    finally:
+        drop_database(url, admin)  # dropping twice is harmless (IF EXISTS)
     another = fresh_database(admin)
     drop_database(another, admin)
     assert another != url  # each call makes a new one
@@ -74,11 +82,14 @@ def test_dropping_ends_sessions_still_connected() -> None:
     """A test's server may still hold connections when the fixture drops its database (WITH (FORCE))."""
     admin = admin_url()
     url = fresh_database(admin)
-    with psycopg.connect(url) as lingering:
-        drop_database(url)  # default admin connection: the same server's postgres database
-        assert not database_exists(admin, database_name(url))
-        with pytest.raises(psycopg.OperationalError):
-            lingering.execute("SELECT 1")
+    try:
+        with psycopg.connect(url) as lingering:
+            drop_database(url)  # default admin connection: the same server's postgres database
+            assert not database_exists(admin, database_name(url))
+            with pytest.raises(psycopg.OperationalError):
+                lingering.execute("SELECT 1")
+    finally:
+        drop_database(url, admin)
 
 
 def test_dropping_refuses_a_database_the_tests_did_not_make() -> None:
@@ -115,48 +126,87 @@ def test_urls_keep_everything_but_the_database_name() -> None:
     assert redacted("postgresql://postgres@127.0.0.1:5432/postgres") == "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-def test_a_private_cluster_listens_on_its_own_port(cluster: PrivateCluster) -> None:
-    assert cluster.port != 5432
-    assert cluster.admin_url == f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres"
-    with psycopg.connect(cluster.admin_url) as connection:
+def test_the_pool_makes_fresh_databases_ahead_and_drops_every_one_at_close(private_cluster: PrivateCluster) -> None:
+    admin = private_cluster.admin_url
+    before = database_names(admin)
+    pool = DatabasePool(admin, ahead=2)
+    try:
+        first, second = pool.take(), pool.take()
+        assert first != second
+        for url in (first, second):
+            assert TEST_DATABASE_NAME.fullmatch(database_name(url)) and user_tables(url) == []
+        with psycopg.connect(first) as connection:
+            connection.execute("CREATE TABLE probe (value text)")
+        pool.give_back(first)
+        pool.give_back(second)
+    finally:
+        pool.close()
+    assert database_names(admin) == before, "given back or made ahead and never taken: all dropped"
+
+
+def test_databases_a_killed_run_left_are_swept_and_none_of_a_live_one(private_cluster: PrivateCluster) -> None:
+    admin = private_cluster.admin_url
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # a pid that is no longer alive, as a killed pytest's
+    dead, live = f"collab_test_{finished.pid}_{uuid.uuid4().hex}", database_name(fresh_database(admin))
+    unlike = f"collab_test_{finished.pid}_not_made_by_fresh_database"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        for name in (dead, unlike):
+            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        assert sweep_stale_databases(admin) == [dead]
+        assert live in database_names(admin) and unlike in database_names(admin)
+        assert dead not in database_names(admin)
+        assert sweep_stale_databases(admin.replace("127.0.0.1", "db.elsewhere")) == [], "not this machine's pids"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            for name in (dead, unlike, live):
+                connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_a_private_cluster_listens_on_its_own_port(private_cluster: PrivateCluster) -> None:
+    assert private_cluster.port != 5432
+    assert private_cluster.admin_url == f"postgresql://postgres@127.0.0.1:{private_cluster.port}/postgres"
+    with psycopg.connect(private_cluster.admin_url) as connection:
         port = connection.execute("SHOW port").fetchone()
-    assert port == (str(cluster.port),)
+    assert port == (str(private_cluster.port),)
 
 
-def test_a_private_cluster_keeps_port_and_data_across_restart(cluster: PrivateCluster) -> None:
-    url = fresh_database(cluster.admin_url)
-    with psycopg.connect(url) as connection:
+def test_a_private_cluster_keeps_port_and_data_across_restart(
+    private_cluster: PrivateCluster, private_url: str
+) -> None:
+    with psycopg.connect(private_url) as connection:
         connection.execute("CREATE TABLE probe AS SELECT 'before restart' AS value")
-    port = cluster.port
+    port = private_cluster.port
 
-    cluster.restart()
+    private_cluster.restart()
 
-    assert cluster.port == port
-    with psycopg.connect(url) as connection:
+    assert private_cluster.port == port
+    with psycopg.connect(private_url) as connection:
         assert connection.execute("SELECT value FROM probe").fetchall() == [("before restart",)]
-    drop_database(url, cluster.admin_url)
 
 
-def test_an_immediate_stop_is_a_crash_that_start_recovers_from(cluster: PrivateCluster) -> None:
-    url = fresh_database(cluster.admin_url)
-    with psycopg.connect(url, autocommit=True) as connected:
+def test_an_immediate_stop_is_a_crash_that_start_recovers_from(
+    private_cluster: PrivateCluster, private_url: str
+) -> None:
+    """(Should it fail with the cluster stopped, `private_cluster` starts it again for the next test.)"""
+    with psycopg.connect(private_url, autocommit=True) as connected:
         connected.execute("CREATE TABLE probe AS SELECT 'committed' AS value")
 
-        cluster.stop("immediate")
+        private_cluster.stop("immediate")
 
-        assert not cluster.running
+        assert not private_cluster.running
         with pytest.raises(psycopg.OperationalError):
             connected.execute("SELECT 1")
     with pytest.raises(psycopg.OperationalError):
-        psycopg.connect(url, connect_timeout=2)
-    assert not reachable(url)
+        psycopg.connect(private_url, connect_timeout=2)
+    assert not reachable(private_url)
 
-    cluster.start()
+    private_cluster.start()
 
     # Crash recovery replays the WAL: with fsync=off, what was committed before the crash is still there.
-    with psycopg.connect(url) as connection:
+    with psycopg.connect(private_url) as connection:
         assert connection.execute("SELECT value FROM probe").fetchall() == [("committed",)]
-    drop_database(url, cluster.admin_url)
 
 
 def test_an_unreachable_server_leads_to_a_private_cluster() -> None:

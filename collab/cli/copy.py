@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, ParamSpec, Protocol, TextIO, TypeVar
@@ -24,13 +25,13 @@ from typing import Any, Literal, ParamSpec, Protocol, TextIO, TypeVar
 from pycrdt import Doc, get_state
 
 from ..config import Settings
-from ..errors import CollabError, ConfigError, CorruptDocumentError, InvalidUpdateError, StorageError
+from ..errors import ConfigError, CorruptDocumentError, InvalidUpdateError, StorageError
 from ..formats import doc_from_records, doc_from_updates
 from ..store import DocumentDump, Engine, Reader, WriteOp
 from ..store.engines import Backend, SQLiteFile, locate, redacted
 from ..sync.yupdate import check_update as walk_update
 from ..units import format_time
-from .importer import merge_through_server
+from .importer import driver_errors, merge_through_server, server_address
 
 __all__ = ["Copied", "LineProgress", "Progress", "TerminalProgress", "copy_databases"]
 
@@ -74,7 +75,7 @@ def copy_databases(source: str, target: str, progress: Progress) -> list[Copied]
 
     Raises `ConfigError` for a `memory:` database or the same database twice, `StorageError` if the
     source does not exist, `CorruptDocumentError` for a row that does not decode, `DatabaseInUseError`
-    if a server is starting on the target.
+    if a server is starting on the target or another copy is writing it.
     """
     source_db, target_db = locate(source), locate(target)
     if not source_db.persistent:
@@ -83,17 +84,19 @@ def copy_databases(source: str, target: str, progress: Progress) -> list[Copied]
         raise ConfigError("the target memory: keeps nothing once this command ends: copy into a file or a server")
     if _same_database(source_db, target_db):
         raise ConfigError(f"{redacted(source)} is both the source and the target: name two databases")
+    settings = Settings.load({"db": target})
     with source_db.reader() as reader:
         names = [info.name for info in reader.documents()]
         progress.begin(len(names))
         server = target_db.running_server()
         if server is not None:
+            server_address(settings, server)  # a copy or an import writing it now: refused before saying "merging"
             progress.note(
                 f"a server holds {redacted(target)}: merging each document's current state through it, "
                 "without its history (stop the server to copy history)"
             )
-            return _through_server(reader, names, Settings.load({"db": target}), server, progress)
-        return _into_database(reader, names, target_db, Settings.load({"db": target}), progress)
+            return _through_server(reader, names, settings, server, progress)
+        return _into_database(reader, names, target_db, settings, progress)
 
 
 def _same_database(first: Backend, second: Backend) -> bool:
@@ -103,23 +106,31 @@ def _same_database(first: Backend, second: Backend) -> bool:
     return first == second
 
 
-def _read(reader: Reader, name: str) -> tuple[DocumentDump, bytes]:
-    """`name`'s rows, each walked, and its current state as one update; `CorruptDocumentError` names a bad row."""
+def _read(reader: Reader, name: str) -> DocumentDump:
+    """`name`'s rows, each walked; `CorruptDocumentError` names a bad row by its place among those of its kind
+    ("stored update 2 of 5"): a dump carries no row ids, and ids differ between databases anyway."""
     dump = reader.dump(name)
     if dump is None:  # listed a moment ago in the same read: the engine broke its promise
         raise StorageError(f"document {name!r} is listed but cannot be read")
-    for number, row in enumerate(dump.rows, 1):
+    counts = Counter(row.kind for row in dump.rows)
+    numbers: Counter[str] = Counter()
+    for row in dump.rows:
+        numbers[row.kind] += 1
         try:
             walk_update(row.data, strict=False)  # before pycrdt reads it, as for any stored row
             get_state(row.data)  # what yrs refuses that the walk lets through
         except (InvalidUpdateError, ValueError) as error:
-            what = f"{row.kind} {number} of {len(dump.rows)} (stored {format_time(row.created_at)})"
+            what = f"stored {row.kind} {numbers[row.kind]} of {counts[row.kind]} ({format_time(row.created_at)})"
             raise CorruptDocumentError(f"document {name!r}: {what} does not decode ({error})") from error
+    return dump
+
+
+def _current(dump: DocumentDump) -> Doc:
+    """The document as it is now: its snapshot and log (checkpoints are history), all walked by `_read`."""
     try:
-        current = doc_from_updates([row.data for row in dump.rows if row.kind != "checkpoint"])
+        return doc_from_updates([row.data for row in dump.rows if row.kind != "checkpoint"])
     except ValueError as error:
-        raise CorruptDocumentError(f"document {name!r} does not decode: {error}") from error
-    return dump, current.get_update()
+        raise CorruptDocumentError(f"document {dump.name!r} does not decode: {error}") from error
 
 
 def _copied(dump: DocumentDump, outcome: Outcome) -> Copied:
@@ -136,8 +147,8 @@ def _through_server(
     copied = []
     with asyncio.Runner() as runner:
         for name in names:
-            dump, state = _read(reader, name)
-            merged = runner.run(merge_through_server(settings, server, state, name))
+            dump = _read(reader, name)
+            merged = runner.run(merge_through_server(settings, server, _current(dump).get_update(), name))
             copied.append(_copied(dump, "merged" if merged.changed else "unchanged"))
             progress.copied(copied[-1])
     return copied
@@ -154,13 +165,14 @@ def _into_database(
     lock = target.lock()
     lock.acquire()
     try:
+        lock.describe(command="copy")  # so that serve, import and stats say a copy is writing, not a server starting
         engine = target.engine(settings)
         _engine_call(engine.open)
         try:
             copied = []
             for name in names:
-                dump, state = _read(reader, name)
-                copied.append(_copied(dump, _engine_call(_write, engine, dump, state)))
+                dump = _read(reader, name)
+                copied.append(_copied(dump, _engine_call(_write, engine, dump)))
                 progress.copied(copied[-1])
             return copied
         finally:
@@ -169,13 +181,16 @@ def _into_database(
         lock.release()
 
 
-def _write(engine: Engine, dump: DocumentDump, state: bytes) -> Outcome:
-    """Restore `dump` if the target lacks the document, else append the part of `state` it lacks, if any."""
+def _write(engine: Engine, dump: DocumentDump) -> Outcome:
+    """Restore `dump` if the target lacks the document, else append the part of its state the target lacks, if any.
+
+    Only a merge decodes the document: a restore writes the walked rows as they are.
+    """
     if not engine.documents(dump.name):
         engine.restore(dump)
         return "new"
     stored: Doc = doc_from_records(dump.name, engine.load(dump.name))  # a target row that would crash pycrdt
-    source = doc_from_updates([state])
+    source = _current(dump)
     before = stored.get_update()
     lacking = source.get_update(stored.get_state())
     stored.apply_update(lacking)
@@ -186,31 +201,36 @@ def _write(engine: Engine, dump: DocumentDump, state: bytes) -> Outcome:
 
 
 def _engine_call(call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """`call(...)`, with the driver's own errors (a locked or unwritable database) as one `StorageError`."""
+    """`call(...)`, with the driver's own errors (a locked or unwritable database) as one `StorageError`.
+
+    Only those: anything else is a bug, and its traceback must show.
+    """
     try:
         return call(*args, **kwargs)
-    except CollabError:
-        raise
-    except Exception as error:
+    except driver_errors() as error:
         raise StorageError(f"cannot write to the target: {type(error).__name__}: {error}") from error
 
 
 class LineProgress:
-    """One line per document, for a log or a pipe: `copied 'notes': new, 12 rows`."""
+    """One line per document, for a log or a pipe: `copied 3/40 'notes': new, 12 rows`."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
+        self.total = 0
+        self.done = 0
 
     def begin(self, documents: int) -> None:
-        pass
+        self.total = documents
 
     def note(self, text: str) -> None:
         print(f"collab copy: {text}", file=self.stream, flush=True)
 
     def copied(self, document: Copied) -> None:
+        self.done += 1
         plural = "" if document.rows == 1 else "s"
         rows = f", {document.rows} row{plural}" if document.outcome == "new" else ""
-        print(f"copied {document.name!r}: {document.outcome}{rows}", file=self.stream, flush=True)
+        where = f"{self.done}/{self.total}"
+        print(f"copied {where} {document.name!r}: {document.outcome}{rows}", file=self.stream, flush=True)
 
     def end(self) -> None:
         pass

@@ -11,7 +11,9 @@ holding the database lock so that no server starts meanwhile.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import ssl
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +27,6 @@ from ..config import Settings
 from ..errors import (
     FORBIDDEN,
     UNAUTHENTICATED,
-    CollabError,
     ConfigError,
     DatabaseInUseError,
     ForbiddenError,
@@ -40,7 +41,7 @@ from ..store.engines import Backend, locate, redacted
 from ..sync.names import validate_room_name
 from ..sync.room import check_update
 
-__all__ = ["Imported", "import_update", "merge_through_server"]
+__all__ = ["Imported", "driver_errors", "import_update", "merge_through_server", "server_address"]
 
 SERVER_TIMEOUT = 60.0
 
@@ -70,15 +71,26 @@ async def import_update(settings: Settings, update: bytes, name: str) -> Importe
 async def merge_through_server(settings: Settings, server: dict[str, Any], update: bytes, name: str) -> Imported:
     """Merge `update`, already checked, into `name` as a client of `server` (what `running_server` found).
 
-    `collab copy` calls it too, once per document. `DatabaseInUseError` if the server has no address yet.
+    `collab copy` calls it too, once per document. `DatabaseInUseError` as `server_address` says.
     """
+    where = server_address(settings, server)
+    url = f"{where}/{quote(name, safe='')}{_token_query(server, name, settings)}"
+    return await _through_server(url, where, update, name)
+
+
+def server_address(settings: Settings, server: dict[str, Any]) -> str:
+    """Where the holder of `settings.db`'s lock listens; `DatabaseInUseError` if it is a server with no address
+    yet, or no server at all but a command writing the database (`collab copy`, `collab import`)."""
+    if "command" in server:
+        raise DatabaseInUseError(
+            f"collab {server['command']} (pid {server.get('pid')}) is writing to {redacted(settings.db)};"
+            " try again once it is done"
+        )
     if "url" not in server:
         raise DatabaseInUseError(
             f"a collab server (pid {server.get('pid')}) is starting on {redacted(settings.db)}; try again"
         )
-    where = str(server["url"])
-    url = f"{where}/{quote(name, safe='')}{_token_query(server, name, settings)}"
-    return await _through_server(url, where, update, name)
+    return str(server["url"])
 
 
 def _token_query(server: dict[str, Any], name: str, settings: Settings) -> str:
@@ -148,6 +160,7 @@ async def _into_database(database: Backend, settings: Settings, update: bytes, n
     lock = database.lock()
     lock.acquire()
     try:
+        lock.describe(command="import")  # whoever finds the lock held is told who writes, not "a server starting"
         changed = await asyncio.to_thread(_merge_into, database.engine(settings), name, update)
     finally:
         lock.release()
@@ -168,7 +181,16 @@ def _merge_into(engine: Engine, name: str, update: bytes) -> bool:
             return changed
         finally:
             engine.close()
-    except CollabError:
-        raise
-    except Exception as error:  # the driver's own errors: a locked or unwritable database
+    except driver_errors() as error:  # a locked or unwritable database; anything else is a bug, with its traceback
         raise StorageError(f"cannot write to the database: {type(error).__name__}: {error}") from error
+
+
+def driver_errors() -> tuple[type[Exception], ...]:
+    """What the database drivers raise when a database cannot be read or written (locked, unreachable, full).
+
+    psycopg's errors only once psycopg is loaded: it is an optional dependency (the `postgres` extra), and only
+    the PostgreSQL engine, which imports it, can raise them.
+    """
+    psycopg = sys.modules.get("psycopg")
+    errors: tuple[type[Exception], ...] = (sqlite3.Error, OSError)
+    return errors if psycopg is None else (*errors, psycopg.Error)

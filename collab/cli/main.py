@@ -447,10 +447,9 @@ def _stats(args: argparse.Namespace) -> int:
     database = locate(_db(args))
     with database.reader() as reader:
         infos = reader.documents()
-    server = database.running_server()
     lines = {
         "database": database.describe(),
-        "server": f"running, pid {server.get('pid')}, {server.get('url', 'starting')}" if server else "not running",
+        "server": _server_line(database.running_server()),
         "documents": str(len(infos)),
         "stored bytes": f"{sum(info.size for info in infos)} (snapshots and logs)",
         "history bytes": str(sum(info.history_size for info in infos)),
@@ -463,6 +462,15 @@ def _stats(args: argparse.Namespace) -> int:
     for key, value in lines.items():
         print(f"{key + ':':<15} {value}")
     return 0
+
+
+def _server_line(holder: dict[str, Any] | None) -> str:
+    """Who holds the database's lock, for `collab stats`: a server, or a command writing the database."""
+    if holder is None:
+        return "not running"
+    if "command" in holder:
+        return f"not running; collab {holder['command']} (pid {holder.get('pid')}) is writing to it"
+    return f"running, pid {holder.get('pid')}, {holder.get('url', 'starting')}"
 
 
 def _rooms(args: argparse.Namespace) -> int:

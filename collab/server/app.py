@@ -181,7 +181,7 @@ class CollabServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._lock_watch is not None:
-            self._lock_watch.cancel()
+            self._lock_watch.cancel()  # a check still running on its thread is ordered with release by the lock
         server.close()  # listen no more
         await self.endpoint.shutdown(CLOSE_TIMEOUT + 1.0)
         await server.wait_closed()
@@ -197,7 +197,7 @@ class CollabServer:
         return respond(HTTPStatus.OK, "ok\n")
 
     async def _readyz(self, request: HttpRequest) -> Response:
-        """Ready when the store can take a write lock now and its last commit succeeded."""
+        """Ready when the store could commit now, its last commit succeeded, and the database lock is held."""
         try:
             async with asyncio.timeout(READY_TIMEOUT):
                 await self.store.check_writable()
@@ -226,6 +226,9 @@ class CollabServer:
                 self._lock_lost = str(error)
             except StorageError:
                 continue  # unreachable: the store's commits and /readyz say so; try again later
+            except Exception:
+                logger.exception("checking the database lock failed; trying again")
+                continue
             else:
                 if self._lock_lost is not None:
                     logger.warning("holding the database lock again")

@@ -8,9 +8,9 @@ sized to its callers:
             `group_commit.GroupCommitStore` is the one implementation: it queues writes, commits
             them in groups on one worker thread and retries a failing commit forever.
     Engine  what a database implements (blocking, run on that worker thread): open, commit a
-            batch, load, documents, check_writable, close. `sqlite.SQLiteEngine` is the
-            real one, `memory.MemoryEngine` the smallest example.
-    Reader  what the command line reads (export, rooms, history, stats): one consistent
+            batch, load, documents, check_writable, restore, close. `sqlite.SQLiteEngine` and
+            `postgres.PostgresEngine` are the real ones, `memory.MemoryEngine` the smallest example.
+    Reader  what the command line reads (export, rooms, history, stats, copy): one consistent
             read-only moment of a database, which a running server keeps writing.
 
 `engines` maps a `--db` value to its kind of database (`open_store`, `open_reader`),
@@ -107,7 +107,9 @@ class WriteOp(NamedTuple):
     kind: Literal["append", "compact"]
     name: str
     data: bytes
-    """An update to add to the log (append), or the whole document replacing log and snapshot (compact)."""
+    """An update to add to the log (append), or the whole document as its room holds it (compact): that holds
+    everything appended and compacted through this store for the document, so the engine merges into it only
+    the rows other processes wrote (see `compaction`)."""
     at: float
     """Unix time the update was accepted (or the snapshot taken)."""
     updates: int = 1
@@ -148,7 +150,7 @@ class Store(Protocol):
         ...
 
     def compact(self, name: str, snapshot: bytes) -> None:
-        """Queue replacing everything appended for `name` so far by `snapshot`."""
+        """Queue replacing the stored log of `name` by `snapshot`, the room's whole state (see `WriteOp.data`)."""
         ...
 
     async def flush(self) -> None:

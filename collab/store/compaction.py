@@ -5,9 +5,10 @@ several processes writing one document (each commits its own clients' updates),
 the room asking for it may not have seen every row yet, so the new snapshot is
 the room's state *merged with* the snapshot and log rows read inside the
 compaction's transaction, and exactly those rows are deleted: a row another
-process commits meanwhile was not read, so it survives. Merging what the room
-already holds changes nothing (CRDT merges are idempotent), so one process
-pays a merge and loses nothing.
+process commits meanwhile was not read, so it survives. Rows this engine wrote
+itself (`OwnRows`) came from this process's rooms, so the room's state holds
+them already and they are not merged again: a single server pays no merge,
+and a row another process wrote is never lost.
 
 The log rows read become history checkpoints (`history`): the first checkpoint
 of a document whole, every later one the change since the one before; then
@@ -23,13 +24,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from pycrdt import merge_updates
+from pycrdt import get_state, merge_updates
 
 from ..errors import InvalidUpdateError
 from ..sync.yupdate import check_update
 from .history import Retention, to_keep
 
-__all__ = ["CheckpointMeta", "CompactionPlan", "LogRow", "NewCheckpoint", "plan_compaction"]
+__all__ = ["CheckpointMeta", "CompactionPlan", "LogRow", "NewCheckpoint", "OwnRows", "plan_compaction"]
 
 logger = logging.getLogger("collab.store")
 
@@ -58,6 +59,45 @@ class NewCheckpoint(NamedTuple):
     data: bytes
 
 
+class OwnRows:
+    """The snapshot and log rows this engine wrote, by table and id, with a hash of their data.
+
+    A room's state holds every row its process wrote for its document (it made them, or loaded them), so a
+    compaction need not merge those. The hash makes an id that another process's row took over (SQLite
+    reuses the highest id after a delete) count as foreign. Changes made inside a transaction count at
+    once for that transaction and are kept only if it commits (`committed`, `rolled_back`).
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, int], int] = {}
+        self._changes: dict[tuple[str, int], int | None] = {}
+        """This transaction's: a hash for a row written, None for one deleted."""
+
+    def wrote(self, table: str, ids: Sequence[int], data: Sequence[bytes]) -> None:
+        for row_id, part in zip(ids, data, strict=True):
+            self._changes[table, row_id] = hash(part)
+
+    def deleted(self, table: str, ids: Sequence[int]) -> None:
+        for row_id in ids:
+            self._changes[table, row_id] = None
+
+    def holds(self, table: str, row: LogRow) -> bool:
+        key = (table, row.id)
+        known = self._changes[key] if key in self._changes else self._rows.get(key)
+        return known is not None and known == hash(row.data)
+
+    def committed(self) -> None:
+        for key, known in self._changes.items():
+            if known is None:
+                self._rows.pop(key, None)
+            else:
+                self._rows[key] = known
+        self._changes.clear()
+
+    def rolled_back(self) -> None:
+        self._changes.clear()
+
+
 @dataclass(slots=True)
 class CompactionPlan:
     """Everything one compaction writes, in the order an engine should write it."""
@@ -73,6 +113,8 @@ class CompactionPlan:
     insert_checkpoints: list[NewCheckpoint] = field(default_factory=list)
     drop_history: bool = False
     """History is off: delete every checkpoint of the document (the chain would miss these changes)."""
+    room_state_only: bool = True
+    """The snapshot is the room's state as given, no stored row merged in: the room holds all of it."""
 
 
 def plan_compaction(
@@ -83,24 +125,36 @@ def plan_compaction(
     checkpoints: Sequence[CheckpointMeta],
     checkpoint_data: Callable[[list[int]], dict[int, bytes]],
     *,
+    own: OwnRows,
     now: float,
     retention: Retention,
 ) -> CompactionPlan:
     """The writes that compact `name`: `snapshot` and `log` as read (log in id order), `checkpoints` its chain.
 
     `checkpoint_data(ids)` reads the data of stored checkpoints, called only for those pruning merges.
-    A row that does not decode is neither merged nor deleted: it stays for an operator to see.
+    Rows `own` holds are in the room's state already; the others are merged into it. A row that does not
+    decode, or that pycrdt cannot merge, is neither merged nor deleted: it stays for an operator to see.
     """
-    readable_snapshot = snapshot if snapshot is not None and _readable(name, snapshot) else None
-    readable_log = [row for row in log if _readable(name, row)]
-    parts = [room_snapshot]
-    if readable_snapshot is not None:
-        parts.append(readable_snapshot.data)
-    parts.extend(row.data for row in readable_log)
+    snapshot_is_own = snapshot is not None and own.holds("snapshots", snapshot)
+    readable_snapshot = snapshot if snapshot is not None and (snapshot_is_own or _readable(name, snapshot)) else None
+    readable_log = [row for row in log if own.holds("updates", row) or _readable(name, row)]
+    foreign = [] if readable_snapshot is None or snapshot_is_own else [readable_snapshot]
+    foreign += [row for row in readable_log if not own.holds("updates", row)]
+    merged, room_state_only = room_snapshot, True
+    if foreign:
+        try:
+            merged = merge_updates(room_snapshot, *(row.data for row in foreign))
+            room_state_only = False
+        except ValueError as error:
+            logger.error("compacting %r: stored rows do not merge, kept as they are: %s", name, error)
+            unmerged = {id(row) for row in foreign}
+            readable_snapshot = None if id(readable_snapshot) in unmerged else readable_snapshot
+            readable_log = [row for row in readable_log if id(row) not in unmerged]
     plan = CompactionPlan(
-        snapshot=merge_updates(*parts) if len(parts) > 1 else room_snapshot,
+        snapshot=merged,
         delete_snapshots=[] if readable_snapshot is None else [readable_snapshot.id],
         delete_updates=[row.id for row in readable_log],
+        room_state_only=room_state_only,
     )
     if not retention.enabled:
         plan.drop_history = True
@@ -122,7 +176,8 @@ def _readable(name: str, row: LogRow) -> bool:
         return True
     try:
         check_update(row.data, strict=False)  # a stored row, before pycrdt merges it (see collab.sync.yupdate)
-    except InvalidUpdateError as error:
+        get_state(row.data)  # what yrs itself refuses, as the room's load checks it
+    except (InvalidUpdateError, ValueError) as error:
         logger.error("compacting %r: stored row #%d does not decode, kept as it is: %s", name, row.id, error)
         return False
     return True

@@ -65,7 +65,10 @@ class ServerLock(Protocol):
         ...
 
     def describe(self, **details: Any) -> None:
-        """Record details (pid, url, auth) for whoever finds it held (`Backend.running_server`)."""
+        """Record details (pid, url, auth; `command` for a CLI command) for whoever finds it held.
+
+        `Backend.running_server` reads them.
+        """
         ...
 
     def check(self) -> None:
@@ -125,6 +128,10 @@ class Backend(Protocol):
         ...
 
 
+def _retention(settings: Settings) -> Retention:
+    return Retention(settings.history_recent, settings.history_hourly, settings.history_daily)
+
+
 @dataclass(frozen=True, slots=True)
 class SQLiteFile:
     """A SQLite database file (and its `-wal`, `-shm` and `.lock` files beside it)."""
@@ -149,12 +156,11 @@ class SQLiteFile:
         return cls(Path(path))
 
     def engine(self, settings: Settings) -> Engine:
-        retention = Retention(settings.history_recent, settings.history_hourly, settings.history_daily)
         return SQLiteEngine(
             self.path,
             synchronous=settings.sqlite_synchronous,
             busy_timeout=settings.sqlite_busy_timeout,
-            retention=retention,
+            retention=_retention(settings),
         )
 
     def reader(self) -> Reader:
@@ -207,8 +213,7 @@ class PostgresDatabase:
     def engine(self, settings: Settings) -> Engine:
         from .postgres import PostgresEngine
 
-        retention = Retention(settings.history_recent, settings.history_hourly, settings.history_daily)
-        return PostgresEngine(self.url, lock_timeout=settings.postgres_lock_timeout, retention=retention)
+        return PostgresEngine(self.url, lock_timeout=settings.postgres_lock_timeout, retention=_retention(settings))
 
     def reader(self) -> Reader:
         from .postgres_read import PostgresReader
@@ -315,9 +320,13 @@ _PASSWORD = re.compile(r"^(?P<user>[a-z][a-z0-9+.-]*://[^:/?#@]*):[^?#]*@", re.I
 holding `@` or `/` differently, so all that any of them may read as the password is hidden."""
 
 
+_PASSWORD_PARAMETER = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+"""libpq also takes the password as a query parameter (`?password=…`)."""
+
+
 def redacted(db: str) -> str:
     """`db` with a URL's password hidden (`postgresql://user:***@host/db`), fit for a log line or an error."""
-    return _PASSWORD.sub(r"\g<user>:***@", db, count=1)
+    return _PASSWORD_PARAMETER.sub(r"\1***", _PASSWORD.sub(r"\g<user>:***@", db, count=1))
 
 
 def locate(db: str | os.PathLike[str]) -> Backend:

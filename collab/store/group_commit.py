@@ -98,7 +98,7 @@ class GroupCommitStore(Generic[E]):
         return await self._on_thread(self.engine.documents, name)
 
     async def check_writable(self) -> None:
-        """Raise `StorageError` unless the engine can take a write lock right now."""
+        """Raise `StorageError` unless the engine could start a commit right now (its own cheap probe)."""
         if self._writer is None:
             raise StorageError("store is not running")
         if self._writer.done():

@@ -44,13 +44,17 @@ class DatabaseLock:
         except BlockingIOError:
             holder = _read(fd)
             os.close(fd)
+            db = self.path.with_suffix("")
+            if "command" in holder:  # `collab copy` or `collab import`, not a server
+                held = f"collab {holder['command']} (pid {holder.get('pid')}) is writing to it"
+                raise DatabaseInUseError(f"the database {db} is in use: {held}") from None
             who = f"pid {holder.get('pid')}, {holder.get('url', 'no address yet')}" if holder else "another process"
-            raise DatabaseInUseError(f"the database {self.path.with_suffix('')} is in use by {who}") from None
+            raise DatabaseInUseError(f"the database {db} is in use by {who}") from None
         self._fd = fd
         self.describe(pid=os.getpid())
 
     def describe(self, **details: Any) -> None:
-        """Record details (pid, url) for whoever finds the lock held."""
+        """Record details (pid, url; command for a CLI command writing the database) for whoever finds the lock held."""
         assert self._fd is not None, "lock not held"
         self._details.update(details)
         os.ftruncate(self._fd, 0)

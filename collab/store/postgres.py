@@ -34,7 +34,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..errors import ConfigError, StorageError
 from . import DocumentDump, DocumentInfo, StoredRecord, WriteOp
-from .compaction import plan_compaction
+from .compaction import OwnRows
 from .history import Retention
 from .tables import Tables
 
@@ -101,12 +101,41 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             updated_at timestamptz NOT NULL DEFAULT now());
         """,
     ),
+    (
+        "m004_lz4",
+        # lz4 reads back several times faster than the default pglz (a cold join of a large document is one
+        # such read) for about as much space; a server built without lz4 keeps pglz.
+        """
+        DO $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression'
+                       AND 'lz4' = ANY(enumvals)) THEN
+                ALTER TABLE snapshots ALTER COLUMN data SET COMPRESSION lz4;
+                ALTER TABLE updates ALTER COLUMN data SET COMPRESSION lz4;
+                ALTER TABLE checkpoints ALTER COLUMN data SET COMPRESSION lz4;
+            END IF;
+        END
+        $$;
+        """,
+    ),
 )
 """Ordered, each applied once and recorded by name in collab_migrations; never edit one, add the next."""
 
-DEFAULTS = {"connect_timeout": "10", "application_name": "collab"}
-"""libpq parameters collab sets when neither the URL nor the environment (PGCONNECT_TIMEOUT, PGAPPNAME) does."""
+DEFAULTS = {
+    "connect_timeout": "10",
+    "application_name": "collab",
+    # A connection that silently went away (a host gone, a firewall dropping it) fails in about 30 s
+    # instead of the kernel's two hours: the store's one worker thread must not hang in a commit.
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
+"""libpq parameters collab sets unless the URL, a service file entry or the environment sets them."""
 ENVIRONMENT = {"connect_timeout": "PGCONNECT_TIMEOUT", "application_name": "PGAPPNAME"}
+KEYS = (0x636F6C6C, 0x636F6C6D)
+"""The first halves of collab's advisory locks (migrating, the one server); the second half names the schema."""
+MIGRATION_KEY = KEYS[0]
 
 
 def where(url: str) -> str:
@@ -115,7 +144,7 @@ def where(url: str) -> str:
         params = conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         return "PostgreSQL"
-    host = params.get("host") or os.environ.get("PGHOST") or "localhost"
+    host = params.get("host") or os.environ.get("PGHOST") or "the local socket"
     port = params.get("port") or os.environ.get("PGPORT") or "5432"
     dbname = params.get("dbname") or os.environ.get("PGDATABASE") or params.get("user") or "(default)"
     return f"PostgreSQL {dbname} on {host}:{port}"
@@ -126,30 +155,49 @@ def one_line(error: BaseException) -> str:
     return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
-def connect(url: str, *, autocommit: bool = False, lock_timeout: float | None = None) -> Connection:
-    """A connection to `url` (a libpq URL; PG* variables fill in what it leaves out), or `StorageError`."""
+def connect(url: str, *, autocommit: bool = True, lock_timeout: float | None = None) -> Connection:
+    """A connection to `url` (a libpq URL; PG* variables fill in what it leaves out), or `StorageError`.
+
+    With `lock_timeout`, a statement waiting for a lock another connection holds fails after that long
+    (the store then retries the commit). Set on the session, so that `options` from the URL, PGOPTIONS or
+    a service file stay as they are.
+    """
     try:
         params = conninfo_to_dict(url)
-    except psycopg.ProgrammingError as error:
-        raise ConfigError(f"--db: not a PostgreSQL URL: {error}") from None
-    extra = {key: value for key, value in DEFAULTS.items() if key not in params and ENVIRONMENT[key] not in os.environ}
-    if lock_timeout is not None:
-        # A write waiting on a lock another process holds fails after this, and the store retries it.
-        extra["options"] = f"{params.get('options', '')} -c lock_timeout={round(lock_timeout * 1000)}".strip()
+    except psycopg.ProgrammingError:
+        raise ConfigError("--db: not a PostgreSQL URL (postgresql://user:password@host:port/dbname)") from None
+    if "service" in params or "PGSERVICE" in os.environ:
+        extra = {}  # the service file says what it wants
+    else:
+        extra = {
+            key: value
+            for key, value in DEFAULTS.items()
+            if key not in params and ENVIRONMENT.get(key, key.upper()) not in os.environ
+        }
     try:
-        return psycopg.connect(make_conninfo(url, **extra), autocommit=autocommit)
+        conn = psycopg.connect(make_conninfo(url, **extra), autocommit=autocommit)
     except psycopg.Error as error:
         raise StorageError(f"cannot connect to {where(url)}: {one_line(error)}") from error
+    if lock_timeout is not None:
+        try:
+            with conn.transaction():
+                conn.execute("SELECT set_config('lock_timeout', %s, false)", [f"{round(lock_timeout * 1000)}ms"])
+        except psycopg.Error as error:
+            conn.close()
+            raise StorageError(f"cannot set lock_timeout on {where(url)}: {one_line(error)}") from error
+    return conn
 
 
 def migrate(conn: Connection, url: str) -> None:
     """Bring the schema up to date in one transaction, under an advisory lock (processes starting together wait).
 
+    The lock is per schema (its second half is the schema's name hashed), as collab's tables are.
     `StorageError` if a newer collab migrated it: never touch a schema we do not know.
     """
     known = [name for name, _ in MIGRATIONS]
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
+        conn.execute("SET LOCAL lock_timeout = 0")  # wait for another process's migration, however long
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", [MIGRATION_KEY])
         conn.execute(
             """CREATE TABLE IF NOT EXISTS collab_migrations (
                 name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"""
@@ -166,21 +214,53 @@ def migrate(conn: Connection, url: str) -> None:
                 conn.execute("INSERT INTO collab_migrations (name) VALUES (%s)", [name])
 
 
-def postgres_tables(conn: Connection) -> Tables:
-    """collab's tables through `conn` (`?` placeholders become psycopg's; rows stream in binary)."""
+STREAM_SIZE = STREAM_ROWS if psycopg.pq.version() >= 170000 else 1
+"""Rows per chunk when streaming: libpq 17 fetches chunks; older ones one row at a time."""
 
-    def execute(sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
-        return conn.cursor(binary=True).stream(sql.replace("?", "%s"), params, size=STREAM_ROWS)
+
+def postgres_tables(conn: Connection) -> Tables:
+    """collab's tables through `conn`: `?` placeholders become psycopg's, rows come in binary."""
+
+    def execute(sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return conn.cursor(binary=True).execute(_placeholders(sql), params).fetchall()
+
+    def stream(sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        return conn.cursor(binary=True).stream(_placeholders(sql), params, size=STREAM_SIZE)
 
     def execute_many(sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
-            conn.cursor().executemany(sql.replace("?", "%s"), rows)
+            conn.cursor().executemany(_placeholders(sql), rows)
 
-    return Tables(execute, execute_many, {"snapshots": "checked", "updates": "checked"}, checked_column=True)
+    def insert_rows(table: str, rows: Sequence[tuple[int, float, bytes]]) -> list[int]:
+        if not rows:
+            return []
+        doc_ids, times, data = zip(*rows, strict=True)
+        inserted = conn.execute(
+            f"""INSERT INTO {table} (doc_id, created_at, data, checked)
+                SELECT doc_id, at, data, true
+                FROM unnest(%s::bigint[], %s::float8[], %s::bytea[]) WITH ORDINALITY AS new(doc_id, at, data, n)
+                ORDER BY n
+                RETURNING id""",
+            [list(doc_ids), list(times), list(data)],
+        ).fetchall()
+        return sorted(row_id for (row_id,) in inserted)  # ids are drawn in insertion order
+
+    return Tables(execute, stream, execute_many, insert_rows, {"snapshots": "checked", "updates": "checked"})
+
+
+def _placeholders(sql: str) -> str:
+    assert "%" not in sql, "collab's SQL holds no %: it would be read as a placeholder"
+    return sql.replace("?", "%s")
 
 
 class PostgresEngine:
-    """Documents in a PostgreSQL database: the `Engine` `collab serve --db postgresql://…` runs on."""
+    """Documents in a PostgreSQL database: the `Engine` `collab serve --db postgresql://…` runs on.
+
+    The connection is in autocommit mode: a load is one statement (one round trip, one consistent moment),
+    a commit one explicit transaction. A commit whose outcome was lost with its connection is retried, so
+    its log rows may be stored twice: harmless to the document (CRDT merges are idempotent), one more
+    history point.
+    """
 
     def __init__(self, url: str, *, lock_timeout: float = 5.0, retention: Retention | None = None) -> None:
         self.url = url
@@ -188,6 +268,9 @@ class PostgresEngine:
         self.retention = Retention() if retention is None else retention
         self._conn: Connection | None = None
         self._open = False
+        self._doc_ids: dict[str, int] = {}
+        """Documents known to exist: a commit of only those skips creating them."""
+        self._own = OwnRows()
 
     def open(self) -> None:
         conn = connect(self.url, lock_timeout=self.lock_timeout)
@@ -234,14 +317,19 @@ class PostgresEngine:
         self._on_connection(self._check_writable)
 
     def _check_writable(self, conn: Connection) -> None:
-        with conn.transaction():
-            if conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,):
-                raise StorageError(f"{where(self.url)} is a read-only standby")
+        if conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,):
+            raise StorageError(f"{where(self.url)} is a read-only standby")
 
     def commit(self, batch: Sequence[WriteOp]) -> None:
         def write(conn: Connection) -> None:
-            with conn.transaction():
-                self._write(conn, batch)
+            try:
+                with conn.transaction():
+                    self._write(conn, batch)
+            except BaseException:
+                self._own.rolled_back()
+                self._doc_ids.clear()  # documents the transaction created are void
+                raise
+            self._own.committed()
 
         self._on_connection(write)
 
@@ -252,37 +340,42 @@ class PostgresEngine:
             created.setdefault(op.name, op.at)
             updated[op.name] = max(updated.get(op.name, op.at), op.at)
         names = sorted(created)
-        conn.execute(
-            """INSERT INTO documents (name, created_at, updated_at)
-               SELECT name, at, at FROM unnest(%s::text[], %s::float8[]) AS new(name, at) ORDER BY name
-               ON CONFLICT (name) DO NOTHING""",
-            [names, [created[name] for name in names]],
-        )
+        if any(name not in self._doc_ids for name in names):
+            conn.execute(
+                """INSERT INTO documents (name, created_at, updated_at)
+                   SELECT name, at, at FROM unnest(%s::text[], %s::float8[]) AS new(name, at) ORDER BY name
+                   ON CONFLICT (name) DO NOTHING""",
+                [names, [created[name] for name in names]],
+            )
+        # In name order, so that two processes committing the same documents queue instead of deadlocking.
         doc_ids: dict[str, int] = dict(
             conn.execute(
                 "SELECT name, id FROM documents WHERE name = ANY(%s) ORDER BY name FOR UPDATE", [names]
             ).fetchall()
         )
+        if len(doc_ids) < len(names):  # deleted since we saw them: create them again
+            self._doc_ids.clear()
+            raise StorageError("documents vanished during a commit; retrying")
+        self._doc_ids.update(doc_ids)
         tables = postgres_tables(conn)
-        appends: list[tuple[int, float, bytes]] = []
+        appends: list[WriteOp] = []
         for op in batch:
             if op.kind == "append":
-                appends.append((doc_ids[op.name], op.at, op.data))
+                appends.append(op)
                 continue
-            tables.insert_rows("updates", appends)  # what came before the compaction is in the log it reads
+            self._append(tables, doc_ids, appends)  # what came before the compaction is in the log it reads
             appends = []
-            doc_id = doc_ids[op.name]
-            snapshot, log, chain = tables.compaction_rows(doc_id)
-            plan = plan_compaction(
-                op.name, op.data, snapshot, log, chain, tables.checkpoint_data, now=op.at, retention=self.retention
-            )
-            tables.apply(doc_id, plan, op.at)
-        tables.insert_rows("updates", appends)
+            tables.compact(doc_ids[op.name], op, self._own, self.retention)
+        self._append(tables, doc_ids, appends)
         conn.execute(
             """UPDATE documents SET updated_at = greatest(documents.updated_at, changed.at)
                FROM unnest(%s::bigint[], %s::float8[]) AS changed(id, at) WHERE documents.id = changed.id""",
             [[doc_ids[name] for name in names], [updated[name] for name in names]],
         )
+
+    def _append(self, tables: Tables, doc_ids: dict[str, int], appends: list[WriteOp]) -> None:
+        ids = tables.insert_rows("updates", [(doc_ids[op.name], op.at, op.data) for op in appends])
+        self._own.wrote("updates", ids, [op.data for op in appends])
 
     def restore(self, dump: DocumentDump) -> None:
         def write(conn: Connection) -> None:
@@ -292,15 +385,7 @@ class PostgresEngine:
         self._on_connection(write)
 
     def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
-        return self._on_connection(lambda conn: self._reading(conn, lambda tables: tables.records(name, at)))
+        return self._on_connection(lambda conn: postgres_tables(conn).records(name, at))
 
     def documents(self, name: str | None = None) -> list[DocumentInfo]:
-        return self._on_connection(lambda conn: self._reading(conn, lambda tables: tables.documents(name)))
-
-    @staticmethod
-    def _reading(conn: Connection, read: Callable[[Tables], T]) -> T:
-        with conn.transaction():
-            # One snapshot of the database for all it reads (a snapshot and the log after it), whatever
-            # commits meanwhile.
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            return read(postgres_tables(conn))
+        return self._on_connection(lambda conn: postgres_tables(conn).documents(name))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from typing import Any, Self
 
@@ -25,18 +26,18 @@ import psycopg
 from ..auth import Revocation
 from ..errors import DatabaseInUseError, StorageError
 from . import DocumentDump, DocumentInfo, HistoryPoint, StoredRecord
-from .postgres import Connection, connect, migrate, one_line, postgres_tables, where
+from .postgres import KEYS, Connection, connect, migrate, one_line, postgres_tables, where
 
 __all__ = ["PostgresLock", "PostgresReader", "PostgresRevocations", "add_revocation", "describe", "running_server"]
 
-SERVER_LOCK = 0x636F6C6C6162 + 1
-"""The advisory lock a server holds on its database ("collab" + 1; the migrations lock is "collab")."""
+SERVER_KEY = KEYS[1]
+"""First half of the advisory lock a server holds; the second is its schema's name hashed, as for migrations."""
 _HELD = """SELECT EXISTS (
     SELECT 1 FROM pg_locks
-    WHERE locktype = 'advisory' AND granted AND objsubid = 1
+    WHERE locktype = 'advisory' AND granted AND objsubid = 2
       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-      AND classid = %s AND objid = %s)"""
-"""Whether any session holds SERVER_LOCK (a bigint key shows as its high and low 32 bits)."""
+      AND classid = %s AND objid = (hashtext(current_schema())::bigint & 4294967295)::oid)"""
+"""Whether any session holds the server lock (a two-key lock shows its halves as classid and objid)."""
 
 
 def _has_table(conn: Connection, table: str) -> bool:
@@ -48,7 +49,7 @@ class PostgresReader:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.conn = connect(url, autocommit=True)
+        self.conn = connect(url)
         try:
             if not _has_table(self.conn, "documents"):
                 raise StorageError(f"{where(url)} is not a collab database (no documents table)")
@@ -136,7 +137,7 @@ class PostgresRevocations:
         """Rows added since the last call (all of them on the first); blocking, so run it on a thread."""
         if self._conn is None or self._conn.broken or self._conn.closed:
             self.close()
-            self._conn = connect(self.url, autocommit=True)
+            self._conn = connect(self.url)
         with _DriverErrors(f"cannot read revocations from {where(self.url)}"):
             if not _has_table(self._conn, "revocations"):
                 return []
@@ -160,20 +161,27 @@ class PostgresLock:
         self.url = url
         self._conn: Connection | None = None
         self._details: dict[str, Any] = {}
+        self._mutex = threading.Lock()
+        """`check` runs on a thread of its own; `describe` and `release` may run meanwhile."""
 
     def acquire(self) -> None:
         """Take the lock, or raise `DatabaseInUseError` naming the server that has it."""
-        self._conn = self._take()
-        self.describe(pid=os.getpid(), host=socket.gethostname())
+        with self._mutex:
+            self._conn = self._take()
+            self._describe(pid=os.getpid(), host=socket.gethostname())
 
     def _take(self) -> Connection:
-        conn = connect(self.url, autocommit=True)
+        conn = connect(self.url)
         try:
             with _DriverErrors(f"cannot lock {where(self.url)}"):
                 migrate(conn, self.url)  # collab_server must exist to say who holds the lock
-                if conn.execute("SELECT pg_try_advisory_lock(%s)", [SERVER_LOCK]).fetchone() != (True,):
+                if not self._try_lock(conn):
                     holder = _details(conn)
-                    who = f"pid {holder.get('pid')} on {holder.get('host')}, {holder.get('url', 'no address yet')}"
+                    process = f"pid {holder.get('pid')} on {holder.get('host')}"
+                    if "command" in holder:  # `collab copy` or `collab import`, not a server
+                        held = f"collab {holder['command']} ({process}) is writing to it"
+                        raise DatabaseInUseError(f"the database {where(self.url)} is in use: {held}")
+                    who = f"{process}, {holder.get('url', 'no address yet')}"
                     raise DatabaseInUseError(
                         f"the database {where(self.url)} is in use by {who if holder else 'another collab server'}"
                     )
@@ -182,10 +190,27 @@ class PostgresLock:
             raise
         return conn
 
+    def _try_lock(self, conn: Connection) -> bool:
+        """Take the lock; if this lock's own lost session still holds it (dead to us, not yet ended on the
+        server's side), end that session first."""
+        take = "SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))"
+        if conn.execute(take, [SERVER_KEY]).fetchone() == (True,):
+            return True
+        lost = self._details.get("backend")
+        if lost is None or _details(conn).get("backend") != lost:
+            return False
+        conn.execute("SELECT pg_terminate_backend(%s, 5000)", [lost])
+        return conn.execute(take, [SERVER_KEY]).fetchone() == (True,)
+
     def check(self) -> None:
         """Take the lock again if its connection was lost (PostgreSQL restarted, the backend terminated)."""
+        with self._mutex:
+            self._check()
+
+    def _check(self) -> None:
         conn = self._conn
-        assert conn is not None, "lock not held"
+        if conn is None:
+            return  # released
         if not conn.closed:
             try:
                 conn.execute("SELECT 1")
@@ -195,12 +220,16 @@ class PostgresLock:
                     raise StorageError(f"cannot check the lock on {where(self.url)}: {one_line(error)}") from error
             conn.close()
         self._conn = self._take()  # if this raises, the next check tries again
-        self.describe()
+        self._describe()
 
     def describe(self, **details: Any) -> None:
         """Record details (pid, url, auth) for whoever finds the lock held."""
+        with self._mutex:
+            self._describe(**details)
+
+    def _describe(self, **details: Any) -> None:
         assert self._conn is not None, "lock not held"
-        self._details.update(details)
+        self._details.update(details, backend=self._conn.info.backend_pid)
         with _DriverErrors(f"cannot record the server in {where(self.url)}"):
             self._conn.execute(
                 """INSERT INTO collab_server (id, details) VALUES (1, %s)
@@ -209,13 +238,14 @@ class PostgresLock:
             )
 
     def release(self) -> None:
-        conn, self._conn = self._conn, None
+        with self._mutex:
+            conn, self._conn = self._conn, None
         if conn is None:
             return
         try:
             if not conn.broken:
                 conn.execute("DELETE FROM collab_server")
-                conn.execute("SELECT pg_advisory_unlock(%s)", [SERVER_LOCK])
+                conn.execute("SELECT pg_advisory_unlock(%s, hashtext(current_schema()))", [SERVER_KEY])
         except psycopg.Error:
             pass  # closing the connection below releases the lock all the same
         finally:
@@ -229,12 +259,12 @@ def _details(conn: Connection) -> dict[str, Any]:
 
 def running_server(url: str) -> dict[str, Any] | None:
     """The details of the server holding the database's lock, or None if no server holds it."""
-    conn = connect(url, autocommit=True)
+    conn = connect(url)
     try:
         with _DriverErrors(f"cannot read {where(url)}"):
             if not _has_table(conn, "collab_server"):
                 return None
-            held = conn.execute(_HELD, [SERVER_LOCK >> 32, SERVER_LOCK & 0xFFFFFFFF]).fetchone() == (True,)
+            held = conn.execute(_HELD, [SERVER_KEY]).fetchone() == (True,)
             return _details(conn) if held else None
     finally:
         conn.close()
@@ -242,7 +272,7 @@ def running_server(url: str) -> dict[str, Any] | None:
 
 def describe(url: str) -> str:
     """The database in one line, for `collab stats`."""
-    conn = connect(url, autocommit=True)
+    conn = connect(url)
     try:
         with _DriverErrors(f"cannot read {where(url)}"):
             row = conn.execute(

@@ -26,7 +26,7 @@ from sqlite_utils.migrations import Migrations
 
 from ..errors import ConfigError, StorageError
 from . import DocumentDump, DocumentInfo, StoredRecord, WriteOp
-from .compaction import plan_compaction
+from .compaction import OwnRows
 from .history import Retention
 from .sqlite_read import CHECKED_TABLES, first_checked_ids, sqlite_tables
 from .tables import Tables
@@ -164,6 +164,8 @@ class SQLiteEngine:
         self._first_checked: dict[str, int] = {}
         """`first_checked_ids`, read once on open: the table never changes after its migration."""
         self._doc_ids: dict[str, int] = {}
+        self._own = OwnRows()
+        """The rows this engine wrote, which the rooms' snapshots hold already (see `compaction`)."""
 
     @property
     def db(self) -> Database:
@@ -212,9 +214,11 @@ class SQLiteEngine:
                 for op in batch:
                     self._write(op)
         except BaseException:
-            # Ids of documents inserted by the rolled back transaction are void.
+            # Ids of documents and rows inserted by the rolled back transaction are void.
             self._doc_ids.clear()
+            self._own.rolled_back()
             raise
+        self._own.committed()
 
     @contextmanager
     def _write_transaction(self) -> Iterator[None]:
@@ -238,14 +242,10 @@ class SQLiteEngine:
         doc_id = self._doc_id(op.name, op.at)
         tables = self._tables()
         if op.kind == "compact":
-            # The write transaction is SQLite's lock on the whole database: no other writer meanwhile.
-            snapshot, log, chain = tables.compaction_rows(doc_id)
-            plan = plan_compaction(
-                op.name, op.data, snapshot, log, chain, tables.checkpoint_data, now=op.at, retention=self.retention
-            )
-            tables.apply(doc_id, plan, op.at)
+            # The transaction holds SQLite's write lock (BEGIN IMMEDIATE): no other writer meanwhile.
+            tables.compact(doc_id, op, self._own, self.retention)
         else:
-            tables.insert_rows("updates", [(doc_id, op.at, op.data)])
+            self._own.wrote("updates", tables.insert_rows("updates", [(doc_id, op.at, op.data)]), [op.data])
         db.execute("UPDATE documents SET updated_at = max(updated_at, ?) WHERE id = ?", [op.at, doc_id])
 
     def _tables(self) -> Tables:

@@ -9,9 +9,9 @@ writing (WAL lets readers and the writer proceed without blocking).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from ..errors import StorageError
 from . import DocumentDump, DocumentInfo, HistoryPoint, StoredRecord
@@ -53,7 +53,21 @@ def sqlite_tables(conn: sqlite3.Connection, first_checked: dict[str, int]) -> Ta
     checked = {
         table: f"id >= {int(first_checked[table])}" if table in first_checked else "0" for table in CHECKED_TABLES
     }
-    return Tables(conn.execute, conn.executemany, checked, checked_column=False)
+
+    def execute(sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return conn.execute(sql, params).fetchall()
+
+    def insert_rows(table: str, rows: Sequence[tuple[int, float, bytes]]) -> list[int]:
+        # Rows from the first id in checked_rows on count as walked: nothing to mark.
+        sql = f"INSERT INTO {table} (doc_id, created_at, data) VALUES (?, ?, ?)"
+        return [_row_id(conn.execute(sql, row).lastrowid) for row in rows]
+
+    return Tables(execute, conn.execute, conn.executemany, insert_rows, checked)
+
+
+def _row_id(row_id: int | None) -> int:
+    assert row_id is not None, "an INSERT gives its row's id"
+    return row_id
 
 
 class SQLiteReader:

@@ -25,14 +25,15 @@ from pycrdt import merge_updates
 from ..errors import CorruptDocumentError, HistoryError, InvalidUpdateError, StorageError
 from ..sync.yupdate import check_update
 from ..units import format_time
-from . import DocumentDump, DocumentInfo, HistoryPoint, StoredRecord, StoredRow
-from .compaction import CheckpointMeta, CompactionPlan, LogRow
+from . import DocumentDump, DocumentInfo, HistoryPoint, StoredRecord, StoredRow, WriteOp
+from .compaction import CheckpointMeta, CompactionPlan, LogRow, OwnRows, plan_compaction
+from .history import Retention
 
-__all__ = ["Execute", "ExecuteMany", "Tables"]
+__all__ = ["Execute", "ExecuteMany", "InsertRows", "Tables"]
 
 
 class Execute(Protocol):
-    """Run one statement written with `?` placeholders; its rows, as an iterator read as they come."""
+    """Run one statement written with `?` placeholders; its rows."""
 
     def __call__(self, sql: str, params: Sequence[Any] = (), /) -> Iterable[tuple[Any, ...]]: ...
 
@@ -43,19 +44,28 @@ class ExecuteMany(Protocol):
     def __call__(self, sql: str, rows: Sequence[Sequence[Any]], /) -> object: ...
 
 
+class InsertRows(Protocol):
+    """Add walked (doc_id, created_at, data) rows to `snapshots` or `updates`, in order; their new ids, in order."""
+
+    def __call__(self, table: str, rows: Sequence[tuple[int, float, bytes]], /) -> list[int]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Tables:
     """collab's tables through one connection, in one transaction the caller holds."""
 
     execute: Execute
+    """Runs the statement at once and fetches every row."""
+    stream: Execute
+    """Runs the statement and yields rows as the database sends them: read it to the end before the next."""
     execute_many: ExecuteMany
+    insert_rows: InsertRows
+    """How this engine inserts log and snapshot rows (marking them walked) and learns their ids."""
     checked: Mapping[str, str]
     """Per table with walked rows (snapshots, updates), the SQL expression that is true for a walked row."""
-    checked_column: bool
-    """Whether snapshots and updates have a `checked` column to set when writing (PostgreSQL)."""
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        rows = list(self.execute(sql, params))  # read to the end: a streamed result must be before the next
+        rows = list(self.execute(sql, params))
         return rows[0] if rows else None
 
     def doc_id(self, name: str) -> int | None:
@@ -68,23 +78,30 @@ class Tables:
         Now: the latest snapshot and the log after it, read as they stream in; history is not read.
         Raises `HistoryError` if `at` is before the history kept for the document.
         """
-        doc_id = self.doc_id(name)
-        if doc_id is None:
-            return []
-        snapshot = self._one(
-            f"SELECT id, created_at, data, {self.checked['snapshots']} FROM snapshots"
-            " WHERE doc_id = ? ORDER BY id DESC LIMIT 1",
-            [doc_id],
+        # One statement: the snapshot and the log of one moment of the database, even outside a transaction.
+        # Ordered here rather than by SQL, which would sort (and so copy) every row's data first.
+        by_name = "doc_id = (SELECT id FROM documents WHERE name = ?)"
+        rows = self.stream(
+            f"""SELECT * FROM (SELECT 0, id, created_at, data, {self.checked["snapshots"]} FROM snapshots
+                               WHERE {by_name} ORDER BY id DESC LIMIT 1) AS snapshot
+                UNION ALL
+                SELECT 1, id, created_at, data, {self.checked["updates"]} FROM updates WHERE {by_name}""",
+            [name, name],
         )
-        if at is not None and snapshot is not None and at < snapshot[1]:
+        snapshot: StoredRecord | None = None
+        log: list[StoredRecord] = []
+        for is_update, row_id, created_at, data, checked in rows:
+            if not is_update:
+                snapshot_at = created_at
+                snapshot = StoredRecord("snapshot", row_id, bytes(data), bool(checked))
+            elif at is None or created_at <= at:
+                log.append(StoredRecord("update", row_id, bytes(data), bool(checked)))
+        if snapshot is not None and at is not None and at < snapshot_at:
+            doc_id = self.doc_id(name)
+            assert doc_id is not None
             return [self._checkpoint_at(name, doc_id, at)]
-        records = [] if snapshot is None else [StoredRecord("snapshot", snapshot[0], snapshot[2], bool(snapshot[3]))]
-        condition, args = ("", [doc_id]) if at is None else (" AND created_at <= ?", [doc_id, at])
-        rows = self.execute(
-            f"SELECT id, data, {self.checked['updates']} FROM updates WHERE doc_id = ?{condition} ORDER BY id", args
-        )
-        records.extend(StoredRecord("update", row_id, bytes(data), bool(checked)) for row_id, data, checked in rows)
-        return records
+        log.sort(key=lambda record: record.id)
+        return log if snapshot is None else [snapshot, *log]
 
     def _checkpoint_at(self, name: str, doc_id: int, at: float) -> StoredRecord:
         chain = list(
@@ -126,7 +143,7 @@ class Tables:
         rows = self.execute(
             """SELECT created_at, 'checkpoint', length(data) FROM checkpoints WHERE doc_id = ?
                UNION ALL SELECT created_at, 'update', length(data) FROM updates WHERE doc_id = ?
-               ORDER BY 1""",
+               ORDER BY 1, 2""",
             [doc_id, doc_id],
         )
         return [HistoryPoint(at, kind, size) for at, kind, size in rows]
@@ -140,9 +157,11 @@ class Tables:
                  coalesce((SELECT sum(length(data)) FROM updates u WHERE u.doc_id = d.id), 0),
                  (SELECT count(*) FROM updates u WHERE u.doc_id = d.id),
                  coalesce((SELECT sum(length(data)) FROM checkpoints c WHERE c.doc_id = d.id), 0)
-               FROM documents d {where} ORDER BY d.name""",
+               FROM documents d {where}""",
             args,
         )
+        # Sorted here, not in SQL: PostgreSQL's collation would order names unlike SQLite (code points).
+        rows = sorted(rows, key=lambda row: str(row[0]))
         return [
             DocumentInfo(
                 name=doc_name,
@@ -168,11 +187,11 @@ class Tables:
         rows = [
             StoredRow(kind, at, bytes(data))
             for table, kind in kinds
-            for at, data in self.execute(f"SELECT created_at, data FROM {table} WHERE doc_id = ? ORDER BY id", [doc_id])
+            for at, data in self.stream(f"SELECT created_at, data FROM {table} WHERE doc_id = ? ORDER BY id", [doc_id])
         ]
         rows += [
             StoredRow("checkpoint", at, bytes(data), bool(base))
-            for at, base, data in self.execute(
+            for at, base, data in self.stream(
                 "SELECT created_at, base, data FROM checkpoints WHERE doc_id = ? ORDER BY id", [doc_id]
             )
         ]
@@ -189,7 +208,7 @@ class Tables:
         )
         log = [
             LogRow(row_id, at, bytes(data), bool(checked))
-            for row_id, at, data, checked in self.execute(
+            for row_id, at, data, checked in self.stream(
                 f"SELECT id, created_at, data, {self.checked['updates']} FROM updates WHERE doc_id = ? ORDER BY id",
                 [doc_id],
             )
@@ -205,16 +224,28 @@ class Tables:
 
     # Writes.
 
-    def insert_rows(self, table: str, rows: Sequence[tuple[int, float, bytes]]) -> None:
-        """Add walked (doc_id, created_at, data) rows to `snapshots` or `updates`."""
-        if self.checked_column:
-            sql = f"INSERT INTO {table} (doc_id, created_at, data, checked) VALUES (?, ?, ?, true)"
-        else:
-            sql = f"INSERT INTO {table} (doc_id, created_at, data) VALUES (?, ?, ?)"
-        self.execute_many(sql, rows)
+    def compact(self, doc_id: int, compaction: WriteOp, own: OwnRows, retention: Retention) -> None:
+        """Compact the document (see `compaction`), in the write transaction the caller holds on its row."""
+        snapshot, log, chain = self.compaction_rows(doc_id)
+        plan = plan_compaction(
+            compaction.name,
+            compaction.data,
+            snapshot,
+            log,
+            chain,
+            self.checkpoint_data,
+            own=own,
+            now=compaction.at,
+            retention=retention,
+        )
+        snapshot_id = self.apply(doc_id, plan, compaction.at)
+        own.deleted("updates", plan.delete_updates)
+        own.deleted("snapshots", plan.delete_snapshots)
+        if plan.room_state_only:
+            own.wrote("snapshots", [snapshot_id], [plan.snapshot])
 
-    def apply(self, doc_id: int, plan: CompactionPlan, at: float) -> None:
-        """Write a compaction's plan: delete exactly what it read, store its snapshot and checkpoints."""
+    def apply(self, doc_id: int, plan: CompactionPlan, at: float) -> int:
+        """Write a compaction's plan: delete exactly what it read, store its snapshot and checkpoints; its id."""
         many = self.execute_many
         if plan.drop_history:
             many("DELETE FROM checkpoints WHERE doc_id = ?", [(doc_id,)])
@@ -226,7 +257,8 @@ class Tables:
             [(base, data, row_id) for row_id, base, data in plan.rewrite_checkpoints],
         )
         self.insert_checkpoints(doc_id, plan.insert_checkpoints)
-        self.insert_rows("snapshots", [(doc_id, at, plan.snapshot)])
+        [snapshot_id] = self.insert_rows("snapshots", [(doc_id, at, plan.snapshot)])
+        return snapshot_id
 
     def insert_checkpoints(self, doc_id: int, checkpoints: Iterable[tuple[float, bool, bytes]]) -> None:
         self.execute_many(

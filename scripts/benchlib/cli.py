@@ -20,10 +20,22 @@ from pathlib import Path
 from typing import TypeVar
 
 from .context import Context
+from .postgres import find_server
 from .report import render
 from .results import Result
 from .scenarios import SCENARIOS
-from .servers import REFERENCE_DIR, ROOT, ExternalTarget, ManagedTarget, Target, collab_target, reference_target
+from .servers import (
+    POSTGRES_SCENARIOS,
+    REFERENCE_DIR,
+    ROOT,
+    ExternalTarget,
+    ManagedTarget,
+    Target,
+    collab_pg_target,
+    collab_target,
+    has_postgres,
+    reference_target,
+)
 from .sizes import DEFAULT, TINY, apply_overrides
 
 __all__ = ["main"]
@@ -33,11 +45,16 @@ T = TypeVar("T")
 EPILOG = """\
 scenarios: fanout, saturate, latejoin, conns, persist, flood (all by default, in that order)
 
+latejoin and persist also run on PostgreSQL (column collab-pg), each in a new database on the server
+COLLAB_BENCH_PG names (a libpq URL where the harness may CREATE DATABASE; default
+postgresql://postgres@127.0.0.1:5432/postgres); when none answers, those rows say so, skipped.
+
 examples:
   scripts/bench --tiny                          # a smoke run of everything, seconds long
   scripts/bench                                 # the standard suite (a few minutes)
   scripts/bench saturate fanout --set saturate.seconds=20
   scripts/bench --no-reference --server hocuspocus=ws://127.0.0.1:1235
+  COLLAB_BENCH_PG=postgresql://postgres:secret@db:5432/postgres scripts/bench persist latejoin
   git archive HEAD~3 collab | tar -x -C /tmp/before && scripts/bench saturate --collab before=/tmp/before
 """
 
@@ -55,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="scenarios to run (default: all)")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: a smoke run of a few seconds per scenario")
     parser.add_argument("--set", action="append", default=[], metavar="SCENARIO.FIELD=VALUE", help="change one size")
-    parser.add_argument("--no-collab", action="store_true", help="do not start collab")
+    parser.add_argument("--no-collab", action="store_true", help="do not start collab (on either database)")
+    parser.add_argument("--no-postgres", action="store_true", help="run collab on SQLite only, not on PostgreSQL")
     parser.add_argument("--no-reference", action="store_true", help="do not start the reference server")
     parser.add_argument("--reference-dir", type=Path, default=REFERENCE_DIR, help="where the reference is installed")
     parser.add_argument(
@@ -70,13 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=DIR",
-        help="also run the collab package found in DIR (e.g. an older commit, from git archive), as NAME",
+        help=(
+            "also run the collab package found in DIR (e.g. an older commit, from git archive), as NAME"
+            " (and as NAME-pg on PostgreSQL, if that tree has the engine)"
+        ),
     )
     parser.add_argument("--json-out", type=Path, help="also write every result to this file, as a JSON list")
     parser.add_argument("--seed", type=int, default=1, help="seed of the typing workloads")
     parser.add_argument("--no-cache", action="store_true", help="type the workloads again (not from .cache/bench)")
     parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="load generator's loop")
-    parser.add_argument("--keep", action="store_true", help="keep the run directory (server logs, databases)")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the run directory (server logs, SQLite files; PostgreSQL databases are dropped anyway)",
+    )
     parser.add_argument(
         "--py-spy", type=Path, metavar="DIR", help="profile collab with py-spy during each scenario, into DIR"
     )
@@ -93,16 +118,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes = apply_overrides(TINY if args.tiny else DEFAULT, args.set)
     except ValueError as error:
         parser.error(str(error))
+    scenarios = args.scenarios or list(SCENARIOS)
+    wants_postgres = not (args.no_collab or args.no_postgres) and any(s in POSTGRES_SCENARIOS for s in scenarios)
+    postgres = find_server() if wants_postgres else None
     targets: list[Target] = []
     if not args.no_collab:
-        collab = collab_target(UNLOAD_AFTER_S)
-        collab.profile_dir = args.py_spy.resolve() if args.py_spy else None
-        targets.append(collab)
+        own = [collab_target(UNLOAD_AFTER_S)]
+        if postgres is not None:
+            own.append(collab_pg_target(UNLOAD_AFTER_S, postgres))
+        for target in own:
+            target.profile_dir = args.py_spy.resolve() if args.py_spy else None
+        targets += own
     for spec in args.collab:
         name, sep, source = spec.partition("=")
-        if not sep or name in ("collab", "reference"):
-            parser.error(f"--collab {spec!r}: expected NAME=DIR, NAME neither collab nor reference")
+        if not sep or name in ("collab", "collab-pg", "reference"):
+            parser.error(f"--collab {spec!r}: expected NAME=DIR, NAME none of collab, collab-pg, reference")
         targets.append(collab_target(UNLOAD_AFTER_S, name, Path(source)))
+        if postgres is not None and has_postgres(Path(source)):
+            targets.append(collab_pg_target(UNLOAD_AFTER_S, postgres, f"{name}-pg", Path(source)))
     if not args.no_reference:
         targets.append(reference_target(args.reference_dir))
     for spec in args.server:
@@ -118,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = Context(sizes, uuid.uuid4().hex[:8], run_dir, seed=args.seed, cache=cache)
     loop_name = loop_choice(args.loop)
     try:
-        results = run_loop(loop_name, suite(ctx, targets, args.scenarios or list(SCENARIOS)))
+        results = run_loop(loop_name, suite(ctx, targets, scenarios))
     finally:
         if args.keep:
             print(f"run directory kept: {run_dir}", file=sys.stderr)
@@ -137,6 +170,8 @@ async def suite(ctx: Context, targets: list[Target], scenarios: list[str]) -> li
     results = []
     for scenario in scenarios:
         for target in targets:
+            if not target.runs(scenario):
+                continue
             result = await run_one(ctx, target, scenario)
             print(result.to_json(), flush=True)
             results.append(result)
@@ -145,6 +180,8 @@ async def suite(ctx: Context, targets: list[Target], scenarios: list[str]) -> li
 
 async def run_one(ctx: Context, target: Target, scenario: str) -> Result:
     """One scenario against one fresh server; a failure becomes the result's `error`, never the run's end."""
+    if target.unavailable is not None:
+        return Result(scenario, target.name, {}, skipped=target.unavailable)
     try:
         await target.start(scenario, ctx.run_dir)
     except Exception as error:

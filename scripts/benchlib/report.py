@@ -1,4 +1,4 @@
-"""The closing table: every metric per server, collab / reference, and the issue's targets."""
+"""The closing table: every metric per server, collab / reference, PostgreSQL / SQLite, and the issues' targets."""
 
 from __future__ import annotations
 
@@ -12,21 +12,27 @@ __all__ = ["render"]
 LOWER_IS_BETTER = ("_ms", "_kb", "_mb", "ratio", "_per_update")
 
 
+Table = dict[tuple[str, str], dict[str, Number]]
+"""(scenario, server) -> that result's metrics."""
+
+
 @dataclass(frozen=True)
 class TargetCheck:
-    """One of issue 5's targets, judged from the results of one run."""
+    """One of the issues' targets, judged from the results of one run."""
 
     label: str
-    judge: Callable[[dict[tuple[str, str], dict[str, Number]]], tuple[Number, bool] | None]
+    judge: Callable[[Table], tuple[Number, bool] | None]
 
 
 def _ratio(a: Number, b: Number) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
-def _relative(label: str, scenario: str, metric: str, ref_metric: str, at_least: bool) -> TargetCheck:
-    def judge(table: dict[tuple[str, str], dict[str, Number]]) -> tuple[Number, bool] | None:
-        collab = table.get((scenario, "collab"), {}).get(metric)
+def _relative(
+    label: str, scenario: str, metric: str, ref_metric: str, at_least: bool, server: str = "collab"
+) -> TargetCheck:
+    def judge(table: Table) -> tuple[Number, bool] | None:
+        collab = table.get((scenario, server), {}).get(metric)
         ratio = _ratio(collab, table.get((scenario, "reference"), {}).get(ref_metric))
         if ratio is None:
             return None
@@ -35,9 +41,11 @@ def _relative(label: str, scenario: str, metric: str, ref_metric: str, at_least:
     return TargetCheck(label, judge)
 
 
-def _absolute(label: str, scenario: str, metric: str, bound: float, at_least: bool) -> TargetCheck:
-    def judge(table: dict[tuple[str, str], dict[str, Number]]) -> tuple[Number, bool] | None:
-        value = table.get((scenario, "collab"), {}).get(metric)
+def _absolute(
+    label: str, scenario: str, metric: str, bound: float, at_least: bool, server: str = "collab"
+) -> TargetCheck:
+    def judge(table: Table) -> tuple[Number, bool] | None:
+        value = table.get((scenario, server), {}).get(metric)
         if value is None:
             return None
         return value, value >= bound if at_least else value <= bound
@@ -45,17 +53,21 @@ def _absolute(label: str, scenario: str, metric: str, bound: float, at_least: bo
     return TargetCheck(label, judge)
 
 
-def _largest_latejoin(table: dict[tuple[str, str], dict[str, Number]]) -> str | None:
-    metrics = table.get(("latejoin", "collab"), {})
+def _largest_latejoin(metrics: dict[str, Number]) -> str | None:
     labels = [key[len("cold_") : -len("_ms")] for key in metrics if key.startswith("cold_")]
     return max(labels, key=lambda label: int(label.rstrip("k")) * (1000 if label.endswith("k") else 1), default=None)
 
 
-def _latejoin_cold(table: dict[tuple[str, str], dict[str, Number]]) -> tuple[Number, bool] | None:
-    label = _largest_latejoin(table)
-    if label is None:
-        return None
-    return _relative("", "latejoin", f"cold_{label}_ms", f"warm_{label}_ms", at_least=False).judge(table)
+def _latejoin_cold(label: str, server: str) -> TargetCheck:
+    """The cold join of the largest document on `server` against the reference's warm join of it."""
+
+    def judge(table: Table) -> tuple[Number, bool] | None:
+        size = _largest_latejoin(table.get(("latejoin", server), {}))
+        if size is None:
+            return None
+        return _relative("", "latejoin", f"cold_{size}_ms", f"warm_{size}_ms", False, server).judge(table)
+
+    return TargetCheck(label, judge)
 
 
 TARGETS = [
@@ -63,11 +75,32 @@ TARGETS = [
     _relative("fanout p99 <= 1.0x reference", "fanout", "p99_ms", "p99_ms", at_least=False),
     _relative("idle connection memory <= 1.0x reference", "conns", "rss_per_conn_kb", "rss_per_conn_kb", False),
     _absolute("idle connection memory <= 20 KB", "conns", "rss_per_conn_kb", 20.0, at_least=False),
-    TargetCheck("latejoin, largest doc, collab cold <= 1.0x reference warm", _latejoin_cold),
+    _latejoin_cold("latejoin, largest doc, collab cold <= 1.0x reference warm", "collab"),
     _absolute("persist >= 20,000 updates/s committed", "persist", "updates_per_s", 20_000, at_least=True),
     _absolute("persist storage after compaction <= 1.2x get_update()", "persist", "storage_ratio", 1.2, False),
     _absolute("flood: typist p99 < 50 ms in another room (issue 9)", "flood", "typist_p99_ms", 50.0, at_least=False),
+    _latejoin_cold("PostgreSQL: latejoin, largest doc, cold <= 1.0x reference warm (issue 11)", "collab-pg"),
+    _absolute(
+        "PostgreSQL: persist >= 20,000 updates/s committed (issue 11)",
+        "persist",
+        "updates_per_s",
+        20_000,
+        True,
+        "collab-pg",
+    ),
+    _absolute(
+        "PostgreSQL: persist storage after compaction <= 1.2x get_update() (issue 11)",
+        "persist",
+        "storage_ratio",
+        1.2,
+        False,
+        "collab-pg",
+    ),
 ]
+"""Each judged when its scenario ran; a PostgreSQL row is n/a when PostgreSQL was skipped."""
+
+RATIOS = (("collab/ref", "collab", "reference"), ("pg/sqlite", "collab-pg", "collab"))
+"""The ratio columns: (header, numerator server, denominator server), shown when both ran."""
 
 
 def _format(value: Number) -> str:
@@ -79,22 +112,21 @@ def _format(value: Number) -> str:
 
 
 def render(results: list[Result], servers: list[str]) -> str:
-    table: dict[tuple[str, str], dict[str, Number]] = {}
+    table: Table = {}
     order: list[tuple[str, str]] = []
     for result in results:
         table[(result.scenario, result.server)] = result.metrics
         for metric in result.metrics:
             if (result.scenario, metric) not in order:
                 order.append((result.scenario, metric))
-    compare = "collab" in servers and "reference" in servers
-    header = ["scenario", "metric", *servers] + (["collab/ref"] if compare else [])
+    ratios = [(header, a, b) for header, a, b in RATIOS if a in servers and b in servers]
+    header = ["scenario", "metric", *servers, *(header for header, _, _ in ratios)]
     rows = [header]
     for scenario, metric in order:
         row = [scenario, metric + (" (lower is better)" if metric.endswith(LOWER_IS_BETTER) else "")]
         row += [_format(table.get((scenario, server), {}).get(metric)) for server in servers]
-        if compare:
-            pair = table.get((scenario, "collab"), {}).get(metric), table.get((scenario, "reference"), {}).get(metric)
-            ratio = _ratio(*pair)
+        for _, a, b in ratios:
+            ratio = _ratio(table.get((scenario, a), {}).get(metric), table.get((scenario, b), {}).get(metric))
             row.append("-" if ratio is None else f"{ratio:.2f}x")
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -106,8 +138,8 @@ def render(results: list[Result], servers: list[str]) -> str:
         f" CPU over {_format(r.wall_s)} s wall" + ("" if r.ok else f"  [{r.skipped or r.error or 'CHECK FAILED'}]")
         for r in results
     ]
-    if compare:
-        lines += ["", "targets (issue 5):"]
+    if "collab" in servers and "reference" in servers:
+        lines += ["", "targets (issues 5 and 11):"]
         for target in TARGETS:
             verdict = target.judge(table)
             mark = "n/a " if verdict is None else ("MET " if verdict[1] else "MISS")

@@ -2,8 +2,10 @@
 
 A `Target` says how to reach a server (`url(room)`), and, when the harness started it, its process id
 (for RSS and CPU time from /proc) and its log. collab runs as `python -m collab serve` with persistence
-on, in a temporary SQLite file; the reference is `@y/websocket-server` from `.cache/bench/reference`
-(installed by `scripts/bench`), started as its package's `bin` is, with HOST and PORT in the environment.
+on, in a temporary SQLite file, and as `collab-pg` on a fresh PostgreSQL database (see `postgres`), for
+the scenarios that measure the store only; the reference is `@y/websocket-server` from
+`.cache/bench/reference` (installed by `scripts/bench`), started as its package's `bin` is, with HOST and
+PORT in the environment.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -23,12 +26,26 @@ from urllib.parse import quote
 
 from collab.config import Settings
 
-__all__ = ["ExternalTarget", "ManagedTarget", "Target", "collab_target", "reference_target"]
+from .postgres import PostgresServer
+
+__all__ = [
+    "POSTGRES_SCENARIOS",
+    "ExternalTarget",
+    "ManagedTarget",
+    "Target",
+    "collab_pg_target",
+    "collab_target",
+    "has_postgres",
+    "process_cpu_seconds",
+    "reference_target",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_DIR = ROOT / ".cache" / "bench" / "reference"
 REFERENCE_ENTRY = Path("node_modules/@y/websocket-server/src/server.js")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+POSTGRES_SCENARIOS = ("latejoin", "persist")
+"""What collab on PostgreSQL runs: the scenarios that go through the store (the others never touch it)."""
 
 
 class Target:
@@ -38,6 +55,12 @@ class Target:
     kind: str
     base_url: str
     pid: int | None = None
+    unavailable: str | None = None
+    """Why this server cannot be run here (no PostgreSQL, say): its results are skipped with this reason."""
+
+    def runs(self, scenario: str) -> bool:
+        """Whether `scenario` is measured on this server at all (a skipped one still is, and says why)."""
+        return True
 
     def url(self, room: str) -> str:
         return f"{self.base_url}/{quote(room)}"
@@ -67,10 +90,7 @@ class Target:
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU time the server process used so far."""
-        if self.pid is None:
-            return None
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15)
+        return None if self.pid is None else process_cpu_seconds(self.pid)
 
     def describe(self) -> dict[str, object]:
         return {"name": self.name, "kind": self.kind}
@@ -99,6 +119,12 @@ class ManagedTarget(Target):
     version: str = ""
     scenario_args: dict[str, list[str]] = field(default_factory=dict)
     """Extra arguments for some scenarios (e.g. debug logs where the harness waits for log lines)."""
+    scenarios: tuple[str, ...] | None = None
+    """The scenarios it runs (None: all)."""
+    postgres: PostgresServer | None = None
+    """Where each scenario's fresh PostgreSQL database is made (None: a fresh SQLite file instead)."""
+    db: str = ""
+    """The running server's `--db` (`{db}` in `command`): a file in the scenario's directory, or a database URL."""
     base_url: str = ""
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
@@ -110,15 +136,34 @@ class ManagedTarget(Target):
     def can_unload(self) -> bool:
         return self.kind == "collab"
 
+    def runs(self, scenario: str) -> bool:
+        return self.scenarios is None or scenario in self.scenarios
+
     def describe(self) -> dict[str, object]:
-        return {"name": self.name, "kind": self.kind, "version": self.version}
+        described: dict[str, object] = {"name": self.name, "kind": self.kind, "version": self.version}
+        if self.kind == "collab":
+            sqlite = f"SQLite {sqlite3.sqlite_version}, a new file per scenario"
+            described["db"] = self.unavailable or (sqlite if self.postgres is None else self.postgres.describe())
+        return described
 
     async def start(self, scenario: str, run_dir: Path) -> None:
+        """Start the server on a fresh database; if that fails, what was started is stopped and dropped again."""
+        try:
+            await self._start(scenario, run_dir)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self, scenario: str, run_dir: Path) -> None:
         port = free_port()
         workdir = run_dir / f"{self.name}-{scenario}"
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "server.log"
-        argv = [part.format(port=port, dir=workdir) for part in self.command]
+        if self.postgres is None:
+            self.db = str(workdir / "collab.db")
+        else:
+            self.db = await asyncio.to_thread(self.postgres.create_database)
+        argv = [part.format(port=port, dir=workdir, db=self.db) for part in self.command]
         argv += self.scenario_args.get(scenario, [])
         env = {**os.environ, **{key: value.format(port=port) for key, value in self.env.items()}}
         # Popen returns as soon as the child exists; the readiness wait below is the async part.
@@ -136,20 +181,17 @@ class ManagedTarget(Target):
             profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
             await asyncio.to_thread(profiler.wait, 30)
         process, self.process = self.process, None
-        if process is None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(process.wait, 30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            await asyncio.to_thread(process.wait, 10)
-        self.pid = None
-
-    @property
-    def db_path(self) -> Path:
-        assert self.log_path is not None
-        return self.log_path.parent / "collab.db"
+        if process is not None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(process.wait, 30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                await asyncio.to_thread(process.wait, 10)
+            self.pid = None
+        database, self.db = self.db, ""
+        if self.postgres is not None and database:
+            await asyncio.to_thread(self.postgres.drop_database, database)
 
     async def wait_unloaded(self, room: str, timeout: float, occurrence: int = 1) -> None:
         """Wait until collab logged (at debug level) its `occurrence`-th unload of `room`: compacted, flushed,
@@ -183,7 +225,7 @@ def collab_target(unload_after: float, name: str = "collab", source: Path | None
     to run instead of the installed one, with the same Python and dependencies.
     """
     command = [sys.executable, "-m", "collab", "serve", "--host", "127.0.0.1", "--port", "{port}"]
-    command += ["--db", "{dir}/collab.db", "--unload-after", str(unload_after)]
+    command += ["--db", "{db}", "--unload-after", str(unload_after)]
     debug = ["--log-level", "debug"]  # only where the harness waits for "unloaded room"
     # saturate's writers send far faster than the per-connection rate limit allows a real client;
     # lifting it through the environment also works for older trees that lack the setting.
@@ -201,6 +243,27 @@ def collab_target(unload_after: float, name: str = "collab", source: Path | None
         # flood measures fairness at collab's default rate limit, which the environment lifted above.
         scenario_args={"latejoin": debug, "persist": debug, "flood": ["--max-messages-per-second", DEFAULT_RATE]},
     )
+
+
+def collab_pg_target(
+    unload_after: float, server: PostgresServer | str, name: str = "collab-pg", source: Path | None = None
+) -> ManagedTarget:
+    """collab as `collab_target` has it, on a fresh PostgreSQL database per scenario, for `POSTGRES_SCENARIOS`.
+
+    `server`: where the databases are made, or why there is no PostgreSQL (every result then says so, skipped).
+    """
+    target = collab_target(unload_after, name, source)
+    target.scenarios = POSTGRES_SCENARIOS
+    if isinstance(server, str):
+        target.unavailable = server
+    else:
+        target.postgres = server
+    return target
+
+
+def has_postgres(source: Path) -> bool:
+    """Whether the collab tree in `source` (`--collab NAME=DIR`) has the PostgreSQL engine (issue 11 on)."""
+    return (source / "collab" / "store" / "postgres.py").exists()
 
 
 def collab_version(source: Path | None) -> str:
@@ -236,6 +299,12 @@ def start_py_spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
     output.parent.mkdir(parents=True, exist_ok=True)
     command = [py_spy, "record", "--pid", str(pid), "--rate", "100", "--nonblocking", "--format", "raw"]
     return subprocess.Popen([*command, "--output", str(output)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time process `pid` (of this machine) used so far; OSError if it cannot be read."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15)
 
 
 def free_port() -> int:
