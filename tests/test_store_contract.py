@@ -49,6 +49,7 @@ from .helpers import (
     spoil_checkpoints,
     synced,
     text,
+    text_of,
     wait_for,
     wait_stored,
     with_password,
@@ -341,6 +342,27 @@ def test_a_compaction_merges_what_another_engine_wrote_and_nothing_it_wrote_itse
         [merged] = mine.load("shared")
         assert merged.data != room.get_update()
         assert str(doc_of([merged.data]).get("content", type=Text)) in ("mine theirs", "theirsmine ")
+    finally:
+        mine.close()
+        theirs.close()
+
+
+def test_a_row_id_another_engine_reused_for_the_same_bytes_elsewhere_is_not_taken_for_its_own(database: str) -> None:
+    """SQLite gives a new row the highest id + 1, so a deleted row's id comes back, here with the same bytes (a
+    template every new document starts from) but in another document, whose room never saw them."""
+    template = merge_updates(*keystrokes("TEMPLATE", client_id=99))
+    mine, theirs = engine_on(database), engine_on(database)
+    try:
+        room_b: Doc = Doc()
+        for update in keystrokes("own", client_id=1):
+            room_b.apply_update(update)
+            mine.commit([WriteOp("append", "b", update, time.time())])
+        mine.commit([WriteOp("append", "a", template, time.time())])  # the newest row of the log
+        theirs.commit([WriteOp("compact", "a", doc_of(r.data for r in theirs.load("a")).get_update(), time.time())])
+        theirs.commit([WriteOp("append", "b", template, time.time())])  # on SQLite: the id just freed
+        mine.commit([WriteOp("compact", "b", room_b.get_update(), time.time())])
+        assert text_of(record.data for record in mine.load("b")) in ("TEMPLATEown", "ownTEMPLATE")
+        assert text_of(record.data for record in mine.load("a")) == "TEMPLATE"
     finally:
         mine.close()
         theirs.close()

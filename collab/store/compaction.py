@@ -20,7 +20,7 @@ the `CompactionPlan` in the same transaction.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -60,29 +60,31 @@ class NewCheckpoint(NamedTuple):
 
 
 class OwnRows:
-    """The snapshot and log rows this engine wrote, by table and id, with a hash of their data.
+    """The snapshot and log rows this engine wrote, by table, document and id, with a hash of their data.
 
     A room's state holds every row its process wrote for its document (it made them, or loaded them), so a
-    compaction need not merge those. The hash makes an id that another process's row took over (SQLite
-    reuses the highest id after a delete) count as foreign. Changes made inside a transaction count at
+    compaction need not merge those. An id another process's row took over (SQLite reuses the highest id
+    after a delete) counts as foreign unless that row is of the same document with the same bytes, which
+    the room then holds all the same. Changes made inside a transaction count at
     once for that transaction and are kept only if it commits (`committed`, `rolled_back`).
     """
 
     def __init__(self) -> None:
-        self._rows: dict[tuple[str, int], int] = {}
-        self._changes: dict[tuple[str, int], int | None] = {}
+        self._rows: dict[tuple[str, int, int], int] = {}
+        self._changes: dict[tuple[str, int, int], int | None] = {}
         """This transaction's: a hash for a row written, None for one deleted."""
 
-    def wrote(self, table: str, ids: Sequence[int], data: Sequence[bytes]) -> None:
-        for row_id, part in zip(ids, data, strict=True):
-            self._changes[table, row_id] = hash(part)
+    def wrote(self, table: str, rows: Iterable[tuple[int, int, bytes]]) -> None:
+        """Rows written, as (doc_id, row id, data)."""
+        for doc_id, row_id, part in rows:
+            self._changes[table, doc_id, row_id] = hash(part)
 
-    def deleted(self, table: str, ids: Sequence[int]) -> None:
+    def deleted(self, table: str, doc_id: int, ids: Sequence[int]) -> None:
         for row_id in ids:
-            self._changes[table, row_id] = None
+            self._changes[table, doc_id, row_id] = None
 
-    def holds(self, table: str, row: LogRow) -> bool:
-        key = (table, row.id)
+    def holds(self, table: str, doc_id: int, row: LogRow) -> bool:
+        key = (table, doc_id, row.id)
         known = self._changes[key] if key in self._changes else self._rows.get(key)
         return known is not None and known == hash(row.data)
 
@@ -126,33 +128,35 @@ def plan_compaction(
     checkpoint_data: Callable[[list[int]], dict[int, bytes]],
     *,
     own: OwnRows,
+    doc_id: int,
     now: float,
     retention: Retention,
-) -> CompactionPlan:
+) -> CompactionPlan | None:
     """The writes that compact `name`: `snapshot` and `log` as read (log in id order), `checkpoints` its chain.
 
     `checkpoint_data(ids)` reads the data of stored checkpoints, called only for those pruning merges.
-    Rows `own` holds are in the room's state already; the others are merged into it. A row that does not
-    decode, or that pycrdt cannot merge, is neither merged nor deleted: it stays for an operator to see.
+    Rows `own` holds (of document `doc_id`) are in the room's state already; the others are merged into it.
+    None when the compaction must not happen: the stored snapshot, or the rows together, do not decode or
+    merge, and a new snapshot would hide them (loads read the latest snapshot only). A log row that does not
+    decode is neither merged nor deleted. What is kept is logged, for an operator to see.
     """
-    snapshot_is_own = snapshot is not None and own.holds("snapshots", snapshot)
-    readable_snapshot = snapshot if snapshot is not None and (snapshot_is_own or _readable(name, snapshot)) else None
-    readable_log = [row for row in log if own.holds("updates", row) or _readable(name, row)]
-    foreign = [] if readable_snapshot is None or snapshot_is_own else [readable_snapshot]
-    foreign += [row for row in readable_log if not own.holds("updates", row)]
+    snapshot_is_own = snapshot is not None and own.holds("snapshots", doc_id, snapshot)
+    if snapshot is not None and not snapshot_is_own and not _readable(name, snapshot, "snapshot"):
+        return None
+    readable_log = [row for row in log if own.holds("updates", doc_id, row) or _readable(name, row)]
+    foreign = [] if snapshot is None or snapshot_is_own else [snapshot]
+    foreign += [row for row in readable_log if not own.holds("updates", doc_id, row)]
     merged, room_state_only = room_snapshot, True
     if foreign:
         try:
             merged = merge_updates(room_snapshot, *(row.data for row in foreign))
             room_state_only = False
         except ValueError as error:
-            logger.error("compacting %r: stored rows do not merge, kept as they are: %s", name, error)
-            unmerged = {id(row) for row in foreign}
-            readable_snapshot = None if id(readable_snapshot) in unmerged else readable_snapshot
-            readable_log = [row for row in readable_log if id(row) not in unmerged]
+            logger.error("compacting %r: stored rows do not merge, not compacted: %s", name, error)
+            return None
     plan = CompactionPlan(
         snapshot=merged,
-        delete_snapshots=[] if readable_snapshot is None else [readable_snapshot.id],
+        delete_snapshots=[] if snapshot is None else [snapshot.id],
         delete_updates=[row.id for row in readable_log],
         room_state_only=room_state_only,
     )
@@ -164,21 +168,21 @@ def plan_compaction(
     if readable_log and not checkpoints:
         # The chain starts whole: the snapshot so far (if any) with the first change.
         first, rest = readable_log[0], readable_log[1:]
-        whole = first.data if readable_snapshot is None else merge_updates(readable_snapshot.data, first.data)
+        whole = first.data if snapshot is None else merge_updates(snapshot.data, first.data)
         new.append(NewCheckpoint(first.created_at, True, whole))
     new.extend(NewCheckpoint(row.created_at, False, row.data) for row in rest)
     _prune(plan, checkpoints, new, checkpoint_data, now, retention)
     return plan
 
 
-def _readable(name: str, row: LogRow) -> bool:
+def _readable(name: str, row: LogRow, kind: str = "update") -> bool:
     if row.checked:
         return True
     try:
         check_update(row.data, strict=False)  # a stored row, before pycrdt merges it (see collab.sync.yupdate)
         get_state(row.data)  # what yrs itself refuses, as the room's load checks it
     except (InvalidUpdateError, ValueError) as error:
-        logger.error("compacting %r: stored row #%d does not decode, kept as it is: %s", name, row.id, error)
+        logger.error("compacting %r: stored %s #%d does not decode, kept as it is: %s", name, kind, row.id, error)
         return False
     return True
 

@@ -375,7 +375,9 @@ class PostgresEngine:
 
     def _append(self, tables: Tables, doc_ids: dict[str, int], appends: list[WriteOp]) -> None:
         ids = tables.insert_rows("updates", [(doc_ids[op.name], op.at, op.data) for op in appends])
-        self._own.wrote("updates", ids, [op.data for op in appends])
+        self._own.wrote(
+            "updates", [(doc_ids[op.name], row_id, op.data) for op, row_id in zip(appends, ids, strict=True)]
+        )
 
     def restore(self, dump: DocumentDump) -> None:
         def write(conn: Connection) -> None:

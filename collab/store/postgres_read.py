@@ -199,7 +199,11 @@ class PostgresLock:
         lost = self._details.get("backend")
         if lost is None or _details(conn).get("backend") != lost:
             return False
-        conn.execute("SELECT pg_terminate_backend(%s, 5000)", [lost])
+        # That very session (a pid is reused: its start time tells sessions apart), not whatever has its pid now.
+        conn.execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE pid = %s AND backend_start::text = %s",
+            [lost["pid"], lost["start"]],
+        )
         return conn.execute(take, [SERVER_KEY]).fetchone() == (True,)
 
     def check(self) -> None:
@@ -229,8 +233,13 @@ class PostgresLock:
 
     def _describe(self, **details: Any) -> None:
         assert self._conn is not None, "lock not held"
-        self._details.update(details, backend=self._conn.info.backend_pid)
         with _DriverErrors(f"cannot record the server in {where(self.url)}"):
+            session = self._conn.execute(
+                "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+            ).fetchone()
+            if session is not None:  # a role may not see even its own session there: then none is ended
+                self._details.update(backend={"pid": session[0], "start": session[1]})
+            self._details.update(details)
             self._conn.execute(
                 """INSERT INTO collab_server (id, details) VALUES (1, %s)
                    ON CONFLICT (id) DO UPDATE SET details = EXCLUDED.details, updated_at = now()""",

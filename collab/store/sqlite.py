@@ -245,7 +245,8 @@ class SQLiteEngine:
             # The transaction holds SQLite's write lock (BEGIN IMMEDIATE): no other writer meanwhile.
             tables.compact(doc_id, op, self._own, self.retention)
         else:
-            self._own.wrote("updates", tables.insert_rows("updates", [(doc_id, op.at, op.data)]), [op.data])
+            [row_id] = tables.insert_rows("updates", [(doc_id, op.at, op.data)])
+            self._own.wrote("updates", [(doc_id, row_id, op.data)])
         db.execute("UPDATE documents SET updated_at = max(updated_at, ?) WHERE id = ?", [op.at, doc_id])
 
     def _tables(self) -> Tables:

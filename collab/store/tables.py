@@ -235,14 +235,17 @@ class Tables:
             chain,
             self.checkpoint_data,
             own=own,
+            doc_id=doc_id,
             now=compaction.at,
             retention=retention,
         )
+        if plan is None:
+            return  # the log stays as it is, to be loaded (and compacted) whole
         snapshot_id = self.apply(doc_id, plan, compaction.at)
-        own.deleted("updates", plan.delete_updates)
-        own.deleted("snapshots", plan.delete_snapshots)
+        own.deleted("updates", doc_id, plan.delete_updates)
+        own.deleted("snapshots", doc_id, plan.delete_snapshots)
         if plan.room_state_only:
-            own.wrote("snapshots", [snapshot_id], [plan.snapshot])
+            own.wrote("snapshots", [(doc_id, snapshot_id, plan.snapshot)])
 
     def apply(self, doc_id: int, plan: CompactionPlan, at: float) -> int:
         """Write a compaction's plan: delete exactly what it read, store its snapshot and checkpoints; its id."""
