@@ -384,8 +384,15 @@ def test_refusals_are_one_line_with_their_exit_code(source: Path, tmp_path: Path
 
 
 def test_refusals_on_either_engine(tmp_path: Path, database: str) -> None:
+    # The same database spelt otherwise: postgres:// and an extra parameter; for SQLite, another path to it.
+    respelt = (
+        database.replace("postgresql://", "postgres://", 1) + ("&" if "?" in database else "?") + "connect_timeout=5"
+        if database.startswith("postgresql:")
+        else str(tmp_path / "." / Path(database).name)
+    )
     cases = [
         (database, database, EXIT_USAGE, "is both the source and the target: name two databases"),
+        (database, respelt, EXIT_USAGE, "is both the source and the target: name two databases"),
         ("memory:", database, EXIT_USAGE, "the source memory: lives inside its server only"),
         (str(tmp_path / "none.db"), database, EXIT_STORAGE, f"no database at {tmp_path / 'none.db'}"),
     ]

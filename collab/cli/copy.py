@@ -28,7 +28,7 @@ from ..config import Settings
 from ..errors import ConfigError, CorruptDocumentError, InvalidUpdateError, StorageError
 from ..formats import doc_from_records, doc_from_updates
 from ..store import DocumentDump, Engine, Reader, WriteOp
-from ..store.engines import Backend, SQLiteFile, locate, redacted
+from ..store.engines import Backend, locate, redacted
 from ..sync.yupdate import check_update as walk_update
 from ..units import format_time
 from .importer import driver_errors, merge_through_server, server_address
@@ -82,7 +82,7 @@ def copy_databases(source: str, target: str, progress: Progress) -> list[Copied]
         raise ConfigError("the source memory: lives inside its server only: there is nothing to copy from it")
     if not target_db.persistent:
         raise ConfigError("the target memory: keeps nothing once this command ends: copy into a file or a server")
-    if _same_database(source_db, target_db):
+    if source_db.same_as(target_db):
         raise ConfigError(f"{redacted(source)} is both the source and the target: name two databases")
     settings = Settings.load({"db": target})
     with source_db.reader() as reader:
@@ -97,13 +97,6 @@ def copy_databases(source: str, target: str, progress: Progress) -> list[Copied]
             )
             return _through_server(reader, names, settings, server, progress)
         return _into_database(reader, names, target_db, settings, progress)
-
-
-def _same_database(first: Backend, second: Backend) -> bool:
-    """Whether both name one database: equal `Backend`s, or one SQLite file reached by two paths."""
-    if isinstance(first, SQLiteFile) and isinstance(second, SQLiteFile):
-        return first.path.resolve() == second.path.resolve()
-    return first == second
 
 
 def _read(reader: Reader, name: str) -> DocumentDump:

@@ -127,6 +127,10 @@ class Backend(Protocol):
         """The database in one line, for `collab stats`."""
         ...
 
+    def same_as(self, other: Backend) -> bool:
+        """Whether `other` names this very database, however it is spelt (`collab copy` refuses one into itself)."""
+        ...
+
 
 def _retention(settings: Settings) -> Retention:
     return Retention(settings.history_recent, settings.history_hourly, settings.history_daily)
@@ -187,6 +191,9 @@ class SQLiteFile:
                 pass
         return f"{self.path} ({files} bytes on disk, with WAL)"
 
+    def same_as(self, other: Backend) -> bool:
+        return isinstance(other, SQLiteFile) and self.path.resolve() == other.path.resolve()
+
 
 @dataclass(frozen=True, slots=True)
 class PostgresDatabase:
@@ -245,6 +252,11 @@ class PostgresDatabase:
 
         return describe(self.url)
 
+    def same_as(self, other: Backend) -> bool:
+        from .postgres import database_of
+
+        return isinstance(other, PostgresDatabase) and database_of(self.url) == database_of(other.url)
+
 
 @dataclass(frozen=True, slots=True)
 class InMemory:
@@ -282,6 +294,9 @@ class InMemory:
 
     def describe(self) -> str:
         return "memory: (in the server's memory)"
+
+    def same_as(self, other: Backend) -> bool:
+        return False  # each server has its own
 
 
 class _Unshared:

@@ -38,7 +38,16 @@ from .compaction import OwnRows
 from .history import Retention
 from .tables import Tables
 
-__all__ = ["MIGRATIONS", "PostgresEngine", "connect", "migrate", "one_line", "postgres_tables", "where"]
+__all__ = [
+    "MIGRATIONS",
+    "PostgresEngine",
+    "connect",
+    "database_of",
+    "migrate",
+    "one_line",
+    "postgres_tables",
+    "where",
+]
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 T = TypeVar("T")
@@ -136,6 +145,8 @@ ENVIRONMENT = {"connect_timeout": "PGCONNECT_TIMEOUT", "application_name": "PGAP
 KEYS = (0x636F6C6C, 0x636F6C6D)
 """The first halves of collab's advisory locks (migrating, the one server); the second half names the schema."""
 MIGRATION_KEY = KEYS[0]
+NOT_A_URL = "--db: not a PostgreSQL URL (postgresql://user:password@host:port/dbname)"
+"""libpq's own message quotes the URL, password and all: never show it."""
 
 
 def where(url: str) -> str:
@@ -148,6 +159,20 @@ def where(url: str) -> str:
     port = params.get("port") or os.environ.get("PGPORT") or "5432"
     dbname = params.get("dbname") or os.environ.get("PGDATABASE") or params.get("user") or "(default)"
     return f"PostgreSQL {dbname} on {host}:{port}"
+
+
+def database_of(url: str) -> tuple[str, str, str, str]:
+    """Host, port, database and schema options `url` names, with the environment's defaults: two spellings of
+    one database give the same (a host reached by two names does not)."""
+    try:
+        params = {key: str(value) for key, value in conninfo_to_dict(url).items()}
+    except psycopg.ProgrammingError:
+        raise ConfigError(NOT_A_URL) from None
+    host = params.get("host") or os.environ.get("PGHOST") or ""
+    port = params.get("port") or os.environ.get("PGPORT") or "5432"
+    user = params.get("user") or os.environ.get("PGUSER") or ""
+    dbname = params.get("dbname") or os.environ.get("PGDATABASE") or user
+    return host, port, dbname, params.get("options") or os.environ.get("PGOPTIONS") or ""
 
 
 def one_line(error: BaseException) -> str:
@@ -165,7 +190,7 @@ def connect(url: str, *, autocommit: bool = True, lock_timeout: float | None = N
     try:
         params = conninfo_to_dict(url)
     except psycopg.ProgrammingError:
-        raise ConfigError("--db: not a PostgreSQL URL (postgresql://user:password@host:port/dbname)") from None
+        raise ConfigError(NOT_A_URL) from None
     if "service" in params or "PGSERVICE" in os.environ:
         extra = {}  # the service file says what it wants
     else:
