@@ -20,11 +20,12 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
+import pytest
 from pycrdt import Doc, Text, merge_updates
 
 from collab.config import Settings
@@ -323,49 +324,55 @@ def engine_on(database: str) -> Engine:
     return engine
 
 
-def test_a_compaction_merges_what_another_engine_wrote_and_nothing_it_wrote_itself(database: str) -> None:
+@pytest.fixture
+def two_engines(database: str) -> Iterator[tuple[Engine, Engine]]:
+    """Two engines on one database, as two processes would have: "mine" and "theirs"."""
     mine, theirs = engine_on(database), engine_on(database)
-    try:
-        room: Doc = Doc()
-        for update in keystrokes("mine ", client_id=1):
-            room.apply_update(update)
-            mine.commit([WriteOp("append", "shared", update, time.time())])
-        # Everything stored is this engine's own: its room's state is stored as it is, with no merge.
-        mine.commit([WriteOp("compact", "shared", room.get_update(), time.time())])
-        [snapshot] = mine.load("shared")
-        assert snapshot.kind == "snapshot" and snapshot.data == room.get_update()
-        # Another process's rows, which this room never saw, are merged into the next compaction.
-        theirs.commit(
-            [WriteOp("append", "shared", update, time.time()) for update in keystrokes("theirs", client_id=2)]
-        )
-        mine.commit([WriteOp("compact", "shared", room.get_update(), time.time())])
-        [merged] = mine.load("shared")
-        assert merged.data != room.get_update()
-        assert str(doc_of([merged.data]).get("content", type=Text)) in ("mine theirs", "theirsmine ")
-    finally:
-        mine.close()
-        theirs.close()
+    yield mine, theirs
+    mine.close()
+    theirs.close()
 
 
-def test_a_row_id_another_engine_reused_for_the_same_bytes_elsewhere_is_not_taken_for_its_own(database: str) -> None:
+def type_into(engine: Engine, name: str, typed: str, client_id: int) -> Doc:
+    """Commit `typed` keystroke by keystroke to `name`, as a room would; the room's document."""
+    room: Doc = Doc()
+    for update in keystrokes(typed, client_id=client_id):
+        room.apply_update(update)
+        engine.commit([WriteOp("append", name, update, time.time())])
+    return room
+
+
+def test_a_compaction_merges_what_another_engine_wrote_and_nothing_it_wrote_itself(
+    two_engines: tuple[Engine, Engine],
+) -> None:
+    mine, theirs = two_engines
+    room = type_into(mine, "shared", "mine ", client_id=1)
+    # Everything stored is this engine's own: its room's state is stored as it is, with no merge.
+    mine.commit([WriteOp("compact", "shared", room.get_update(), time.time())])
+    [snapshot] = mine.load("shared")
+    assert snapshot.kind == "snapshot" and snapshot.data == room.get_update()
+    # Another process's rows, which this room never saw, are merged into the next compaction.
+    type_into(theirs, "shared", "theirs", client_id=2)
+    mine.commit([WriteOp("compact", "shared", room.get_update(), time.time())])
+    [merged] = mine.load("shared")
+    assert merged.data != room.get_update()
+    assert text_of([merged.data]) in ("mine theirs", "theirsmine ")
+
+
+def test_a_row_id_another_engine_reused_for_the_same_bytes_elsewhere_is_not_taken_for_its_own(
+    two_engines: tuple[Engine, Engine],
+) -> None:
     """SQLite gives a new row the highest id + 1, so a deleted row's id comes back, here with the same bytes (a
     template every new document starts from) but in another document, whose room never saw them."""
     template = merge_updates(*keystrokes("TEMPLATE", client_id=99))
-    mine, theirs = engine_on(database), engine_on(database)
-    try:
-        room_b: Doc = Doc()
-        for update in keystrokes("own", client_id=1):
-            room_b.apply_update(update)
-            mine.commit([WriteOp("append", "b", update, time.time())])
-        mine.commit([WriteOp("append", "a", template, time.time())])  # the newest row of the log
-        theirs.commit([WriteOp("compact", "a", doc_of(r.data for r in theirs.load("a")).get_update(), time.time())])
-        theirs.commit([WriteOp("append", "b", template, time.time())])  # on SQLite: the id just freed
-        mine.commit([WriteOp("compact", "b", room_b.get_update(), time.time())])
-        assert text_of(record.data for record in mine.load("b")) in ("TEMPLATEown", "ownTEMPLATE")
-        assert text_of(record.data for record in mine.load("a")) == "TEMPLATE"
-    finally:
-        mine.close()
-        theirs.close()
+    mine, theirs = two_engines
+    room_b = type_into(mine, "b", "own", client_id=1)
+    mine.commit([WriteOp("append", "a", template, time.time())])  # the newest row of the log
+    theirs.commit([WriteOp("compact", "a", doc_of(r.data for r in theirs.load("a")).get_update(), time.time())])
+    theirs.commit([WriteOp("append", "b", template, time.time())])  # on SQLite: the id just freed
+    mine.commit([WriteOp("compact", "b", room_b.get_update(), time.time())])
+    assert text_of(record.data for record in mine.load("b")) in ("TEMPLATEown", "ownTEMPLATE")
+    assert text_of(record.data for record in mine.load("a")) == "TEMPLATE"
 
 
 def test_concurrent_compactions_lose_no_update_appended_meanwhile(database: str) -> None:
