@@ -33,6 +33,8 @@ __all__ = [
     "parse_path",
     "parse_port",
     "parse_rate",
+    "parse_relay",
+    "parse_workers",
 ]
 
 ACCESS_CONTROL_SETTINGS = frozenset({"auth_secret", "auth_secret_file", "auth_public_key"})
@@ -104,6 +106,30 @@ def parse_positive_duration(text: str) -> float:
     return seconds
 
 
+def parse_relay(text: str) -> str:
+    """A `--relay` value: a Redis URL (redis://, rediss:// for TLS, unix:// for a socket)."""
+    scheme = text.strip().partition("://")[0].lower()
+    if scheme not in ("redis", "rediss", "unix") or "://" not in text:
+        raise ValueError("not a Redis URL: use redis://host:6379/0, rediss://host:6380/0 or unix:///path/redis.sock")
+    return text.strip()
+
+
+def parse_workers(text: str) -> int:
+    """'4' -> 4; 'auto' -> one per core this process may run on. At least 1."""
+    if text.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    count = parse_count(text)
+    if count < 1:
+        raise ValueError(f"at least 1 worker: {text!r}")
+    return count
+
+
+def _prefix(text: str) -> str:
+    if not text or any(character.isspace() for character in text):
+        raise ValueError(f"a key prefix is one word, not empty: {text!r}")
+    return text
+
+
 def _host(text: str) -> str:
     if not text.strip():
         raise ValueError("empty address (0.0.0.0 listens on every interface)")
@@ -123,6 +149,9 @@ _METAVARS: dict[Callable[[str], Any], str] = {
     parse_rate: "RATE",
     parse_path: "FILE",
     parse_database: "DB",
+    parse_relay: "URL",
+    parse_workers: "N|auto",
+    _prefix: "PREFIX",
     _host: "HOST",
     _origins: "ORIGINS",
     str: "TEXT",
@@ -159,6 +188,27 @@ class Settings:
         parse_database,
         "database: a SQLite file (created if missing), sqlite:///path, postgresql://user:password@host:port/dbname"
         " (PG* variables fill in the rest; needs collab[postgres]), or memory: (gone when the server stops)",
+    )
+    relay: str | None = _setting(
+        None,
+        parse_relay,
+        "share rooms with other collab processes through Redis or Valkey (redis://host:6379/0, rediss:// for TLS);"
+        " needs collab[redis]; without it this is the only server on its database",
+    )
+    relay_prefix: str = _setting(
+        "collab:", _prefix, "prefix of every Redis key collab uses, so that several clusters can share one Redis"
+    )
+    relay_retention: float = _setting(
+        60.0,
+        parse_positive_duration,
+        "how long Redis keeps each room's recent updates, for a process that joins a room late or falls behind;"
+        " much longer than --commit-interval",
+        format_duration,
+    )
+    workers: int = _setting(
+        1,
+        parse_workers,
+        "worker processes sharing the port (SO_REUSEPORT; Linux); auto: one per core; more than 1 needs --relay",
     )
     max_message_size: int = _size(64 * 2**20, "largest WebSocket message accepted; larger ones close with 1009")
     commit_interval: float = _duration(

@@ -15,7 +15,7 @@ from typing import Any
 
 from .units import format_time
 
-__all__ = ["configure_logging", "fields"]
+__all__ = ["configure_logging", "fields", "log_everywhere"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
@@ -69,3 +69,24 @@ def configure_logging(level: str, format: str = "text") -> None:
     root.setLevel(level.upper())
     # websockets logs every failed handshake at INFO; collab logs what matters itself.
     logging.getLogger("websockets").setLevel(max(logging.WARNING, root.level))
+
+
+class _Fields(logging.Filter):
+    """Adds the same fields to every line (`worker=2 process=host:pid:ab`): which process of a cluster logged it."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        super().__init__()
+        self.values = values
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.fields = {**getattr(record, "fields", {}), **self.values}
+        return True
+
+
+def log_everywhere(**values: Any) -> None:
+    """Add `values` as fields of every log line from now on (to those given before)."""
+    for handler in logging.getLogger().handlers:
+        for old in [item for item in handler.filters if isinstance(item, _Fields)]:
+            handler.removeFilter(old)
+            values = {**old.values, **values}
+        handler.addFilter(_Fields(values))

@@ -17,6 +17,7 @@ from collab.store.memory import MemoryStore
 
 from .helpers import SECRET, StartServer, servers_on
 from .postgres import DatabasePool, PrivateCluster, admin_url, drop_database, fresh_database, sweep_stale_databases
+from .redis import PrivateRedis, delete_prefix, fresh_prefix, redis_admin_url
 
 
 @pytest.fixture
@@ -124,3 +125,44 @@ async def server(start_server: StartServer) -> CollabServer:
 async def secured(start_server: StartServer) -> CollabServer:
     """A server with access control on: tokens signed with `helpers.SECRET` (`helpers.token`)."""
     return await start_server(auth_secret=SECRET)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The URL of the session's Redis (tests/redis.py: COLLAB_TEST_REDIS, else 127.0.0.1:6379, else a private one).
+
+    Shared: write only keys under `relay_prefix`.
+    """
+    return redis_admin_url()
+
+
+@pytest.fixture
+def relay_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix for this test alone (`--relay-prefix`); every key under it in `redis_url` is deleted after it."""
+    prefix = fresh_prefix()
+    yield prefix
+    delete_prefix(redis_url, prefix)
+
+
+@pytest.fixture(scope="session")
+def session_private_redis() -> Iterator[PrivateRedis]:
+    """The private Redis of the session; use `private_redis`."""
+    with PrivateRedis() as started:
+        yield started
+
+
+@pytest.fixture
+def private_redis(session_private_redis: PrivateRedis) -> Iterator[PrivateRedis]:
+    """A private Redis, running, for tests that stop, kill or restart it; never the shared server.
+
+    Shared by the session, so a test may stop it only for a while: one that leaves it stopped (a test failing
+    mid-outage) has it started again here, so that the next test finds it running. Its keys are gone after each
+    test (FLUSHALL, or the restart), so that none finds another's.
+    """
+    if not session_private_redis.running:
+        session_private_redis.start()
+    yield session_private_redis
+    if session_private_redis.running:
+        session_private_redis.flush()
+    else:
+        session_private_redis.start()

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pycrdt import Doc, Text, merge_updates
@@ -17,7 +19,7 @@ from collab.errors import HistoryError, StorageError
 from collab.store import HistoryPoint, WriteOp
 from collab.store.group_commit import GroupCommitStore
 from collab.store.history import DAY, HOUR, Retention, to_keep
-from collab.store.sqlite import MIGRATION_NAMES, SQLiteEngine
+from collab.store.sqlite import MIGRATION_NAMES, SQLiteEngine, open_database
 from collab.store.sqlite_read import SQLiteReader, first_checked_ids
 from collab.units import parse_time
 
@@ -288,3 +290,24 @@ def test_recent_changes_are_all_kept_and_history_can_be_turned_off(db_path: Path
     with pytest.raises(HistoryError, match="no history is kept"):
         without_history.load("doc", T0 + 1)
     without_history.close()
+
+
+def _open_together(folder: str, files: int, together: Any) -> None:
+    for index in range(files):
+        together.wait(20)
+        open_database(Path(folder) / f"new{index}.db").conn.close()
+
+
+def test_processes_opening_one_new_file_at_once_take_turns_at_migrating(tmp_path: Path) -> None:
+    """`collab serve --workers N` on a database that does not exist yet: every worker creates and migrates it.
+
+    Eight processes open five new files, all at once each time (without the write lock taken first, most runs
+    saw "table ... already exists" for some file)."""
+    context = multiprocessing.get_context("spawn")
+    together = context.Barrier(8)
+    openers = [context.Process(target=_open_together, args=(str(tmp_path), 5, together)) for _ in range(8)]
+    for opener in openers:
+        opener.start()
+    for opener in openers:
+        opener.join(60)
+    assert [opener.exitcode for opener in openers] == [0] * 8

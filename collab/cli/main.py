@@ -335,6 +335,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = Settings.load(vars(args))
     configure_logging(settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        from ..cluster.workers import Supervisor
+
+        return Supervisor(settings).run()
     run(settings)
     return 0
 

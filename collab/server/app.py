@@ -18,12 +18,13 @@ from http import HTTPStatus
 from websockets.http11 import Response
 
 from ..auth import Access
+from ..cluster import Relay
 from ..config import Settings
 from ..errors import AuthError, ConfigError, DatabaseInUseError, StorageError
 from ..http.api import install_api
 from ..http.router import HttpRequest, OriginPolicy, Router, respond
 from ..http.static import install_web
-from ..logs import fields
+from ..logs import fields, log_everywhere
 from ..metrics import render
 from ..store import Store
 from ..store.engines import locate, open_store, redacted
@@ -48,8 +49,10 @@ LISTEN_BACKLOG = 1024
 class CollabServer:
     """collab's server: the store, the rooms and the listening socket."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
         self.settings = settings
+        self.reuse_port = reuse_port
+        """Listen with SO_REUSEPORT, sharing the port with the other workers of `collab.cluster.workers`."""
         self.access = Access(settings.secret(), settings.public_key())
         self.origins = OriginPolicy(
             settings.allowed_origin, restrict_by_default=not self.access.enabled, tls=settings.certfile is not None
@@ -58,8 +61,14 @@ class CollabServer:
             raise ConfigError("TLS needs both --certfile and --keyfile")
         database = locate(settings.db)
         self.store: Store = open_store(settings)
-        self.lock = database.lock()
-        self.metrics = ServerMetrics(self.store, connections=lambda: len(self.peers), rooms=lambda: len(self.rooms))
+        self.relay: Relay | None = open_relay(settings)
+        self.lock = database.lock(shared=self.relay is not None)
+        self.metrics = ServerMetrics(
+            self.store,
+            connections=lambda: len(self.peers),
+            rooms=lambda: len(self.rooms),
+            relay=self.relay,
+        )
         self.rooms = Rooms(
             self.store,
             unload_after=settings.unload_after,
@@ -68,6 +77,7 @@ class CollabServer:
             max_room_connections=settings.max_room_connections,
             max_document_size=settings.max_document_size,
             rejected=self.metrics.rejected,
+            relay=self.relay,
         )
         # Above the largest document plus the largest message: a newcomer downloading the one while the
         # other is relayed to it is never over the ceiling (see Backlogs).
@@ -122,7 +132,10 @@ class CollabServer:
             raise
         try:
             await self.sessions.start()  # revocations stored so far hold from the first connection on
+            if self.relay is not None:
+                await self.relay.start(self.rooms)
         except BaseException:
+            await self.sessions.close()
             await self.store.close()
             self.lock.release()
             raise
@@ -134,8 +147,11 @@ class CollabServer:
                 ssl=tls,
                 ssl_handshake_timeout=self.settings.handshake_timeout if tls else None,
                 backlog=LISTEN_BACKLOG,
+                reuse_port=self.reuse_port,
             )
         except OSError as error:
+            if self.relay is not None:
+                await self.relay.close()
             await self.sessions.close()
             await self.store.close()
             self.lock.release()
@@ -187,6 +203,8 @@ class CollabServer:
         await server.wait_closed()
         await self.sessions.close()
         await self.rooms.close()
+        if self.relay is not None:
+            await self.relay.close()  # after the rooms: their clients' departures reach the other processes
         await self.store.close()
         self.lock.release()
         logger.info("stopped; everything is on disk")
@@ -207,6 +225,8 @@ class CollabServer:
             return respond(HTTPStatus.SERVICE_UNAVAILABLE, "store not writable: commits are failing\n")
         if self._lock_lost is not None:
             return respond(HTTPStatus.SERVICE_UNAVAILABLE, f"database lock lost: {self._lock_lost}\n")
+        if self.relay is not None and self.relay.problem is not None:
+            return respond(HTTPStatus.SERVICE_UNAVAILABLE, f"relay: {self.relay.problem}\n")
         return respond(HTTPStatus.OK, "ready\n")
 
     async def _watch_lock_forever(self) -> None:
@@ -264,6 +284,17 @@ class CollabServer:
             peer.fail(error)
 
 
+def open_relay(settings: Settings) -> Relay | None:
+    """The relay `--relay` names (not started), or None; redis-py is imported only when there is one."""
+    if settings.relay is None:
+        return None
+    try:
+        from ..cluster.redis_relay import RedisRelay
+    except ImportError as error:
+        raise ConfigError(f"--relay needs the Redis client: pip install 'collab[redis]' ({error})") from None
+    return RedisRelay(settings.relay, prefix=settings.relay_prefix, retention=settings.relay_retention)
+
+
 def describe(error: BaseException) -> str:
     """An error's message, or what it is when it has none (a timeout, an engine's empty message)."""
     if isinstance(error, TimeoutError):
@@ -276,15 +307,25 @@ def connectable_host(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0", "::") else f"[{host}]" if ":" in host else host
 
 
-async def serve_until_signalled(settings: Settings) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down cleanly."""
-    server = CollabServer(settings)
-    await server.start()
+async def serve_until_signalled(
+    settings: Settings, *, reuse_port: bool = False, serving: Callable[[int], object] | None = None
+) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down cleanly; `serving(port)` once listening.
+
+    The handlers are set before starting, so that a SIGTERM during the start (a supervisor stopping its
+    workers, see `collab.cluster.workers`) still stops the server cleanly.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    server = CollabServer(settings, reuse_port=reuse_port)
+    if server.relay is not None:
+        log_everywhere(process=server.relay.process)
+    await server.start()
     try:
+        if serving is not None:
+            serving(server.port)
         await stop.wait()
         logger.info("shutting down: closing connections and flushing")
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..cluster import Relay
 from ..metrics import Counter, Gauge, Histogram, Metric
 from ..store import Commit, Store
 from ..sync.protocol import Auth, Awareness, Message, QueryAwareness, SyncStep1, SyncStep2, Update
@@ -35,9 +36,12 @@ class ServerMetrics:
     It counts the store's commits through `store.on_commit`, which it sets: one `ServerMetrics` per store.
     """
 
-    def __init__(self, store: Store, connections: Callable[[], int], rooms: Callable[[], int]) -> None:
-        """`connections()` and `rooms()`: the gauges' current values, read at each scrape."""
+    def __init__(
+        self, store: Store, connections: Callable[[], int], rooms: Callable[[], int], relay: Relay | None = None
+    ) -> None:
+        """`connections()` and `rooms()`: the gauges' current values, read at each scrape; `relay`'s own too."""
         self._store = store
+        self._relay = relay
         self._connections = connections
         self._rooms = rooms
         by_type = ("type",)
@@ -93,4 +97,5 @@ class ServerMetrics:
             Gauge("collab_store_failing", "1 while store commits fail (they are retried)", lambda: int(store.failing)),
             self.rejected,
             self.auth_failures,
+            *(self._relay.metrics() if self._relay is not None else ()),
         ]

@@ -5,6 +5,13 @@ fails, every waiting joiner gets the error and the next joiner tries again: a
 document that could not be read is never served as empty. A room that has been
 empty for `unload_after` seconds is compacted, and dropped from memory only
 once the store confirms that everything it wrote is durable.
+
+With a relay (`--relay`, see `collab.cluster`) the rooms are also the relay's
+`Listener`: a room is followed while it is loaded, and loaded from the store
+*and* what the relay retains of it (what other processes accepted and may not
+have committed yet); frames other processes publish reach its peers, a gap is
+repaired by merging the store's copy in, and a process that stops beating takes
+its clients' presence with it.
 """
 
 from __future__ import annotations
@@ -12,10 +19,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ..errors import ServerBusyError
+from ..cluster import Relay, Relayed
+from ..errors import CollabError, ServerBusyError, StorageError
+from ..logs import fields
 from ..metrics import Counter
 from ..store import Store
-from ..sync.room import Peer, Room
+from ..sync.protocol import Awareness, parse_frame
+from ..sync.room import Origin, Peer, Room
 
 __all__ = ["Rooms"]
 
@@ -24,6 +34,11 @@ logger = logging.getLogger("collab.rooms")
 
 MAX_JOIN_ATTEMPTS = 8
 """Loads one join may wait for: a room unloads again before its joiner gets it only in a rare race."""
+MAX_ORIGINS = 1024
+"""Other processes remembered at once (each a presence holder); past it, those not beating are forgotten."""
+GAP_RELOAD_ATTEMPTS = 10
+GAP_RELOAD_RETRY = 2.0
+"""Seconds between attempts to read a room back from a store that is failing, after a gap."""
 
 
 class Rooms:
@@ -39,8 +54,12 @@ class Rooms:
         max_room_connections: int = 1_000,
         max_document_size: int = 0,
         rejected: Counter | None = None,
+        relay: Relay | None = None,
     ) -> None:
-        """`rejected`: where rooms count the awareness entries they drop (the server's metrics)."""
+        """`rejected`: where rooms count the awareness entries they drop (the server's metrics).
+
+        `relay`: the other processes' rooms (`--relay`); the caller starts it with these rooms as its listener.
+        """
         self.store = store
         self.unload_after = unload_after
         self.compact_after = compact_after
@@ -51,6 +70,9 @@ class Rooms:
         self._rooms: dict[str, Room] = {}
         self._loading: dict[str, asyncio.Task[Room]] = {}
         self._unloading: dict[str, asyncio.Task[None]] = {}
+        self.relay = relay
+        self._origins: dict[str, Origin] = {}
+        self._reloads: dict[str, asyncio.Task[None]] = {}
 
     def __len__(self) -> int:
         return len(self._rooms)
@@ -112,6 +134,10 @@ class Rooms:
 
     async def _load(self, name: str) -> Room:
         try:
+            # What the relay retains first, then the store: whatever is published after the one is read
+            # is followed from `retained.position`, whatever before it is in `retained` or (older than the
+            # retention) long committed.
+            retained = await self.relay.retained(name) if self.relay is not None else None
             records = await self.store.load(name)
             loop = asyncio.get_running_loop()
             room = Room.from_records(
@@ -122,13 +148,24 @@ class Rooms:
                 max_document_size=self.max_document_size,
                 rejected=self.rejected,
                 schedule=loop.call_soon,
+                publisher=self.relay,
             )
+            if retained is not None:
+                for message in retained.frames:
+                    try:
+                        self._receive(room, message, only_updates=not self._is_alive(message.origin))
+                    except CollabError as error:
+                        logger.warning(
+                            "skipped a retained frame from %s: %s", message.origin, error, extra=fields(room=name)
+                        )
         except Exception:
             logger.exception("could not load room %r", name)
             raise
         finally:
             del self._loading[name]
         self._rooms[name] = room
+        if self.relay is not None and retained is not None:
+            self.relay.follow(name, retained.position)
         logger.debug("loaded room %r from %d stored records", name, len(records))
         return room
 
@@ -142,13 +179,89 @@ class Rooms:
                 del self._unloading[room.name]
         if not room.peers and self._rooms.get(room.name) is room:
             del self._rooms[room.name]
+            if self.relay is not None:
+                self.relay.unfollow(room.name)
             logger.debug("unloaded room %r", room.name)
 
     async def close(self) -> None:
         """Compact every room and wait until the store has it all; the rooms stay readable."""
-        for task in self._unloading.values():
+        for task in [*self._unloading.values(), *self._reloads.values()]:
             task.cancel()
         self._unloading.clear()
+        self._reloads.clear()
         for room in self._rooms.values():
             room.compact()
         await self.store.flush()
+
+    # The relay's listener (collab.cluster.Listener).
+
+    def relayed(self, name: str, message: Relayed) -> None:
+        """A frame another process published: to the room's peers and Doc; `CollabError` if it is refused."""
+        room = self._rooms.get(name)
+        if room is not None:
+            self._receive(room, message)
+
+    def gap(self, name: str) -> None:
+        """Something published for `name` may have been missed: merge in the store's copy (in the background)."""
+        room = self._rooms.get(name)
+        if room is not None and name not in self._reloads:
+            self._reloads[name] = asyncio.create_task(self._merge_stored(room), name=f"reload {name}")
+
+    def gone(self, process: str) -> None:
+        """Process `process` stopped beating: its clients' presence goes, and what it relayed is folded into
+        a snapshot here (it may have died before committing it)."""
+        origin = self._origins.pop(process, None)
+        if origin is None:
+            return
+        now = asyncio.get_running_loop().time()
+        for room in self._rooms.values():
+            room.origin_gone(origin, now)
+
+    def _receive(self, room: Room, message: Relayed, only_updates: bool = False) -> None:
+        """Hand `room` one relayed frame (without its awareness, for a frame of a process no longer beating)."""
+        messages = parse_frame(message.frame)
+        if only_updates:
+            messages = [item for item in messages if type(item) is not Awareness]
+        room.receive_relayed(self._origin(message.origin), messages, asyncio.get_running_loop().time())
+
+    def _origin(self, process: str) -> Origin:
+        origin = self._origins.get(process)
+        if origin is None:
+            if len(self._origins) >= MAX_ORIGINS:
+                for known in [known for known in self._origins if not self._is_alive(known)]:
+                    self.gone(known)
+            origin = self._origins[process] = Origin(process)
+        return origin
+
+    def _is_alive(self, process: str) -> bool:
+        return self.relay is None or self.relay.is_alive(process)
+
+    async def _merge_stored(self, room: Room) -> None:
+        try:
+            for attempt in range(GAP_RELOAD_ATTEMPTS):
+                try:
+                    records = await self.store.load(room.name)
+                except StorageError as error:
+                    logger.warning(
+                        "cannot read the room back after a gap: %s",
+                        error,
+                        extra=fields(room=room.name, attempt=attempt),
+                    )
+                    await asyncio.sleep(GAP_RELOAD_RETRY)
+                    continue
+                if self._rooms.get(room.name) is room:
+                    try:
+                        missed = room.merge_stored(records)
+                    except CollabError as error:
+                        logger.error(
+                            "cannot merge the stored room after a gap: %s", error, extra=fields(room=room.name)
+                        )
+                        return
+                    logger.info(
+                        "merged the store's copy after a gap", extra=fields(room=room.name, missed_bytes=missed)
+                    )
+                return
+            logger.error("gave up reading the room back after a gap", extra=fields(room=room.name))
+        finally:
+            if self._reloads.get(room.name) is asyncio.current_task():
+                del self._reloads[room.name]

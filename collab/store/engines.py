@@ -58,22 +58,27 @@ ACCEPTED = (
 
 
 class ServerLock(Protocol):
-    """Exclusive use of a database by one server, and where that server listens (see `lockfile`)."""
+    """Use of a database by one server, or by the servers of one cluster, and where one listens (see `lockfile`).
+
+    Taken exclusively (a server of its own; a CLI command writing the database) or shared (each server of a
+    cluster, `--relay`): shared holders run together, never beside an exclusive one.
+    """
 
     def acquire(self) -> None:
-        """Take it, or raise the error that names who has it."""
+        """Take it, or raise the error that names who has it (an exclusive holder, or one of the shared ones)."""
         ...
 
     def describe(self, **details: Any) -> None:
         """Record details (pid, url, auth; `command` for a CLI command) for whoever finds it held.
 
-        `Backend.running_server` reads them.
+        `Backend.running_server` reads them. Shared holders keep one set, any one's: another's stay recorded.
         """
         ...
 
     def check(self) -> None:
         """Make sure it is still held, taking it again if it was lost and is free (blocking: run it on a thread).
 
+        A shared holder also records its details again where the holder whose they were has gone.
         `DatabaseInUseError` if another server took it meanwhile; `StorageError` if that cannot be known now.
         """
         ...
@@ -107,12 +112,12 @@ class Backend(Protocol):
         """A read-only view (use it in `with`); `StorageError` if there is no such database."""
         ...
 
-    def lock(self) -> ServerLock:
-        """The lock a server holds while it runs on this database."""
+    def lock(self, shared: bool = False) -> ServerLock:
+        """The lock a server holds while it runs on this database: `shared` for a server of a cluster."""
         ...
 
     def running_server(self) -> dict[str, Any] | None:
-        """What the server holding the lock recorded (pid, url, auth), or None if no server runs."""
+        """What the server holding the lock recorded (pid, url, auth; one of a cluster's), or None if none runs."""
         ...
 
     def revocations(self) -> RevocationFeed:
@@ -170,8 +175,8 @@ class SQLiteFile:
     def reader(self) -> Reader:
         return SQLiteReader(self.path)
 
-    def lock(self) -> ServerLock:
-        return DatabaseLock(self.path)
+    def lock(self, shared: bool = False) -> ServerLock:
+        return DatabaseLock(self.path, shared=shared)
 
     def running_server(self) -> dict[str, Any] | None:
         return running_server(self.path)
@@ -227,10 +232,10 @@ class PostgresDatabase:
 
         return PostgresReader(self.url)
 
-    def lock(self) -> ServerLock:
+    def lock(self, shared: bool = False) -> ServerLock:
         from .postgres_read import PostgresLock
 
-        return PostgresLock(self.url)
+        return PostgresLock(self.url, shared=shared)
 
     def running_server(self) -> dict[str, Any] | None:
         from .postgres_read import running_server
@@ -280,7 +285,7 @@ class InMemory:
     def reader(self) -> Reader:
         raise StorageError("a memory: database lives inside its server only; use the server's /api/docs")
 
-    def lock(self) -> ServerLock:
+    def lock(self, shared: bool = False) -> ServerLock:
         return _Unshared()
 
     def running_server(self) -> dict[str, Any] | None:

@@ -6,10 +6,13 @@
 
 The lock is PostgreSQL's own: `pg_try_advisory_lock` on a connection the server
 keeps open, released by PostgreSQL when that connection ends however the process
-ends (kill -9 included), so a stale lock cannot outlive its server. Its details
+ends (kill -9 included), so a stale lock cannot outlive its server. The servers
+of a cluster (`--relay`) take it shared (`pg_try_advisory_lock_shared`, the same
+keys): any number of them together, none beside an exclusive holder. Its details
 (pid, address, whether tokens are checked) sit in `collab_server` for `collab
-import` to find the server and go through it. Who holds the lock is read from
-`pg_locks`, never by trying to take it.
+import` to find the server and go through it; shared holders keep one row, any
+one's, as `lockfile` says for SQLite (whose session holds the lock tells a holder
+gone). Who holds the lock is read from `pg_locks`, never by trying to take it.
 """
 
 from __future__ import annotations
@@ -32,12 +35,20 @@ __all__ = ["PostgresLock", "PostgresReader", "PostgresRevocations", "add_revocat
 
 SERVER_KEY = KEYS[1]
 """First half of the advisory lock a server holds; the second is its schema's name hashed, as for migrations."""
-_HELD = """SELECT EXISTS (
-    SELECT 1 FROM pg_locks
+_HOLDERS = """SELECT 1 FROM pg_locks
     WHERE locktype = 'advisory' AND granted AND objsubid = 2
       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-      AND classid = %s AND objid = (hashtext(current_schema())::bigint & 4294967295)::oid)"""
-"""Whether any session holds the server lock (a two-key lock shows its halves as classid and objid)."""
+      AND classid = %s AND objid = (hashtext(current_schema())::bigint & 4294967295)::oid"""
+"""The sessions holding the server lock, in either mode (ExclusiveLock, or ShareLock for each shared holder);
+a two-key lock shows its halves as classid and objid."""
+_HELD = f"SELECT EXISTS ({_HOLDERS})"
+"""Whether any session holds the server lock."""
+_HOLDS = f"SELECT EXISTS ({_HOLDERS} AND pid = %s)"
+"""Whether the session with that pid holds it."""
+_TAKE = "SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))"
+_TAKE_SHARED = "SELECT pg_try_advisory_lock_shared(%s, hashtext(current_schema()))"
+_UNLOCK = "SELECT pg_advisory_unlock(%s, hashtext(current_schema()))"
+_UNLOCK_SHARED = "SELECT pg_advisory_unlock_shared(%s, hashtext(current_schema()))"
 
 
 def _has_table(conn: Connection, table: str) -> bool:
@@ -155,12 +166,16 @@ class PostgresRevocations:
 
 
 class PostgresLock:
-    """Exclusive use of a database by one server, held on a connection of its own while the server runs."""
+    """Use of a database by one server, exclusive or `shared` with the other servers of a cluster, held on a
+    connection of its own while the server runs."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, shared: bool = False) -> None:
         self.url = url
+        self.shared = shared
         self._conn: Connection | None = None
         self._details: dict[str, Any] = {}
+        self._written: dict[str, Any] | None = None
+        """Shared: the details this lock wrote last, to tell its own row from another holder's."""
         self._mutex = threading.Lock()
         """`check` runs on a thread of its own; `describe` and `release` may run meanwhile."""
 
@@ -193,21 +208,31 @@ class PostgresLock:
     def _try_lock(self, conn: Connection) -> bool:
         """Take the lock; if this lock's own lost session still holds it (dead to us, not yet ended on the
         server's side), end that session first."""
-        take = "SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))"
-        if conn.execute(take, [SERVER_KEY]).fetchone() == (True,):
-            return True
         lost = self._details.get("backend")
+        if self.shared:
+            if lost is not None:  # its shared lock would outlast this server, keeping exclusive holders out
+                self._end(conn, lost)
+            return conn.execute(_TAKE_SHARED, [SERVER_KEY]).fetchone() == (True,)
+        if conn.execute(_TAKE, [SERVER_KEY]).fetchone() == (True,):
+            return True
         if lost is None or _details(conn).get("backend") != lost:
             return False
-        # That very session (a pid is reused: its start time tells sessions apart), not whatever has its pid now.
+        self._end(conn, lost)
+        return conn.execute(_TAKE, [SERVER_KEY]).fetchone() == (True,)
+
+    def _end(self, conn: Connection, session: dict[str, Any]) -> None:
+        """End `session`, waiting for it to go: that very session (a pid is reused: its start time tells
+        sessions apart), not whatever has its pid now."""
         conn.execute(
             "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE pid = %s AND backend_start::text = %s",
-            [lost["pid"], lost["start"]],
+            [session["pid"], session["start"]],
         )
-        return conn.execute(take, [SERVER_KEY]).fetchone() == (True,)
 
     def check(self) -> None:
-        """Take the lock again if its connection was lost (PostgreSQL restarted, the backend terminated)."""
+        """Take the lock again if its connection was lost (PostgreSQL restarted, the backend terminated).
+
+        A shared holder also records its own details again where the holder whose they were has gone.
+        """
         with self._mutex:
             self._check()
 
@@ -218,10 +243,15 @@ class PostgresLock:
         if not conn.closed:
             try:
                 conn.execute("SELECT 1")
-                return
             except psycopg.OperationalError as error:
                 if not conn.broken:
                     raise StorageError(f"cannot check the lock on {where(self.url)}: {one_line(error)}") from error
+            else:
+                if self.shared:
+                    with _DriverErrors(f"cannot record the server in {where(self.url)}"):
+                        if _gone(conn, _details(conn)):
+                            self._write(conn)
+                return
             conn.close()
         self._conn = self._take()  # if this raises, the next check tries again
         self._describe()
@@ -232,19 +262,28 @@ class PostgresLock:
             self._describe(**details)
 
     def _describe(self, **details: Any) -> None:
-        assert self._conn is not None, "lock not held"
+        conn = self._conn
+        assert conn is not None, "lock not held"
         with _DriverErrors(f"cannot record the server in {where(self.url)}"):
-            session = self._conn.execute(
+            session = conn.execute(
                 "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()"
             ).fetchone()
             if session is not None:  # a role may not see even its own session there: then none is ended
                 self._details.update(backend={"pid": session[0], "start": session[1]})
             self._details.update(details)
-            self._conn.execute(
-                """INSERT INTO collab_server (id, details) VALUES (1, %s)
-                   ON CONFLICT (id) DO UPDATE SET details = EXCLUDED.details, updated_at = now()""",
-                [json.dumps(self._details)],
-            )
+            if self.shared:
+                recorded = _details(conn)
+                if recorded != self._written and not _gone(conn, recorded):
+                    return  # another server of the cluster's, which will do
+            self._write(conn)
+
+    def _write(self, conn: Connection) -> None:
+        conn.execute(
+            """INSERT INTO collab_server (id, details) VALUES (1, %s)
+               ON CONFLICT (id) DO UPDATE SET details = EXCLUDED.details, updated_at = now()""",
+            [json.dumps(self._details)],
+        )
+        self._written = dict(self._details)
 
     def release(self) -> None:
         with self._mutex:
@@ -253,8 +292,11 @@ class PostgresLock:
             return
         try:
             if not conn.broken:
-                conn.execute("DELETE FROM collab_server")
-                conn.execute("SELECT pg_advisory_unlock(%s, hashtext(current_schema()))", [SERVER_KEY])
+                if not self.shared:
+                    conn.execute("DELETE FROM collab_server")
+                elif self._written is not None:  # its own only: another holder's details stay for it
+                    conn.execute("DELETE FROM collab_server WHERE details = %s::jsonb", [json.dumps(self._written)])
+                conn.execute(_UNLOCK_SHARED if self.shared else _UNLOCK, [SERVER_KEY])
         except psycopg.Error:
             pass  # closing the connection below releases the lock all the same
         finally:
@@ -266,8 +308,16 @@ def _details(conn: Connection) -> dict[str, Any]:
     return dict(row[0]) if row is not None else {}
 
 
+def _gone(conn: Connection, details: dict[str, Any]) -> bool:
+    """Whether the session `details` are of holds the server lock no more, or they name none (a role that cannot
+    see its own session in pg_stat_activity records none: then each check writes its own, and any will do)."""
+    backend = details.get("backend")
+    pid = backend.get("pid") if isinstance(backend, dict) else None
+    return pid is None or conn.execute(_HOLDS, [SERVER_KEY, pid]).fetchone() != (True,)
+
+
 def running_server(url: str) -> dict[str, Any] | None:
-    """The details of the server holding the database's lock, or None if no server holds it."""
+    """The details of the server holding the database's lock (one of a cluster's), or None if none holds it."""
     conn = connect(url)
     try:
         with _DriverErrors(f"cannot read {where(url)}"):

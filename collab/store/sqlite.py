@@ -17,6 +17,7 @@ a newer collab is refused, never modified or moved aside. Reads live in
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,10 +107,43 @@ def migrate(db: Database, path: Path) -> None:
 
     Not a `ConfigError`: the database is fine and so is the command line; this collab cannot use it (exit 5).
     """
+    _refuse_newer(db, path)
+    if not migrations.pending(db):
+        return  # opening writes nothing: a write lock held elsewhere delays only the first commit
+    # Under the write lock from the start, so that processes opening one new file at once (`--workers`)
+    # take turns: the second waits (busy_timeout), then finds the migrations applied. In a deferred
+    # transaction both would read, and the second's first write would fail at once ("database is locked").
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        _refuse_newer(db, path)
+        migrations.apply(db)  # each migration in a savepoint of this transaction
+    except BaseException:
+        db.conn.rollback()
+        raise
+    db.conn.commit()
+
+
+def _set_wal(db: Database, busy_timeout: float) -> str:
+    """Put the database in WAL mode; the journal mode it is in after.
+
+    Turning a new file to WAL needs it alone for a moment, and SQLite answers "database is locked" at once
+    rather than wait for it: processes creating one file together (`--workers`) try again for up to
+    `busy_timeout`, 10 ms apart.
+    """
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            return str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def _refuse_newer(db: Database, path: Path) -> None:
     unknown = {m.name for m in migrations.applied(db)} - set(MIGRATION_NAMES)
     if unknown:
         raise StorageError(f"{path} was migrated by a newer collab ({', '.join(sorted(unknown))}); upgrade collab")
-    migrations.apply(db)
 
 
 SYNCHRONOUS_MODES = ("off", "normal", "full", "extra")
@@ -129,7 +163,7 @@ def open_database(path: Path, busy_timeout: float = 5.0, synchronous: str = "ful
         raise StorageError(f"cannot open database {path}: {error}") from error
     try:
         db = Database(conn)
-        if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+        if _set_wal(db, busy_timeout) != "wal":
             raise StorageError(f"{path}: SQLite refused WAL mode")
         db.execute(f"PRAGMA synchronous={synchronous}")
         db.execute("PRAGMA foreign_keys=ON")

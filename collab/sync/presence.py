@@ -79,10 +79,12 @@ class _Removed(NamedTuple):
 class _Holder:
     """The ids one connection owns or claims, and who its token says it is."""
 
-    __slots__ = ("claimed", "owned", "subject")
+    __slots__ = ("claimed", "limit", "owned", "subject")
 
-    def __init__(self, subject: str | None) -> None:
+    def __init__(self, subject: str | None, limit: int) -> None:
         self.subject = subject
+        self.limit = limit
+        """How many ids it may own and claim together."""
         self.owned: set[int] = set()
         self.claimed: set[int] = set()
 
@@ -105,12 +107,22 @@ class Presence:
         """Oldest first: insertion order is removal order."""
 
     def apply(
-        self, owner: object, entries: Iterable[AwarenessEntry], now: float, subject: str | None = None
+        self,
+        owner: object,
+        entries: Iterable[AwarenessEntry],
+        now: float,
+        subject: str | None = None,
+        max_ids: int = MAX_CLIENT_IDS,
     ) -> Applied:
-        """Apply the entries `owner` sent (`subject`: its token's `sub`); `now` is a monotonic time in seconds."""
+        """Apply the entries `owner` sent (`subject`: its token's `sub`); `now` is a monotonic time in seconds.
+
+        `max_ids`: how many ids `owner` may hold, fixed when it first sends. A connection holds MAX_CLIENT_IDS;
+        another collab process, which stands for all of its own connections in a room, holds many more (its
+        own rules kept each of them to MAX_CLIENT_IDS).
+        """
         holder = self._holders.get(owner)
         if holder is None:
-            holder = self._holders[owner] = _Holder(subject)
+            holder = self._holders[owner] = _Holder(subject, max_ids)
         accepted: list[AwarenessEntry] = []
         dropped: dict[str, int] = {}
         for entry in entries:
@@ -157,7 +169,7 @@ class Presence:
                 accepted.append(self._release(client_id, self._holders[current], clock, now))
                 return None
             if current is not owner:
-                if client_id not in holder.claimed and len(holder) >= MAX_CLIENT_IDS:
+                if client_id not in holder.claimed and len(holder) >= holder.limit:
                     return TOO_MANY_IDS
                 self._take_over(client_id, owner, holder)
             self._entries[client_id] = entry
@@ -180,7 +192,7 @@ class Presence:
                 return None  # stale
             elif removed.subject is not None and removed.subject != holder.subject:
                 return NOT_OWNER
-        if len(holder) >= MAX_CLIENT_IDS:
+        if len(holder) >= holder.limit:
             return TOO_MANY_IDS
         self._removed.pop(client_id, None)
         self._entries[client_id] = entry
@@ -204,7 +216,7 @@ class Presence:
         if not mine:
             if claim is not None and claim[1].clock >= entry.clock:
                 return NOT_OWNER
-            if len(holder) >= MAX_CLIENT_IDS:
+            if len(holder) >= holder.limit:
                 return TOO_MANY_IDS
             if claim is not None:
                 self._holders[claim[0]].claimed.discard(client_id)  # a newer claim replaces it

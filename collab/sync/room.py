@@ -40,8 +40,9 @@ from .yupdate import check_update as walk_update
 
 if TYPE_CHECKING:
     from ..auth import Grant
+    from ..cluster import Publisher
 
-__all__ = ["Peer", "Room", "check_records", "check_update"]
+__all__ = ["Origin", "Peer", "Room", "check_records", "check_update"]
 
 logger = logging.getLogger("collab.room")
 
@@ -65,6 +66,26 @@ class Peer(Protocol):
     def send(self, frame: bytes) -> None:
         """Queue one frame for this peer without blocking; drop it if the peer is gone."""
         ...
+
+
+class Origin:
+    """Another collab process, as the rooms of this one see it: it owns the presence of its own connections.
+
+    One object per process, so that `Presence` keeps one holder for all of that process's clients and drops
+    them together when it stops beating (`Room.origin_gone`).
+    """
+
+    __slots__ = ("process",)
+
+    def __init__(self, process: str) -> None:
+        self.process = process
+
+    def __repr__(self) -> str:
+        return f"<Origin {self.process}>"
+
+
+REMOTE_CLIENT_IDS = 1_000_000
+"""Client ids one other process may hold in a room: each of its connections is held to MAX_CLIENT_IDS there."""
 
 
 def check_update(update: bytes) -> bool:
@@ -123,11 +144,13 @@ class Room:
         max_document_size: int = 0,
         schedule: Callable[[Callable[[], None]], object] | None = None,
         rejected: Counter | None = None,
+        publisher: Publisher | None = None,
     ) -> None:
         """`schedule(callback)` runs a flush later (e.g. `loop.call_soon`); without it, flushes are immediate.
 
         `max_document_size`: bytes an update may not grow the document beyond (0: no limit).
         `rejected`: where dropped awareness entries are counted, by reason (the server's metrics).
+        `publisher`: where what this room accepts from its own peers goes for the other processes (`--relay`).
         """
         self.name = name
         self._doc: Doc = doc if doc is not None else Doc()
@@ -143,6 +166,11 @@ class Room:
         self._store = store
         self._schedule = schedule
         self._pending: list[bytes] = []
+        self._relayed: list[bytes] = []
+        """Updates from other processes, for the Doc only: their own process stores them."""
+        self._publisher = publisher
+        self.relayed_from: set[str] = set()
+        """Processes whose updates this room holds but did not store: a snapshot (`compact`) folds them in."""
         self.max_document_size = max_document_size
         self.size = 0
         """The document's size in bytes, cheaply: as loaded or last compacted, plus every update accepted
@@ -161,6 +189,7 @@ class Room:
         max_document_size: int = 0,
         schedule: Callable[[Callable[[], None]], object] | None = None,
         rejected: Counter | None = None,
+        publisher: Publisher | None = None,
     ) -> Room:
         """Rebuild a room from what the store holds; raise `CorruptDocumentError` naming a bad record.
 
@@ -180,6 +209,7 @@ class Room:
             max_document_size=max_document_size,
             schedule=schedule,
             rejected=rejected,
+            publisher=publisher,
         )
         if len(records) == 1:
             room._stored, room._stored_state = records[0].data, states[0]
@@ -214,9 +244,10 @@ class Room:
         """
         self.peers.pop(peer, None)
         changes = self.presence.remove_owner(peer, time.monotonic() if now is None else now)
-        if changes and self.peers:
-            for frame in awareness_messages(changes):
-                self._broadcast(frame)
+        for frame in awareness_messages(changes):
+            self._broadcast(frame)
+            if self._publisher is not None:
+                self._publisher.publish(self.name, frame)
 
     # Messages.
 
@@ -266,6 +297,8 @@ class Room:
         self._size_exact = False
         if trial:
             self._store.append(self.name, update, 1)
+            if self._publisher is not None:
+                self._publisher.publish(self.name, frame)
             return
         self._pending.append(update)
         if len(self._pending) == 1:
@@ -323,7 +356,10 @@ class Room:
             mine is theirs for mine, theirs in zip(accepted, message.entries, strict=True)
         )
         # Echo to the sender too: a lone stock client counts that echo as a sign of life.
-        self._broadcast(message.encode() if unchanged else awareness_message(accepted))
+        frame = message.encode() if unchanged else awareness_message(accepted)
+        self._broadcast(frame)
+        if self._publisher is not None:
+            self._publisher.publish(self.name, frame)
 
     def _broadcast(self, frame: bytes) -> None:
         for peer in self.peers:
@@ -339,6 +375,8 @@ class Room:
         queue entries and that merging took about a third of the server's CPU). A batch is what one turn
         of the event loop accepted, so an update is queued for the store at most one turn after it came.
         """
+        if self._relayed:
+            self._apply_relayed()
         pending = self._pending
         if pending:
             self._pending = []
@@ -356,6 +394,8 @@ class Room:
                 )
                 batch = self._apply_each(pending)
             self._store.append(self.name, batch, len(pending))
+            if self._publisher is not None:
+                self._publisher.publish(self.name, Update(batch).encode())
         if self.log_length >= self.compact_after:
             self.compact()
 
@@ -374,18 +414,113 @@ class Room:
         return merge_updates(*applied) if applied else EMPTY_UPDATE
 
     def compact(self) -> None:
-        """Replace the store's log for this document with a snapshot, if anything was logged."""
-        if self._pending:
+        """Replace the store's log for this document with a snapshot, if anything was logged or relayed.
+
+        Updates relayed from other processes are stored by those processes; a snapshot holds them too, which
+        is how they survive their process dying before its commit (issue: "survivors' compaction folds
+        their in-memory state in").
+        """
+        if self._pending or self._relayed:
             self.flush()
-        if self.log_length:
+        if self.log_length or self.relayed_from:
             snapshot = self.doc.get_update()
             self._store.compact(self.name, snapshot)
             self.log_length = 0
+            self.relayed_from.clear()
             self.size = len(snapshot)
             self._size_exact = True
 
+    # What other processes relayed (see collab.cluster).
+
+    def receive_relayed(self, origin: Origin, messages: list[Message], now: float | None = None) -> None:
+        """Handle one frame another process accepted from its peers: updates and awareness, nothing else.
+
+        Its updates are checked as a client's are (what comes out of Redis is as hostile as what comes off
+        a socket: `InvalidUpdateError` refuses the frame, nothing of it applied), relayed to every peer here,
+        and applied to the Doc, but neither stored (their own process does that) nor published again, and
+        not held to --max-document-size (their process accepted them: refusing would split the document).
+        Sync messages are never relayed between processes (a stale process's step 2 must not be merged as
+        news), so they are ignored here.
+        """
+        trial: set[int] = set()
+        for index, message in enumerate(messages):
+            if type(message) is Update and check_update(message.update):
+                trial.add(index)
+        for index, message in enumerate(messages):
+            if type(message) is Update:
+                self._accept_relayed(origin, message.update, message.raw, index in trial)
+            elif type(message) is Awareness:
+                accepted, _ = self.presence.apply(
+                    origin, message.entries, time.monotonic() if now is None else now, None, REMOTE_CLIENT_IDS
+                )
+                if accepted:
+                    self._broadcast(
+                        message.encode() if len(accepted) == len(message.entries) else awareness_message(accepted)
+                    )
+
+    def merge_stored(self, records: list[StoredRecord]) -> int:
+        """Merge what the store holds into the room (a gap in the relay: something may have been missed).
+
+        Every peer gets what it lacks as one update; returns its size (0 when nothing was missed). Raises
+        `CorruptDocumentError` for a row that does not decode, as a load does.
+        """
+        check_records(self.name, records)
+        if not records:
+            return 0
+        stored = records[0].data if len(records) == 1 else merge_updates(*(record.data for record in records))
+        missing = get_update(stored, self.state_vector())
+        if missing == EMPTY_UPDATE:
+            return 0
+        self._accept_relayed(None, missing, b"", False)
+        return len(missing)
+
+    def origin_gone(self, origin: Origin, now: float | None = None) -> None:
+        """Another process stopped: drop the presence of its clients; fold in its unstored updates (`compact`)."""
+        changes = self.presence.remove_owner(origin, time.monotonic() if now is None else now)
+        for frame in awareness_messages(changes):
+            self._broadcast(frame)
+        handovers = [entry for entry in changes if not entry.is_removal]  # ids a peer here now holds
+        if self._publisher is not None:
+            for frame in awareness_messages(handovers):
+                self._publisher.publish(self.name, frame)
+        if origin.process in self.relayed_from:
+            self.compact()
+
+    def _accept_relayed(self, origin: Origin | None, update: bytes, frame: bytes, trial: bool) -> None:
+        if update == EMPTY_UPDATE:
+            return
+        if trial:
+            self._apply_now(update)
+        else:
+            self._relayed.append(update)
+            if len(self._relayed) == 1 and not self._pending:
+                if self._schedule is None:
+                    self.flush()
+                else:
+                    self._schedule(self.flush)
+        frame = frame or Update(update).encode()
+        for peer in self.peers:
+            peer.send(frame)
+        self.size += len(update)
+        self._size_exact = False
+        if origin is not None:  # None: from the store, so stored already
+            self.relayed_from.add(origin.process)
+
+    def _apply_relayed(self) -> None:
+        relayed, self._relayed = self._relayed, []
+        batch = relayed[0] if len(relayed) == 1 else merge_updates(*relayed)
+        try:
+            self.doc.apply_update(batch)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:
+            logger.exception(
+                "room %r: a batch of %d relayed updates did not apply; applying one by one", self.name, len(relayed)
+            )
+            self._apply_each(relayed)
+
     def state_vector(self) -> bytes:
-        if self._stored is not None and not self._pending:
+        if self._stored is not None and not self._pending and not self._relayed:
             return self._stored_state
         self.flush()
         return self.doc.get_state()
@@ -393,7 +528,7 @@ class Room:
     def diff(self, state_vector: bytes) -> bytes:
         """What a peer with `state_vector` is missing."""
         try:
-            if self._stored is not None and not self._pending:
+            if self._stored is not None and not self._pending and not self._relayed:
                 return self._stored if state_vector == EMPTY_STATE_VECTOR else get_update(self._stored, state_vector)
             self.flush()
             return self.doc.get_update(state_vector)

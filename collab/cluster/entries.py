@@ -1,0 +1,141 @@
+"""What collab keeps in Redis, and how it is read back: keys, stream entries, positions, gaps. No I/O.
+
+Keys (all under `--relay-prefix`, each with a time to live, so a cluster that is gone leaves nothing):
+
+    <prefix>room:<name>     a stream per room: the frames its processes published, kept `--relay-retention`
+    <prefix>processes       a hash: process name -> its last heartbeat, in Redis's clock (milliseconds)
+    <prefix>wake:<process>  a stream nobody else writes: a process adds to it to end its own blocking read
+                            when it starts following another room
+
+A stream entry has the publishing process (`o`) and either a frame (`f`) or a gap marker (`g`): a process
+that could not publish something says so once it can, and the others reload the room from the store. An
+entry that is neither (another program's, a damaged one) is skipped and counted, never the end of
+delivery: one bad entry must not stop a room, let alone the others (y/hub #61).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+__all__ = [
+    "BEGINNING",
+    "Entry",
+    "Followed",
+    "Gap",
+    "after_outage",
+    "decode_entry",
+    "frame_fields",
+    "gap_fields",
+    "id_millis",
+    "processes_key",
+    "room_key",
+    "room_name",
+    "wake_key",
+]
+
+BEGINNING = "0-0"
+"""The position before every entry of a stream."""
+
+ORIGIN, FRAME, GAP = b"o", b"f", b"g"
+
+
+def room_key(prefix: str, name: str) -> str:
+    return f"{prefix}room:{name}"
+
+
+def room_name(prefix: str, key: bytes | str) -> str | None:
+    """The room a key is the stream of, or None for another key."""
+    text = key.decode(errors="replace") if isinstance(key, bytes) else key
+    start = f"{prefix}room:"
+    return text[len(start) :] if text.startswith(start) else None
+
+
+def processes_key(prefix: str) -> str:
+    return f"{prefix}processes"
+
+
+def wake_key(prefix: str, process: str) -> str:
+    return f"{prefix}wake:{process}"
+
+
+def frame_fields(process: str, frame: bytes) -> dict[bytes, bytes]:
+    return {ORIGIN: process.encode(), FRAME: frame}
+
+
+def gap_fields(process: str) -> dict[bytes, bytes]:
+    return {ORIGIN: process.encode(), GAP: b"1"}
+
+
+class Entry(NamedTuple):
+    """A decoded stream entry: a frame, or (frame None) a gap marker."""
+
+    origin: str
+    frame: bytes | None
+
+
+class Gap(NamedTuple):
+    """Why a followed room may have missed entries."""
+
+    reason: str
+
+
+def decode_entry(fields: Mapping[bytes, bytes]) -> Entry | None:
+    """The entry `fields` hold, or None if they are not one collab wrote."""
+    origin = fields.get(ORIGIN)
+    if not isinstance(origin, bytes) or not origin:
+        return None
+    try:
+        process = origin.decode()
+    except UnicodeDecodeError:
+        return None
+    frame = fields.get(FRAME)
+    if isinstance(frame, bytes) and frame and GAP not in fields:
+        return Entry(process, frame)
+    if fields.get(GAP) == b"1" and FRAME not in fields:
+        return Entry(process, None)
+    return None
+
+
+def id_millis(entry_id: bytes | str) -> int | None:
+    """The Redis time (ms since the epoch) an entry id was made at, or None if it is not an id."""
+    text = entry_id.decode(errors="replace") if isinstance(entry_id, bytes) else entry_id
+    millis, dash, sequence = text.partition("-")
+    if not (millis.isdigit() and dash and sequence.isdigit()):
+        return None
+    return int(millis)
+
+
+@dataclass
+class Followed:
+    """A room this process follows: where its reading stands."""
+
+    position: str | None
+    """The id of the last entry read (or BEGINNING); None while unknown (Redis could not be asked)."""
+    gap: Gap | None = None
+    """Set when entries may have been missed; cleared when the room is reloaded."""
+    unsent: list[bytes] = field(default_factory=list)
+    """Frames this process could not publish (Redis down); sent when it is back, or replaced by a gap marker."""
+    unsent_bytes: int = 0
+    lost_unsent: bool = False
+    """Frames were dropped from `unsent` (its bound): the others must be told to reload instead."""
+
+
+def after_outage(
+    rooms: Iterable[Followed], *, same_server: bool, down_for: float, retention: float
+) -> tuple[str, list[Followed]] | None:
+    """Which followed rooms may have missed entries after the connection to Redis came back, and why.
+
+    A different Redis (restarted without its data, or failed over: its run id changed) has lost whatever
+    the others published that this process had not read yet; the same one still holds it unless it was
+    trimmed, which only happens to entries older than the retention. Rooms whose position was unknown
+    (followed while Redis was down) always count. Returns (reason, rooms) or None when nothing may be lost.
+    """
+    rooms = list(rooms)
+    if not same_server:
+        return "Redis restarted or failed over (its run id changed)", rooms
+    if down_for >= retention / 2:
+        return f"disconnected from Redis for {down_for:.0f} s, close to --relay-retention", rooms
+    unknown = [room for room in rooms if room.position is None]
+    return ("the room was opened while Redis was unreachable", unknown) if unknown else None
