@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -46,11 +47,30 @@ FORMATS: dict[str, tuple[str, str]] = {
 RootType = type[Map] | type[Text] | type[XmlFragment] | type[Array]
 
 
+LONG_NATIVE_CALL = 0.05
+"""Seconds of one pycrdt call (it holds the GIL throughout) after which the thread rendering pauses (`breathe`)."""
+BREATHER = 0.005
+
+
+def breathe(since: float) -> None:
+    """Pause for a moment if the native call started at `since` (`time.perf_counter`) was a long one.
+
+    Exports render in a thread (collab.http.api), but each pycrdt call on a large document holds the GIL for
+    a few hundred ms, and a keystroke needs the event loop for a few turns in a row to be relayed: without the
+    pause the rendering thread took the GIL back between those turns, and one keystroke waited through several
+    calls instead of one. Small documents never pause, so exporting many of them costs nothing more.
+    """
+    if time.perf_counter() - since > LONG_NATIVE_CALL:
+        time.sleep(BREATHER)
+
+
 def doc_from_updates(updates: list[bytes]) -> Doc:
     doc: Doc = Doc()
     with doc.transaction():
         for update in updates:
+            started = time.perf_counter()
             doc.apply_update(update)
+            breathe(started)
     return doc
 
 
@@ -140,7 +160,9 @@ def render(doc: Doc, fmt: str, info: DocumentInfo | None = None, name: str | Non
     """The document in format `fmt` (one of FORMATS)."""
     if fmt in ("txt", "md"):
         return str(doc.get(CONTENT_ROOT, type=Text)).encode() if CONTENT_ROOT in doc.keys() else b""  # noqa: SIM118 (Doc types no __contains__)
+    started = time.perf_counter()
     update = doc.get_update()
+    breathe(started)
     if fmt == "ydoc":
         return update
     if fmt == "json":

@@ -32,20 +32,23 @@ import pwd
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
 import uuid
 from pathlib import Path
 from queue import Empty, PriorityQueue, Queue
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
-import pytest
 from psycopg import sql
+
+from . import services
+
+# At home in services, shared with tests/redis.py; the tests import them from here too.
+from .services import free_port as free_port
+from .services import redacted as redacted
 
 SHARED_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 # A server that is up answers within milliseconds; a closed port refuses at once. The bound is for a
@@ -54,7 +57,6 @@ CONNECT_TIMEOUT_S = 3
 # pg_ctl's own wait bound (-t) for start and stop; the subprocess gets a little more so pg_ctl reports first.
 PG_CTL_TIMEOUT_S = 30
 INITDB_TIMEOUT_S = 120
-APT_TIMEOUT_S = 900
 TEST_DATABASE_PREFIX = "collab_test_"
 TEST_DATABASE_NAME = re.compile(rf"{TEST_DATABASE_PREFIX}(\d+)_[0-9a-f]{{32}}")
 """What `fresh_database` names a database: the prefix, the pid of the pytest that made it, and a uuid."""
@@ -68,49 +70,6 @@ StopMode = Literal["fast", "immediate"]
 
 class PostgresUnavailable(Exception):
     """No PostgreSQL server could be provided or controlled; the message says what was tried and what failed."""
-
-
-def admin_url() -> str:
-    """The URL of a server where tests may create databases (see the module docstring for where it comes from).
-
-    Decided once per session; a failure is remembered too, so that each later test fails at once with the
-    same message instead of trying again.
-    """
-    choice = _session_choice()
-    if isinstance(choice, PostgresUnavailable):
-        pytest.fail(f"no PostgreSQL for the tests: {choice}", pytrace=False)
-    return choice
-
-
-@functools.cache
-def _session_choice() -> str | PostgresUnavailable:
-    try:
-        # A private cluster, if one is started, removes itself at exit.
-        url, _private_cluster = choose_server(os.environ.get("COLLAB_TEST_PG") or None, SHARED_URL)
-    except PostgresUnavailable as error:
-        return error
-    return url
-
-
-def choose_server(configured: str | None, candidate: str) -> tuple[str, PrivateCluster | None]:
-    """The admin URL to use, and the private cluster started for it when neither server answered.
-
-    The caller owns the returned cluster (it is removed at exit anyway). Separate from `admin_url` so that
-    the fallback can be tested with a candidate that does not answer.
-    """
-    if configured is not None:
-        if not reachable(configured):
-            raise PostgresUnavailable(f"COLLAB_TEST_PG={redacted(configured)} does not answer")
-        return configured, None
-    if reachable(candidate):
-        return candidate, None
-    cluster = PrivateCluster()
-    try:
-        cluster.start()
-    except BaseException:
-        cluster.remove()
-        raise
-    return cluster.admin_url, cluster
 
 
 def reachable(url: str) -> bool:
@@ -261,29 +220,12 @@ def database_name(url: str) -> str:
     return unquote(urlsplit(url).path.removeprefix("/"))
 
 
-def redacted(url: str) -> str:
-    """`url` without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
     # Autocommit: CREATE DATABASE and DROP DATABASE cannot run inside a transaction.
     return psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
 
 
-class PrivateCluster:
+class PrivateCluster(services.PrivateServer):
     """A throwaway PostgreSQL cluster in a temp dir, listening on 127.0.0.1 on a free port; for fault tests.
 
     `start()` creates the cluster the first time; `stop("fast")` shuts down cleanly; `stop("immediate")`
@@ -299,13 +241,10 @@ class PrivateCluster:
     """
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.bin_dir = postgres_bin_dir()
-        self.root = _owned_temp_dir("collab-pg-")
-        self.data_dir = self.root / "data"
-        self.log_file = self.root / "postgres.log"
+        self.bin_dir = postgres_bin_dir()  # before the temp dir, which a missing PostgreSQL would leave behind
         self.running = False
-        atexit.register(self.remove)
+        super().__init__(_owned_temp_dir("collab-pg-"), "postgres.log")
+        self.data_dir = self.root / "data"
 
     @property
     def admin_url(self) -> str:
@@ -339,25 +278,6 @@ class PrivateCluster:
                 pass  # removing is best effort (it also runs at exit); the files go either way
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.remove()
-
     def __repr__(self) -> str:
         return f"PrivateCluster(port={self.port}, root={self.root}, running={self.running})"
 
@@ -368,6 +288,12 @@ class PrivateCluster:
             _run_as_owner([*command, *arguments], self.root, PG_CTL_TIMEOUT_S + 10)
         except PostgresUnavailable as error:
             raise PostgresUnavailable(f"{error}\nserver log ({self.log_file}):\n{self.log_tail()}") from None
+
+
+def _start_private() -> tuple[str, PrivateCluster]:
+    """A private cluster for the session, started; its admin URL (for `choose_server`)."""
+    cluster = PrivateCluster().started()
+    return cluster.admin_url, cluster
 
 
 @functools.cache
@@ -414,7 +340,11 @@ def postgres_bin_dir() -> Path:
     """The directory holding initdb and pg_ctl, installing Debian's postgresql package when there is none."""
     found = _find_bin_dir()
     if found is None:
-        _install_postgres()
+        advice = (
+            "install PostgreSQL's server binaries "
+            "or set COLLAB_TEST_PG to a server where the tests may create databases"
+        )
+        services.apt_install("postgresql", "initdb", advice, PostgresUnavailable)
         found = _find_bin_dir()
     if found is None:
         raise PostgresUnavailable("no initdb on PATH or in /usr/lib/postgresql/*/bin, even after apt-get install")
@@ -435,33 +365,19 @@ def _find_bin_dir() -> Path | None:
     return debian[-1] if debian else None
 
 
-def _install_postgres() -> None:
-    if shutil.which("apt-get") is None:
-        raise PostgresUnavailable(
-            "no initdb found and no apt-get to install it; install PostgreSQL's server binaries "
-            "or set COLLAB_TEST_PG to a server where the tests may create databases"
-        )
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    # The package lists may be missing (fresh containers) or stale; update first, then install.
-    for step in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"]):
-        command = [*sudo, *step]
-        try:
-            result = subprocess.run(
-                command, env=environment, capture_output=True, text=True, timeout=APT_TIMEOUT_S, check=False
-            )
-        except subprocess.TimeoutExpired:
-            raise PostgresUnavailable(f"{shlex.join(command)} took over {APT_TIMEOUT_S} s") from None
-        if result.returncode != 0:
-            raise PostgresUnavailable(
-                f"no initdb found, and {shlex.join(command)} failed (exit {result.returncode}):\n"
-                f"{result.stderr[-2000:]}"
-            )
-
-
 def _user_exists(name: str) -> bool:
     try:
         pwd.getpwnam(name)
     except KeyError:
         return False
     return True
+
+
+_SOURCE = services.Source(
+    "PostgreSQL", "COLLAB_TEST_PG", SHARED_URL, reachable, _start_private, PostgresUnavailable, "does not answer"
+)
+# The URL of a server where tests may create databases, decided once per session (see the module docstring).
+admin_url = _SOURCE.session_url
+# `choose_server(configured, candidate)`: the admin URL to use and the private cluster started for it, if any; the
+# session's choice with the servers given, so that the fallback can be tested with a candidate that does not answer.
+choose_server = _SOURCE.choose

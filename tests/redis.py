@@ -26,7 +26,6 @@ message that says what was tried.
 
 from __future__ import annotations
 
-import atexit
 import functools
 import os
 import re
@@ -37,15 +36,12 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .postgres import free_port, redacted
+from . import services
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
 # A Redis that is up answers PING within a millisecond; the bound is for a host that drops packets.
@@ -55,7 +51,6 @@ PING_TIMEOUT_S = 1.0
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 START_POLL_S = 0.01
-APT_TIMEOUT_S = 900
 TEST_PREFIX = "collab_test_"
 TEST_PREFIX_NAME = re.compile(rf"{TEST_PREFIX}(\d+)_[0-9a-f]{{32}}:")
 """What `fresh_prefix` makes: the prefix, the pid of the pytest that made it, a uuid, and the separator."""
@@ -67,49 +62,6 @@ DELETE_TIMEOUT_S = 30.0
 
 class RedisUnavailable(Exception):
     """No Redis could be provided or controlled; the message says what was tried and what failed."""
-
-
-def redis_admin_url() -> str:
-    """The URL of the Redis the tests write their prefixed keys to (see the module docstring for where it comes from).
-
-    Decided once per session; a failure is remembered too, so that each later test fails at once with the same
-    message instead of trying again.
-    """
-    choice = _session_choice()
-    if isinstance(choice, RedisUnavailable):
-        pytest.fail(f"no Redis for the tests: {choice}", pytrace=False)
-    return choice
-
-
-@functools.cache
-def _session_choice() -> str | RedisUnavailable:
-    try:
-        # A private server, if one is started, stops itself at exit.
-        url, _private = choose_redis(os.environ.get("COLLAB_TEST_REDIS") or None, SHARED_URL)
-    except RedisUnavailable as error:
-        return error
-    return url
-
-
-def choose_redis(configured: str | None, candidate: str) -> tuple[str, PrivateRedis | None]:
-    """The URL to use, and the private server started for it when neither server answered.
-
-    The caller owns the returned server (it is removed at exit anyway). Separate from `redis_admin_url` so that
-    the fallback can be tested with a candidate that does not answer.
-    """
-    if configured is not None:
-        if not reachable(configured):
-            raise RedisUnavailable(f"COLLAB_TEST_REDIS={redacted(configured)} does not answer PING")
-        return configured, None
-    if reachable(candidate):
-        return candidate, None
-    private = PrivateRedis()
-    try:
-        private.start()
-    except BaseException:
-        private.remove()
-        raise
-    return private.url, private
 
 
 def reachable(url: str) -> bool:
@@ -159,7 +111,7 @@ def _client(url: str) -> redis.Redis:
     )
 
 
-class PrivateRedis:
+class PrivateRedis(services.PrivateServer):
     """A redis-server of our own, a child process listening on 127.0.0.1 on a free port; for fault tests.
 
     `start()` waits until it answers PING; `stop()` is a clean SHUTDOWN NOSAVE; `kill()` is a crash (SIGKILL:
@@ -170,11 +122,8 @@ class PrivateRedis:
     """
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="collab-redis-"))
-        self.log_file = self.root / "redis.log"
         self._process: subprocess.Popen[bytes] | None = None
-        atexit.register(self.remove)
+        super().__init__(Path(tempfile.mkdtemp(prefix="collab-redis-")), "redis.log")
 
     @property
     def url(self) -> str:
@@ -247,27 +196,14 @@ class PrivateRedis:
         self.kill()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.remove()
-
     def __repr__(self) -> str:
         return f"PrivateRedis(port={self.port}, root={self.root}, running={self.running})"
+
+
+def _start_private() -> tuple[str, PrivateRedis]:
+    """A private server for the session, started; its URL (for `choose_redis`)."""
+    private = PrivateRedis().started()
+    return private.url, private
 
 
 @functools.cache
@@ -275,32 +211,21 @@ def redis_server() -> str:
     """The path of redis-server, installing Debian's redis-server package when there is none on PATH."""
     found = shutil.which("redis-server")
     if found is None:
-        _install_redis()
+        advice = (
+            "install Redis (or Valkey's redis-server) or set COLLAB_TEST_REDIS to a Redis the tests may write keys to"
+        )
+        services.apt_install("redis-server", "redis-server", advice, RedisUnavailable)
         found = shutil.which("redis-server")
     if found is None:
         raise RedisUnavailable("no redis-server on PATH, even after apt-get install redis-server")
     return found
 
 
-def _install_redis() -> None:
-    if shutil.which("apt-get") is None:
-        raise RedisUnavailable(
-            "no redis-server found and no apt-get to install it; install Redis (or Valkey's redis-server) "
-            "or set COLLAB_TEST_REDIS to a Redis the tests may write keys to"
-        )
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    # The package lists may be missing (fresh containers) or stale; update first, then install.
-    for step in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "redis-server"]):
-        command = [*sudo, *step]
-        try:
-            result = subprocess.run(
-                command, env=environment, capture_output=True, text=True, timeout=APT_TIMEOUT_S, check=False
-            )
-        except subprocess.TimeoutExpired:
-            raise RedisUnavailable(f"{shlex.join(command)} took over {APT_TIMEOUT_S} s") from None
-        if result.returncode != 0:
-            raise RedisUnavailable(
-                f"no redis-server found, and {shlex.join(command)} failed (exit {result.returncode}):\n"
-                f"{result.stderr[-2000:]}"
-            )
+_SOURCE = services.Source(
+    "Redis", "COLLAB_TEST_REDIS", SHARED_URL, reachable, _start_private, RedisUnavailable, "does not answer PING"
+)
+# The URL of the Redis the tests write their prefixed keys to, decided once per session (see the module docstring).
+redis_admin_url = _SOURCE.session_url
+# `choose_redis(configured, candidate)`: the URL to use and the private server started for it, if any; the session's
+# choice with the servers given, so that the fallback can be tested with a candidate that does not answer.
+choose_redis = _SOURCE.choose

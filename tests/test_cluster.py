@@ -9,8 +9,11 @@ sends a reconnecting client to a process that is still alive.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import re
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -19,8 +22,24 @@ from typing import Any
 
 import pytest
 
+from collab.auth import Permission
+
 from .cluster import Balancer, Cluster, metric
-from .helpers import INTEROP, NodeClient, ServerProcess, http_get, stored_text
+from .helpers import (
+    INTEROP,
+    SECRET,
+    NodeClient,
+    ServerProcess,
+    http_get,
+    refused,
+    room_url,
+    stored_text,
+    synced,
+    text,
+    token,
+    wait_for,
+    with_token,
+)
 from .redis import PrivateRedis
 
 pytestmark = pytest.mark.skipif(
@@ -89,6 +108,11 @@ async def test_stock_clients_on_three_processes_converge_and_a_fourth_equals_the
             async with NodeClient(base(cluster.ports[3]), ROOM) as joiner:
                 await joiner.synced()
                 assert (await joiner.snapshot())["text"] == final
+            # Every update committed once, by the process that received it: 40 keystrokes on each writer's.
+            await wait_until(lambda: all(metric(port, "collab_store_pending_writes") == 0 for port in cluster.ports))
+            persisted = [metric(port, "collab_updates_persisted_total") for port in cluster.ports]
+            assert persisted == [40, 40, 40, 0]
+        assert all(re.search(r"\bprocess=\S+:\d+:[0-9a-f]{8}\b", "".join(process.output)) for process in cluster)
     assert stored_text(db, ROOM) == final  # each process stored what it accepted; the store holds it all
 
 
@@ -172,7 +196,9 @@ async def test_redis_restarted_during_edits_converges_with_one_gap_reload_per_ro
                 await converged(group, words[room], timeout=30)
             for process in cluster:
                 await wait_until(lambda: http_get(process.port, "/readyz").status == 200)  # noqa: B023
-                assert metric(process.port, "collab_relay_gap_reloads_total") == len(rooms)
+                await wait_until(lambda: metric(process.port, "collab_relay_gap_reloads_total") == len(rooms))  # noqa: B023
+            await asyncio.sleep(1.5)  # and no more than one each
+            assert [metric(port, "collab_relay_gap_reloads_total") for port in cluster.ports] == [len(rooms)] * 3
 
 
 def test_a_second_server_without_relay_is_refused_beside_a_cluster(
@@ -184,3 +210,54 @@ def test_a_second_server_without_relay_is_refused_beside_a_cluster(
         with pytest.raises(RuntimeError, match="in use"):
             alone.start()
         assert alone.process is not None and alone.process.wait(10) != 0
+
+
+async def test_two_workers_on_one_port_converge_and_a_killed_worker_comes_back(
+    tmp_path: Path, redis_url: str, relay_prefix: str
+) -> None:
+    db = tmp_path / "collab.db"
+    rng = random.Random(5)
+    supervisor = ServerProcess(
+        db, "--workers", "2", "--relay", redis_url, "--relay-prefix", relay_prefix, "--log-level", "debug"
+    ).start()
+    try:
+        pids = {index: int(supervisor.wait_for_line(rf"worker {index} serving .*\bpid=(\d+)")[1]) for index in (1, 2)}
+        async with AsyncExitStack() as stack:
+            typists = await clients(stack, [base(supervisor.port)] * 8)  # the kernel spreads them over both
+            for index in (1, 2):
+                supervisor.wait_for_line(rf"\bjoined\b.*\bworker={index}\b", timeout=10)
+            words = {index: [f"{{{index}.{n}}}" for n in range(30)] for index in range(len(typists))}
+            typing = [
+                asyncio.create_task(type_words(typist, words[index], rng, 0.02)) for index, typist in enumerate(typists)
+            ]
+            await asyncio.sleep(0.3)
+            os.kill(pids[1], signal.SIGKILL)
+            supervisor.wait_for_line(r"worker 1 was killed by SIGKILL; restarting it", timeout=10)
+            supervisor.wait_for_line(rf"worker 1 serving .*\bpid=(?!{pids[1]}\b)\d+", timeout=20)
+            await asyncio.gather(*typing)
+            text = await converged(typists, {word for group in words.values() for word in group}, timeout=30)
+    finally:
+        assert supervisor.stop() == 0
+    assert stored_text(db, ROOM) == text
+
+
+async def test_access_control_read_only_and_the_api_are_the_same_on_every_process(
+    tmp_path: Path, redis_url: str, relay_prefix: str
+) -> None:
+    db = tmp_path / "collab.db"
+    with Cluster(db, redis_url, relay_prefix, 2, "--auth-secret", SECRET) as cluster:
+        one, two = cluster.ports
+        writer = token("team/", Permission.WRITE)
+        reader = token("team/", Permission.READ)
+        async with synced(with_token(room_url(one, ROOM), writer)) as ada:
+            async with synced(with_token(room_url(two, ROOM), reader)) as viewer:
+                text(ada).insert(0, "written on one")
+                await wait_for(lambda: str(text(viewer)) == "written on one")
+                text(viewer).insert(0, "ignored ")  # read only: dropped on its own process, relayed nowhere
+                await asyncio.sleep(0.5)
+                assert str(text(ada)) == "written on one"
+            await refused(room_url(two, ROOM))  # no token: refused on the other process as on this one
+            reply = await asyncio.to_thread(
+                http_get, two, f"/api/docs/{ROOM}?format=txt", {"Authorization": f"Bearer {reader}"}
+            )
+            assert reply.status == 200 and reply.body.decode() == "written on one"

@@ -30,6 +30,14 @@ from collab.sync.room import Origin, Room
 from .helpers import FramePeer, keystrokes, text_of
 
 
+def joined(room: Room) -> FramePeer:
+    """A peer in `room`, its greeting taken."""
+    peer = FramePeer("peer")
+    room.join(peer)
+    peer.take()
+    return peer
+
+
 class Published:
     """A `Publisher` that keeps what a room published."""
 
@@ -83,7 +91,7 @@ def test_entry_ids_give_their_time() -> None:
 def test_a_new_redis_means_every_room_may_have_missed_something() -> None:
     rooms = [Followed("1-0"), Followed(None)]
     found = after_outage(rooms, same_server=False, down_for=0.1, retention=60)
-    assert found is not None and found[1] == rooms and "run id" in found[0]
+    assert found is not None and found[1] == rooms and "epoch" in found[0]
 
 
 def test_the_same_redis_after_a_short_outage_lost_nothing_but_rooms_opened_meanwhile() -> None:
@@ -101,62 +109,47 @@ def test_an_outage_near_the_retention_counts_as_a_gap() -> None:
 # Rooms and relayed frames.
 
 
-async def test_a_relayed_update_reaches_every_peer_and_the_doc_but_is_neither_stored_nor_published_again() -> None:
-    store = MemoryStore()
-    await store.start()
+async def test_a_relayed_update_reaches_every_peer_and_the_doc_but_is_neither_stored_nor_published_again(
+    memory_store: MemoryStore,
+) -> None:
     published = Published()
-    room = Room("r", store, publisher=published)
-    peer = FramePeer("peer")
-    room.join(peer)
-    peer.take()
+    room = Room("r", memory_store, publisher=published)
+    peer = joined(room)
     update = update_of("from elsewhere")
     room.receive_relayed(Origin("other"), parse_frame(Update(update).encode()))
     assert [type(message) for message in peer.take()] == [Update]
     room.flush()
     assert str(room.doc.get("content", type=Text)) == "from elsewhere"
     assert published.frames == []
-    await store.flush()
-    assert await store.load("r") == []
+    await memory_store.flush()
+    assert await memory_store.load("r") == []
     assert room.relayed_from == {"other"}
-    await store.close()
 
 
-async def test_what_a_room_accepts_from_its_peers_is_published_once() -> None:
-    store = MemoryStore()
-    await store.start()
+async def test_what_a_room_accepts_from_its_peers_is_published_once(memory_store: MemoryStore) -> None:
     published = Published()
-    room = Room("r", store, publisher=published)
+    room = Room("r", memory_store, publisher=published)
     peer = FramePeer("peer")
     room.join(peer)
     for stroke in keystrokes("hi"):
         room.receive(peer, parse_frame(Update(stroke).encode()))
     room.flush()
     assert text_of(parse_frame(frame)[0].update for _, frame in published.frames) == "hi"  # type: ignore[union-attr]
-    await store.close()
 
 
-async def test_a_relayed_update_that_does_not_decode_is_refused_whole() -> None:
-    store = MemoryStore()
-    await store.start()
-    room = Room("r", store)
-    peer = FramePeer("peer")
-    room.join(peer)
-    peer.take()
+async def test_a_relayed_update_that_does_not_decode_is_refused_whole(memory_store: MemoryStore) -> None:
+    room = Room("r", memory_store)
+    peer = joined(room)
     good = Update(update_of("ok")).encode()
     with pytest.raises(InvalidUpdateError):
         room.receive_relayed(Origin("other"), parse_frame(good + Update(b"\x01\x05\xff").encode()))
     assert peer.take() == []
-    await store.close()
 
 
-async def test_relayed_presence_is_held_by_its_process_and_goes_with_it() -> None:
-    store = MemoryStore()
-    await store.start()
+async def test_relayed_presence_is_held_by_its_process_and_goes_with_it(memory_store: MemoryStore) -> None:
     published = Published()
-    room = Room("r", store, publisher=published)
-    peer = FramePeer("peer")
-    room.join(peer)
-    peer.take()
+    room = Room("r", memory_store, publisher=published)
+    peer = joined(room)
     other = Origin("other")
     entries = [AwarenessEntry(client_id, 1, json.dumps({"user": client_id})) for client_id in range(1, 11)]
     room.receive_relayed(other, parse_frame(awareness_message(entries)), now=1.0)
@@ -166,30 +159,22 @@ async def test_relayed_presence_is_held_by_its_process_and_goes_with_it() -> Non
     removals = [entry for message in peer.messages() for entry in getattr(message, "entries", ())]
     assert {entry.client_id for entry in removals if entry.is_removal} == set(range(1, 11))
     assert published.frames == []  # every process drops a dead one's clients itself
-    await store.close()
 
 
-async def test_a_process_gone_leaves_its_relayed_updates_in_a_snapshot() -> None:
-    store = MemoryStore()
-    await store.start()
-    room = Room("r", store)
+async def test_a_process_gone_leaves_its_relayed_updates_in_a_snapshot(memory_store: MemoryStore) -> None:
+    room = Room("r", memory_store)
     room.receive_relayed(Origin("dying"), parse_frame(Update(update_of("unsaved elsewhere")).encode()))
     room.origin_gone(Origin("bystander"))
-    await store.flush()
-    assert await store.load("r") == []  # another process going is no reason to write
+    await memory_store.flush()
+    assert await memory_store.load("r") == []  # another process going is no reason to write
     room.origin_gone(Origin("dying"))
-    await store.flush()
-    assert text_of(record.data for record in await store.load("r")) == "unsaved elsewhere"
-    await store.close()
+    await memory_store.flush()
+    assert text_of(record.data for record in await memory_store.load("r")) == "unsaved elsewhere"
 
 
-async def test_merging_the_store_sends_peers_only_what_they_missed() -> None:
-    store = MemoryStore()
-    await store.start()
-    room = Room("r", store)
-    peer = FramePeer("peer")
-    room.join(peer)
-    peer.take()
+async def test_merging_the_store_sends_peers_only_what_they_missed(memory_store: MemoryStore) -> None:
+    room = Room("r", memory_store)
+    peer = joined(room)
     doc: Doc = Doc()
     doc["content"] = content = Text()
     content += "seen"
@@ -204,4 +189,34 @@ async def test_merging_the_store_sends_peers_only_what_they_missed() -> None:
     assert text_of([seen, message.update]) == "seen missed"
     assert len(message.update) < len(doc.get_update())  # the difference, not the whole document
     assert room.merge_stored(stored) == 0  # nothing missed any more
-    await store.close()
+
+
+async def test_a_relayed_removal_that_hands_an_id_to_a_peer_here_is_published(memory_store: MemoryStore) -> None:
+    published = Published()
+    room = Room("r", memory_store, publisher=published)
+    claimant = FramePeer("claimant")
+    room.join(claimant)
+    other = Origin("other")
+    room.receive_relayed(other, parse_frame(awareness_message([AwarenessEntry(7, 1, '{"on": "other"}')])), now=1.0)
+    # The same client id reconnecting here before its old connection there is known gone: a claim, kept.
+    room.receive(claimant, parse_frame(awareness_message([AwarenessEntry(7, 2, '{"on": "here"}')])), now=1.1)
+    published.frames.clear()
+    claimant.take()
+    room.receive_relayed(other, parse_frame(awareness_message([AwarenessEntry(7, 2, "null")])), now=1.2)
+    (handover,) = [entry for message in claimant.take() for entry in getattr(message, "entries", ())]
+    assert handover.state == '{"on": "here"}' and not handover.is_removal
+    (frame,) = [frame for _, frame in published.frames]
+    assert [entry.state for entry in parse_frame(frame)[0].entries] == ['{"on": "here"}']  # type: ignore[union-attr]
+
+
+async def test_a_process_gone_removes_at_the_current_clock_so_the_next_renewal_is_taken(
+    memory_store: MemoryStore,
+) -> None:
+    room = Room("r", memory_store)
+    other, back = Origin("cut off"), Origin("cut off")
+    room.receive_relayed(other, parse_frame(awareness_message([AwarenessEntry(9, 4, '{"u": 1}')])), now=1.0)
+    room.origin_gone(other, now=2.0)
+    assert len(room.presence) == 0
+    # It was only cut off: its client's renewal (clock 5) comes back through it, and is shown again.
+    room.receive_relayed(back, parse_frame(awareness_message([AwarenessEntry(9, 5, '{"u": 1}')])), now=3.0)
+    assert [entry.clock for entry in room.presence.current()] == [5]

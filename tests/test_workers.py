@@ -161,3 +161,14 @@ def test_backoff_doubles_for_workers_that_keep_dying_and_resets_after_a_stable_r
     assert [backoff.after(lived=1.0) for _ in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
     assert backoff.after(lived=backoff.stable_after) == 0.0  # it had served a while: at once
     assert backoff.after(lived=0.1) == 0.5
+
+
+def test_auto_workers_are_one_per_core_this_process_may_use() -> None:
+    from collab.config import Settings
+    from collab.errors import ConfigError
+
+    cores = len(os.sched_getaffinity(0))
+    assert Settings.load({}, {"COLLAB_WORKERS": "auto"}).workers == cores
+    assert Settings.load({}, {"COLLAB_WORKERS": "3"}).workers == 3
+    with pytest.raises(ConfigError, match="at least 1 worker"):
+        Settings.load({}, {"COLLAB_WORKERS": "0"})

@@ -42,7 +42,8 @@ class Retained(NamedTuple):
     """What a relay still holds of a room, for a process that starts holding it (`Relay.retained`)."""
 
     frames: list[Relayed]
-    """Oldest first: everything published for the room within the retention, this process's own included."""
+    """Oldest first: what other processes published for the room within the retention (this process's own frames
+    are in the store already)."""
     position: str
     """Where to `follow` the room from so that nothing after `frames` is missed."""
 

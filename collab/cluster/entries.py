@@ -4,6 +4,8 @@ Keys (all under `--relay-prefix`, each with a time to live, so a cluster that is
 
     <prefix>room:<name>     a stream per room: the frames its processes published, kept `--relay-retention`
     <prefix>processes       a hash: process name -> its last heartbeat, in Redis's clock (milliseconds)
+    <prefix>epoch           a random value the first process to reach an empty Redis writes: when it is gone
+                            or different, Redis lost what it held (restarted, failed over, emptied)
     <prefix>wake:<process>  a stream nobody else writes: a process adds to it to end its own blocking read
                             when it starts following another room
 
@@ -26,6 +28,7 @@ __all__ = [
     "Gap",
     "after_outage",
     "decode_entry",
+    "epoch_key",
     "frame_fields",
     "gap_fields",
     "id_millis",
@@ -54,6 +57,10 @@ def room_name(prefix: str, key: bytes | str) -> str | None:
 
 def processes_key(prefix: str) -> str:
     return f"{prefix}processes"
+
+
+def epoch_key(prefix: str) -> str:
+    return f"{prefix}epoch"
 
 
 def wake_key(prefix: str, process: str) -> str:
@@ -118,8 +125,8 @@ class Followed:
     unsent: list[bytes] = field(default_factory=list)
     """Frames this process could not publish (Redis down); sent when it is back, or replaced by a gap marker."""
     unsent_bytes: int = 0
-    lost_unsent: bool = False
-    """Frames were dropped from `unsent` (its bound): the others must be told to reload instead."""
+    broken: bool = False
+    """Its key holds something other than a stream (not collab's): not read until that is mended."""
 
 
 def after_outage(
@@ -127,14 +134,14 @@ def after_outage(
 ) -> tuple[str, list[Followed]] | None:
     """Which followed rooms may have missed entries after the connection to Redis came back, and why.
 
-    A different Redis (restarted without its data, or failed over: its run id changed) has lost whatever
+    A different Redis (restarted without its data, failed over, emptied: its epoch key changed) has lost whatever
     the others published that this process had not read yet; the same one still holds it unless it was
     trimmed, which only happens to entries older than the retention. Rooms whose position was unknown
     (followed while Redis was down) always count. Returns (reason, rooms) or None when nothing may be lost.
     """
     rooms = list(rooms)
     if not same_server:
-        return "Redis restarted or failed over (its run id changed)", rooms
+        return "Redis restarted, failed over or was emptied (its epoch changed)", rooms
     if down_for >= retention / 2:
         return f"disconnected from Redis for {down_for:.0f} s, close to --relay-retention", rooms
     unknown = [room for room in rooms if room.position is None]

@@ -42,6 +42,8 @@ logger = logging.getLogger("collab.server")
 READY_TIMEOUT = 2.0
 LOCK_CHECK_INTERVAL = 2.0
 """Seconds between checks that the server still holds its database's lock (a PostgreSQL one can be lost)."""
+MIN_RETENTION_WINDOWS = 10
+"""--relay-retention is at least this many --commit-interval windows (plus 2 s)."""
 LISTEN_BACKLOG = 1024
 """Connections the kernel queues before collab accepts them (asyncio's default of 100 drops bursts)."""
 
@@ -292,7 +294,17 @@ def open_relay(settings: Settings) -> Relay | None:
         from ..cluster.redis_relay import RedisRelay
     except ImportError as error:
         raise ConfigError(f"--relay needs the Redis client: pip install 'collab[redis]' ({error})") from None
-    return RedisRelay(settings.relay, prefix=settings.relay_prefix, retention=settings.relay_retention)
+    if settings.relay_retention < MIN_RETENTION_WINDOWS * settings.commit_interval + 2.0:
+        raise ConfigError(
+            f"--relay-retention must be well beyond --commit-interval (at least {MIN_RETENTION_WINDOWS} windows"
+            " plus 2 s): a process joining a room reads back what the others have not committed yet"
+        )
+    return RedisRelay(
+        settings.relay,
+        prefix=settings.relay_prefix,
+        retention=settings.relay_retention,
+        commit_interval=settings.commit_interval,
+    )
 
 
 def describe(error: BaseException) -> str:

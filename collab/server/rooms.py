@@ -213,9 +213,10 @@ class Rooms:
         origin = self._origins.pop(process, None)
         if origin is None:
             return
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
         for room in self._rooms.values():
-            room.origin_gone(origin, now)
+            # One room a loop turn: each may compact (a whole-document snapshot), and connections wait between.
+            loop.call_soon(room.origin_gone, origin, loop.time())
 
     def _receive(self, room: Room, message: Relayed, only_updates: bool = False) -> None:
         """Hand `room` one relayed frame (without its awareness, for a frame of a process no longer beating)."""
@@ -257,9 +258,7 @@ class Rooms:
                             "cannot merge the stored room after a gap: %s", error, extra=fields(room=room.name)
                         )
                         return
-                    logger.info(
-                        "merged the store's copy after a gap", extra=fields(room=room.name, missed_bytes=missed)
-                    )
+                    logger.info("merged the store's copy after a gap", extra=fields(room=room.name, sent_bytes=missed))
                 return
             logger.error("gave up reading the room back after a gap", extra=fields(room=room.name))
         finally:

@@ -137,15 +137,21 @@ class Presence:
         """Every client that is present now."""
         return list(self._entries.values())
 
-    def remove_owner(self, owner: object, now: float) -> list[AwarenessEntry]:
-        """`owner` is gone: drop its claims, release its ids; return what to broadcast (removals, handovers)."""
+    def remove_owner(self, owner: object, now: float, vanished: bool = False) -> list[AwarenessEntry]:
+        """`owner` is gone: drop its claims, release its ids; return what to broadcast (removals, handovers).
+
+        `vanished`: the owner did not leave but stopped being heard from (another process that stopped
+        beating, which may only have been cut off): its ids are removed at their current clock (a stock client
+        takes a removal at the clock it has) and not remembered, so that each id's next renewal, clock + 1,
+        is taken from whichever process it comes through.
+        """
         holder = self._holders.pop(owner, None)
         if holder is None:
             return []
         for client_id in holder.claimed:
             if self._claims[client_id][0] is owner:
                 del self._claims[client_id]
-        return [self._release(client_id, holder, None, now) for client_id in list(holder.owned)]
+        return [self._release(client_id, holder, None, now, vanished) for client_id in list(holder.owned)]
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -232,13 +238,15 @@ class Presence:
             holder.claimed.discard(client_id)
             del self._claims[client_id]
 
-    def _release(self, client_id: int, holder: _Holder, clock: int | None, now: float) -> AwarenessEntry:
-        """The owner removes `client_id` (with `clock`, or None: it left). Return the entry to broadcast:
-        the removal, or the claim that takes its place."""
+    def _release(
+        self, client_id: int, holder: _Holder, clock: int | None, now: float, vanished: bool = False
+    ) -> AwarenessEntry:
+        """The owner removes `client_id` (with `clock`, or None: it left; `vanished`: see `remove_owner`).
+        Return the entry to broadcast: the removal, or the claim that takes its place."""
         known = self._entries.pop(client_id)
         del self._owners[client_id]
         holder.owned.discard(client_id)
-        removal_clock = known.clock + 1 if clock is None else clock
+        removal_clock = known.clock if vanished else known.clock + 1 if clock is None else clock
         claim = self._claims.pop(client_id, None)
         if claim is not None:
             claimant, claimed = claim
@@ -252,7 +260,8 @@ class Presence:
                 self._owners[client_id] = claimant
                 claimant_holder.owned.add(client_id)
                 return handover
-        self._remember_removed(client_id, removal_clock, holder.subject, now)
+        if not vanished:
+            self._remember_removed(client_id, removal_clock, holder.subject, now)
         return AwarenessEntry(client_id, removal_clock, "null")
 
     def _remember_removed(self, client_id: int, clock: int, subject: str | None, now: float) -> None:

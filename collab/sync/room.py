@@ -436,7 +436,8 @@ class Room:
         """Handle one frame another process accepted from its peers: updates and awareness, nothing else.
 
         Its updates are checked as a client's are (what comes out of Redis is as hostile as what comes off
-        a socket: `InvalidUpdateError` refuses the frame, nothing of it applied), relayed to every peer here,
+        a socket: an update that does not decode refuses the whole frame with `InvalidUpdateError` before any
+        of it is applied; one that only the Doc can judge is refused when applied), relayed to every peer here,
         and applied to the Doc, but neither stored (their own process does that) nor published again, and
         not held to --max-document-size (their process accepted them: refusing would split the document).
         Sync messages are never relayed between processes (a stale process's step 2 must not be merged as
@@ -450,13 +451,23 @@ class Room:
             if type(message) is Update:
                 self._accept_relayed(origin, message.update, message.raw, index in trial)
             elif type(message) is Awareness:
-                accepted, _ = self.presence.apply(
-                    origin, message.entries, time.monotonic() if now is None else now, None, REMOTE_CLIENT_IDS
-                )
-                if accepted:
-                    self._broadcast(
-                        message.encode() if len(accepted) == len(message.entries) else awareness_message(accepted)
-                    )
+                self._accept_relayed_awareness(origin, message, time.monotonic() if now is None else now)
+
+    def _accept_relayed_awareness(self, origin: Origin, message: Awareness, now: float) -> None:
+        """Apply another process's awareness; what it hands over to a peer of this room (a claim promoted when
+        the id's owner left) is published, since the other processes only know the id's old owner."""
+        accepted, _ = self.presence.apply(origin, message.entries, now, None, REMOTE_CLIENT_IDS)
+        if not accepted:
+            return
+        theirs = {id(entry) for entry in message.entries}
+        if len(accepted) == len(message.entries) and all(id(entry) in theirs for entry in accepted):
+            self._broadcast(message.encode())
+            return
+        self._broadcast(awareness_message(accepted))
+        handovers = [entry for entry in accepted if id(entry) not in theirs]
+        if handovers and self._publisher is not None:
+            for frame in awareness_messages(handovers):
+                self._publisher.publish(self.name, frame)
 
     def merge_stored(self, records: list[StoredRecord]) -> int:
         """Merge what the store holds into the room (a gap in the relay: something may have been missed).
@@ -476,7 +487,7 @@ class Room:
 
     def origin_gone(self, origin: Origin, now: float | None = None) -> None:
         """Another process stopped: drop the presence of its clients; fold in its unstored updates (`compact`)."""
-        changes = self.presence.remove_owner(origin, time.monotonic() if now is None else now)
+        changes = self.presence.remove_owner(origin, time.monotonic() if now is None else now, vanished=True)
         for frame in awareness_messages(changes):
             self._broadcast(frame)
         handovers = [entry for entry in changes if not entry.is_removal]  # ids a peer here now holds

@@ -21,10 +21,12 @@ from typing import TypeVar
 
 from .context import Context
 from .postgres import find_server
+from .relay import RedisServer, find_redis
 from .report import render
 from .results import Result
 from .scenarios import SCENARIOS
 from .servers import (
+    CLUSTER_SCENARIOS,
     POSTGRES_SCENARIOS,
     REFERENCE_DIR,
     ROOT,
@@ -33,6 +35,7 @@ from .servers import (
     Target,
     collab_pg_target,
     collab_target,
+    has_cluster,
     has_postgres,
     reference_target,
 )
@@ -43,11 +46,17 @@ __all__ = ["main"]
 T = TypeVar("T")
 
 EPILOG = """\
-scenarios: fanout, saturate, latejoin, conns, persist, flood (all by default, in that order)
+scenarios: fanout, saturate, latejoin, conns, persist, flood, and the cluster scenarios spread, crossproc,
+relayoverhead, coldjoin (all by default, in that order)
 
 latejoin and persist also run on PostgreSQL (column collab-pg), each in a new database on the server
 COLLAB_BENCH_PG names (a libpq URL where the harness may CREATE DATABASE; default
 postgresql://postgres@127.0.0.1:5432/postgres); when none answers, those rows say so, skipped.
+
+The cluster scenarios (issue 12) compare collab with collab: one process against several sharing rooms
+through the Redis COLLAB_BENCH_REDIS names (default redis://127.0.0.1:6379/0), with a key prefix of their
+own (bench_<run>:<scenario>:) whose keys are deleted afterwards; when no Redis answers, those rows are
+skipped, saying so. The reference has no cluster mode and does not run them.
 
 examples:
   scripts/bench --tiny                          # a smoke run of everything, seconds long
@@ -55,6 +64,7 @@ examples:
   scripts/bench saturate fanout --set saturate.seconds=20
   scripts/bench --no-reference --server hocuspocus=ws://127.0.0.1:1235
   COLLAB_BENCH_PG=postgresql://postgres:secret@db:5432/postgres scripts/bench persist latejoin
+  scripts/bench spread crossproc relayoverhead coldjoin --no-reference   # the cluster scenarios
   git archive HEAD~3 collab | tar -x -C /tmp/before && scripts/bench saturate --collab before=/tmp/before
 """
 
@@ -121,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios = args.scenarios or list(SCENARIOS)
     wants_postgres = not (args.no_collab or args.no_postgres) and any(s in POSTGRES_SCENARIOS for s in scenarios)
     postgres = find_server() if wants_postgres else None
+    wants_redis = not args.no_collab and any(s in CLUSTER_SCENARIOS for s in scenarios)
+    redis = find_redis() if wants_redis else None
     targets: list[Target] = []
     if not args.no_collab:
         own = [collab_target(UNLOAD_AFTER_S)]
@@ -128,12 +140,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             own.append(collab_pg_target(UNLOAD_AFTER_S, postgres))
         for target in own:
             target.profile_dir = args.py_spy.resolve() if args.py_spy else None
+        own[0].redis = redis
         targets += own
     for spec in args.collab:
         name, sep, source = spec.partition("=")
         if not sep or name in ("collab", "collab-pg", "reference"):
             parser.error(f"--collab {spec!r}: expected NAME=DIR, NAME none of collab, collab-pg, reference")
-        targets.append(collab_target(UNLOAD_AFTER_S, name, Path(source)))
+        other = collab_target(UNLOAD_AFTER_S, name, Path(source))
+        other.cluster, other.redis = has_cluster(Path(source)), redis
+        targets.append(other)
         if postgres is not None and has_postgres(Path(source)):
             targets.append(collab_pg_target(UNLOAD_AFTER_S, postgres, f"{name}-pg", Path(source)))
     if not args.no_reference:
@@ -180,10 +195,12 @@ async def suite(ctx: Context, targets: list[Target], scenarios: list[str]) -> li
 
 async def run_one(ctx: Context, target: Target, scenario: str) -> Result:
     """One scenario against one fresh server; a failure becomes the result's `error`, never the run's end."""
-    if target.unavailable is not None:
-        return Result(scenario, target.name, {}, skipped=target.unavailable)
+    unavailable = target.unavailable_for(scenario)
+    if unavailable is not None:
+        return Result(scenario, target.name, {}, skipped=unavailable)
     try:
-        await target.start(scenario, ctx.run_dir)
+        if scenario not in CLUSTER_SCENARIOS:  # those start the processes they compare themselves
+            await target.start(scenario, ctx.run_dir)
     except Exception as error:
         return Result(scenario, target.name, {}, error=f"server did not start: {error}")
     try:
@@ -241,6 +258,8 @@ def environment(targets: list[Target], ctx: Context, loop_name: str) -> str:
         ),
     ]
     lines += [f"server {target.name}: {target.describe()}" for target in targets]
+    redis = {target.redis for target in targets if isinstance(target, ManagedTarget)} - {None}
+    lines += [f"relay: {server.describe() if isinstance(server, RedisServer) else server}" for server in redis]
     lines.append(f"at {time.strftime('%Y-%m-%d %H:%M:%S')}")
     return "\n".join(lines)
 

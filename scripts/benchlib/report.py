@@ -96,8 +96,11 @@ TARGETS = [
         False,
         "collab-pg",
     ),
+    _absolute("cluster: 2 workers >= 1.7x one process's updates/s (issue 12)", "spread", "speedup", 1.7, True),
+    _absolute("cluster: cross-process delivery p99 <= 5 ms (issue 12)", "crossproc", "cross_p99_ms", 5.0, False),
 ]
-"""Each judged when its scenario ran; a PostgreSQL row is n/a when PostgreSQL was skipped."""
+"""Each judged when its scenario ran; a PostgreSQL row is n/a when PostgreSQL was skipped, a cluster row when
+Redis was."""
 
 RATIOS = (("collab/ref", "collab", "reference"), ("pg/sqlite", "collab-pg", "collab"))
 """The ratio columns: (header, numerator server, denominator server), shown when both ran."""
@@ -134,7 +137,7 @@ def render(results: list[Result], servers: list[str]) -> str:
     lines.insert(1, "  ".join("-" * width for width in widths))
     lines += ["", "load generator CPU (it shares the cores with the server):"]
     lines += [
-        f"  {r.scenario:<9} {r.server:<10} loadgen {_format(r.loadgen_cpu_s)} s, server {_format(r.server_cpu_s)} s"
+        f"  {r.scenario:<13} {r.server:<10} loadgen {_format(r.loadgen_cpu_s)} s, server {_format(r.server_cpu_s)} s"
         f" CPU over {_format(r.wall_s)} s wall" + ("" if r.ok else f"  [{r.skipped or r.error or 'CHECK FAILED'}]")
         for r in results
     ]

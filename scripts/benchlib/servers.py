@@ -5,7 +5,8 @@ A `Target` says how to reach a server (`url(room)`), and, when the harness start
 on, in a temporary SQLite file, and as `collab-pg` on a fresh PostgreSQL database (see `postgres`), for
 the scenarios that measure the store only; the reference is `@y/websocket-server` from
 `.cache/bench/reference` (installed by `scripts/bench`), started as its package's `bin` is, with HOST and
-PORT in the environment.
+PORT in the environment. The cluster scenarios (`CLUSTER_SCENARIOS`) run on collab alone and start their own
+processes from its `ManagedTarget` (`scenarios/cluster.py`).
 """
 
 from __future__ import annotations
@@ -22,19 +23,25 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from collab.config import Settings
 
 from .postgres import PostgresServer
 
+if TYPE_CHECKING:
+    from .relay import RedisServer
+
 __all__ = [
+    "CLUSTER_SCENARIOS",
     "POSTGRES_SCENARIOS",
     "ExternalTarget",
     "ManagedTarget",
     "Target",
     "collab_pg_target",
     "collab_target",
+    "has_cluster",
     "has_postgres",
     "process_cpu_seconds",
     "reference_target",
@@ -46,6 +53,9 @@ REFERENCE_ENTRY = Path("node_modules/@y/websocket-server/src/server.js")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 POSTGRES_SCENARIOS = ("latejoin", "persist")
 """What collab on PostgreSQL runs: the scenarios that go through the store (the others never touch it)."""
+CLUSTER_SCENARIOS = ("spread", "crossproc", "relayoverhead", "coldjoin")
+"""collab against collab: one process, several sharing rooms through Redis (issue 12). The reference has no
+cluster mode, so only collab runs them, and each starts the processes it compares itself (`scenarios/cluster`)."""
 
 
 class Target:
@@ -59,8 +69,13 @@ class Target:
     """Why this server cannot be run here (no PostgreSQL, say): its results are skipped with this reason."""
 
     def runs(self, scenario: str) -> bool:
-        """Whether `scenario` is measured on this server at all (a skipped one still is, and says why)."""
-        return True
+        """Whether `scenario` is measured on this server at all (a skipped one still is, and says why); the
+        cluster scenarios only on a collab the harness starts."""
+        return scenario not in CLUSTER_SCENARIOS
+
+    def unavailable_for(self, scenario: str) -> str | None:
+        """Why `scenario` cannot be run on this server here (its result is skipped with this reason), or None."""
+        return self.unavailable
 
     def url(self, room: str) -> str:
         return f"{self.base_url}/{quote(room)}"
@@ -81,12 +96,7 @@ class Target:
 
     def rss_bytes(self) -> int | None:
         """Resident set size of the server process (VmRSS), if it is ours."""
-        if self.pid is None:
-            return None
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return None
+        return None if self.pid is None else process_rss_bytes(self.pid)
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU time the server process used so far."""
@@ -131,13 +141,44 @@ class ManagedTarget(Target):
     profile_dir: Path | None = None
     """If set, py-spy records the server while each scenario runs (raw collapsed stacks, one file each)."""
     profiler: subprocess.Popen[bytes] | None = None
+    cluster: bool = True
+    """Whether this collab has `--relay` and `--workers` (issue 12 on): only then does it run CLUSTER_SCENARIOS."""
+    redis: RedisServer | str | None = None
+    """Where the cluster scenarios' relays run, or why they cannot (those results are skipped with the reason)."""
+    db_file: Path | None = None
+    """A SQLite file this server shares with others (the processes of a cluster scenario), not a new one."""
+    tree: bool = False
+    """Count the CPU time and RSS of the process's descendants too (a `--workers` supervisor's workers)."""
 
     @property
     def can_unload(self) -> bool:
         return self.kind == "collab"
 
     def runs(self, scenario: str) -> bool:
+        if scenario in CLUSTER_SCENARIOS and (self.kind != "collab" or not self.cluster):
+            return False
         return self.scenarios is None or scenario in self.scenarios
+
+    def unavailable_for(self, scenario: str) -> str | None:
+        if scenario in CLUSTER_SCENARIOS and isinstance(self.redis, str):
+            return self.redis
+        return self.unavailable
+
+    def rss_bytes(self) -> int | None:
+        if self.pid is None or not self.tree:
+            return super().rss_bytes()
+        total = process_rss_bytes(self.pid) or 0
+        for child in descendants(self.pid):
+            try:
+                total += process_rss_bytes(child) or 0
+            except OSError:
+                continue  # exited in between
+        return total
+
+    def cpu_seconds(self) -> float | None:
+        if self.pid is None or not self.tree:
+            return super().cpu_seconds()
+        return tree_cpu_seconds(self.pid)
 
     def describe(self) -> dict[str, object]:
         described: dict[str, object] = {"name": self.name, "kind": self.kind, "version": self.version}
@@ -159,7 +200,9 @@ class ManagedTarget(Target):
         workdir = run_dir / f"{self.name}-{scenario}"
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "server.log"
-        if self.postgres is None:
+        if self.db_file is not None:
+            self.db = str(self.db_file)
+        elif self.postgres is None:
             self.db = str(workdir / "collab.db")
         else:
             self.db = await asyncio.to_thread(self.postgres.create_database)
@@ -195,8 +238,8 @@ class ManagedTarget(Target):
 
     async def wait_unloaded(self, room: str, timeout: float, occurrence: int = 1) -> None:
         """Wait until collab logged (at debug level) its `occurrence`-th unload of `room`: compacted, flushed,
-        dropped."""
-        await self.wait_log(rf"unloaded room {re.escape(repr(room))}$", timeout, occurrence)
+        dropped. (With --relay the line goes on with fields, `process=...`.)"""
+        await self.wait_log(rf"unloaded room {re.escape(repr(room))}( |$)", timeout, occurrence)
 
     async def wait_log(self, pattern: str, timeout: float, occurrence: int = 1) -> None:
         """Wait until the server's log has `occurrence` lines matching `pattern`."""
@@ -261,6 +304,11 @@ def collab_pg_target(
     return target
 
 
+def has_cluster(source: Path) -> bool:
+    """Whether the collab tree in `source` (`--collab NAME=DIR`) can share rooms through Redis (issue 12 on)."""
+    return (source / "collab" / "cluster" / "redis_relay.py").exists()
+
+
 def has_postgres(source: Path) -> bool:
     """Whether the collab tree in `source` (`--collab NAME=DIR`) has the PostgreSQL engine (issue 11 on)."""
     return (source / "collab" / "store" / "postgres.py").exists()
@@ -305,6 +353,44 @@ def process_cpu_seconds(pid: int) -> float:
     """User + system CPU time process `pid` (of this machine) used so far; OSError if it cannot be read."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15)
+
+
+def process_rss_bytes(pid: int) -> int | None:
+    """VmRSS of process `pid`, or None if it has none (a zombie); OSError if it cannot be read."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid` (children, their children...), from the parent ids in /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])  # field 4, ppid
+        except (OSError, IndexError, ValueError):
+            continue  # gone since the listing
+        children.setdefault(parent, []).append(int(entry.name))
+    found, pending = [], [pid]
+    while pending:
+        below = children.get(pending.pop(), [])
+        found += below
+        pending += below
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of `pid` and its live descendants (a process that exited in between counts no more)."""
+    total = process_cpu_seconds(pid)
+    for child in descendants(pid):
+        try:
+            total += process_cpu_seconds(child)
+        except OSError:
+            continue
+    return total
 
 
 def free_port() -> int:

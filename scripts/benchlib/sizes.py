@@ -81,6 +81,52 @@ class Flood:
 
 
 @dataclass(frozen=True)
+class Spread:
+    rooms: int = 200
+    """Each with two clients, both typing: each is the other's reader."""
+    workers: int = 2
+    seconds: float = 8.0
+    window: int = 50
+    """Updates per client sent but not yet received by the other client of its room."""
+    cap: int = 10_000
+    """Keystrokes made ready per client (the same two typists in every room): the run says so if one runs out
+    (some clients get through twice the mean: 5,000 ran out at 120,000 updates/s)."""
+
+
+@dataclass(frozen=True)
+class Crossproc:
+    """fanout's load (its defaults), every room's writers on one process and its readers on another."""
+
+    rooms: int = 10
+    clients: int = 10
+    """Per room, writers included."""
+    writers: int = 2
+    rate: float = 20.0
+    """Updates per second per writer."""
+    seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class Relayoverhead:
+    """saturate's load and sizes (`saturate.*`), on one process without and with --relay."""
+
+    rounds: int = 2
+    """Each round measures both; they alternate which goes first (ABBA), so that a drifting machine favours
+    neither."""
+
+
+@dataclass(frozen=True)
+class Coldjoin:
+    ops: tuple[int, ...] = (10_000, 100_000)
+    recent: int = 100
+    """Of each document, the keystrokes typed on A after it was loaded (the rest typed earlier, in the store)."""
+    warm_joins: int = 5
+    cold_joins: int = 3
+    upload_chunk: int = 100
+    """Keystrokes merged into each update while the document is uploaded (setup, not measured)."""
+
+
+@dataclass(frozen=True)
 class Sizes:
     fanout: Fanout = field(default_factory=Fanout)
     saturate: Saturate = field(default_factory=Saturate)
@@ -88,6 +134,10 @@ class Sizes:
     conns: Conns = field(default_factory=Conns)
     persist: Persist = field(default_factory=Persist)
     flood: Flood = field(default_factory=Flood)
+    spread: Spread = field(default_factory=Spread)
+    crossproc: Crossproc = field(default_factory=Crossproc)
+    relayoverhead: Relayoverhead = field(default_factory=Relayoverhead)
+    coldjoin: Coldjoin = field(default_factory=Coldjoin)
 
 
 DEFAULT = Sizes()
@@ -98,6 +148,10 @@ TINY = Sizes(
     conns=Conns(connections=40, rooms=4, concurrency=10),
     persist=Persist(rooms=2, updates=500),
     flood=Flood(flooders=1, readers=1, rate=20.0, seconds=1.0, warmup=0.2, cap=3000),
+    spread=Spread(rooms=4, seconds=0.5, window=10, cap=5000),
+    crossproc=Crossproc(rooms=1, clients=3, writers=1, rate=50.0, seconds=0.5),
+    relayoverhead=Relayoverhead(rounds=1),
+    coldjoin=Coldjoin(ops=(500, 2000), recent=50, warm_joins=2, cold_joins=1, upload_chunk=50),
 )
 
 

@@ -10,7 +10,7 @@ stamp_matches() { # stamp_file content
   [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]
 }
 
-ensure_python_env() { # ensure_python_env EXTRAS   (EXTRAS: "", "postgres" or "test", each covering the one before)
+ensure_python_env() { # ensure_python_env EXTRAS   (EXTRAS: "", "postgres,redis" or "test", each covering the one before)
   local extras="$1" python="${PYTHON:-python3}"
   if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
     say "collab needs Python >= 3.11 (found: $("$python" --version 2>&1)); set PYTHON=/path/to/python3.11"
@@ -22,10 +22,10 @@ ensure_python_env() { # ensure_python_env EXTRAS   (EXTRAS: "", "postgres" or "t
   fi
   local hash stamp="$VENV/.collab-installed"
   hash="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
-  # A test install serves `serve` too (it has the postgres extra); reinstall only when pyproject.toml changed
-  # or more extras are wanted.
+  # A test install serves `serve` too (it has the postgres and redis extras); reinstall only when pyproject.toml
+  # changed or more extras are wanted.
   if stamp_matches "$stamp" "test $hash" \
-    || { [ "$extras" != "test" ] && stamp_matches "$stamp" "postgres $hash"; } \
+    || { [ "$extras" != "test" ] && stamp_matches "$stamp" "postgres,redis $hash"; } \
     || { [ -z "$extras" ] && stamp_matches "$stamp" "base $hash"; }; then
     return 0
   fi

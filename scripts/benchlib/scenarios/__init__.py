@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from ..context import Context
 from ..results import Result
 from ..servers import Target
-from . import conns, fanout, flood, latejoin, persist, saturate
+from . import coldjoin, conns, crossproc, fanout, flood, latejoin, persist, relayoverhead, saturate, spread
 
 __all__ = ["SCENARIOS", "Scenario"]
 
@@ -20,4 +20,9 @@ SCENARIOS: dict[str, Scenario] = {
     "conns": conns.run,
     "persist": persist.run,
     "flood": flood.run,
+    # The cluster scenarios (servers.CLUSTER_SCENARIOS): collab only, each starting the processes it compares.
+    "spread": spread.run,
+    "crossproc": crossproc.run,
+    "relayoverhead": relayoverhead.run,
+    "coldjoin": coldjoin.run,
 }
