@@ -9,6 +9,7 @@ import json
 import pytest
 from pycrdt import Doc, Text
 
+from collab.auth import Grant, Permission
 from collab.cluster.entries import (
     BEGINNING,
     Entry,
@@ -43,9 +44,15 @@ class Published:
 
     def __init__(self) -> None:
         self.frames: list[tuple[str, bytes]] = []
+        self.subjects: list[str | None] = []
 
-    def publish(self, name: str, frame: bytes) -> None:
+    def publish(self, name: str, frame: bytes, subject: str | None = None) -> None:
         self.frames.append((name, frame))
+        self.subjects.append(subject)
+
+    def clear(self) -> None:
+        self.frames.clear()
+        self.subjects.clear()
 
 
 def update_of(typed: str) -> bytes:
@@ -69,6 +76,7 @@ def test_room_keys_round_trip_any_name_and_refuse_other_keys() -> None:
 def test_entries_decode_what_collab_writes_and_nothing_else() -> None:
     assert decode_entry(frame_fields("host:1:ab", b"\x00\x02\x01\x00")) == Entry("host:1:ab", b"\x00\x02\x01\x00")
     assert decode_entry(gap_fields("host:1:ab")) == Entry("host:1:ab", None)
+    assert decode_entry(frame_fields("host:1:ab", b"\x01", "alice")) == Entry("host:1:ab", b"\x01", "alice")
     for foreign in (
         {},
         {b"o": b""},
@@ -78,6 +86,8 @@ def test_entries_decode_what_collab_writes_and_nothing_else() -> None:
         {b"o": b"p", b"f": b"x", b"g": b"1"},
         {b"o": b"p", b"g": b"yes"},
         {b"data": b"from another program"},
+        {b"o": b"p", b"f": b"x", b"s": b"\xff"},
+        {b"o": b"p", b"f": b"x", b"s": b"a" * 1025},
     ):
         assert decode_entry(foreign) is None, foreign
 
@@ -200,7 +210,7 @@ async def test_a_relayed_removal_that_hands_an_id_to_a_peer_here_is_published(me
     room.receive_relayed(other, parse_frame(awareness_message([AwarenessEntry(7, 1, '{"on": "other"}')])), now=1.0)
     # The same client id reconnecting here before its old connection there is known gone: a claim, kept.
     room.receive(claimant, parse_frame(awareness_message([AwarenessEntry(7, 2, '{"on": "here"}')])), now=1.1)
-    published.frames.clear()
+    published.clear()
     claimant.take()
     room.receive_relayed(other, parse_frame(awareness_message([AwarenessEntry(7, 2, "null")])), now=1.2)
     (handover,) = [entry for message in claimant.take() for entry in getattr(message, "entries", ())]
@@ -220,3 +230,51 @@ async def test_a_process_gone_removes_at_the_current_clock_so_the_next_renewal_i
     # It was only cut off: its client's renewal (clock 5) comes back through it, and is shown again.
     room.receive_relayed(back, parse_frame(awareness_message([AwarenessEntry(9, 5, '{"u": 1}')])), now=3.0)
     assert [entry.clock for entry in room.presence.current()] == [5]
+
+
+def person(name: str) -> FramePeer:
+    """A peer whose token says it is `name` (its `sub`)."""
+    peer = FramePeer(name)
+    peer.grant = Grant("", Permission.WRITE, float("inf"), subject=name)  # type: ignore[assignment]
+    return peer
+
+
+def presence_of(room: Room) -> dict[int, str]:
+    return {entry.client_id: entry.state for entry in room.presence.current()}
+
+
+async def test_another_process_s_user_keeps_their_ids_as_a_connection_with_their_sub_would(
+    memory_store: MemoryStore,
+) -> None:
+    published = Published()
+    room = Room("r", memory_store, publisher=published)
+    alice_there = Origin("other", "alice")
+    room.receive_relayed(alice_there, parse_frame(awareness_message([AwarenessEntry(5, 1, '"alice"')])), now=1.0)
+    mallory = person("mallory")
+    room.join(mallory)
+    room.receive(mallory, parse_frame(awareness_message([AwarenessEntry(5, 2, '"mallory"')])), now=1.1)
+    assert presence_of(room) == {5: '"alice"'}  # no claim on an id of someone with a sub
+    # Alice leaves over there: her id stays hers for a while, mallory may not bring it back...
+    room.receive_relayed(alice_there, parse_frame(awareness_message([AwarenessEntry(5, 2, "null")])), now=1.2)
+    room.receive(mallory, parse_frame(awareness_message([AwarenessEntry(5, 3, '"mallory"')])), now=1.3)
+    assert presence_of(room) == {}
+    # ...but alice herself, reconnecting here, may.
+    alice_here = person("alice")
+    room.join(alice_here)
+    published.clear()
+    room.receive(alice_here, parse_frame(awareness_message([AwarenessEntry(5, 3, '"alice again"')])), now=1.4)
+    assert presence_of(room) == {5: '"alice again"'}
+    assert published.subjects == ["alice"]  # and the others learn it is hers
+
+
+async def test_the_same_person_here_takes_over_their_id_from_another_process_at_once(
+    memory_store: MemoryStore,
+) -> None:
+    room = Room("r", memory_store)
+    room.receive_relayed(
+        Origin("other", "bob"), parse_frame(awareness_message([AwarenessEntry(8, 4, '"bob there"')])), now=1.0
+    )
+    bob = person("bob")
+    room.join(bob)
+    room.receive(bob, parse_frame(awareness_message([AwarenessEntry(8, 5, '"bob here"')])), now=1.1)
+    assert presence_of(room) == {8: '"bob here"'}

@@ -36,6 +36,8 @@ class Relayed(NamedTuple):
     """The process that accepted it (see `Relay.process`)."""
     frame: bytes
     """A y-websocket frame: updates or awareness, as that process's own peers sent them (check it again)."""
+    subject: str | None = None
+    """For awareness: the token `sub` of the connection that owns its entries there (None: none)."""
 
 
 class Retained(NamedTuple):
@@ -51,8 +53,9 @@ class Retained(NamedTuple):
 class Publisher(Protocol):
     """Where a room sends what it accepted from its own peers, for the other processes."""
 
-    def publish(self, name: str, frame: bytes) -> None:
-        """Queue `frame` for the other processes holding `name`; never blocks.
+    def publish(self, name: str, frame: bytes, subject: str | None = None) -> None:
+        """Queue `frame` for the other processes holding `name`; never blocks. `subject`: for awareness, the
+        token `sub` of the connection owning its entries, so that the others apply the same ownership rules.
 
         A frame that cannot be sent (Redis down, the queue full) is not lost silently: the relay tells the
         other processes afterwards that they missed something, and they reload the room from the store.

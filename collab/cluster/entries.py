@@ -41,7 +41,9 @@ __all__ = [
 BEGINNING = "0-0"
 """The position before every entry of a stream."""
 
-ORIGIN, FRAME, GAP = b"o", b"f", b"g"
+ORIGIN, FRAME, GAP, SUBJECT = b"o", b"f", b"g", b"s"
+MAX_SUBJECT_BYTES = 1024
+"""A token's `sub` longer than this is not one collab relayed (tokens are limited well below it)."""
 
 
 def room_key(prefix: str, name: str) -> str:
@@ -67,8 +69,11 @@ def wake_key(prefix: str, process: str) -> str:
     return f"{prefix}wake:{process}"
 
 
-def frame_fields(process: str, frame: bytes) -> dict[bytes, bytes]:
-    return {ORIGIN: process.encode(), FRAME: frame}
+def frame_fields(process: str, frame: bytes, subject: str | None = None) -> dict[bytes, bytes]:
+    fields = {ORIGIN: process.encode(), FRAME: frame}
+    if subject is not None:
+        fields[SUBJECT] = subject.encode()
+    return fields
 
 
 def gap_fields(process: str) -> dict[bytes, bytes]:
@@ -76,10 +81,12 @@ def gap_fields(process: str) -> dict[bytes, bytes]:
 
 
 class Entry(NamedTuple):
-    """A decoded stream entry: a frame, or (frame None) a gap marker."""
+    """A decoded stream entry: a frame (with the `sub` owning its awareness entries, if any), or (frame None)
+    a gap marker."""
 
     origin: str
     frame: bytes | None
+    subject: str | None = None
 
 
 class Gap(NamedTuple):
@@ -98,8 +105,18 @@ def decode_entry(fields: Mapping[bytes, bytes]) -> Entry | None:
     except UnicodeDecodeError:
         return None
     frame = fields.get(FRAME)
+    subject = fields.get(SUBJECT)
+    if subject is not None:
+        if not isinstance(subject, bytes) or len(subject) > MAX_SUBJECT_BYTES:
+            return None
+        try:
+            subject_text: str | None = subject.decode()
+        except UnicodeDecodeError:
+            return None
+    else:
+        subject_text = None
     if isinstance(frame, bytes) and frame and GAP not in fields:
-        return Entry(process, frame)
+        return Entry(process, frame, subject_text)
     if fields.get(GAP) == b"1" and FRAME not in fields:
         return Entry(process, None)
     return None
@@ -122,7 +139,7 @@ class Followed:
     """The id of the last entry read (or BEGINNING); None while unknown (Redis could not be asked)."""
     gap: Gap | None = None
     """Set when entries may have been missed; cleared when the room is reloaded."""
-    unsent: list[bytes] = field(default_factory=list)
+    unsent: list[tuple[bytes, str | None]] = field(default_factory=list)
     """Frames this process could not publish (Redis down); sent when it is back, or replaced by a gap marker."""
     unsent_bytes: int = 0
     broken: bool = False

@@ -364,7 +364,7 @@ class RedisRelay:
             if entry is None:
                 self.skipped.inc("malformed")
             elif entry.frame is not None and entry.origin != self._process:
-                frames.append(Relayed(entry.origin, entry.frame))
+                frames.append(Relayed(entry.origin, entry.frame, entry.subject))
         position = entries[-1][0].decode() if entries else BEGINNING
         return Retained(frames, position)
 
@@ -383,17 +383,17 @@ class RedisRelay:
         if timer is not None:
             timer.cancel()
 
-    def publish(self, name: str, frame: bytes) -> None:
+    def publish(self, name: str, frame: bytes, subject: str | None = None) -> None:
         followed = self._followed.get(name)
         if followed is None or followed.broken:
             return  # a room publishes only while loaded (and followed); a broken key takes nothing
         if self._down_since is not None:
-            self._keep_unsent(name, followed, frame)
+            self._keep_unsent(name, followed, frame, subject)
         elif self._queue_bytes + len(frame) > MAX_QUEUE_BYTES:
             self.skipped.inc("queue_full")
             self._owe_gap(name)  # a slow Redis: this frame is dropped, the others reload the room instead
         else:
-            self._queue.append((name, frame_fields(self._process, frame)))
+            self._queue.append((name, frame_fields(self._process, frame, subject)))
             self._queue_bytes += len(frame)
             self._send.set()
 
@@ -408,7 +408,7 @@ class RedisRelay:
             )
         self._send.set()
 
-    def _keep_unsent(self, name: str, followed: Followed, frame: bytes) -> None:
+    def _keep_unsent(self, name: str, followed: Followed, frame: bytes, subject: str | None) -> None:
         if name in self._gaps_owed:
             return  # the others reload it anyway
         if self._unsent_bytes + len(frame) > MAX_UNSENT_BYTES:
@@ -418,7 +418,7 @@ class RedisRelay:
             self.skipped.inc("unsent_overflow")
             self._owe_gap(name)
             return
-        followed.unsent.append(frame)
+        followed.unsent.append((frame, subject))
         followed.unsent_bytes += len(frame)
         self._unsent_bytes += len(frame)
 
@@ -426,7 +426,7 @@ class RedisRelay:
         """Redis answers again: queue what was kept, in order, before anything newer."""
         kept: list[tuple[str, dict[bytes, bytes]]] = []
         for name, followed in self._followed.items():
-            kept.extend((name, frame_fields(self._process, frame)) for frame in followed.unsent)
+            kept.extend((name, frame_fields(self._process, frame, subject)) for frame, subject in followed.unsent)
             self._queue_bytes += followed.unsent_bytes
             followed.unsent, followed.unsent_bytes = [], 0
         self._queue.extendleft(reversed(kept))
@@ -521,11 +521,11 @@ class RedisRelay:
         while self._queue:
             name, values = self._queue.popleft()
             followed = self._followed.get(name)
-            frame = values.get(b"f")
-            if followed is None or frame is None:
+            entry = decode_entry(values)
+            if followed is None or entry is None or entry.frame is None:
                 self._gaps_owed.add(name)
             else:
-                self._keep_unsent(name, followed, frame)
+                self._keep_unsent(name, followed, entry.frame, entry.subject)
         self._queue_bytes = 0
 
     # Reading.
@@ -613,7 +613,7 @@ class RedisRelay:
                 self._schedule_gap(name, followed, Gap(f"process {entry.origin} could not publish everything"))
                 continue
             try:
-                self._listener.relayed(name, Relayed(entry.origin, entry.frame))
+                self._listener.relayed(name, Relayed(entry.origin, entry.frame, entry.subject))
             except CollabError as error:
                 self.skipped.inc("refused")
                 logger.warning("refused a frame relayed from %s: %s", entry.origin, error, extra=fields(room=name))

@@ -34,8 +34,9 @@ logger = logging.getLogger("collab.rooms")
 
 MAX_JOIN_ATTEMPTS = 8
 """Loads one join may wait for: a room unloads again before its joiner gets it only in a rare race."""
-MAX_ORIGINS = 1024
-"""Other processes remembered at once (each a presence holder); past it, those not beating are forgotten."""
+MAX_ORIGINS = 65_536
+"""(process, sub) pairs remembered at once (each a presence holder); past it, those of processes not beating,
+and those holding nothing any more, are forgotten."""
 GAP_RELOAD_ATTEMPTS = 10
 GAP_RELOAD_RETRY = 2.0
 """Seconds between attempts to read a room back from a store that is failing, after a gap."""
@@ -71,7 +72,7 @@ class Rooms:
         self._loading: dict[str, asyncio.Task[Room]] = {}
         self._unloading: dict[str, asyncio.Task[None]] = {}
         self.relay = relay
-        self._origins: dict[str, Origin] = {}
+        self._origins: dict[tuple[str, str | None], Origin] = {}
         self._reloads: dict[str, asyncio.Task[None]] = {}
 
     def __len__(self) -> int:
@@ -210,29 +211,36 @@ class Rooms:
     def gone(self, process: str) -> None:
         """Process `process` stopped beating: its clients' presence goes, and what it relayed is folded into
         a snapshot here (it may have died before committing it)."""
-        origin = self._origins.pop(process, None)
-        if origin is None:
-            return
+        origins = [self._origins.pop(key) for key in [key for key in self._origins if key[0] == process]]
         loop = asyncio.get_running_loop()
-        for room in self._rooms.values():
-            # One room a loop turn: each may compact (a whole-document snapshot), and connections wait between.
-            loop.call_soon(room.origin_gone, origin, loop.time())
+        for origin in origins:
+            for room in self._rooms.values():
+                # One room a loop turn: each may compact (a whole-document snapshot); connections wait between.
+                loop.call_soon(room.origin_gone, origin, loop.time())
 
     def _receive(self, room: Room, message: Relayed, only_updates: bool = False) -> None:
         """Hand `room` one relayed frame (without its awareness, for a frame of a process no longer beating)."""
         messages = parse_frame(message.frame)
         if only_updates:
             messages = [item for item in messages if type(item) is not Awareness]
-        room.receive_relayed(self._origin(message.origin), messages, asyncio.get_running_loop().time())
+        origin = self._origin(message.origin, message.subject)
+        room.receive_relayed(origin, messages, asyncio.get_running_loop().time())
 
-    def _origin(self, process: str) -> Origin:
-        origin = self._origins.get(process)
+    def _origin(self, process: str, subject: str | None) -> Origin:
+        origin = self._origins.get((process, subject))
         if origin is None:
             if len(self._origins) >= MAX_ORIGINS:
-                for known in [known for known in self._origins if not self._is_alive(known)]:
-                    self.gone(known)
-            origin = self._origins[process] = Origin(process)
+                self._forget_origins()
+            origin = self._origins[(process, subject)] = Origin(process, subject)
         return origin
+
+    def _forget_origins(self) -> None:
+        """Drop the origins of processes no longer beating, and those no room's presence holds any more."""
+        for process in {process for process, _ in self._origins if not self._is_alive(process)}:
+            self.gone(process)
+        for key, origin in list(self._origins.items()):
+            if not any(room.presence.holds(origin) for room in self._rooms.values()):
+                del self._origins[key]
 
     def _is_alive(self, process: str) -> bool:
         return self.relay is None or self.relay.is_alive(process)

@@ -133,6 +133,15 @@ class Presence:
             del self._holders[owner]
         return Applied(accepted, dropped)
 
+    def subject_of(self, client_id: int) -> str | None:
+        """The `sub` of whoever holds `client_id` now (None: nobody, or an owner without one)."""
+        owner = self._owners.get(client_id)
+        return self._holders[owner].subject if owner is not None else None
+
+    def holds(self, owner: object) -> bool:
+        """Whether `owner` owns or claims any id here."""
+        return owner in self._holders
+
     def current(self) -> list[AwarenessEntry]:
         """Every client that is present now."""
         return list(self._entries.values())
@@ -141,9 +150,9 @@ class Presence:
         """`owner` is gone: drop its claims, release its ids; return what to broadcast (removals, handovers).
 
         `vanished`: the owner did not leave but stopped being heard from (another process that stopped
-        beating, which may only have been cut off): its ids are removed at their current clock (a stock client
-        takes a removal at the clock it has) and not remembered, so that each id's next renewal, clock + 1,
-        is taken from whichever process it comes through.
+        beating, which may only have been cut off): its ids are removed, and remembered, at their current
+        clock (a stock client takes a removal at the clock it has), so that each id's next renewal, clock + 1,
+        is taken from whichever process it comes through (from the same person, for an owner with a `sub`).
         """
         holder = self._holders.pop(owner, None)
         if holder is None:
@@ -260,8 +269,7 @@ class Presence:
                 self._owners[client_id] = claimant
                 claimant_holder.owned.add(client_id)
                 return handover
-        if not vanished:
-            self._remember_removed(client_id, removal_clock, holder.subject, now)
+        self._remember_removed(client_id, removal_clock, holder.subject, now)
         return AwarenessEntry(client_id, removal_clock, "null")
 
     def _remember_removed(self, client_id: int, clock: int, subject: str | None, now: float) -> None:

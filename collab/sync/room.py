@@ -28,6 +28,7 @@ from .presence import Presence
 from .protocol import (
     Auth,
     Awareness,
+    AwarenessEntry,
     Message,
     QueryAwareness,
     SyncStep1,
@@ -71,17 +72,20 @@ class Peer(Protocol):
 class Origin:
     """Another collab process, as the rooms of this one see it: it owns the presence of its own connections.
 
-    One object per process, so that `Presence` keeps one holder for all of that process's clients and drops
-    them together when it stops beating (`Room.origin_gone`).
+    One object per process and token `sub` (`subject`), so that `Presence` holds all of that process's
+    clients of one person together, with the rules a connection of that person has here (an owner with a
+    `sub` accepts no claims, the same `sub` takes over at once), and drops them when it stops beating
+    (`Room.origin_gone`).
     """
 
-    __slots__ = ("process",)
+    __slots__ = ("process", "subject")
 
-    def __init__(self, process: str) -> None:
+    def __init__(self, process: str, subject: str | None = None) -> None:
         self.process = process
+        self.subject = subject
 
     def __repr__(self) -> str:
-        return f"<Origin {self.process}>"
+        return f"<Origin {self.process} sub={self.subject!r}>"
 
 
 REMOTE_CLIENT_IDS = 1_000_000
@@ -246,8 +250,7 @@ class Room:
         changes = self.presence.remove_owner(peer, time.monotonic() if now is None else now)
         for frame in awareness_messages(changes):
             self._broadcast(frame)
-            if self._publisher is not None:
-                self._publisher.publish(self.name, frame)
+        self._publish_presence(changes, peer.grant.subject if peer.grant is not None else None)
 
     # Messages.
 
@@ -358,8 +361,24 @@ class Room:
         # Echo to the sender too: a lone stock client counts that echo as a sign of life.
         frame = message.encode() if unchanged else awareness_message(accepted)
         self._broadcast(frame)
-        if self._publisher is not None:
-            self._publisher.publish(self.name, frame)
+        subject = grant.subject if grant is not None else None
+        if unchanged and self._publisher is not None:
+            self._publisher.publish(self.name, frame, subject)
+        else:
+            self._publish_presence(accepted, subject)
+
+    def _publish_presence(self, entries: list[AwarenessEntry], removed_by: str | None) -> None:
+        """Publish awareness entries for the other processes, each under the `sub` of the id's owner here (a
+        removal under `removed_by`'s, whose the id was), so that they apply the same ownership rules."""
+        if self._publisher is None or not entries:
+            return
+        by_subject: dict[str | None, list[AwarenessEntry]] = {}
+        for entry in entries:
+            subject = removed_by if entry.is_removal else self.presence.subject_of(entry.client_id)
+            by_subject.setdefault(subject, []).append(entry)
+        for subject, group in by_subject.items():
+            for frame in awareness_messages(group):
+                self._publisher.publish(self.name, frame, subject)
 
     def _broadcast(self, frame: bytes) -> None:
         for peer in self.peers:
@@ -456,7 +475,7 @@ class Room:
     def _accept_relayed_awareness(self, origin: Origin, message: Awareness, now: float) -> None:
         """Apply another process's awareness; what it hands over to a peer of this room (a claim promoted when
         the id's owner left) is published, since the other processes only know the id's old owner."""
-        accepted, _ = self.presence.apply(origin, message.entries, now, None, REMOTE_CLIENT_IDS)
+        accepted, _ = self.presence.apply(origin, message.entries, now, origin.subject, REMOTE_CLIENT_IDS)
         if not accepted:
             return
         theirs = {id(entry) for entry in message.entries}
@@ -464,10 +483,7 @@ class Room:
             self._broadcast(message.encode())
             return
         self._broadcast(awareness_message(accepted))
-        handovers = [entry for entry in accepted if id(entry) not in theirs]
-        if handovers and self._publisher is not None:
-            for frame in awareness_messages(handovers):
-                self._publisher.publish(self.name, frame)
+        self._publish_presence([entry for entry in accepted if id(entry) not in theirs], None)
 
     def merge_stored(self, records: list[StoredRecord]) -> int:
         """Merge what the store holds into the room (a gap in the relay: something may have been missed).
@@ -490,10 +506,8 @@ class Room:
         changes = self.presence.remove_owner(origin, time.monotonic() if now is None else now, vanished=True)
         for frame in awareness_messages(changes):
             self._broadcast(frame)
-        handovers = [entry for entry in changes if not entry.is_removal]  # ids a peer here now holds
-        if self._publisher is not None:
-            for frame in awareness_messages(handovers):
-                self._publisher.publish(self.name, frame)
+        # Removals are not published (every process drops a vanished one's clients itself); handovers are.
+        self._publish_presence([entry for entry in changes if not entry.is_removal], None)
         if origin.process in self.relayed_from:
             self.compact()
 
