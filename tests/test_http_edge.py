@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import logging
 import socket
 import sqlite3
@@ -17,7 +18,7 @@ from collab.http import api
 from collab.http.router import HttpRequest, respond
 from collab.server.app import CollabServer
 
-from .helpers import StartServer, a_real_panic, get, room_url, synced, text, wait_for
+from .helpers import Reply, StartServer, a_real_panic, get, room_url, synced, text, wait_for
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -103,9 +104,9 @@ BAD_REQUESTS = {
     "POST with a body": (request(method="POST", extra="Content-Length: 5\r\n") + b"hello", 405),
     "PUT on the API": (request("/api/docs/notes", "Content-Length: 2\r\n", method="PUT") + b"{}", 405),
     "DELETE": (request("/api/docs/notes", method="DELETE"), 405),
-    "HEAD": (request(method="HEAD"), 405),
-    "OPTIONS preflight": (request("/api/docs", "Origin: http://evil.example\r\n", method="OPTIONS"), 405),
     "POST upgrade": (upgrade().replace(b"GET", b"POST", 1), 405),
+    "HEAD upgrade": (upgrade().replace(b"GET", b"HEAD", 1), 405),
+    "a method that is not a token": (request(method="GE@T"), 400),
     "GET with a body": (request(extra="Content-Length: 5\r\n") + b"hello", 413),
     "GET with a declared body not sent": (request(extra="Content-Length: 100000\r\n"), 413),
     "chunked GET": (request(extra="Transfer-Encoding: chunked\r\n") + b"5\r\nhello\r\n0\r\n\r\n", 413),
@@ -134,8 +135,177 @@ async def test_unservable_requests_get_an_answer(
     assert status(response) == expected, response
     assert b"\r\nConnection: close\r\n" in response
     if expected == 405:
-        assert b"\r\nAllow: GET\r\n" in response
+        allow = b"GET" if b"Upgrade: websocket" in data else b"GET, HEAD"
+        assert b"\r\nAllow: " + allow + b"\r\n" in response
     assert b"WebSocket" not in response.partition(b"\r\n\r\n")[2], "an HTTP answer speaks of HTTP"
+
+
+# Methods: the router's routes say which methods a path takes (every route today: GET, and HEAD with it).
+
+OTHER_METHODS = ("DELETE", "POST", "PUT", "PATCH", "OPTIONS", "TRACE", "BREW")
+GET_ROUTES = ("/api/docs/x", "/api/docs", "/", "/d/x", "/healthz", "/readyz", "/metrics", "/assets/app.js")
+
+
+def http_request(port: int, method: str, path: str, headers: dict[str, str], body: bytes | None) -> Reply:
+    """One request with http.client, a real client that knows a HEAD answer has no body."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return Reply(response.status, {key.lower(): value for key, value in response.getheaders()}, response.read())
+    finally:
+        connection.close()
+
+
+async def send(
+    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> Reply:
+    return await asyncio.to_thread(http_request, port, method, path, headers or {}, body)
+
+
+async def test_other_methods_on_a_get_route_answer_405_with_allow(server: CollabServer) -> None:
+    """`DELETE /api/docs/x` must not look like a success: every method but GET and HEAD is a 405 saying why."""
+    async with synced(room_url(server, "x")) as client:
+        text(client).insert(0, "still here")
+        await client.resync()
+    for path in GET_ROUTES:
+        for method in OTHER_METHODS:
+            for body in (None, b'{"name": "y"}'):  # with a body, the head check gives the router's answer
+                reply = await send(server.port, method, path, body)
+                assert reply.status == 405, (method, path, body, reply)
+                assert reply.headers["allow"] == "GET, HEAD"
+                assert reply.headers["connection"] == "close"
+                assert reply.body == f"{method} is not allowed here, only GET, HEAD\n".encode()
+    reply = await get(server, "/api/docs/x?format=txt")
+    assert (reply.status, reply.body) == (200, b"still here"), "nothing was deleted"
+
+
+@pytest.mark.parametrize("path", ["/nowhere", "/api", "/api/docsx", "/healthz/x", "/d", "/assets"])
+async def test_a_path_no_route_serves_is_404_whatever_the_method(server: CollabServer, path: str) -> None:
+    for method in ("GET", "HEAD", "POST", "DELETE", "OPTIONS"):
+        for body in (None, b"x" * 10) if method != "HEAD" else (None,):
+            reply = await send(server.port, method, path, body)
+            assert reply.status == 404 and "allow" not in reply.headers, (method, path, body, reply)
+            assert reply.body == (b"" if method == "HEAD" else b"not found\n")
+
+
+async def test_head_answers_as_get_does_without_the_body(server: CollabServer) -> None:
+    async with synced(room_url(server, "x")) as client:
+        text(client).insert(0, "some text")
+        await client.resync()
+    for path in ("/healthz", "/api/docs/x?format=txt", "/api/docs", "/", "/d/x", "/api/docs/missing"):
+        got = await get(server, path)
+        head = await send(server.port, "HEAD", path)
+        assert (head.status, head.headers, head.body) == (got.status, got.headers, b""), path
+        assert int(head.headers["content-length"]) == len(got.body) > 0
+    raw = await exchange(server.port, request("/healthz", method="HEAD"))
+    assert status(raw) == 200 and b"\r\nContent-Length: 3\r\n" in raw
+    assert raw.endswith(b"\r\n\r\n"), "no body bytes at all"
+
+
+async def test_options_is_a_405_and_grants_no_cross_origin_access(server: CollabServer) -> None:
+    """collab does no CORS: a preflight fails, from its own origin (405) or another (403, the origin policy)."""
+    own, other = f"http://127.0.0.1:{server.port}", "http://evil.example"
+    preflight = {"Access-Control-Request-Method": "DELETE", "Access-Control-Request-Headers": "authorization"}
+    reply = await send(server.port, "OPTIONS", "/api/docs/x", headers={"Origin": own, **preflight})
+    assert (reply.status, reply.headers["allow"]) == (405, "GET, HEAD")
+    assert not [name for name in reply.headers if name.startswith("access-control-")]
+    assert (await send(server.port, "OPTIONS", "/api/docs/x", headers={"Origin": other, **preflight})).status == 403
+
+
+async def test_the_origin_policy_holds_for_every_method(server: CollabServer) -> None:
+    """A page of another origin is refused before any handler runs, whatever the method (no cross-site DELETE)."""
+    own, other = f"http://127.0.0.1:{server.port}", "http://evil.example"
+    for method in ("GET", "HEAD", "POST", "DELETE"):
+        assert (await send(server.port, method, "/api/docs", headers={"Origin": other})).status == 403, method
+        assert (await send(server.port, method, "/api/docs", headers={"Origin": own})).status == (
+            200 if method in ("GET", "HEAD") else 405
+        )
+
+
+BODIES = {
+    "Content-Length and its body": (request(extra="Content-Length: 10\r\n") + b"0123456789", 413),
+    "Content-Length, part of the body, more never sent": (request(extra="Content-Length: 10\r\n") + b"012", 413),
+    "chunked, complete": (request(extra="Transfer-Encoding: chunked\r\n") + b"a\r\n0123456789\r\n0\r\n\r\n", 413),
+    "chunked, never finished": (request(extra="Transfer-Encoding: chunked\r\n") + b"ffff\r\nabc", 413),
+    "a large body being sent": (request("/api/docs/x", "Content-Length: 4194304\r\n") + b"x" * 4_194_304, 413),
+    "a body on a HEAD": (request(method="HEAD", extra="Content-Length: 4\r\n") + b"body", 413),
+    "POST waiting for 100 Continue": (
+        request(method="POST", extra="Expect: 100-continue\r\nContent-Length: 1000\r\n"),
+        405,
+    ),
+    "PUT of a body on a path nothing serves": (
+        request("/nowhere", "Content-Length: 4\r\n", method="PUT") + b"body",
+        404,
+    ),
+    "a body on a target that does not parse": (
+        request("//[x/y", "Content-Length: 4\r\n", method="POST") + b"body",
+        400,
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BODIES))
+async def test_a_request_body_is_answered_at_once_never_waited_for(
+    server: CollabServer, bystanders: tuple[Client, Client], kind: str
+) -> None:
+    """The answer comes without the client closing its side or finishing its body, then the server closes."""
+    data, expected = BODIES[kind]
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(data)  # and the connection left open, as a client waiting for its answer leaves it
+        async with asyncio.timeout(3):
+            response = await reader.read()  # until the server's end of stream: the connection is not reused
+    finally:
+        writer.close()
+    assert status(response) == expected, response
+    assert b"\r\nConnection: close\r\n" in response
+    if expected == 413:
+        assert response.endswith(b"\r\n\r\na request takes no body here\n")
+
+
+async def test_a_malformed_target_is_a_400(server: CollabServer) -> None:
+    response = await exchange(server.port, request("//[x/y"))
+    assert status(response) == 400 and response.endswith(b"malformed request target\n")
+
+
+async def test_an_upgrade_on_a_path_the_router_serves_is_still_a_room(server: CollabServer) -> None:
+    """The router is asked about plain requests only: `/api/docs/x` over WebSocket is room `api/docs/x`."""
+    async with synced(room_url(server, "api/docs/x")) as client:
+        text(client).insert(0, "a room")
+        await client.resync()
+    assert "api/docs/x" in server.rooms
+    assert (await get(server, "/api/docs/api%2Fdocs%2Fx?format=txt")).body == b"a room"
+
+
+async def test_a_route_can_take_other_methods(server: CollabServer) -> None:
+    """How a later `DELETE /api/docs/<name>` slots in: per-route methods, and `Allow` follows them."""
+
+    async def show(request: HttpRequest) -> Response:
+        return respond(200, f"{request.method} {request.path}\n")
+
+    async def create(request: HttpRequest) -> Response:
+        return respond(201, "created\n")
+
+    server.http.route("/things/", show, methods=("GET", "DELETE"))
+    server.http.route("/things/", create, methods=("POST",))  # adds POST to the route
+    server.http.route("/things/deep/", show)  # the longest prefix decides alone: GET (and HEAD) only
+    server.http.route("/erase", show, methods=("DELETE",))
+    port = server.port
+    assert (await send(port, "DELETE", "/things/a")).body == b"DELETE /things/a\n"
+    assert (await send(port, "GET", "/things/a?x=1")).body == b"GET /things/a\n"
+    assert (await send(port, "POST", "/things/a")).status == 201
+    head = await send(port, "HEAD", "/things/a")
+    assert (head.status, head.headers["content-length"], head.body) == (200, str(len(b"HEAD /things/a\n")), b"")
+    refused = await send(port, "PUT", "/things/a")
+    assert (refused.status, refused.headers["allow"]) == (405, "DELETE, GET, HEAD, POST")
+    refused = await send(port, "DELETE", "/things/deep/a")
+    assert (refused.status, refused.headers["allow"]) == (405, "GET, HEAD")
+    for method in ("GET", "HEAD"):
+        refused = await send(port, method, "/erase")
+        assert (refused.status, refused.headers["allow"]) == (405, "DELETE"), method
+    # No route reads a body yet: one sent to a method the route takes is refused, promptly, with 413.
+    assert (await send(port, "POST", "/things/a", b"{}")).status == 413
 
 
 async def test_pipelined_requests_get_the_first_answer_and_a_close(

@@ -1,4 +1,4 @@
-"""The committed bundle in web/dist is what web/src builds to: not stale, not edited by hand.
+"""The committed bundle in collab/web is what web/src builds to: not stale, not edited by hand.
 
 Two checks, each catching what the other cannot:
 
@@ -6,8 +6,8 @@ Two checks, each catching what the other cannot:
   package.json, package-lock.json, everything under src/). Recomputing it here needs no Node.js, and it
   fails the moment a source or a pinned version changes without a rebuild.
 - Rebuilding into a temporary directory with the pinned packages (web/node_modules, installed by
-  scripts/test from the lock file) must give web/dist byte for byte. esbuild is deterministic for the same
-  inputs and version, so this fails when dist/ was edited by hand, built from other sources, or by another
+  scripts/test from the lock file) must give collab/web byte for byte. esbuild is deterministic for the same
+  inputs and version, so this fails when collab/web was edited by hand, built from other sources, or by another
   version of the build, none of which the digest sees.
 """
 
@@ -21,8 +21,8 @@ from pathlib import Path
 from .helpers import ROOT
 
 WEB = ROOT / "web"
-DIST = WEB / "dist"
-REBUILD = "run scripts/build-web and commit web/dist"
+DIST = ROOT / "collab" / "web"
+REBUILD = "run scripts/build-web and commit collab/web"
 
 
 def inputs_digest() -> str:
@@ -41,7 +41,7 @@ def tree(root: Path) -> dict[str, bytes]:
 
 def test_committed_bundle_was_built_from_the_current_sources() -> None:
     recorded = (DIST / "SOURCES.sha256").read_text().strip()
-    assert recorded == inputs_digest(), f"web/dist is stale against web/src or the lock file: {REBUILD}"
+    assert recorded == inputs_digest(), f"collab/web is stale against web/src or the lock file: {REBUILD}"
 
 
 def test_rebuilding_gives_the_committed_bytes(tmp_path: Path) -> None:
@@ -50,9 +50,9 @@ def test_rebuilding_gives_the_committed_bytes(tmp_path: Path) -> None:
     assert (WEB / "node_modules" / ".collab-installed").is_file(), (
         "web/node_modules is missing: scripts/test (or scripts/build-web) installs it from the lock file"
     )
-    out = tmp_path / "dist"
+    out = tmp_path / "web"
     subprocess.run([node, str(WEB / "build.mjs"), "--outdir", str(out)], check=True, capture_output=True, timeout=120)
     built, committed = tree(out), tree(DIST)
-    assert sorted(built) == sorted(committed), f"web/dist has other files than a fresh build: {REBUILD}"
+    assert sorted(built) == sorted(committed), f"collab/web has other files than a fresh build: {REBUILD}"
     changed = [name for name in built if built[name] != committed[name]]
-    assert not changed, f"web/dist differs from a fresh build in {changed}: {REBUILD}"
+    assert not changed, f"collab/web differs from a fresh build in {changed}: {REBUILD}"

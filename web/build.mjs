@@ -1,8 +1,9 @@
-// Bundle web/src into web/dist: what collab serves, committed so that running collab needs no Node.js.
+// Bundle web/src into collab/web: what collab serves, committed so that running collab needs no Node.js.
+// It lives inside the Python package so that a wheel ships it as package data (collab/http/static.py).
 //
 //   node build.mjs [--outdir DIR]      (scripts/build-web installs the pinned packages, then runs this)
 //
-// dist/ holds:
+// collab/web/ holds:
 //   index.html, editor.html        the pages, pointing at the hashed assets below
 //   assets/<name>-<hash>.js|.css   content-hashed bundles (the server may cache them forever)
 //   third-party-licenses.txt       the licenses of every package inside the bundles
@@ -24,7 +25,7 @@ const ENTRIES = ['index.js', 'editor.js', 'style.css']
 
 function parseArgs (argv) {
   const at = argv.indexOf('--outdir')
-  return { outdir: resolve(at >= 0 ? argv[at + 1] : join(WEB, 'dist')) }
+  return { outdir: resolve(at >= 0 ? argv[at + 1] : join(WEB, '..', 'collab', 'web')) }
 }
 
 function listFiles (dir) {
@@ -107,7 +108,7 @@ async function build (outdir) {
   writeFileSync(join(staging, 'third-party-licenses.txt'), licensesText(result.metafile))
   writeFileSync(join(staging, 'SOURCES.sha256'), inputsDigest() + '\n')
 
-  // Swap in the new build whole, so no stale hashed asset survives and a failed build leaves dist/ alone.
+  // Swap in the new build whole, so no stale hashed asset survives and a failed build leaves the old one alone.
   if (existsSync(outdir)) rmSync(outdir, { recursive: true })
   renameSync(staging, outdir)
   return served

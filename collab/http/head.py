@@ -3,9 +3,18 @@
 websockets 17 parses a request head and, on anything it does not expect, stays
 silent: a body (Content-Length, chunked) or a malformed line ends the
 connection with no response, and bytes after the head (a pipelined request)
-are parsed as WebSocket frames during the handshake. collab serves GET only,
-one request per connection, without a body: `check_head` says which answer a
-head earns instead (400, 405, 413, 431, 505), or whether it asks for an upgrade.
+are parsed as WebSocket frames during the handshake. collab serves one request
+per connection, without a body: `check_head` says which answer a head earns
+instead (400, 404, 405, 413, 431, 505), or whether it asks for an upgrade.
+
+A body is refused, never read: no route takes one, and RFC 9110 (section 9.3.1) warns that content on a GET
+"might lead some implementations to reject the request and close the connection because of its potential as a
+request smuggling attack". The refusal goes out at once, without waiting for a body that may never come (a
+declared `Content-Length: 100000` with nothing after it is answered as promptly as one that is sent), and the
+transport then discards what the client still sends until it closes, or cuts it after `CLOSE_TIMEOUT`. It is
+the router's 404 or 405 when it has one for the method and path (a `curl -X PUT -d ...` learns which methods
+the path takes), else 413 (the limit is zero bytes). A request without a body goes on; for it the router
+itself answers 404 and 405, after the origin check, as for any other request.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from http import HTTPStatus
 
 from websockets.http11 import Response
 
-from .router import respond
+from .router import Router, respond
 
 __all__ = ["MAX_HEAD", "check_head"]
 
@@ -43,15 +52,21 @@ SINGLE_VALUED = (
 """Headers a request may carry once: two Hosts or Origins, or two framings of a body, are ambiguous (RFC 9112)."""
 
 
-def check_head(head: bytes) -> Response | bool:
+def check_head(head: bytes, router: Router) -> Response | bool:
     """Check a request head (everything up to and including the blank line) before websockets parses it.
 
     The answer to send instead of handling the request, or, if it may go on, whether it asks for a WebSocket upgrade.
+    `router` is asked what it would answer a request with a body (see the module docstring).
     """
     lines = head.split(b"\r\n")
     request_line, header_lines = lines[0], lines[1:-2]
     parts = request_line.split(b" ")
-    if len(parts) != 3 or not parts[2].startswith(b"HTTP/") or not request_line.isascii():
+    if (
+        len(parts) != 3
+        or not parts[2].startswith(b"HTTP/")
+        or not request_line.isascii()
+        or not _TOKEN.fullmatch(parts[0])  # a method is a token (RFC 9110 section 9.1), shown in a 405
+    ):
         return respond(HTTPStatus.BAD_REQUEST, "malformed request line\n")
     if parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
         return respond(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "HTTP/1.1 only\n")
@@ -73,10 +88,16 @@ def check_head(head: bytes) -> Response | bool:
     duplicated = [name for name in SINGLE_VALUED if counts.get(name.lower(), 0) > 1]
     if duplicated:
         return respond(HTTPStatus.BAD_REQUEST, f"duplicated header: {duplicated[0]}\n")
-    if parts[0] != b"GET":
-        return respond(HTTPStatus.METHOD_NOT_ALLOWED, "GET only\n", headers={"Allow": "GET"})
+    method = parts[0].decode()
+    # RFC 6455 section 4.1. websockets' accept() would answer 405 too, but after the body check and the origin's.
+    if upgrade and method != "GET":
+        message = f"{method} is not allowed for an upgrade, only GET\n"
+        return respond(HTTPStatus.METHOD_NOT_ALLOWED, message, headers={"Allow": "GET"})
     if not content_length.isdigit():
         return respond(HTTPStatus.BAD_REQUEST, "malformed Content-Length\n")
     if "transfer-encoding" in counts or content_length != b"0":  # websockets takes "0" and nothing else
+        answer = None if upgrade else router.match(method, parts[1].decode())
+        if isinstance(answer, Response):
+            return answer
         return respond(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "a request takes no body here\n")
     return upgrade

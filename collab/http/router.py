@@ -1,16 +1,30 @@
-"""Plain HTTP on the WebSocket port: a small router for GET requests that are not upgrades.
+"""Plain HTTP on the WebSocket port: a small router for the requests that are not upgrades.
 
 collab's transport (`collab.server.transport`) hands every request that is not
 a WebSocket upgrade to `Router.handle`, once its head has passed
-`collab.http.head.check_head` (GET only, no body). Handlers take the request and
+`collab.http.head.check_head` (no body, no ambiguity). Handlers take the request and
 return a `Response` (use `respond` to build one); they run on the event loop,
 so anything slow (rendering a large document) belongs in a thread.
+
+Methods, per route (`Router.route(path, handler, methods=...)`, GET unless told):
+
+- HEAD is answered wherever GET is, by the GET handler with the body left out (RFC 9110 section 9.3.2:
+  the same status and headers, `Content-Length` included), so that `curl -I` and uptime monitors that
+  probe with HEAD see what a GET would.
+- Any other method a route was not given is 405 with `Allow` listing the ones it takes (RFC 9110
+  section 15.5.6), not the GET answer: `DELETE /api/docs/x` must not look like a success.
+- A path no route matches is 404 whatever the method: there is nothing there to allow.
+- OPTIONS is such another method: 405 with `Allow`. collab sends no CORS headers (its pages are served
+  from its own origin and need none), so a cross-origin page's preflight fails, as the browser's refusal
+  should; what a page of another origin may send at all is the `OriginPolicy`'s, checked on every
+  request, whatever its method, before any handler runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -51,13 +65,14 @@ class OriginPolicy:
 
 
 class HttpRequest:
-    """A GET request, its path split from its query."""
+    """A request for a handler: its method, its path split from its query."""
 
-    __slots__ = ("headers", "path", "query", "raw")
+    __slots__ = ("headers", "method", "path", "query", "raw")
 
     def __init__(self, request: Request) -> None:
         parts = urlsplit(request.path)
         self.raw = request
+        self.method = request.method
         self.path = parts.path
         self.query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
         self.headers = request.headers
@@ -90,31 +105,67 @@ def json_response(value: Any, status: int = 200) -> Response:
     return respond(status, json.dumps(value, ensure_ascii=False), "application/json")
 
 
+def _head_of(get: Handler) -> Handler:
+    """The HEAD handler of a GET handler: its answer without the body, `Content-Length` kept."""
+
+    async def head(request: HttpRequest) -> Response:
+        return dataclasses.replace(await get(request), body=b"")
+
+    return head
+
+
 class Router:
-    """Exact paths and path prefixes mapped to handlers; the longest prefix wins."""
+    """Exact paths and path prefixes mapped to a handler per method; the longest prefix wins.
+
+    The route that matches a path decides alone: its methods are the path's, and a method it lacks is a
+    405, even if a shorter prefix has a handler for it.
+    """
 
     def __init__(self) -> None:
-        self._exact: dict[str, Handler] = {}
-        self._prefixes: list[tuple[str, Handler]] = []
+        self._exact: dict[str, dict[str, Handler]] = {}
+        self._prefixes: list[tuple[str, dict[str, Handler]]] = []
 
-    def route(self, path: str, handler: Handler) -> None:
-        """`path` ending in '/' matches everything under it; otherwise the exact path only."""
+    def route(self, path: str, handler: Handler, methods: Sequence[str] = ("GET",)) -> None:
+        """Answer `methods` on `path` with `handler` (and HEAD too, if GET is among them and HEAD is not).
+
+        `path` ending in '/' matches everything under it; otherwise the exact path only. A path routed again
+        adds the new methods to those it had (and replaces the handlers of the ones named again).
+        """
         if path.endswith("/") and path != "/":
-            self._prefixes.append((path, handler))
-            self._prefixes.sort(key=lambda item: len(item[0]), reverse=True)
+            handlers = next((handlers for prefix, handlers in self._prefixes if prefix == path), None)
+            if handlers is None:
+                self._prefixes.append((path, handlers := {}))
+                self._prefixes.sort(key=lambda item: len(item[0]), reverse=True)
         else:
-            self._exact[path] = handler
+            handlers = self._exact.setdefault(path, {})
+        for method in methods:
+            handlers[method] = handler
+        if "GET" in methods and "HEAD" not in methods:
+            handlers["HEAD"] = _head_of(handler)
+
+    def match(self, method: str, target: str) -> Handler | Response:
+        """The handler for `method` on a request target, or the answer instead: 400 for a target that does not
+        parse, 404 if no route matches its path (whatever the method), 405 with `Allow` if its route lacks `method`.
+        """
+        try:
+            path = urlsplit(target).path
+        except ValueError:  # urlsplit refuses some targets ("//[x/y": an unclosed IPv6 host)
+            return respond(HTTPStatus.BAD_REQUEST, "malformed request target\n")
+        handlers = self._exact.get(path)
+        if handlers is None:
+            handlers = next((handlers for prefix, handlers in self._prefixes if path.startswith(prefix)), None)
+        if handlers is None:
+            return respond(HTTPStatus.NOT_FOUND, "not found\n")
+        handler = handlers.get(method)
+        if handler is None:
+            allow = ", ".join(sorted(handlers))
+            return respond(
+                HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not allowed here, only {allow}\n", headers={"Allow": allow}
+            )
+        return handler
 
     async def handle(self, request: Request) -> Response:
-        try:
-            http_request = HttpRequest(request)
-        except ValueError:  # urlsplit refuses some targets ("//[x/y": an unclosed IPv6 host)
-            return respond(400, "malformed request target\n")
-        handler = self._exact.get(http_request.path)
-        if handler is None:
-            handler = next(
-                (handler for prefix, handler in self._prefixes if http_request.path.startswith(prefix)), None
-            )
-        if handler is None:
-            return respond(404, "not found\n")
-        return await handler(http_request)
+        handler = self.match(request.method, request.path)
+        if isinstance(handler, Response):
+            return handler
+        return await handler(HttpRequest(request))

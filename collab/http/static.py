@@ -1,9 +1,17 @@
-"""The browser editor's files, served on the WebSocket port from `web/dist` (built by `scripts/build-web`).
+"""The browser editor's files, served on the WebSocket port from `collab/web` (built by `scripts/build-web`).
 
-    GET /                           dist/index.html               the document list
-    GET /d/<name>                   dist/editor.html              the editor; its script reads <name> from the URL
-    GET /assets/<file>              dist/assets/<file>            content-hashed bundles, cacheable forever
-    GET /third-party-licenses.txt   dist/third-party-licenses.txt
+    GET /                           web/index.html               the document list
+    GET /d/<name>                   web/editor.html              the editor; its script reads <name> from the URL
+    GET /assets/<file>              web/assets/<file>            content-hashed bundles, cacheable forever
+    GET /third-party-licenses.txt   web/third-party-licenses.txt
+
+The bundle is package data (`web/**/*` in pyproject.toml): web/build.mjs writes it into the `collab` package
+and it is found beside this module, so a checkout, an editable install and an installed wheel serve the same
+files from any directory with no setting (tests/test_wheel.py installs a wheel in a fresh virtualenv). One
+committed copy in one place: a bundle kept outside the package would need a build step to copy it in, or
+setuptools data files, which land outside the package where nothing finds them reliably. A plain `Path`, not
+`importlib.resources`: serving needs real files (stat for the cache, symlinks resolved to stay inside), and
+collab never runs from a zip file.
 
 Nothing else is served, and never a file outside the web directory: an asset is named by one path segment
 (after percent-decoding: no `/`, `\\`, NUL, and no leading `.`, so no `..`), and the file it names must
@@ -34,8 +42,8 @@ __all__ = ["WEB_DIR", "StaticFiles", "install_web"]
 
 logger = logging.getLogger("collab.web")
 
-WEB_DIR = Path(__file__).resolve().parents[2] / "web" / "dist"
-"""Where `scripts/build-web` puts the bundle, beside the `collab` package in a checkout."""
+WEB_DIR = Path(__file__).resolve().parents[1] / "web"
+"""Where `scripts/build-web` puts the bundle: `collab/web`, package data of the installed package."""
 
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -132,7 +140,7 @@ class StaticFiles:
 
 
 def install_web(router: Router, web_dir: Path = WEB_DIR) -> StaticFiles:
-    """Register the editor's pages and assets on `router`, served from `web_dir` (a built `web/dist`)."""
+    """Register the editor's pages and assets on `router`, served from `web_dir` (a built `collab/web`)."""
     files = StaticFiles(web_dir)
     if not (web_dir / "index.html").is_file():
         logger.warning("no web editor at %s: run scripts/build-web to build it", web_dir)

@@ -7,9 +7,9 @@ only moves bytes between them and the socket and keeps the timers. Per connectio
 
 1. The request head is read up to its blank line and checked (`http.head.check_head`): websockets
    answers a body, a pipelined request or a malformed line with silence or a failed assertion, so
-   what it would not handle well is answered here (400, 405, 413, 431, 505) and the connection
+   what it would not handle well is answered here (400, 404, 405, 413, 431, 505) and the connection
    half-closed. A head that passes goes to websockets' parser.
-2. A plain GET is answered by the router (`collab.http`), then the connection closes. An upgrade is
+2. A plain request is answered by the router (`collab.http`), then the connection closes. An upgrade is
    accepted at once, in the same callback (no task: see the connect rate in docs/benchmarks.md).
 3. The connection is admitted (room name, token) and joins its room: at once when the room is in
    memory, else after a load, while reading waits.
@@ -302,7 +302,7 @@ class WebSocketConnection(asyncio.Protocol):
             return
         end += 4
         request_head = bytes(head[:end])
-        upgrade = check_head(request_head)  # or the refusal to answer instead
+        upgrade = check_head(request_head, self._endpoint.router)  # or the refusal to answer instead
         if isinstance(upgrade, Response):
             self._refuse(upgrade)
             return
