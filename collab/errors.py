@@ -19,6 +19,7 @@
     ├── DatabaseInUseError         another process holds the database's lock          503    4
     ├── NotFoundError              no document by that name                           404    3
     │   └── HistoryError           no state is kept for the moment asked for          404    3
+    ├── AlreadyExistsError         a document by that name exists already             409    1
     ├── ExportError                the export cannot be done as asked                 500    1
     ├── ImportFailed               the backup cannot be imported as asked             500    1
     └── ConfigError                a setting or command-line argument is wrong        400    2
@@ -45,6 +46,7 @@ from http import HTTPStatus
 from typing import NamedTuple
 
 __all__ = [
+    "AlreadyExistsError",
     "AuthError",
     "CloseReason",
     "CollabError",
@@ -187,6 +189,12 @@ class HistoryError(NotFoundError):
     label = "HistoryError"
 
 
+class AlreadyExistsError(CollabError):
+    """A document already has the name asked for (renaming onto it): delete it first, or choose another name."""
+
+    label = "AlreadyExistsError"
+
+
 class ExportError(CollabError):
     """The export cannot be done as asked; nothing was written."""
 
@@ -224,6 +232,10 @@ TRY_AGAIN_LATER = 1013
 BAD_ROOM_NAME = 4400
 UNAUTHENTICATED = 4401
 FORBIDDEN = 4403
+DOCUMENT_DELETED = 4410
+"""The document was deleted (`collab delete`, `DELETE /api/docs/<name>`): like HTTP's 410 Gone."""
+DOCUMENT_RENAMED = 4411
+"""The document was renamed; the reason names the new name."""
 
 # A close reason must fit in a control frame: 125 bytes minus the 2-byte code.
 MAX_REASON_BYTES = 123
@@ -286,6 +298,8 @@ def http_status_for(error: BaseException) -> HTTPStatus:
             return HTTPStatus.FORBIDDEN
         case NotFoundError():
             return HTTPStatus.NOT_FOUND
+        case AlreadyExistsError():
+            return HTTPStatus.CONFLICT
         case RateLimitError():
             return HTTPStatus.TOO_MANY_REQUESTS
         case CorruptDocumentError():

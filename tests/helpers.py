@@ -413,9 +413,13 @@ class FramePeer:
         self.id = id
         self.grant = None
         self.frames: list[bytes] = []
+        self.closed: tuple[int, str] | None = None
 
     def send(self, frame: bytes) -> None:
         self.frames.append(frame)
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
 
     def messages(self) -> list[Message]:
         return [message for frame in self.frames for message in parse_frame(frame)]

@@ -88,6 +88,7 @@ def test_metric_labels_are_fixed_names_dashboards_can_rely_on() -> None:
         "StorageError": "StorageError",
         "CorruptDocumentError": "CorruptDocumentError",
         "DatabaseInUseError": "DatabaseInUseError",
+        "AlreadyExistsError": "AlreadyExistsError",
         "NotFoundError": "NotFoundError",
         "HistoryError": "HistoryError",
         "ExportError": "ExportError",

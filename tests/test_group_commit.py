@@ -53,6 +53,12 @@ class FailingEngine:
     def close(self) -> None:
         self.inner.close()
 
+    def delete(self, name: str) -> bool:
+        return self.inner.delete(name)
+
+    def rename(self, old: str, new: str) -> None:
+        self.inner.rename(old, new)
+
     def restore(self, dump: DocumentDump) -> None:
         self.inner.restore(dump)
 

@@ -102,8 +102,8 @@ async def test_a_list_header_may_repeat(server: CollabServer, bystanders: tuple[
 BAD_REQUESTS = {
     "POST": (request(method="POST"), 405),
     "POST with a body": (request(method="POST", extra="Content-Length: 5\r\n") + b"hello", 405),
-    "PUT on the API": (request("/api/docs/notes", "Content-Length: 2\r\n", method="PUT") + b"{}", 405),
-    "DELETE": (request("/api/docs/notes", method="DELETE"), 405),
+    "PUT on the API": (request("/api/docs", "Content-Length: 2\r\n", method="PUT") + b"{}", 405),
+    "DELETE": (request("/healthz", method="DELETE"), 405),
     "POST upgrade": (upgrade().replace(b"GET", b"POST", 1), 405),
     "HEAD upgrade": (upgrade().replace(b"GET", b"HEAD", 1), 405),
     "a method that is not a token": (request(method="GE@T"), 400),
@@ -143,7 +143,9 @@ async def test_unservable_requests_get_an_answer(
 # Methods: the router's routes say which methods a path takes (every route today: GET, and HEAD with it).
 
 OTHER_METHODS = ("DELETE", "POST", "PUT", "PATCH", "OPTIONS", "TRACE", "BREW")
-GET_ROUTES = ("/api/docs/x", "/api/docs", "/", "/d/x", "/healthz", "/readyz", "/metrics", "/assets/app.js")
+GET_ROUTES = ("/api/docs", "/", "/d/x", "/healthz", "/readyz", "/metrics", "/assets/app.js")
+DOCUMENT_METHODS = "DELETE, GET, HEAD, POST"
+"""What `/api/docs/<name>` takes: GET (and HEAD), DELETE (delete it), POST (`/rename`)."""
 
 
 def http_request(port: int, method: str, path: str, headers: dict[str, str], body: bytes | None) -> Reply:
@@ -176,6 +178,9 @@ async def test_other_methods_on_a_get_route_answer_405_with_allow(server: Collab
                 assert reply.headers["allow"] == "GET, HEAD"
                 assert reply.headers["connection"] == "close"
                 assert reply.body == f"{method} is not allowed here, only GET, HEAD\n".encode()
+    for method in ("PUT", "PATCH", "OPTIONS", "TRACE", "BREW"):
+        reply = await send(server.port, method, "/api/docs/x")
+        assert (reply.status, reply.headers["allow"]) == (405, DOCUMENT_METHODS), (method, reply)
     reply = await get(server, "/api/docs/x?format=txt")
     assert (reply.status, reply.body) == (200, b"still here"), "nothing was deleted"
 
@@ -208,7 +213,7 @@ async def test_options_is_a_405_and_grants_no_cross_origin_access(server: Collab
     own, other = f"http://127.0.0.1:{server.port}", "http://evil.example"
     preflight = {"Access-Control-Request-Method": "DELETE", "Access-Control-Request-Headers": "authorization"}
     reply = await send(server.port, "OPTIONS", "/api/docs/x", headers={"Origin": own, **preflight})
-    assert (reply.status, reply.headers["allow"]) == (405, "GET, HEAD")
+    assert (reply.status, reply.headers["allow"]) == (405, DOCUMENT_METHODS)
     assert not [name for name in reply.headers if name.startswith("access-control-")]
     assert (await send(server.port, "OPTIONS", "/api/docs/x", headers={"Origin": other, **preflight})).status == 403
 

@@ -78,6 +78,10 @@ class Listener(Protocol):
         """Process `process` stopped beating (killed, cut off): its clients are gone too."""
         ...
 
+    def ended(self, name: str, code: int, reason: str) -> None:
+        """Another process deleted or renamed `name`: close its clients here with `code` and `reason`."""
+        ...
+
 
 class Relay(Publisher, Protocol):
     """The server's side of a relay."""
@@ -104,6 +108,11 @@ class Relay(Publisher, Protocol):
         ...
 
     def unfollow(self, name: str) -> None: ...
+
+    async def end(self, name: str, code: int, reason: str) -> None:
+        """Tell the other processes that `name` is deleted or renamed (`Listener.ended`), then wait long enough
+        for them to have closed it and queued what they held of it for their store."""
+        ...
 
     def is_alive(self, process: str) -> bool:
         """Whether `process` has beaten lately (presence retained from a dead process is not shown)."""

@@ -27,7 +27,9 @@ __all__ = [
     "Followed",
     "Gap",
     "after_outage",
+    "decode_ended",
     "decode_entry",
+    "ended_fields",
     "epoch_key",
     "frame_fields",
     "gap_fields",
@@ -41,7 +43,7 @@ __all__ = [
 BEGINNING = "0-0"
 """The position before every entry of a stream."""
 
-ORIGIN, FRAME, GAP, SUBJECT = b"o", b"f", b"g", b"s"
+ORIGIN, FRAME, GAP, SUBJECT, ENDED = b"o", b"f", b"g", b"s", b"e"
 MAX_SUBJECT_BYTES = 1024
 """A token's `sub` longer than this is not one collab relayed (tokens are limited well below it)."""
 
@@ -78,6 +80,33 @@ def frame_fields(process: str, frame: bytes, subject: str | None = None) -> dict
 
 def gap_fields(process: str) -> dict[bytes, bytes]:
     return {ORIGIN: process.encode(), GAP: b"1"}
+
+
+def ended_fields(process: str, code: int, reason: str) -> dict[bytes, bytes]:
+    """An entry saying the room was deleted or renamed: its clients are closed with `code` and `reason`."""
+    return {ORIGIN: process.encode(), ENDED: f"{code} {reason}".encode()}
+
+
+class Ended(NamedTuple):
+    """A room deleted or renamed by another process."""
+
+    origin: str
+    code: int
+    reason: str
+
+
+def decode_ended(fields: Mapping[bytes, bytes]) -> Ended | None:
+    """The `ended_fields` entry `fields` hold, or None (another kind of entry, or not a valid one)."""
+    value, origin = fields.get(ENDED), fields.get(ORIGIN)
+    if not isinstance(value, bytes) or not isinstance(origin, bytes) or FRAME in fields or GAP in fields:
+        return None
+    code, _, reason = value.partition(b" ")
+    if not code.isdigit() or not 4000 <= int(code) <= 4999 or len(reason) > 123:
+        return None
+    try:
+        return Ended(origin.decode(), int(code), reason.decode())
+    except UnicodeDecodeError:
+        return None
 
 
 class Entry(NamedTuple):

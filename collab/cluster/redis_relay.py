@@ -54,7 +54,9 @@ from .entries import (
     Followed,
     Gap,
     after_outage,
+    decode_ended,
     decode_entry,
+    ended_fields,
     epoch_key,
     frame_fields,
     gap_fields,
@@ -358,10 +360,12 @@ class RedisRelay:
         except RedisError as error:  # its key is not a stream, say: the reader finds it out and skips it
             self._refused("reading a room back", error, name)
             return Retained([], BEGINNING)
-        frames = []
+        frames: list[Relayed] = []
         for _, values in entries:
             entry = decode_entry(values)
-            if entry is None:
+            if entry is None and decode_ended(values) is not None:
+                frames.clear()  # the document was deleted or renamed: what came before was another's
+            elif entry is None:
                 self.skipped.inc("malformed")
             elif entry.frame is not None and entry.origin != self._process:
                 frames.append(Relayed(entry.origin, entry.frame, entry.subject))
@@ -382,6 +386,17 @@ class RedisRelay:
         timer = self._gap_timers.pop(name, None)
         if timer is not None:
             timer.cancel()
+
+    async def end(self, name: str, code: int, reason: str) -> None:
+        if self._down_since is not None:
+            logger.warning(
+                "Redis is unreachable: the other processes do not hear that the room ended, and keep its clients",
+                extra=fields(room=name),
+            )
+            return
+        self._queue.append((name, ended_fields(self._process, code, reason)))
+        self._send.set()
+        await asyncio.sleep(self._gap_delay)  # they close it, then commit what they held within their window
 
     def publish(self, name: str, frame: bytes, subject: str | None = None) -> None:
         followed = self._followed.get(name)
@@ -595,6 +610,11 @@ class RedisRelay:
             followed.position = entry_id.decode()
             entry = decode_entry(values)
             if entry is None:
+                ended = decode_ended(values)
+                if ended is not None:
+                    if ended.origin != self._process:
+                        self._listener.ended(name, ended.code, ended.reason)
+                    return  # the room is unfollowed now: what follows in its stream is a new document's
                 self.skipped.inc("malformed")
                 logger.warning(
                     "skipped a relayed entry collab did not write", extra=fields(room=name, id=followed.position)

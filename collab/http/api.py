@@ -6,12 +6,18 @@
                                   one document, as `collab export` writes it (default json);
                                   TIME is 2h / 3d (ago) or ISO 8601. 404 if unknown,
                                   or if it did not exist yet at TIME.
+    DELETE /api/docs/<name>       {"deleted": name}: the document and its history are removed; its
+                                  clients are closed with 4410. 404 if unknown.
+    POST /api/docs/<name>/rename?to=NEW
+                                  {"renamed": name, "to": NEW}: history kept; its clients are
+                                  closed with 4411. 404 if unknown, 409 if NEW exists.
 
 `<name>` is percent-encoded and may contain `/`. Without `at`, a document that
 is open in a room is exported from memory, so it includes what is not yet on
 disk. Times are ISO 8601 UTC; sizes are bytes stored. With access control on,
 requests carry a token (`?token=` or `Authorization: Bearer`): read permission
-on the document, and the listing shows only what the token covers (401/403).
+on the document, and the listing shows only what the token covers (401/403);
+deleting and renaming need write permission on every name involved.
 
 Decoding and rendering a document runs in a thread: a 10 MB document takes
 about a second to render as JSON, and every room on the server would wait that
@@ -30,12 +36,15 @@ from urllib.parse import quote, unquote
 
 from websockets.http11 import Response
 
-from ..auth import Access
+from ..auth import Access, Permission
 from ..errors import (
+    AlreadyExistsError,
     AuthError,
     CorruptDocumentError,
+    ForbiddenError,
     InvalidRoomNameError,
     NotFoundError,
+    ServerBusyError,
     StorageError,
     http_status_for,
 )
@@ -54,6 +63,7 @@ if TYPE_CHECKING:  # the server hands them in; the API does not depend on the se
 __all__ = ["document_json", "install_api"]
 
 DOCS = "/api/docs"
+RENAME = "/rename"
 
 EXPORT_THREADS = 2
 """Documents rendered at once, each in its own thread. Rendering holds the GIL in pycrdt's native
@@ -145,8 +155,56 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
             )
         return respond(200, body, content_type, headers)
 
+    def may_write(request: HttpRequest, *names: str) -> None:
+        """Raise `AuthError` unless the request's token may write every one of `names`."""
+        for name in names:
+            grant = access.check(request_token(request), name)
+            if grant is not None and grant.permission is not Permission.WRITE:
+                raise ForbiddenError(f"a read-only token cannot change {name!r}", "read_only")
+
+    async def delete_document(request: HttpRequest) -> Response:
+        try:
+            name = _document_name(request.path)
+        except InvalidRoomNameError as error:
+            return error_response(HTTPStatus.BAD_REQUEST, str(error))
+        try:
+            may_write(request, name)
+        except AuthError as error:
+            return refused(error)
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT):
+                await rooms.delete(name)
+        except (NotFoundError, ServerBusyError) as error:
+            return error_response(http_status_for(error), str(error))
+        except (StorageError, TimeoutError) as error:
+            return unavailable(error)
+        return json_response({"deleted": name})
+
+    async def rename_document(request: HttpRequest) -> Response:
+        try:
+            if not request.path.endswith(RENAME):
+                raise InvalidRoomNameError(f"POST {DOCS}/NAME{RENAME}?to=NEW is the only POST here")
+            old = _document_name(request.path[: -len(RENAME)])
+            new = validate_room_name(request.query.get("to", ""))
+        except InvalidRoomNameError as error:
+            return error_response(HTTPStatus.BAD_REQUEST, str(error))
+        try:
+            may_write(request, old, new)
+        except AuthError as error:
+            return refused(error)
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT):
+                await rooms.rename(old, new)
+        except (NotFoundError, AlreadyExistsError, ServerBusyError) as error:
+            return error_response(http_status_for(error), str(error))
+        except (StorageError, TimeoutError) as error:
+            return unavailable(error)
+        return json_response({"renamed": old, "to": new})
+
     router.route(DOCS, list_documents)
     router.route(DOCS + "/", get_document)
+    router.route(DOCS + "/", delete_document, methods=("DELETE",))
+    router.route(DOCS + "/", rename_document, methods=("POST",))
 
 
 def _document_name(path: str) -> str:

@@ -20,7 +20,15 @@ import asyncio
 import logging
 
 from ..cluster import Relay, Relayed
-from ..errors import CollabError, ServerBusyError, StorageError
+from ..errors import (
+    DOCUMENT_DELETED,
+    DOCUMENT_RENAMED,
+    AlreadyExistsError,
+    CollabError,
+    NotFoundError,
+    ServerBusyError,
+    StorageError,
+)
 from ..logs import fields
 from ..metrics import Counter
 from ..store import Store
@@ -74,6 +82,8 @@ class Rooms:
         self.relay = relay
         self._origins: dict[tuple[str, str | None], Origin] = {}
         self._reloads: dict[str, asyncio.Task[None]] = {}
+        self._ending: set[str] = set()
+        """Names being deleted or renamed: joins are refused (try again) until the store has done it."""
 
     def __len__(self) -> int:
         return len(self._rooms)
@@ -107,6 +117,7 @@ class Rooms:
         or no more rooms may be loaded.
         """
         for _ in range(MAX_JOIN_ATTEMPTS):
+            self._refuse_if_ending(name)
             room = self.join_loaded(name, peer)
             if room is not None:
                 return room
@@ -164,6 +175,7 @@ class Rooms:
             raise
         finally:
             del self._loading[name]
+        self._refuse_if_ending(name)  # deleted or renamed while it loaded: what it read is gone
         self._rooms[name] = room
         if self.relay is not None and retained is not None:
             self.relay.follow(name, retained.position)
@@ -194,7 +206,67 @@ class Rooms:
             room.compact()
         await self.store.flush()
 
+    # Deleting and renaming.
+
+    async def delete(self, name: str) -> None:
+        """Delete document `name`: its room ends here and on every other process (its clients are closed with
+        4410, and the stock client does not reconnect), then the store deletes it and its history.
+
+        Raises `NotFoundError` if it is neither stored nor loaded, `StorageError` if the store fails.
+        """
+        self._ending.add(name)
+        try:
+            await self._end_everywhere(name, DOCUMENT_DELETED, "document deleted")
+            await self.store.delete(name)
+        finally:
+            self._ending.discard(name)
+        logger.info("deleted the document", extra=fields(room=name))
+
+    async def rename(self, old: str, new: str) -> None:
+        """Rename document `old` to `new`, history included: the room of `old` ends everywhere (4411, the
+        reason naming `new`); `new` starts from the stored document when someone joins it.
+
+        Raises `NotFoundError` if `old` is not stored or loaded, `AlreadyExistsError` if `new` is,
+        `StorageError` if the store fails.
+        """
+        if new in self._rooms or await self.store.documents(new):
+            raise AlreadyExistsError(
+                f"a document named {new!r} exists already: delete it first, or choose another name"
+            )
+        if old not in self._rooms and not await self.store.documents(old):
+            raise NotFoundError(f"no document named {old!r}")
+        self._ending.update((old, new))
+        try:
+            await self._end_everywhere(old, DOCUMENT_RENAMED, f"renamed to {new}")
+            await self.store.rename(old, new)
+        finally:
+            self._ending.difference_update((old, new))
+        logger.info("renamed the document", extra=fields(room=old, to=new))
+
+    async def _end_everywhere(self, name: str, code: int, reason: str) -> None:
+        self._end_here(name, code, reason)
+        if self.relay is not None:
+            await self.relay.end(name, code, reason)  # and waits until the others have queued what they held
+
+    def _end_here(self, name: str, code: int, reason: str) -> None:
+        room = self._rooms.pop(name, None)
+        unloading = self._unloading.pop(name, None)
+        if unloading is not None:
+            unloading.cancel()
+        if room is not None:
+            room.end(code, reason)
+            if self.relay is not None:
+                self.relay.unfollow(name)
+
+    def _refuse_if_ending(self, name: str) -> None:
+        if name in self._ending:
+            raise ServerBusyError(f"document {name!r} is being deleted or renamed; try again")
+
     # The relay's listener (collab.cluster.Listener).
+
+    def ended(self, name: str, code: int, reason: str) -> None:
+        """Another process deleted or renamed `name`: end its room here too."""
+        self._end_here(name, code, reason)
 
     def relayed(self, name: str, message: Relayed) -> None:
         """A frame another process published: to the room's peers and Doc; `CollabError` if it is refused."""

@@ -392,7 +392,7 @@ class WebSocketConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self.id = endpoint.next_id()
-        conn = self.conn = Connection(self.id, self._queue, endpoint.rules, endpoint.metrics)
+        conn = self.conn = Connection(self.id, self._queue, endpoint.rules, endpoint.metrics, self.close)
         endpoint.peers.add(self)
         try:
             if len(endpoint.peers) > endpoint.max_connections:

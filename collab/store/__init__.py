@@ -6,9 +6,10 @@ sized to its callers:
 
     Store   what rooms, the server, metrics and the HTTP API call (async, on the event loop);
             `group_commit.GroupCommitStore` is the one implementation: it queues writes, commits
-            them in groups on one worker thread and retries a failing commit forever.
+            them in groups on one worker thread and retries a failing commit forever (a delete or
+            a rename runs on that thread too, in order with the commits, and is not retried).
     Engine  what a database implements (blocking, run on that worker thread): open, commit a
-            batch, load, documents, check_writable, restore, close. `sqlite.SQLiteEngine` and
+            batch, load, documents, check_writable, restore, delete, rename, close. `sqlite.SQLiteEngine` and
             `postgres.PostgresEngine` are the real ones, `memory.MemoryEngine` the smallest example.
     Reader  what the command line reads (export, rooms, history, stats, copy): one consistent
             read-only moment of a database, which a running server keeps writing.
@@ -161,6 +162,27 @@ class Store(Protocol):
         """Every stored document by name, or only `name` ([] if it is not stored)."""
         ...
 
+    async def delete(self, name: str) -> None:
+        """Remove `name` and everything stored of it, history included: a document later written by that name
+        starts empty, as a new document.
+
+        Writes of `name` queued before the call are committed first, so that none lands after the delete and
+        brings part of it back; close the document's room before, since a room still open would go on writing
+        to a new document by that name. Raises `NotFoundError` if `name` is not stored, `StorageError` if the
+        database fails (not retried, unlike a commit: say so to whoever asked).
+        """
+        ...
+
+    async def rename(self, old: str, new: str) -> None:
+        """Give the document `old` the name `new`, with its history and times; `old` is then unknown.
+
+        Writes of either name queued before the call are committed first (under the name they were queued
+        for); close both rooms before, as for `delete`. Raises `NotFoundError` if `old` is not stored,
+        `AlreadyExistsError` if `new` is (`old` itself included; nothing changed then), `StorageError` if the
+        database fails (not retried).
+        """
+        ...
+
     async def check_writable(self) -> None:
         """Raise `StorageError` unless a commit could start right now (what `/readyz` asks)."""
         ...
@@ -223,6 +245,22 @@ class Engine(Protocol):
         """Write `dump` as a new document, rows and times as they are, in one transaction (`collab copy`).
 
         The caller has walked every row (`collab.sync.yupdate`); `StorageError` if `dump.name` is already stored.
+        """
+        ...
+
+    def delete(self, name: str) -> bool:
+        """Remove the document `name` and every row of it, in one transaction; False if it is not stored.
+
+        A document written by that name afterwards (by this engine or another on the same database) gets a
+        new id: nothing of the old one, cached or stored, is taken for part of it.
+        """
+        ...
+
+    def rename(self, old: str, new: str) -> None:
+        """Give the document `old` the name `new`, rows and times as they are, in one transaction.
+
+        `NotFoundError` if `old` is not stored, `AlreadyExistsError` if `new` is (nothing changed then). A
+        later commit to `old` makes a new document by that name, here and on every engine of the database.
         """
         ...
 

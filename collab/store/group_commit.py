@@ -10,6 +10,12 @@ should the writer task itself ever end, the store says so (`failing`, and
 `flush`, `check_writable` and `close` raise) instead of hanging.
 `flush()` is how callers wait for durability.
 
+A delete or a rename is not a queued write: an error there is the caller's
+to report (an unknown name, a name taken), and retrying it forever would hang
+both it and every commit behind it. It waits for the writes of its names
+queued before it, then runs on the same worker thread, in order with the
+commits, and raises what the engine raised.
+
 The store holds its engine (`Engine`, see `collab.store`) rather than being
 subclassed by it: everything here is the same for every database.
 """
@@ -25,7 +31,7 @@ from typing import Generic, TypeVar
 
 from pycrdt import merge_updates
 
-from ..errors import CollabError, StorageError
+from ..errors import CollabError, NotFoundError, StorageError
 from . import Commit, DocumentInfo, Engine, StoredRecord, WriteOp
 
 __all__ = ["GroupCommitStore", "coalesce"]
@@ -97,6 +103,15 @@ class GroupCommitStore(Generic[E]):
             await self._flush_writes_of(name)  # a document just created is listed, with its first change
         return await self._on_thread(self.engine.documents, name)
 
+    async def delete(self, name: str) -> None:
+        await self._flush_writes_of(name)
+        if not await self._on_thread(self.engine.delete, name):
+            raise NotFoundError(f"no document named {name!r}")
+
+    async def rename(self, old: str, new: str) -> None:
+        await self._flush_writes_of(old, new)
+        await self._on_thread(self.engine.rename, old, new)
+
     async def check_writable(self) -> None:
         """Raise `StorageError` unless the engine could start a commit right now (its own cheap probe)."""
         if self._writer is None:
@@ -126,9 +141,9 @@ class GroupCommitStore(Generic[E]):
 
     # Internals.
 
-    async def _flush_writes_of(self, name: str) -> None:
-        """Flush if writes of `name` are queued or being committed (or retried): a read must see them."""
-        if any(op.name == name for op in self._in_flight) or any(op.name == name for op in self._queue):
+    async def _flush_writes_of(self, *names: str) -> None:
+        """Flush if writes of `names` are queued or being committed (or retried): a read must see them."""
+        if any(op.name in names for op in self._in_flight) or any(op.name in names for op in self._queue):
             await self.flush()
 
     def _enqueue(self, op: WriteOp) -> None:

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..errors import HistoryError, StorageError
+from ..errors import HistoryError, NotFoundError, StorageError
 from ..units import format_time
 from . import DocumentDump, DocumentInfo, StoredRecord, WriteOp
 from .group_commit import GroupCommitStore
+from .tables import name_taken
 
 __all__ = ["MemoryEngine", "MemoryStore"]
 
@@ -65,6 +66,16 @@ class MemoryEngine:
             if row.kind != "checkpoint":
                 document.rows.append((row.created_at, StoredRecord(row.kind, self._next_id, row.data, True)))
                 self._next_id += 1
+
+    def delete(self, name: str) -> bool:
+        return self._documents.pop(name, None) is not None
+
+    def rename(self, old: str, new: str) -> None:
+        if old not in self._documents:
+            raise NotFoundError(f"no document named {old!r}")
+        if new in self._documents:
+            raise name_taken(new)
+        self._documents[new] = self._documents.pop(old)
 
     def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
         document = self._documents.get(name)

@@ -19,6 +19,8 @@ Each group commit is one transaction: the documents it touches are created if
 new and locked `FOR UPDATE` in name order (so two processes committing the same
 documents queue instead of deadlocking), its log rows inserted, its compactions
 done under that row lock (see `compaction`: exactly the rows read are deleted).
+A delete or a rename takes the same locks; a commit that finds a document gone
+or renamed meanwhile makes a new one by its name, in the same transaction.
 Durability is the server's `synchronous_commit` (on by default: a commit returns
 once the WAL is flushed).
 """
@@ -36,7 +38,7 @@ from ..errors import ConfigError, StorageError
 from . import DocumentDump, DocumentInfo, StoredRecord, WriteOp
 from .compaction import OwnRows
 from .history import Retention
-from .tables import Tables
+from .tables import Tables, name_taken
 
 __all__ = [
     "MIGRATIONS",
@@ -273,6 +275,23 @@ def postgres_tables(conn: Connection) -> Tables:
     return Tables(execute, stream, execute_many, insert_rows, {"snapshots": "checked", "updates": "checked"})
 
 
+def _lock_documents(conn: Connection, created: dict[str, float], *, create: bool) -> dict[str, int]:
+    """Lock the documents named in `created` (first made, at those times, if `create`); their ids by name.
+
+    In name order, so that two processes committing the same documents queue instead of deadlocking.
+    """
+    names = sorted(created)
+    if create:
+        conn.execute(
+            """INSERT INTO documents (name, created_at, updated_at)
+               SELECT name, at, at FROM unnest(%s::text[], %s::float8[]) AS new(name, at) ORDER BY name
+               ON CONFLICT (name) DO NOTHING""",
+            [names, [created[name] for name in names]],
+        )
+    rows = conn.execute("SELECT name, id FROM documents WHERE name = ANY(%s) ORDER BY name FOR UPDATE", [names])
+    return dict(rows.fetchall())
+
+
 def _placeholders(sql: str) -> str:
     assert "%" not in sql, "collab's SQL holds no %: it would be read as a placeholder"
     return sql.replace("?", "%s")
@@ -284,7 +303,7 @@ class PostgresEngine:
     The connection is in autocommit mode: a load is one statement (one round trip, one consistent moment),
     a commit one explicit transaction. A commit whose outcome was lost with its connection is retried, so
     its log rows may be stored twice: harmless to the document (CRDT merges are idempotent), one more
-    history point.
+    history point. A delete or a rename retried so finds its work done, and says the name is unknown.
     """
 
     def __init__(self, url: str, *, lock_timeout: float = 5.0, retention: Retention | None = None) -> None:
@@ -365,21 +384,10 @@ class PostgresEngine:
             created.setdefault(op.name, op.at)
             updated[op.name] = max(updated.get(op.name, op.at), op.at)
         names = sorted(created)
-        if any(name not in self._doc_ids for name in names):
-            conn.execute(
-                """INSERT INTO documents (name, created_at, updated_at)
-                   SELECT name, at, at FROM unnest(%s::text[], %s::float8[]) AS new(name, at) ORDER BY name
-                   ON CONFLICT (name) DO NOTHING""",
-                [names, [created[name] for name in names]],
-            )
-        # In name order, so that two processes committing the same documents queue instead of deadlocking.
-        doc_ids: dict[str, int] = dict(
-            conn.execute(
-                "SELECT name, id FROM documents WHERE name = ANY(%s) ORDER BY name FOR UPDATE", [names]
-            ).fetchall()
-        )
-        if len(doc_ids) < len(names):  # deleted since we saw them: create them again
-            self._doc_ids.clear()
+        doc_ids = _lock_documents(conn, created, create=any(name not in self._doc_ids for name in names))
+        if len(doc_ids) < len(names):  # deleted or renamed since we saw them (here or elsewhere): made anew
+            doc_ids = _lock_documents(conn, created, create=True)
+        if len(doc_ids) < len(names):
             raise StorageError("documents vanished during a commit; retrying")
         self._doc_ids.update(doc_ids)
         tables = postgres_tables(conn)
@@ -408,6 +416,38 @@ class PostgresEngine:
         def write(conn: Connection) -> None:
             with conn.transaction():
                 postgres_tables(conn).restore(dump)
+
+        self._on_connection(write)
+
+    def delete(self, name: str) -> bool:
+        self._doc_ids.pop(name, None)
+
+        def write(conn: Connection) -> bool:
+            try:
+                with conn.transaction():
+                    # Locked as a commit locks it: one committing it meanwhile waits, then makes it anew.
+                    row = conn.execute("SELECT id FROM documents WHERE name = %s FOR UPDATE", [name]).fetchone()
+                    if row is not None:
+                        postgres_tables(conn).delete(row[0], self._own)
+            except BaseException:
+                self._own.rolled_back()
+                raise
+            self._own.committed()
+            return row is not None
+
+        return self._on_connection(write)
+
+    def rename(self, old: str, new: str) -> None:
+        self._doc_ids.pop(old, None)
+
+        def write(conn: Connection) -> None:
+            try:
+                with conn.transaction():
+                    # Both names locked in name order, as commits lock theirs: whoever comes second waits.
+                    conn.execute("SELECT id FROM documents WHERE name = ANY(%s) ORDER BY name FOR UPDATE", [[old, new]])
+                    postgres_tables(conn).rename(old, new)
+            except psycopg.errors.UniqueViolation as error:  # `new` made by a commit elsewhere meanwhile
+                raise name_taken(new) from error
 
         self._on_connection(write)
 

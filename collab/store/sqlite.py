@@ -8,10 +8,12 @@ The tables are those of `tables` (the same on PostgreSQL), plus
 
 Loading reads the snapshot plus the log. Compaction, in the same transaction as
 the writes before it, turns the log rows it read into checkpoints (see
-`compaction`), merges them into a new snapshot and deletes exactly them. The
-schema is versioned with ordered sqlite-utils migrations; a database written by
-a newer collab is refused, never modified or moved aside. Reads live in
-`sqlite_read` and `tables`.
+`compaction`), merges them into a new snapshot and deletes exactly them. A
+delete removes a document's rows and its id, which is never handed out again
+(m005): a document later made by that name is a new one, to this engine and to
+any other on the file. The schema is versioned with ordered sqlite-utils
+migrations; a database written by a newer collab is refused, never modified or
+moved aside. Reads live in `sqlite_read` and `tables`.
 """
 
 from __future__ import annotations
@@ -102,6 +104,26 @@ def m004_checked_rows(db: Database) -> None:
         db.execute(f"INSERT INTO checked_rows (tab, first_id) SELECT ?, coalesce(max(id), 0) + 1 FROM {table}", [table])
 
 
+@migration
+def m005_document_ids_never_reused(db: Database) -> None:
+    # SQLite gives a new row max(id) + 1, so a deleted newest document's id came back for the next one, which
+    # an engine of another process still caching the id, or tracking its own rows by it (`OwnRows`), would take
+    # for the deleted one. AUTOINCREMENT never hands out an id again. SQLite cannot alter a key: the table is
+    # rebuilt the documented way, with foreign keys off (`open_database` turns them on after migrating), and
+    # the tables referring to it keep referring to it by name.
+    db.execute(
+        """CREATE TABLE documents_new (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL UNIQUE,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL)"""
+    )
+    columns = "id, name, created_at, updated_at"
+    db.execute(f"INSERT INTO documents_new ({columns}) SELECT {columns} FROM documents")
+    db.execute("DROP TABLE documents")
+    db.execute("ALTER TABLE documents_new RENAME TO documents")
+
+
 def migrate(db: Database, path: Path) -> None:
     """Bring the schema up to date; `StorageError` if a newer collab migrated it (never touch what we do not know).
 
@@ -166,8 +188,8 @@ def open_database(path: Path, busy_timeout: float = 5.0, synchronous: str = "ful
         if _set_wal(db, busy_timeout) != "wal":
             raise StorageError(f"{path}: SQLite refused WAL mode")
         db.execute(f"PRAGMA synchronous={synchronous}")
-        db.execute("PRAGMA foreign_keys=ON")
         migrate(db, path)
+        db.execute("PRAGMA foreign_keys=ON")  # after: a migration rebuilding a table needs them off (m005)
     except sqlite3.Error as error:
         conn.close()
         raise StorageError(f"cannot open database {path}: {error}") from error
@@ -198,6 +220,8 @@ class SQLiteEngine:
         self._first_checked: dict[str, int] = {}
         """`first_checked_ids`, read once on open: the table never changes after its migration."""
         self._doc_ids: dict[str, int] = {}
+        """Document ids by name, trusted only while no other connection has committed (`_data_version`)."""
+        self._data_version: int | None = None
         self._own = OwnRows()
         """The rows this engine wrote, which the rooms' snapshots hold already (see `compaction`)."""
 
@@ -226,6 +250,7 @@ class SQLiteEngine:
             self._db.conn.close()
             self._db = None
             self._doc_ids.clear()
+            self._data_version = None
 
     def _doc_id(self, name: str, at: float) -> int:
         doc_id = self._doc_ids.get(name)
@@ -245,6 +270,7 @@ class SQLiteEngine:
     def commit(self, batch: Sequence[WriteOp]) -> None:
         try:
             with self._write_transaction():
+                self._forget_ids_if_changed_elsewhere()
                 for op in batch:
                     self._write(op)
         except BaseException:
@@ -253,6 +279,19 @@ class SQLiteEngine:
             self._own.rolled_back()
             raise
         self._own.committed()
+
+    def _forget_ids_if_changed_elsewhere(self) -> None:
+        """Drop the cached document ids if another connection committed since this one last looked.
+
+        It may have deleted or renamed a document (`collab delete` on the file, another `--workers`
+        process): a cached id would then write to a document that is gone, or to another name. SQLite
+        changes `data_version` for every commit of another connection, never for this one's, so a server
+        alone on its file keeps its cache.
+        """
+        version = self.db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._doc_ids.clear()
+            self._data_version = version
 
     @contextmanager
     def _write_transaction(self) -> Iterator[None]:
@@ -289,6 +328,25 @@ class SQLiteEngine:
     def restore(self, dump: DocumentDump) -> None:
         with self._write_transaction():
             self._tables().restore(dump)
+
+    def delete(self, name: str) -> bool:
+        self._doc_ids.pop(name, None)
+        try:
+            with self._write_transaction():
+                tables = self._tables()
+                doc_id = tables.doc_id(name)
+                if doc_id is not None:
+                    tables.delete(doc_id, self._own)
+        except BaseException:
+            self._own.rolled_back()
+            raise
+        self._own.committed()
+        return doc_id is not None
+
+    def rename(self, old: str, new: str) -> None:
+        self._doc_ids.pop(old, None)
+        with self._write_transaction():
+            self._tables().rename(old, new)
 
     def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
         return self._tables().records(name, at)

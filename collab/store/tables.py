@@ -1,6 +1,7 @@
 """collab's tables, read and compacted in SQL that SQLite and PostgreSQL both run.
 
     documents(id, name UNIQUE, created_at, updated_at)
+                                                 -- an id is never handed out again once deleted
     snapshots(id, doc_id, created_at, data)      -- the document as of its last compaction
     updates(id, doc_id, created_at, data)        -- the log since that snapshot
     checkpoints(id, doc_id, created_at, base, data)
@@ -11,7 +12,7 @@ connection runs a statement and in how a row says it was walked before it was
 stored (`checked`): a column on PostgreSQL, an id range on SQLite (rows from
 before the walk existed). A `Tables` holds those two differences, and every
 read here works the same on both: a reader's consistent view, the store's
-loads, `collab copy`'s dumps, a compaction's reads and writes.
+loads, `collab copy`'s dumps, a compaction's reads and writes, a delete, a rename.
 """
 
 from __future__ import annotations
@@ -22,14 +23,21 @@ from typing import Any, Literal, Protocol
 
 from pycrdt import merge_updates
 
-from ..errors import CorruptDocumentError, HistoryError, InvalidUpdateError, StorageError
+from ..errors import (
+    AlreadyExistsError,
+    CorruptDocumentError,
+    HistoryError,
+    InvalidUpdateError,
+    NotFoundError,
+    StorageError,
+)
 from ..sync.yupdate import check_update
 from ..units import format_time
 from . import DocumentDump, DocumentInfo, HistoryPoint, StoredRecord, StoredRow, WriteOp
 from .compaction import CheckpointMeta, CompactionPlan, LogRow, OwnRows, plan_compaction
 from .history import Retention
 
-__all__ = ["Execute", "ExecuteMany", "InsertRows", "Tables"]
+__all__ = ["Execute", "ExecuteMany", "InsertRows", "Tables", "name_taken"]
 
 
 class Execute(Protocol):
@@ -48,6 +56,11 @@ class InsertRows(Protocol):
     """Add walked (doc_id, created_at, data) rows to `snapshots` or `updates`, in order; their new ids, in order."""
 
     def __call__(self, table: str, rows: Sequence[tuple[int, float, bytes]], /) -> list[int]: ...
+
+
+def name_taken(name: str) -> AlreadyExistsError:
+    """What a rename onto a stored document raises, the same from every engine."""
+    return AlreadyExistsError(f"a document named {name!r} exists already: delete it first, or choose another name")
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +297,30 @@ class Tables:
         self.insert_checkpoints(
             doc_id, [(row.created_at, row.base, row.data) for row in dump.rows if row.kind == "checkpoint"]
         )
+
+    def delete(self, doc_id: int, own: OwnRows) -> None:
+        """Remove document `doc_id` and every row of it, in the write transaction the caller holds on its row.
+
+        `own` forgets its snapshot and log rows with it (if the transaction commits).
+        """
+        for table in ("snapshots", "updates"):
+            ids = [row_id for (row_id,) in self.execute(f"SELECT id FROM {table} WHERE doc_id = ?", [doc_id])]
+            own.deleted(table, doc_id, ids)
+        for table in ("checkpoints", "updates", "snapshots"):
+            self.execute_many(f"DELETE FROM {table} WHERE doc_id = ?", [(doc_id,)])
+        self.execute_many("DELETE FROM documents WHERE id = ?", [(doc_id,)])
+
+    def rename(self, old: str, new: str) -> None:
+        """Give document `old` the name `new`, its rows and times kept, in the write transaction the caller holds.
+
+        `NotFoundError` if `old` is unknown, `AlreadyExistsError` if `new` is stored (`old` itself included).
+        """
+        doc_id = self.doc_id(old)
+        if doc_id is None:
+            raise NotFoundError(f"no document named {old!r}")
+        if self.doc_id(new) is not None:
+            raise name_taken(new)
+        self.execute_many("UPDATE documents SET name = ? WHERE id = ?", [(new, doc_id)])
 
     def checkpoint_data(self, ids: list[int]) -> dict[int, bytes]:
         return {

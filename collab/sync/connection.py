@@ -82,6 +82,7 @@ class Connection:
     """One connection's rules, and the `Peer` its room sends to (see the module docstring)."""
 
     __slots__ = (
+        "_close",
         "_metrics",
         "_output",
         "_throttle",
@@ -94,11 +95,18 @@ class Connection:
     )
 
     def __init__(
-        self, id: str, output: Callable[[bytes], None], rules: ConnectionRules, metrics: ConnectionMetrics
+        self,
+        id: str,
+        output: Callable[[bytes], None],
+        rules: ConnectionRules,
+        metrics: ConnectionMetrics,
+        close: Callable[[int, str], None] | None = None,
     ) -> None:
-        """`output(message)`: queue one y-websocket message for the client, without blocking."""
+        """`output(message)`: queue one y-websocket message for the client, without blocking; `close(code,
+        reason)`: start closing the connection (the transport's), for a room that ends (`Room.end`)."""
         self.id = id
         self._output = output
+        self._close = close
         self._metrics = metrics
         rate = rules.max_messages_per_second
         self._throttle = Throttle(rate, 2 * rate, 0.0, rules.throttle_close_after) if rate > 0 else None
@@ -178,6 +186,13 @@ class Connection:
         """For the room: queue a message for the client, unless the connection is closing."""
         if not self.closing:
             self._output(frame)
+
+    def close(self, code: int, reason: str) -> None:
+        """For the room: close the connection with `code` (its document was deleted or renamed)."""
+        if not self.closing:
+            self.closing = True
+            if self._close is not None:
+                self._close(code, reason)
 
     # CLOSING
 

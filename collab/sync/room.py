@@ -68,6 +68,10 @@ class Peer(Protocol):
         """Queue one frame for this peer without blocking; drop it if the peer is gone."""
         ...
 
+    def close(self, code: int, reason: str) -> None:
+        """Start closing this peer's connection with `code` (its room ended: `Room.end`)."""
+        ...
+
 
 class Origin:
     """Another collab process, as the rooms of this one see it: it owns the presence of its own connections.
@@ -173,6 +177,8 @@ class Room:
         self._relayed: list[bytes] = []
         """Updates from other processes, for the Doc only: their own process stores them."""
         self._publisher = publisher
+        self.ended = False
+        """Set by `end`: the room takes nothing more (its document was deleted or renamed)."""
         self.relayed_from: set[str] = set()
         """Processes whose updates this room holds but did not store: a snapshot (`compact`) folds them in."""
         self.max_document_size = max_document_size
@@ -259,6 +265,8 @@ class Room:
 
         `now`: the caller's monotonic clock, which presence keeps its times in (default: `time.monotonic()`).
         """
+        if self.ended:
+            return  # a frame read before its connection's close: the document is gone
         growth = 0
         trial: set[int] = set()
         for index, message in enumerate(messages):
@@ -432,6 +440,14 @@ class Room:
                 applied.append(update)
         return merge_updates(*applied) if applied else EMPTY_UPDATE
 
+    def end(self, code: int, reason: str) -> None:
+        """The document was deleted or renamed: queue what is pending for the store (a rename takes it along,
+        a delete removes it), take nothing more, and close every peer with `code`."""
+        self.flush()
+        self.ended = True
+        for peer in list(self.peers):
+            peer.close(code, reason)
+
     def compact(self) -> None:
         """Replace the store's log for this document with a snapshot, if anything was logged or relayed.
 
@@ -439,6 +455,8 @@ class Room:
         is how they survive their process dying before its commit (issue: "survivors' compaction folds
         their in-memory state in").
         """
+        if self.ended:
+            return
         if self._pending or self._relayed:
             self.flush()
         if self.log_length or self.relayed_from:
@@ -462,6 +480,8 @@ class Room:
         Sync messages are never relayed between processes (a stale process's step 2 must not be merged as
         news), so they are ignored here.
         """
+        if self.ended:
+            return
         trial: set[int] = set()
         for index, message in enumerate(messages):
             if type(message) is Update and check_update(message.update):
