@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from collab.server.app import CollabServer
+from collab.store import Engine
 from collab.store.memory import MemoryStore
 
-from .helpers import SECRET, StartServer, servers_on
+from .helpers import SECRET, StartServer, engine_on, servers_on
 from .postgres import DatabasePool, PrivateCluster, admin_url, drop_database, fresh_database, sweep_stale_databases
 from .redis import PrivateRedis, delete_prefix, fresh_prefix, redis_admin_url
 
@@ -166,3 +167,12 @@ def private_redis(session_private_redis: PrivateRedis) -> Iterator[PrivateRedis]
         session_private_redis.flush()
     else:
         session_private_redis.start()
+
+
+@pytest.fixture
+def two_engines(database: str) -> Iterator[tuple[Engine, Engine]]:
+    """Two engines on one database, as two processes would have: "mine" and "theirs"."""
+    mine, theirs = engine_on(database), engine_on(database)
+    yield mine, theirs
+    mine.close()
+    theirs.close()

@@ -95,8 +95,13 @@ async def test_deleting_and_renaming_need_write_access_to_every_name(secured: Co
     assert (await call(secured, "POST", "/api/docs/team%2Fa/rename?to=team%2Fb", reader))[0] == 403
     only_a = token("team/a", Permission.WRITE)
     assert (await call(secured, "POST", "/api/docs/team%2Fa/rename?to=elsewhere", only_a))[0] == 403
+    read_elsewhere = token("elsewhere", Permission.READ)
+    path = f"/api/docs/team%2Fa/rename?to=elsewhere&to_token={read_elsewhere}"
+    assert (await call(secured, "POST", path, only_a))[0] == 403  # a second token, but read only
     assert stored_text(db_path, "team/a") == "kept"
-    assert (await call(secured, "DELETE", "/api/docs/team%2Fa", writer))[0] == 200
+    path = f"/api/docs/team%2Fa/rename?to=elsewhere&to_token={token('elsewhere', Permission.WRITE)}"
+    assert (await call(secured, "POST", path, only_a))[0] == 200  # one token for each name
+    assert (await call(secured, "DELETE", "/api/docs/elsewhere", token("elsewhere")))[0] == 200
 
 
 needs_node = pytest.mark.skipif(

@@ -20,25 +20,23 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
-import pytest
 from pycrdt import Doc, Text, merge_updates
 
-from collab.config import Settings
 from collab.errors import EXIT_CORRUPT, EXIT_NOT_FOUND, EXIT_STORAGE
 from collab.filenames import MANIFEST
 from collab.store import Engine, WriteOp
-from collab.store.engines import locate
 
 from .helpers import (
     ServerProcess,
     checkpoint_rows,
     contents,
     doc_of,
+    engine_on,
     get,
     http_get,
     keystrokes,
@@ -314,23 +312,6 @@ def commit_retried(engine: Engine, batch: list[WriteOp], deadline: float) -> Non
                 raise
         time.sleep(0.001 * (failures + 1))
     raise AssertionError(f"still failing after {RETRIES} tries")
-
-
-def engine_on(database: str) -> Engine:
-    """An opened engine of its own on `database`. SQLite syncs with `normal` here: an fsync per keystroke made
-    this test take 18 s instead of 2, and what it checks is what compaction deletes, not power loss."""
-    engine = locate(database).engine(Settings(db=database, sqlite_synchronous="normal"))
-    engine.open()
-    return engine
-
-
-@pytest.fixture
-def two_engines(database: str) -> Iterator[tuple[Engine, Engine]]:
-    """Two engines on one database, as two processes would have: "mine" and "theirs"."""
-    mine, theirs = engine_on(database), engine_on(database)
-    yield mine, theirs
-    mine.close()
-    theirs.close()
 
 
 def type_into(engine: Engine, name: str, typed: str, client_id: int) -> Doc:

@@ -12,7 +12,7 @@ import dataclasses
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,11 @@ from pycrdt import Doc, merge_updates
 from collab.config import Settings
 from collab.errors import AlreadyExistsError, NotFoundError, StorageError
 from collab.store import Engine, StoredRecord, WriteOp
-from collab.store.engines import locate, open_reader, open_store
+from collab.store.engines import open_reader, open_store
 from collab.store.group_commit import GroupCommitStore
 from collab.store.sqlite import SQLiteEngine
 
-from .helpers import keystrokes, text_of
+from .helpers import engine_on, keystrokes, text_of
 
 TABLES = ("snapshots", "updates", "checkpoints")
 
@@ -61,21 +61,6 @@ async def store_on(db: str, **options: Any) -> AsyncIterator[GroupCommitStore[En
         yield store
     finally:
         await store.close()
-
-
-def engine_on(db: str) -> Engine:
-    engine = locate(db).engine(settings(db))
-    engine.open()
-    return engine
-
-
-@pytest.fixture
-def two_engines(database: str) -> Iterator[tuple[Engine, Engine]]:
-    """Two engines on one database, as two processes would have: "mine" and "theirs"."""
-    mine, theirs = engine_on(database), engine_on(database)
-    yield mine, theirs
-    mine.close()
-    theirs.close()
 
 
 def text_in(records: Iterable[StoredRecord]) -> str:

@@ -108,7 +108,7 @@ def _token_query(server: dict[str, Any], name: str, settings: Settings) -> str:
 async def _through_server(url: str, where: str, update: bytes, name: str) -> Imported:
     """Merge as a client of the server at `where` (its lock file's URL), so that its clients see it at once."""
     # The server was found through its lock file on this machine; its certificate may name a public host.
-    tls = _loopback_tls() if url.startswith("wss:") else None
+    tls = loopback_tls() if url.startswith("wss:") else None
     try:
         async with asyncio.timeout(SERVER_TIMEOUT), Client(url, ssl=tls) as client:
             await _synced_or_refused(client)
@@ -143,7 +143,9 @@ async def _synced_or_refused(client: Client) -> None:
     raise ImportFailed(f"the server closed the connection ({code} {reason})".rstrip())
 
 
-def _loopback_tls() -> ssl.SSLContext:
+def loopback_tls() -> ssl.SSLContext:
+    """TLS to a server found through its lock on this machine: its certificate may name a public host, so the
+    name is not checked (nor the chain: a self-signed certificate is common there)."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE

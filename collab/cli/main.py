@@ -23,7 +23,9 @@ from .. import __version__
 from ..config import Settings, env_name, parse_database, parse_path
 from ..errors import (
     EXIT_BROKEN_PIPE,
+    EXIT_FAILURE,
     EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
     EXIT_USAGE,
     CollabError,
     ConfigError,
@@ -84,6 +86,26 @@ through it (its clients see it at once) but history stays behind.
 examples:
   collab copy data/collab.db postgresql://collab@db.internal/collab     grow into PostgreSQL
   collab copy postgresql://collab@db.internal/collab local.db           a local copy
+"""
+
+DELETE_EPILOG = """\
+Removes each document and all of its history; a later document by that name
+starts empty. With a server running on the database, the delete goes through
+it: the document's clients are closed (4410) and do not reconnect. On a
+terminal it lists what matches and asks first; elsewhere it needs --yes.
+
+examples:
+  collab delete meeting
+  collab delete --yes 'scratch/*'               every document matching a glob
+"""
+
+RENAME_EPILOG = """\
+The document keeps its content and history under the new name. With a server
+running on the database, the rename goes through it: the old name's clients
+are closed (4411, the reason naming NEW).
+
+example:
+  collab rename drafts/plan notes/plan
 """
 
 HISTORY_EPILOG = """\
@@ -295,6 +317,23 @@ def build_parser() -> argparse.ArgumentParser:
     rooms.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rooms.set_defaults(handler=_rooms)
 
+    delete = command(
+        "delete",
+        "delete documents and their history",
+        "Delete documents, by name or glob, with all their history.",
+        DELETE_EPILOG,
+    )
+    _add_db_flag(delete)
+    delete.add_argument("--yes", action="store_true", help="do not ask first (needed when not on a terminal)")
+    delete.add_argument("names", nargs="+", metavar="NAME_OR_GLOB", help="documents to delete")
+    delete.set_defaults(handler=_delete)
+
+    rename = command("rename", "rename a document", "Give a document, with its history, a new name.", RENAME_EPILOG)
+    _add_db_flag(rename)
+    rename.add_argument("old", metavar="OLD", help="the document's name")
+    rename.add_argument("new", metavar="NEW", help="its new name (no document may have it yet)")
+    rename.set_defaults(handler=_rename)
+
     history = command(
         "history", "list the moments a document can be exported at", "List a document's history.", HISTORY_EPILOG
     )
@@ -388,6 +427,55 @@ def _copy(args: argparse.Namespace) -> int:
         f"copied {len(copied)} document(s) from {redacted(args.source)} to {redacted(args.target)}: "
         + ", ".join(f"{count} {outcome}" for outcome, count in counts.items())
     )
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    from .manage import Documents, select_documents
+
+    patterns = [_document_name(pattern, "a name or glob") for pattern in args.names]
+    documents = Documents(Settings.load({"db": args.db}))  # first: a server it cannot go through stops it here
+    names = select_documents(documents.stored(), patterns)
+    if not args.yes and not _confirmed(names):
+        print("collab delete: nothing deleted", file=sys.stderr)
+        return EXIT_FAILURE
+    missing: list[str] = []
+
+    def done(name: str, error: NotFoundError | None) -> None:
+        if error is None:
+            print(f"deleted {name!r}", file=sys.stderr)
+        else:  # deleted meanwhile, by someone else: the others still go
+            missing.append(name)
+            print(f"collab delete: {error}", file=sys.stderr)
+
+    documents.delete(names, done)
+    print(
+        f"deleted {len(names) - len(missing)} document(s) and their history ({documents.via})"
+        + (f"; {len(missing)} no longer existed" if missing else ""),
+        file=sys.stderr,
+    )
+    return EXIT_NOT_FOUND if missing else 0
+
+
+def _confirmed(names: list[str]) -> bool:
+    """Ask on the terminal; refuse (usage: exit 2) where nobody can answer, rather than delete unasked."""
+    from .manage import preview
+
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        raise ConfigError(f"no terminal to confirm on: add --yes to delete {len(names)} document(s) and their history")
+    for line in preview(names):
+        print(line, file=sys.stderr)
+    print(f"Delete {len(names)} document(s) and their history? [y/N] ", end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+def _rename(args: argparse.Namespace) -> int:
+    from .manage import Documents
+
+    old, new = _document_name(args.old, "OLD"), _document_name(args.new, "NEW")
+    documents = Documents(Settings.load({"db": args.db}))
+    documents.rename(old, new)
+    print(f"renamed {old!r} to {new!r} ({documents.via})", file=sys.stderr)
     return 0
 
 

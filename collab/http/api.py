@@ -8,7 +8,7 @@
                                   or if it did not exist yet at TIME.
     DELETE /api/docs/<name>       {"deleted": name}: the document and its history are removed; its
                                   clients are closed with 4410. 404 if unknown.
-    POST /api/docs/<name>/rename?to=NEW
+    POST /api/docs/<name>/rename?to=NEW[&to_token=TOKEN]
                                   {"renamed": name, "to": NEW}: history kept; its clients are
                                   closed with 4411. 404 if unknown, 409 if NEW exists.
 
@@ -17,7 +17,8 @@ is open in a room is exported from memory, so it includes what is not yet on
 disk. Times are ISO 8601 UTC; sizes are bytes stored. With access control on,
 requests carry a token (`?token=` or `Authorization: Bearer`): read permission
 on the document, and the listing shows only what the token covers (401/403);
-deleting and renaming need write permission on every name involved.
+deleting and renaming need write permission on every name involved: a rename's token must cover both
+names, or `to_token` (a second token) covers the new one, since no token covers two unrelated names.
 
 Decoding and rendering a document runs in a thread: a 10 MB document takes
 about a second to render as JSON, and every room on the server would wait that
@@ -155,12 +156,11 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
             )
         return respond(200, body, content_type, headers)
 
-    def may_write(request: HttpRequest, *names: str) -> None:
-        """Raise `AuthError` unless the request's token may write every one of `names`."""
-        for name in names:
-            grant = access.check(request_token(request), name)
-            if grant is not None and grant.permission is not Permission.WRITE:
-                raise ForbiddenError(f"a read-only token cannot change {name!r}", "read_only")
+    def may_write(token: str | None, name: str) -> None:
+        """Raise `AuthError` unless `token` may write `name`."""
+        grant = access.check(token, name)
+        if grant is not None and grant.permission is not Permission.WRITE:
+            raise ForbiddenError(f"a read-only token cannot change {name!r}", "read_only")
 
     async def delete_document(request: HttpRequest) -> Response:
         try:
@@ -168,7 +168,7 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
         except InvalidRoomNameError as error:
             return error_response(HTTPStatus.BAD_REQUEST, str(error))
         try:
-            may_write(request, name)
+            may_write(request_token(request), name)
         except AuthError as error:
             return refused(error)
         try:
@@ -189,7 +189,8 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
         except InvalidRoomNameError as error:
             return error_response(HTTPStatus.BAD_REQUEST, str(error))
         try:
-            may_write(request, old, new)
+            may_write(request_token(request), old)
+            may_write(request.query.get("to_token") or request_token(request), new)
         except AuthError as error:
             return refused(error)
         try:
