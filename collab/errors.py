@@ -194,6 +194,11 @@ class AlreadyExistsError(CollabError):
 
     label = "AlreadyExistsError"
 
+    @classmethod
+    def for_name(cls, name: str) -> AlreadyExistsError:
+        """The same words from every engine and from the rooms."""
+        return cls(f"a document named {name!r} exists already: delete it first, or choose another name")
+
 
 class ExportError(CollabError):
     """The export cannot be done as asked; nothing was written."""

@@ -175,6 +175,7 @@ async def test_delete_through_a_running_server_closes_its_clients(server: Collab
             await server.store.flush()
             result = await run_collab("delete", "--yes", "--db", str(db_path), "notes/plan")
             assert await ada.wait_closed() == (DOCUMENT_DELETED, "document deleted")
+            await bob.resync()  # a round trip after the delete: still connected
             assert bob.close_code is None
     assert result.stderr.splitlines()[-1] == (
         f"deleted 1 document(s) and their history (server http://127.0.0.1:{server.port})"

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from collab.auth import Permission
-from collab.errors import DOCUMENT_DELETED, DOCUMENT_RENAMED
+from collab.client import Client
+from collab.errors import DOCUMENT_DELETED, DOCUMENT_RENAMED, TRY_AGAIN_LATER
 from collab.server.app import CollabServer
 
 from .helpers import (
@@ -122,6 +123,7 @@ async def test_the_stock_client_stops_on_a_deleted_document_and_its_offline_copy
         assert (await call(server, "DELETE", "/api/docs/memo"))[0] == 200
         await open_tab.wait_event(lambda event: event.get("code") == DOCUMENT_DELETED)
         await asyncio.sleep(1.5)  # the stock client treats 4400-4499 as final: it does not reconnect
+        assert not server.peers and "memo" not in server.rooms
         assert stored_text(db_path, "memo") is None
         # Its copy is still in the tab: told to connect again (a reload, say), it sends it all, as a new document.
         open_tab.send("connect")
@@ -138,9 +140,30 @@ async def test_deleting_on_one_process_closes_the_clients_of_the_others(
         async with synced(room_url(one, "shared")) as ada, synced(room_url(two, "shared")) as bob:
             text(ada).insert(0, "both see it")
             await wait_for(lambda: str(text(bob)) == "both see it")
-            assert (await call(one, "DELETE", "/api/docs/shared"))[0] == 200
+            deleting = asyncio.create_task(call(one, "DELETE", "/api/docs/shared"))
             assert (await bob.wait_closed())[0] == DOCUMENT_DELETED
             assert (await ada.wait_closed())[0] == DOCUMENT_DELETED
+            # While the others are told (it waits for them about a second), a join of that name is refused.
+            refused = await Client(room_url(one, "shared")).connect()
+            assert (await refused.wait_closed())[0] == TRY_AGAIN_LATER
+            assert (await deleting)[0] == 200
         assert stored_text(db_path, "shared") is None
         async with synced(room_url(two, "shared")) as fresh:  # nothing of the old one, from Redis either
             assert str(text(fresh)) == ""
+
+
+async def test_renaming_onto_a_name_another_process_holds_unstored_sends_its_clients_to_the_renamed_document(
+    db_path: Path, redis_url: str, relay_prefix: str
+) -> None:
+    async with servers_on(db_path) as start:
+        one = await start(relay=redis_url, relay_prefix=relay_prefix)
+        two = await start(relay=redis_url, relay_prefix=relay_prefix)
+        async with synced(room_url(one, "src")) as ada:
+            text(ada).insert(0, "the content")
+            await wait_for(lambda: stored_text(db_path, "src") == "the content")
+        async with synced(room_url(two, "dst")) as waiting:  # an empty room: nothing stored by that name
+            assert (await call(one, "POST", "/api/docs/src/rename?to=dst"))[0] == 200
+            assert (await waiting.wait_closed())[0] == TRY_AGAIN_LATER
+        async with synced(room_url(two, "dst")) as back:
+            assert str(text(back)) == "the content"
+        assert stored_text(db_path, "dst") == "the content" and stored_text(db_path, "src") is None

@@ -140,7 +140,8 @@ async def test_unservable_requests_get_an_answer(
     assert b"WebSocket" not in response.partition(b"\r\n\r\n")[2], "an HTTP answer speaks of HTTP"
 
 
-# Methods: the router's routes say which methods a path takes (every route today: GET, and HEAD with it).
+# Methods: the router's routes say which methods a path takes (GET, and HEAD with it; `/api/docs/<name>` also
+# DELETE and POST).
 
 OTHER_METHODS = ("DELETE", "POST", "PUT", "PATCH", "OPTIONS", "TRACE", "BREW")
 GET_ROUTES = ("/api/docs", "/", "/d/x", "/healthz", "/readyz", "/metrics", "/assets/app.js")
@@ -284,7 +285,7 @@ async def test_an_upgrade_on_a_path_the_router_serves_is_still_a_room(server: Co
 
 
 async def test_a_route_can_take_other_methods(server: CollabServer) -> None:
-    """How a later `DELETE /api/docs/<name>` slots in: per-route methods, and `Allow` follows them."""
+    """Per-route methods, as `DELETE /api/docs/<name>` uses them: `Allow` follows what a path takes."""
 
     async def show(request: HttpRequest) -> Response:
         return respond(200, f"{request.method} {request.path}\n")

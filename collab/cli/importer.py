@@ -93,16 +93,23 @@ def server_address(settings: Settings, server: dict[str, Any]) -> str:
     return str(server["url"])
 
 
-def _token_query(server: dict[str, Any], name: str, settings: Settings) -> str:
-    """A short-lived write token when the server checks tokens (minted with the same secret)."""
+def server_secret(settings: Settings, server: dict[str, Any]) -> bytes | None:
+    """The secret to mint tokens for a running server that checks them (None: it does not); `ConfigError` if
+    it does and none is set."""
     if not server.get("auth"):
-        return ""
+        return None
     secret = settings.secret()
     if secret is None:
         raise ConfigError(
             "the server requires tokens: set COLLAB_AUTH_SECRET (or COLLAB_AUTH_SECRET_FILE) to its secret"
         )
-    return "?token=" + mint_token(secret, name, Permission.WRITE, ttl=SERVER_TIMEOUT * 2)
+    return secret
+
+
+def _token_query(server: dict[str, Any], name: str, settings: Settings) -> str:
+    """A short-lived write token when the server checks tokens (minted with the same secret)."""
+    secret = server_secret(settings, server)
+    return "" if secret is None else "?token=" + mint_token(secret, name, Permission.WRITE, ttl=SERVER_TIMEOUT * 2)
 
 
 async def _through_server(url: str, where: str, update: bytes, name: str) -> Imported:

@@ -24,7 +24,6 @@ from ..config import Settings
 from ..errors import (
     AlreadyExistsError,
     CollabError,
-    ConfigError,
     ForbiddenError,
     InvalidRoomNameError,
     NotFoundError,
@@ -34,7 +33,7 @@ from ..errors import (
 from ..store import Store
 from ..store.engines import Backend, locate, open_store, redacted
 from .export import select_names
-from .importer import loopback_tls, server_address
+from .importer import loopback_tls, server_address, server_secret
 
 __all__ = ["PREVIEW", "Documents", "preview", "select_documents"]
 
@@ -80,11 +79,7 @@ class _Server:
     def of(cls, settings: Settings, holder: dict[str, Any]) -> _Server:
         """`DatabaseInUseError` as `server_address` says; `ConfigError` if it wants tokens and no secret is set."""
         where = urlsplit(server_address(settings, holder))  # ws:// or wss://, what the server recorded
-        secret = settings.secret() if holder.get("auth") else None
-        if holder.get("auth") and secret is None:
-            raise ConfigError(
-                "the server requires tokens: set COLLAB_AUTH_SECRET (or COLLAB_AUTH_SECRET_FILE) to its secret"
-            )
+        secret = server_secret(settings, holder)
         scheme = "https" if where.scheme == "wss" else "http"
         return cls(f"{scheme}://{where.netloc}", secret)
 
@@ -172,26 +167,21 @@ class Documents:
         """Delete each of `names` in turn, calling `done(name, None)` after each, or `done(name, error)` for one
         that is gone already (deleted meanwhile): the others are still deleted. Any other error stops it."""
         server = self._server
-        if server is not None:
-            for name in names:
-                try:
-                    server.call("DELETE", f"/api/docs/{quote(name, safe='')}", name)
-                except NotFoundError as error:
-                    done(name, error)
-                else:
-                    done(name, None)
-            return
 
-        async def each(store: Store) -> None:
+        async def each(store: Store | None) -> None:
             for name in names:
                 try:
-                    await store.delete(name)
+                    if server is not None:
+                        server.call("DELETE", f"/api/docs/{quote(name, safe='')}", name)
+                    else:
+                        assert store is not None
+                        await store.delete(name)
                 except NotFoundError as error:
                     done(name, error)
                 else:
                     done(name, None)
 
-        asyncio.run(self._directly("delete", each))
+        asyncio.run(each(None) if server is not None else self._directly("delete", each))
 
     def rename(self, old: str, new: str) -> None:
         """`NotFoundError` if `old` is not a document, `AlreadyExistsError` if `new` is one; nothing changed then."""

@@ -101,7 +101,7 @@ def decode_ended(fields: Mapping[bytes, bytes]) -> Ended | None:
     if not isinstance(value, bytes) or not isinstance(origin, bytes) or FRAME in fields or GAP in fields:
         return None
     code, _, reason = value.partition(b" ")
-    if not code.isdigit() or not 4000 <= int(code) <= 4999 or len(reason) > 123:
+    if not code.isdigit() or not 1000 <= int(code) <= 4999 or len(reason) > 123:
         return None
     try:
         return Ended(origin.decode(), int(code), reason.decode())

@@ -554,12 +554,10 @@ class RedisRelay:
             await self._find_broken_keys(error)
 
     async def _epoch_now(self) -> str:
-        """The epoch of the Redis reached now (made if there is none: this process is the first to reach it)."""
-        await self._reader.set(
-            epoch_key(self.prefix), secrets.token_hex(8), nx=True, px=int(FORGET_PROCESS_AFTER * 1000)
-        )
-        found = await self._reader.get(epoch_key(self.prefix))
-        return found.decode() if isinstance(found, bytes) else str(found or "")
+        """The epoch of the Redis the reader reaches now: PING makes its connection if there is none, and each
+        connection made reads the epoch (`_reader_connected`); a Redis that lost its data dropped it too."""
+        await self._reader.ping()
+        return self._connected_to
 
     async def _reader_connected(self, connection: Any) -> None:
         """Each time redis-py (re)connects the reader, note which Redis it reached (its epoch): a restart between

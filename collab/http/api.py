@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
 from websockets.http11 import Response
 
-from ..auth import Access, Permission
+from ..auth import Access
 from ..errors import (
     AlreadyExistsError,
     AuthError,
@@ -159,8 +160,22 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
     def may_write(token: str | None, name: str) -> None:
         """Raise `AuthError` unless `token` may write `name`."""
         grant = access.check(token, name)
-        if grant is not None and grant.permission is not Permission.WRITE:
+        if grant is not None and not grant.can_write:
             raise ForbiddenError(f"a read-only token cannot change {name!r}", "read_only")
+
+    async def changed(change: Awaitable[None], answer: dict[str, str]) -> Response:
+        """`answer` once `change` (a delete or a rename) is done, or the error it raised.
+
+        A timeout answers 503, but the change may still be done: it is not undone (its clients are closed).
+        """
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT):
+                await change
+        except (NotFoundError, AlreadyExistsError, ServerBusyError) as error:
+            return error_response(http_status_for(error), str(error))
+        except (StorageError, TimeoutError) as error:
+            return unavailable(error)
+        return json_response(answer)
 
     async def delete_document(request: HttpRequest) -> Response:
         try:
@@ -171,14 +186,7 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
             may_write(request_token(request), name)
         except AuthError as error:
             return refused(error)
-        try:
-            async with asyncio.timeout(STORE_TIMEOUT):
-                await rooms.delete(name)
-        except (NotFoundError, ServerBusyError) as error:
-            return error_response(http_status_for(error), str(error))
-        except (StorageError, TimeoutError) as error:
-            return unavailable(error)
-        return json_response({"deleted": name})
+        return await changed(rooms.delete(name), {"deleted": name})
 
     async def rename_document(request: HttpRequest) -> Response:
         try:
@@ -193,14 +201,7 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
             may_write(request.query.get("to_token") or request_token(request), new)
         except AuthError as error:
             return refused(error)
-        try:
-            async with asyncio.timeout(STORE_TIMEOUT):
-                await rooms.rename(old, new)
-        except (NotFoundError, AlreadyExistsError, ServerBusyError) as error:
-            return error_response(http_status_for(error), str(error))
-        except (StorageError, TimeoutError) as error:
-            return unavailable(error)
-        return json_response({"renamed": old, "to": new})
+        return await changed(rooms.rename(old, new), {"renamed": old, "to": new})
 
     router.route(DOCS, list_documents)
     router.route(DOCS + "/", get_document)

@@ -23,6 +23,7 @@ from ..cluster import Relay, Relayed
 from ..errors import (
     DOCUMENT_DELETED,
     DOCUMENT_RENAMED,
+    TRY_AGAIN_LATER,
     AlreadyExistsError,
     CollabError,
     NotFoundError,
@@ -210,51 +211,65 @@ class Rooms:
 
     async def delete(self, name: str) -> None:
         """Delete document `name`: its room ends here and on every other process (its clients are closed with
-        4410, and the stock client does not reconnect), then the store deletes it and its history.
+        4410, and the stock client does not reconnect; edits not yet queued for the store are dropped), then
+        the store deletes it and its history.
 
         Raises `NotFoundError` if it is neither stored nor loaded, `StorageError` if the store fails.
         """
         self._ending.add(name)
         try:
-            await self._end_everywhere(name, DOCUMENT_DELETED, "document deleted")
-            await self.store.delete(name)
+            loaded = name in self._rooms
+            await self._end_everywhere((name, DOCUMENT_DELETED, "document deleted"))
+            try:
+                await self.store.delete(name)
+            except NotFoundError:
+                if not loaded:  # a room nothing was stored for yet was a document all the same: it is gone
+                    raise
         finally:
             self._ending.discard(name)
         logger.info("deleted the document", extra=fields(room=name))
 
     async def rename(self, old: str, new: str) -> None:
         """Rename document `old` to `new`, history included: the room of `old` ends everywhere (4411, the
-        reason naming `new`); `new` starts from the stored document when someone joins it.
+        reason naming `new`), and so does any room of `new` another process holds unstored (1013: its clients
+        reconnect to the renamed document); `new` is loaded from the store when someone joins it.
 
         Raises `NotFoundError` if `old` is not stored or loaded, `AlreadyExistsError` if `new` is,
         `StorageError` if the store fails.
         """
-        if new in self._rooms or await self.store.documents(new):
-            raise AlreadyExistsError(
-                f"a document named {new!r} exists already: delete it first, or choose another name"
-            )
-        if old not in self._rooms and not await self.store.documents(old):
-            raise NotFoundError(f"no document named {old!r}")
-        self._ending.update((old, new))
+        self._ending.update((old, new))  # first: nobody opens either name while this looks and changes
         try:
-            await self._end_everywhere(old, DOCUMENT_RENAMED, f"renamed to {new}")
+            if new in self._rooms or await self.store.documents(new):
+                raise AlreadyExistsError.for_name(new)
+            if old not in self._rooms and not await self.store.documents(old):
+                raise NotFoundError(f"no document named {old!r}")
+            await self._end_everywhere(
+                (old, DOCUMENT_RENAMED, f"renamed to {new}"),
+                (new, TRY_AGAIN_LATER, f"{old} was renamed to this name: reconnect"),
+            )
             await self.store.rename(old, new)
         finally:
             self._ending.difference_update((old, new))
         logger.info("renamed the document", extra=fields(room=old, to=new))
 
-    async def _end_everywhere(self, name: str, code: int, reason: str) -> None:
-        self._end_here(name, code, reason)
+    async def _end_everywhere(self, *ends: tuple[str, int, str]) -> None:
+        """End rooms (name, close code, reason) here, then on the other processes; returns once those have
+        closed them and queued what they keep of them for their store."""
+        for name, code, reason in ends:
+            self.ended(name, code, reason)
         if self.relay is not None:
-            await self.relay.end(name, code, reason)  # and waits until the others have queued what they held
+            relay = self.relay
+            await asyncio.gather(*(relay.end(name, code, reason) for name, code, reason in ends))
 
-    def _end_here(self, name: str, code: int, reason: str) -> None:
+    def ended(self, name: str, code: int, reason: str) -> None:
+        """End room `name`, if loaded: its clients are closed with `code`; for a deletion, what it has not
+        queued for the store yet is dropped. The relay calls this when another process deleted or renamed it."""
         room = self._rooms.pop(name, None)
         unloading = self._unloading.pop(name, None)
         if unloading is not None:
             unloading.cancel()
         if room is not None:
-            room.end(code, reason)
+            room.end(code, reason, keep_pending=code != DOCUMENT_DELETED)
             if self.relay is not None:
                 self.relay.unfollow(name)
 
@@ -263,10 +278,6 @@ class Rooms:
             raise ServerBusyError(f"document {name!r} is being deleted or renamed; try again")
 
     # The relay's listener (collab.cluster.Listener).
-
-    def ended(self, name: str, code: int, reason: str) -> None:
-        """Another process deleted or renamed `name`: end its room here too."""
-        self._end_here(name, code, reason)
 
     def relayed(self, name: str, message: Relayed) -> None:
         """A frame another process published: to the room's peers and Doc; `CollabError` if it is refused."""

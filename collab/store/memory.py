@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..errors import HistoryError, NotFoundError, StorageError
+from ..errors import AlreadyExistsError, HistoryError, NotFoundError, StorageError
 from ..units import format_time
 from . import DocumentDump, DocumentInfo, StoredRecord, WriteOp
 from .group_commit import GroupCommitStore
-from .tables import name_taken
 
 __all__ = ["MemoryEngine", "MemoryStore"]
 
@@ -74,7 +73,7 @@ class MemoryEngine:
         if old not in self._documents:
             raise NotFoundError(f"no document named {old!r}")
         if new in self._documents:
-            raise name_taken(new)
+            raise AlreadyExistsError.for_name(new)
         self._documents[new] = self._documents.pop(old)
 
     def load(self, name: str, at: float | None = None) -> list[StoredRecord]:

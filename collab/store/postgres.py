@@ -34,11 +34,11 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ..errors import ConfigError, StorageError
+from ..errors import AlreadyExistsError, ConfigError, StorageError
 from . import DocumentDump, DocumentInfo, StoredRecord, WriteOp
 from .compaction import OwnRows
 from .history import Retention
-from .tables import Tables, name_taken
+from .tables import Tables
 
 __all__ = [
     "MIGRATIONS",
@@ -447,7 +447,7 @@ class PostgresEngine:
                     conn.execute("SELECT id FROM documents WHERE name = ANY(%s) ORDER BY name FOR UPDATE", [[old, new]])
                     postgres_tables(conn).rename(old, new)
             except psycopg.errors.UniqueViolation as error:  # `new` made by a commit elsewhere meanwhile
-                raise name_taken(new) from error
+                raise AlreadyExistsError.for_name(new) from error
 
         self._on_connection(write)
 

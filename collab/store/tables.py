@@ -37,7 +37,7 @@ from . import DocumentDump, DocumentInfo, HistoryPoint, StoredRecord, StoredRow,
 from .compaction import CheckpointMeta, CompactionPlan, LogRow, OwnRows, plan_compaction
 from .history import Retention
 
-__all__ = ["Execute", "ExecuteMany", "InsertRows", "Tables", "name_taken"]
+__all__ = ["Execute", "ExecuteMany", "InsertRows", "Tables"]
 
 
 class Execute(Protocol):
@@ -56,11 +56,6 @@ class InsertRows(Protocol):
     """Add walked (doc_id, created_at, data) rows to `snapshots` or `updates`, in order; their new ids, in order."""
 
     def __call__(self, table: str, rows: Sequence[tuple[int, float, bytes]], /) -> list[int]: ...
-
-
-def name_taken(name: str) -> AlreadyExistsError:
-    """What a rename onto a stored document raises, the same from every engine."""
-    return AlreadyExistsError(f"a document named {name!r} exists already: delete it first, or choose another name")
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +314,7 @@ class Tables:
         if doc_id is None:
             raise NotFoundError(f"no document named {old!r}")
         if self.doc_id(new) is not None:
-            raise name_taken(new)
+            raise AlreadyExistsError.for_name(new)
         self.execute_many("UPDATE documents SET name = ? WHERE id = ?", [(new, doc_id)])
 
     def checkpoint_data(self, ids: list[int]) -> dict[int, bytes]:

@@ -256,7 +256,8 @@ class Room:
         changes = self.presence.remove_owner(peer, time.monotonic() if now is None else now)
         for frame in awareness_messages(changes):
             self._broadcast(frame)
-        self._publish_presence(changes, peer.grant.subject if peer.grant is not None else None)
+        if not self.ended:  # an ended room's name may already be another document's
+            self._publish_presence(changes, peer.grant.subject if peer.grant is not None else None)
 
     # Messages.
 
@@ -265,8 +266,6 @@ class Room:
 
         `now`: the caller's monotonic clock, which presence keeps its times in (default: `time.monotonic()`).
         """
-        if self.ended:
-            return  # a frame read before its connection's close: the document is gone
         growth = 0
         trial: set[int] = set()
         for index, message in enumerate(messages):
@@ -313,10 +312,14 @@ class Room:
             return
         self._pending.append(update)
         if len(self._pending) == 1:
-            if self._schedule is None:
-                self.flush()
-            else:
-                self._schedule(self.flush)
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """The first update queued this turn: flush on the next turn (or now, without a scheduler)."""
+        if self._schedule is None:
+            self.flush()
+        else:
+            self._schedule(self.flush)
 
     def _apply_now(self, update: bytes) -> None:
         """Integrate one update into the Doc at once (after what is queued), or refuse it.
@@ -440,10 +443,14 @@ class Room:
                 applied.append(update)
         return merge_updates(*applied) if applied else EMPTY_UPDATE
 
-    def end(self, code: int, reason: str) -> None:
-        """The document was deleted or renamed: queue what is pending for the store (a rename takes it along,
-        a delete removes it), take nothing more, and close every peer with `code`."""
-        self.flush()
+    def end(self, code: int, reason: str, keep_pending: bool = True) -> None:
+        """The document was deleted or renamed: queue what is pending for the store (`keep_pending`: a rename
+        takes it along) or drop it (a delete: queued later, it would start a new document), take nothing more,
+        and close every peer with `code`."""
+        if keep_pending:
+            self.flush()
+        else:
+            self._pending, self._relayed = [], []
         self.ended = True
         for peer in list(self.peers):
             peer.close(code, reason)
@@ -480,8 +487,6 @@ class Room:
         Sync messages are never relayed between processes (a stale process's step 2 must not be merged as
         news), so they are ignored here.
         """
-        if self.ended:
-            return
         trial: set[int] = set()
         for index, message in enumerate(messages):
             if type(message) is Update and check_update(message.update):
@@ -539,10 +544,7 @@ class Room:
         else:
             self._relayed.append(update)
             if len(self._relayed) == 1 and not self._pending:
-                if self._schedule is None:
-                    self.flush()
-                else:
-                    self._schedule(self.flush)
+                self._flush_soon()
         frame = frame or Update(update).encode()
         for peer in self.peers:
             peer.send(frame)

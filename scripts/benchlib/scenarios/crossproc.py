@@ -26,7 +26,7 @@ from ..sizes import Crossproc
 from ..workload import Stream
 from .cluster import Arrivals, Group, cluster_base, process, record_sides, relay_args, started
 from .common import server_text, wait_until
-from .fanout import paced, verify
+from .fanout import verify, write_all_paced
 
 DRAIN_TIMEOUT = 30.0
 
@@ -129,21 +129,7 @@ async def measure(
     try:
         redis_before = redis.cpu_seconds()
         with Meter(group) as meter:
-            start = time.perf_counter() + 0.05
-            total_writers = size.rooms * size.writers
-            await asyncio.gather(
-                *(
-                    paced(
-                        peers[r][w],
-                        streams[r][w].frames,
-                        latencies.sent_at[r * size.writers + w],
-                        start + (r * size.writers + w) / total_writers / size.rate,
-                        size.rate,
-                    )
-                    for r in range(size.rooms)
-                    for w in range(size.writers)
-                )
-            )
+            await write_all_paced(peers, streams, latencies.sent_at, size.rate)
             drained = await wait_until(lambda: len(latencies.samples) >= expected_deliveries, DRAIN_TIMEOUT)
         redis_after = redis.cpu_seconds()
         side.meter = meter

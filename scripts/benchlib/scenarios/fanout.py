@@ -77,6 +77,30 @@ async def paced(peer: Peer, frames: list[bytes], sent_at: list[float], start: fl
         peer.ws.write_frame(frame)
 
 
+async def write_all_paced(
+    peers: list[list[Peer]], streams: list[list[Stream]], sent_at: list[list[float]], rate: float, skip: int = 0
+) -> None:
+    """Every room's writers (the first `len(streams[r])` peers of room r) send their stream's frames after the
+    first `skip`, each at `rate` per second, their starts spread evenly over one interval; `sent_at[i]` gets
+    writer i's send times (i = room * writers + writer)."""
+    writers = len(streams[0])
+    total = len(streams) * writers
+    start = time.perf_counter() + 0.05
+    await asyncio.gather(
+        *(
+            paced(
+                peers[r][w],
+                streams[r][w].frames[skip:],
+                sent_at[r * writers + w],
+                start + (r * writers + w) / total / rate,
+                rate,
+            )
+            for r in range(len(streams))
+            for w in range(writers)
+        )
+    )
+
+
 async def run(ctx: Context, target: Target) -> Result:
     size = ctx.sizes.fanout
     result = Result("fanout", target.name, params=vars(size).copy())
@@ -97,21 +121,7 @@ async def run(ctx: Context, target: Target) -> Result:
     expected_deliveries = size.rooms * size.writers * n * (size.clients - 1)
     try:
         with Meter(target) as meter:
-            start = time.perf_counter() + 0.05
-            total_writers = size.rooms * size.writers
-            await asyncio.gather(
-                *(
-                    paced(
-                        peers[r][w],
-                        streams[r][w].frames[size.preload :],
-                        latencies.sent_at[r * size.writers + w],
-                        start + (r * size.writers + w) / total_writers / size.rate,
-                        size.rate,
-                    )
-                    for r in range(size.rooms)
-                    for w in range(size.writers)
-                )
-            )
+            await write_all_paced(peers, streams, latencies.sent_at, size.rate, size.preload)
             drained = await wait_until(lambda: len(latencies.samples) >= expected_deliveries, DRAIN_TIMEOUT)
         meter.record(result)
         samples = latencies.samples
