@@ -1,37 +1,22 @@
-"""The web editor end to end: Debian's headless Chromium, driven by Playwright, against a real collab server.
-
-Each person is an independent browser context (own storage, own BroadcastChannel scope), so whatever they
-share goes through the server. Waits are on conditions (Playwright's waits, `wait_for`), each bounded.
-
-Chromium is started once for the whole session (it takes about a second) and every test gets a fresh
-context per person, closed when the test ends. Playwright's objects belong to the event loop they were
-made on, so these tests, and the servers they start, run on pytest-asyncio's session loop.
-Screenshots go to artifacts/ for a person to look at; they are not committed.
-"""
+"""The web editor end to end: people typing together, undo, names, restarts, refusals, the list, the phone."""
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
 
 import pytest
-import pytest_asyncio
-from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, async_playwright, expect
+from playwright.async_api import Browser, expect
 from pycrdt import Text
 
 from collab.server.app import CollabServer
 
-from .helpers import (
-    ROOT,
+from ..helpers import (
     SECRET,
     ServerProcess,
     StartServer,
     room_url,
-    servers_on,
     stored_text,
     synced,
     text,
@@ -39,126 +24,9 @@ from .helpers import (
     wait_for,
     with_token,
 )
+from .harness import ADA, GRACE, PHONE, Person, editor_url
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-CHROMIUM = Path("/usr/bin/chromium")
-# The flags Debian's Chromium needs here: root without a sandbox, no GPU, and none of the background
-# connections to Google's hosts that a closed network refuses.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-ARTIFACTS = ROOT / "artifacts"
-LAPTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
-TIMEOUT_MS = 15_000
-expect.set_options(timeout=TIMEOUT_MS)
-
-ADA = ("Ada", "Indigo", "rgb(79, 70, 229)")
-GRACE = ("Grace", "Emerald", "rgb(5, 150, 105)")
-
-
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def chromium() -> AsyncIterator[Browser]:
-    assert CHROMIUM.exists(), "the browser tests need Debian's chromium: scripts/test installs it"
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=60_000)
-        yield browser
-        await browser.close()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def browser(chromium: Browser) -> AsyncIterator[Browser]:
-    """The session's Chromium; every context a test opened in it (one per person) is closed after the test."""
-    yield chromium
-    for context in chromium.contexts:
-        await context.close()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def start_server(db_path: Path) -> AsyncIterator[StartServer]:
-    """conftest's `start_server`, on the session loop that Playwright's objects live on."""
-    async with servers_on(db_path) as start:
-        yield start
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def server(start_server: StartServer) -> CollabServer:
-    return await start_server()
-
-
-class Person:
-    """One person at one browser: their own context, a page, and what went wrong in it."""
-
-    def __init__(self, context: BrowserContext, page: Page) -> None:
-        self.context = context
-        self.page = page
-        self.errors: list[str] = []
-        page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
-        page.on("console", self._console)
-
-    def _console(self, message: ConsoleMessage) -> None:
-        # A refused WebSocket is logged as an error while the server is away; a CSP violation never should be.
-        if message.type == "error" and "WebSocket connection" not in message.text:
-            self.errors.append(f"console: {message.text}")
-
-    @classmethod
-    async def arrive(cls, browser: Browser, url: str, viewport: dict[str, int] = LAPTOP, **options: Any) -> Person:
-        context = await browser.new_context(viewport=viewport, **options)  # type: ignore[arg-type]
-        context.set_default_timeout(TIMEOUT_MS)
-        person = cls(context, await context.new_page())
-        await person.page.goto(url)
-        return person
-
-    async def introduce(self, name: str, colour: str) -> None:
-        """Answer the name-and-colour question that a first visit asks."""
-        dialog = self.page.locator("dialog.identity-dialog")
-        await expect(dialog).to_be_visible()
-        await dialog.get_by_label("Name").fill(name)
-        await dialog.get_by_label(colour).check()
-        await dialog.get_by_role("button", name="Start editing").click()
-        await expect(dialog).to_have_count(0)
-
-    async def wait_status(self, state: str) -> None:
-        await expect(self.page.locator("#status")).to_have_attribute("data-state", state)
-
-    async def text(self) -> str:
-        """The document as this page's Y.Text holds it; the editor must show the same."""
-        shared, shown = await self.page.evaluate(
-            "[window.collab.text.toString(), window.collab.view.state.doc.toString()]"
-        )
-        assert shared == shown
-        return str(shared)
-
-    async def wait_text(self, predicate_js: str, arg: Any = None) -> str:
-        """Wait until `predicate_js` (a JS function of the text and `arg`) holds for the shared text."""
-        await self.page.wait_for_function(
-            f"([arg]) => ({predicate_js})(window.collab.text.toString(), arg)", arg=[arg], timeout=TIMEOUT_MS
-        )
-        return await self.text()
-
-    async def type_at(self, where: str, keys: str) -> None:
-        """Move the cursor (a key such as Control+End) and type, one key event per character."""
-        await self.page.locator(".cm-content").focus()
-        await self.page.keyboard.press(where)
-        await self.page.keyboard.type(keys)
-
-    async def screenshot(self, name: str) -> None:
-        ARTIFACTS.mkdir(exist_ok=True)
-        await self.page.screenshot(path=str(ARTIFACTS / name))
-
-    def assert_no_errors(self) -> None:
-        assert not self.errors, self.errors
-
-
-def editor_url(port: int, name: str) -> str:
-    return f"http://127.0.0.1:{port}/d/{quote(name)}"
 
 
 async def test_two_people_type_at_once_and_see_each_other(
