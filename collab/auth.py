@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .keys import PublicKey
 
 __all__ = [
+    "SHARE_ID_PREFIX",
     "TOKEN_SUBPROTOCOL_PREFIX",
     "Access",
     "Grant",
@@ -48,6 +49,7 @@ __all__ = [
     "Revocations",
     "authorize",
     "mint_token",
+    "share_grant",
     "token_from_subprotocols",
     "verify_token",
 ]
@@ -125,6 +127,41 @@ def mint_token(
         + _b64(json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode())
     )
     return signing_input + "." + _sign(secret, signing_input)
+
+
+SHARE_ID_PREFIX = "share-"
+"""Starts the `jti` of every share token, which then never starts with '-': `collab revoke --id ID` reads it
+as a value, not as an option."""
+
+
+def share_grant(sharer: Grant, name: str, permission: Permission, ttl: float, now: float) -> Grant:
+    """What a share link for document `name` may grant, made from the sharer's own grant: never more.
+
+    Exactly that one document, which `sharer` must cover (`ForbiddenError`, "forbidden"); write only from a
+    write grant (`ForbiddenError`, "read_only"); expiring after `ttl` seconds but never after `sharer` does;
+    issued `now` (`iat`, so `collab revoke --doc NAME` voids it too) with an id of its own (`jti`, for
+    `collab revoke --id`); no `sub`, since it is for whoever gets the link. Times are whole seconds, as `exp`
+    and `iat` are written. A name ending in '/' would be read as a prefix of names, and a `ttl` too short to
+    outlive `now` once rounded down would mint a dead token: `ValueError`.
+    """
+    if name.endswith("/"):
+        raise ValueError(
+            f"a share link is for one document, and {name!r} ends in '/', which would cover every name under it"
+        )
+    if not sharer.covers(name):
+        raise ForbiddenError(f"token is for {sharer.scope!r}, not {name!r}", "forbidden")
+    if permission is Permission.WRITE and not sharer.can_write:
+        raise ForbiddenError(f"a read-only token cannot share {name!r} for editing", "read_only")
+    expires = min(math.floor(now + ttl), math.floor(sharer.expires_at))
+    if expires <= now:
+        raise ValueError(f"a share link lasting {ttl:g} s would be expired when made")
+    return Grant(
+        name,
+        permission,
+        float(expires),
+        token_id=SHARE_ID_PREFIX + secrets.token_urlsafe(16),
+        issued_at=float(math.floor(now)),
+    )
 
 
 def verify_token(

@@ -20,6 +20,7 @@
     ├── NotFoundError              no document by that name                           404    3
     │   └── HistoryError           no state is kept for the moment asked for          404    3
     ├── AlreadyExistsError         a document by that name exists already             409    1
+    ├── RestoreError               a restore cannot bring the document back as it was 409    1
     ├── ExportError                the export cannot be done as asked                 500    1
     ├── ImportFailed               the backup cannot be imported as asked             500    1
     └── ConfigError                a setting or command-line argument is wrong        400    2
@@ -66,6 +67,7 @@ __all__ = [
     "NotFoundError",
     "ProtocolError",
     "RateLimitError",
+    "RestoreError",
     "ServerBusyError",
     "StorageError",
     "UnauthenticatedError",
@@ -200,6 +202,12 @@ class AlreadyExistsError(CollabError):
         return cls(f"a document named {name!r} exists already: delete it first, or choose another name")
 
 
+class RestoreError(CollabError):
+    """The document holds something a restore cannot bring back as it was (a root that changed type, a subdocument)."""
+
+    label = "RestoreError"
+
+
 class ExportError(CollabError):
     """The export cannot be done as asked; nothing was written."""
 
@@ -303,7 +311,7 @@ def http_status_for(error: BaseException) -> HTTPStatus:
             return HTTPStatus.FORBIDDEN
         case NotFoundError():
             return HTTPStatus.NOT_FOUND
-        case AlreadyExistsError():
+        case AlreadyExistsError() | RestoreError():
             return HTTPStatus.CONFLICT
         case RateLimitError():
             return HTTPStatus.TOO_MANY_REQUESTS

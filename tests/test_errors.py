@@ -89,6 +89,7 @@ def test_metric_labels_are_fixed_names_dashboards_can_rely_on() -> None:
         "CorruptDocumentError": "CorruptDocumentError",
         "DatabaseInUseError": "DatabaseInUseError",
         "AlreadyExistsError": "AlreadyExistsError",
+        "RestoreError": "RestoreError",
         "NotFoundError": "NotFoundError",
         "HistoryError": "HistoryError",
         "ExportError": "ExportError",

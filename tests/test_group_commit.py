@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import pytest
 
 from collab.errors import HistoryError, StorageError
-from collab.store import Commit, DocumentDump, DocumentInfo, StoredRecord, WriteOp
+from collab.store import Commit, DocumentDump, DocumentInfo, HistoryPoint, StoredRecord, WriteOp
 from collab.store.group_commit import GroupCommitStore
 from collab.store.memory import MemoryEngine, MemoryStore
 
@@ -45,6 +45,9 @@ class FailingEngine:
 
     def documents(self, name: str | None = None) -> list[DocumentInfo]:
         return self.inner.documents(name)
+
+    def history(self, name: str) -> list[HistoryPoint]:
+        return self.inner.history(name)
 
     def check_writable(self) -> None:
         if not self.writable:

@@ -1,8 +1,10 @@
-"""The web editor's files over real HTTP from a real server: pages, assets, caching, and no way out of web/."""
+"""The web editor's files over real HTTP from a real server: pages, assets, caching, the service worker and the
+web app manifest, and no way out of web/."""
 
 from __future__ import annotations
 
 import gzip
+import json
 import re
 from pathlib import Path
 from urllib.parse import quote
@@ -26,7 +28,7 @@ async def test_home_page_lists_documents_with_its_script(server: CollabServer) -
     assert headers["content-type"] == "text/html; charset=utf-8"
     assert headers["cache-control"] == "no-cache"
     assert body == (WEB_DIR / "index.html").read_bytes()
-    assert [path.split("-")[0] for path in asset_paths(body)] == ["/assets/style", "/assets/index"]
+    assert [path.split("-")[0] for path in asset_paths(body)] == ["/assets/manifest", "/assets/style", "/assets/index"]
 
 
 @pytest.mark.parametrize("path", ["/d/notes", "/d/team/plan%201", "/d/a%2F..%2Fb", "/d/%E2%9C%93?x=1"])
@@ -54,7 +56,7 @@ async def test_plain_get_is_the_page_and_an_upgrade_is_the_room(server: CollabSe
 async def test_assets_have_their_types_and_are_cached_forever(server: CollabServer) -> None:
     _, _, editor = await get(server, "/d/x")
     paths = asset_paths(editor)
-    assert {Path(path).suffix for path in paths} == {".css", ".js"}
+    assert {Path(path).suffix for path in paths} == {".css", ".js", ".webmanifest"}
     for path in paths:
         status, headers, body = await get(server, path)
         assert status == 200
@@ -63,6 +65,7 @@ async def test_assets_have_their_types_and_are_cached_forever(server: CollabServ
             == {
                 ".js": "text/javascript; charset=utf-8",
                 ".css": "text/css; charset=utf-8",
+                ".webmanifest": "application/manifest+json",
             }[Path(path).suffix]
         )
         assert headers["cache-control"] == "public, max-age=31536000, immutable"
@@ -94,6 +97,42 @@ async def test_a_current_copy_is_revalidated_with_304(server: CollabServer) -> N
     assert again["connection"] == "close", "as every answer says: the server closes after it"
     status, _, body = await get(server, "/", if_none_match='"something-else"')
     assert status == 200 and body
+
+
+async def test_the_service_worker_is_served_from_the_root_to_keep_every_file(server: CollabServer) -> None:
+    status, headers, body = await get(server, "/sw.js")
+    assert status == 200
+    assert headers["content-type"] == "text/javascript; charset=utf-8"
+    # Never cached as is: the browser must see a new build's worker at the next visit.
+    assert headers["cache-control"] == "no-cache"
+    assert "connect-src 'self'" in headers["content-security-policy"]
+    assert body == (WEB_DIR / "sw.js").read_bytes()
+    [kept] = re.findall(rb'\[("/"[^\]]*)\]', body)
+    assets = sorted(f"/assets/{path.name}" for path in (WEB_DIR / "assets").iterdir())
+    assert json.loads(b"[" + kept + b"]") == ["/", "/d/", *assets]
+    # A worker that served a page's path would shadow it: only /sw.js itself.
+    assert (await get(server, "/sw.js/../../secret.txt"))[0] == 404
+
+
+@pytest.mark.parametrize("page", ["/", "/d/team/plan"])
+async def test_pages_link_a_manifest_that_makes_them_installable(server: CollabServer, page: str) -> None:
+    _, _, html = await get(server, page)
+    [link] = re.findall(r'<link rel="manifest" href="(/assets/manifest-[A-Z2-7]{8}\.webmanifest)">', html.decode())
+    status, headers, body = await get(server, link)
+    assert status == 200 and headers["content-type"] == "application/manifest+json"
+    manifest = json.loads(body)
+    assert (manifest["name"], manifest["start_url"], manifest["scope"], manifest["display"]) == (
+        "collab",
+        "/",
+        "/",
+        "standalone",
+    )
+    [icon] = manifest["icons"]
+    assert (icon["sizes"], icon["type"]) == ("any", "image/svg+xml")
+    status, headers, svg = await get(server, icon["src"])
+    assert status == 200 and headers["content-type"] == "image/svg+xml"
+    assert headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert svg.startswith(b"<svg ")
 
 
 async def test_license_notices_of_the_bundled_packages_are_served(server: CollabServer) -> None:
@@ -190,3 +229,4 @@ async def test_a_missing_bundle_is_explained(server: CollabServer, tmp_path: Pat
     status, _, body = await get(server, "/")
     assert status == 503 and b"scripts/build-web" in body
     assert (await get(server, "/assets/app-ABCDEFGH.js"))[0] == 404
+    assert (await get(server, "/sw.js"))[0] == 404

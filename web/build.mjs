@@ -6,6 +6,8 @@
 // collab/web/ holds:
 //   index.html, editor.html        the pages, pointing at the hashed assets below
 //   assets/<name>-<hash>.js|.css   content-hashed bundles (the server may cache them forever)
+//   assets/<name>-<hash>.svg|...   the web app manifest and its icon, content-hashed too
+//   sw.js                          the service worker, with the list of files it keeps for offline use
 //   third-party-licenses.txt       the licenses of every package inside the bundles
 //   SOURCES.sha256                 a hash of everything the build reads (see inputsDigest)
 //
@@ -22,6 +24,14 @@ const WEB = dirname(fileURLToPath(import.meta.url))
 const SRC = join(WEB, 'src')
 const PAGES = ['index.html', 'editor.html']
 const ENTRIES = ['index.js', 'editor.js', 'style.css']
+// Copied into assets/ under content-hashed names, in this order: each may name the ones before it ({{icon.svg}}).
+const FILES = ['icon.svg', 'manifest.webmanifest']
+// Not hashed: a service worker's URL is its identity (the browser checks it for updates at every visit).
+const SERVICE_WORKER = 'sw.js'
+// What the service worker keeps: the two pages (every /d/<name> is editor.html) and every asset.
+const PAGE_URLS = { 'index.html': '/', 'editor.html': '/d/' }
+const TARGETS = ['es2020', 'chrome100', 'firefox100', 'safari15']
+const BASE32 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567'
 
 function parseArgs (argv) {
   const at = argv.indexOf('--outdir')
@@ -57,6 +67,20 @@ function packageDir (input) {
   return parts.slice(0, at + length).join('/')
 }
 
+/** Eight base32 characters of the sha256 of `bytes`: the shape of esbuild's [hash] (collab/http/static.py). */
+function contentHash (bytes) {
+  const bits = createHash('sha256').update(bytes).digest().readUIntBE(0, 5) // 40 bits: 8 characters of 5
+  return Array.from({ length: 8 }, (_, i) => BASE32[Math.floor(bits / 2 ** (35 - 5 * i)) % 32]).join('')
+}
+
+/** `text` with every {{file}} replaced by the served path of that file; `where` names it in the error. */
+function fillIn (text, served, where) {
+  return text.replace(/\{\{([\w.]+)\}\}/g, (_, file) => {
+    if (!served[file]) throw new Error(`${where}: no built asset for {{${file}}}`)
+    return served[file]
+  })
+}
+
 function licensesText (metafile) {
   // Only files that contributed bytes: metafile.inputs also lists modules that tree shaking dropped.
   const used = Object.values(metafile.outputs).flatMap((output) =>
@@ -86,7 +110,7 @@ async function build (outdir) {
     bundle: true,
     minify: true,
     format: 'esm',
-    target: ['es2020', 'chrome100', 'firefox100', 'safari15'],
+    target: TARGETS,
     charset: 'utf8',
     legalComments: 'none', // collected whole into third-party-licenses.txt instead
     metafile: true,
@@ -98,13 +122,17 @@ async function build (outdir) {
   for (const [output, meta] of Object.entries(result.metafile.outputs)) {
     if (meta.entryPoint) served[meta.entryPoint.replace(/^src\//, '')] = '/assets/' + output.split('/').pop()
   }
-  for (const page of PAGES) {
-    const html = readFileSync(join(SRC, page), 'utf8').replace(/\{\{([\w.]+)\}\}/g, (_, entry) => {
-      if (!served[entry]) throw new Error(`${page}: no built asset for {{${entry}}}`)
-      return served[entry]
-    })
-    writeFileSync(join(staging, page), html)
+  for (const file of FILES) {
+    const bytes = Buffer.from(fillIn(readFileSync(join(SRC, file), 'utf8'), served, file))
+    const [stem, extension] = file.split(/\.(?=[^.]+$)/)
+    const name = `${stem}-${contentHash(bytes)}.${extension}`
+    writeFileSync(join(staging, 'assets', name), bytes)
+    served[file] = `/assets/${name}`
   }
+  for (const page of PAGES) {
+    writeFileSync(join(staging, page), fillIn(readFileSync(join(SRC, page), 'utf8'), served, page))
+  }
+  served[SERVICE_WORKER] = await buildServiceWorker(staging)
   writeFileSync(join(staging, 'third-party-licenses.txt'), licensesText(result.metafile))
   writeFileSync(join(staging, 'SOURCES.sha256'), inputsDigest() + '\n')
 
@@ -114,6 +142,37 @@ async function build (outdir) {
   return served
 }
 
+/**
+ * src/sw.js into sw.js, told what to keep: the pages and every asset written so far, under a cache name that
+ * carries a hash of all their bytes, so that any change to them gives a new worker with a new cache.
+ */
+async function buildServiceWorker (staging) {
+  const assets = readdirSync(join(staging, 'assets')).sort()
+  const kept = [
+    ...PAGES.map((page) => ({ url: PAGE_URLS[page], file: join(staging, page) })),
+    ...assets.map((name) => ({ url: `/assets/${name}`, file: join(staging, 'assets', name) }))
+  ]
+  const digest = createHash('sha256')
+  for (const { url, file } of kept) digest.update(`${url}\n`).update(readFileSync(file))
+  await esbuild.build({
+    absWorkingDir: WEB,
+    entryPoints: [join('src', SERVICE_WORKER)],
+    outfile: join(staging, SERVICE_WORKER),
+    bundle: true,
+    minify: true,
+    format: 'iife', // a classic worker script: module service workers are newer than the targets
+    target: TARGETS,
+    charset: 'utf8',
+    legalComments: 'none',
+    define: {
+      COLLAB_CACHE: JSON.stringify(`collab-${digest.digest('hex').slice(0, 16)}`),
+      COLLAB_PRECACHE: JSON.stringify(kept.map(({ url }) => url))
+    },
+    logLevel: 'warning'
+  })
+  return `/${SERVICE_WORKER}`
+}
+
 const { outdir } = parseArgs(process.argv.slice(2))
 const served = await build(outdir)
-for (const [entry, path] of Object.entries(served)) console.log(`${entry.padEnd(10)} -> ${path}`)
+for (const [entry, path] of Object.entries(served)) console.log(`${entry.padEnd(20)} -> ${path}`)

@@ -108,6 +108,19 @@ example:
   collab rename drafts/plan notes/plan
 """
 
+RESTORE_EPILOG = """\
+The document's content becomes what it was at TIME again, as a new change:
+nothing in its history is rewritten (the restore is one more moment of it,
+which can itself be restored away), and clients holding offline edits merge
+with it. With a server running on the database, the restore goes through it
+and the document's clients see it at once. TIME is a time collab history
+lists, or 2h, 3d (ago).
+
+examples:
+  collab restore meeting --at 2h
+  collab restore notes/plan --at 2026-11-28T14:00:00.000Z
+"""
+
 HISTORY_EPILOG = """\
 Lists every moment a document can be exported at with --at: the updates still
 in its log, and the checkpoints kept when the log was compacted.
@@ -242,13 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("names", nargs="*", metavar="NAME_OR_GLOB", help="documents to export [default: all]")
     export.set_defaults(handler=_export)
 
-    restore = command(
+    merge = command(
         "import", "merge a ydoc backup into a document", "Merge a .ydoc backup into a document.", IMPORT_EPILOG
     )
-    _add_db_flag(restore)
-    restore.add_argument("file", type=Path, metavar="FILE.ydoc", help="a file written by collab export --format ydoc")
-    restore.add_argument("--name", help="document to merge into [default: the name the file name stands for]")
-    restore.set_defaults(handler=_import)
+    _add_db_flag(merge)
+    merge.add_argument("file", type=Path, metavar="FILE.ydoc", help="a file written by collab export --format ydoc")
+    merge.add_argument("--name", help="document to merge into [default: the name the file name stands for]")
+    merge.set_defaults(handler=_import)
 
     copy = command(
         "copy",
@@ -333,6 +346,23 @@ def build_parser() -> argparse.ArgumentParser:
     rename.add_argument("old", metavar="OLD", help="the document's name")
     rename.add_argument("new", metavar="NEW", help="its new name (no document may have it yet)")
     rename.set_defaults(handler=_rename)
+
+    restore = command(
+        "restore",
+        "bring a document back to an earlier version",
+        "Make a document read as it did at a moment of its history, by a new change.",
+        RESTORE_EPILOG,
+    )
+    _add_db_flag(restore)
+    restore.add_argument("name", metavar="NAME", help="the document's name")
+    restore.add_argument(
+        "--at",
+        metavar="TIME",
+        type=_flag(_moment),
+        required=True,
+        help="the moment to go back to: 2h, 3d (ago) or ISO 8601 (UTC if no zone)",
+    )
+    restore.set_defaults(handler=_restore)
 
     history = command(
         "history", "list the moments a document can be exported at", "List a document's history.", HISTORY_EPILOG
@@ -476,6 +506,17 @@ def _rename(args: argparse.Namespace) -> int:
     documents = Documents(Settings.load({"db": args.db}))
     documents.rename(old, new)
     print(f"renamed {old!r} to {new!r} ({documents.via})", file=sys.stderr)
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from ..units import format_time
+    from .manage import Documents
+
+    name = _document_name(args.name, "NAME")
+    documents = Documents(Settings.load({"db": args.db}))
+    documents.restore(name, args.at)
+    print(f"restored {name!r} to {format_time(args.at)} ({documents.via})", file=sys.stderr)
     return 0
 
 

@@ -1,9 +1,10 @@
-"""`collab delete` and `collab rename`: change which documents a database holds.
+"""`collab delete`, `collab rename` and `collab restore`: change which documents a database holds, and what.
 
 With a server running on the database (a cluster counts), the change goes through its HTTP API
-(`DELETE /api/docs/<name>`, `POST /api/docs/<name>/rename?to=`): the server closes the room's clients
-(4410, 4411) and tells the other processes of its cluster, which a direct write could not. Without one,
-the database is changed directly, holding its lock so that no server starts meanwhile.
+(`DELETE /api/docs/<name>`, `POST /api/docs/<name>/rename?to=`, `POST /api/docs/<name>/restore?at=`): the
+server closes the room's clients (4410, 4411) or sends them the restore, and tells the other processes of
+its cluster, which a direct write could not. Without one, the database is changed directly, holding its
+lock so that no server starts meanwhile (a restore through the same rooms a server has, with no one in them).
 
 `Documents` decides which of the two once, when it is made, so that a command can say what stops it (a server
 that wants tokens, no secret to mint them) before it asks anyone to confirm anything.
@@ -16,6 +17,7 @@ import http.client
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -30,6 +32,7 @@ from ..errors import (
     StorageError,
     UnauthenticatedError,
 )
+from ..server.rooms import Rooms
 from ..store import Store
 from ..store.engines import Backend, locate, open_store, redacted
 from .export import select_names
@@ -196,6 +199,32 @@ class Documents:
         if server.secret is not None:  # a token for each name: none covers two unrelated ones
             path += "&to_token=" + mint_token(server.secret, new, Permission.WRITE, ttl=SERVER_TIMEOUT * 2)
         server.call("POST", path, old)
+
+    def restore(self, name: str, at: float) -> None:
+        """Make `name` read as it did at Unix time `at`, by a new change (`Rooms.restore`).
+
+        `NotFoundError` if it is not a document, or was none yet at `at` (`HistoryError`: no state so old is
+        kept); `RestoreError` if it holds what cannot be restored.
+        """
+        server = self._server
+        if server is None:
+            with self.database.reader() as reader:  # no database: say so rather than create an empty one
+                if not reader.documents(name):
+                    raise NotFoundError(f"no document named {name!r}")
+            asyncio.run(self._directly("restore", lambda store: self._restore_on(store, name, at)))
+            return
+        # To the microsecond, which ISO 8601 as `format_time` writes it (milliseconds) would round away.
+        moment = datetime.fromtimestamp(at, UTC).isoformat()
+        server.call("POST", f"/api/docs/{quote(name, safe='')}/restore?at={quote(moment, safe='')}", name)
+
+    async def _restore_on(self, store: Store, name: str, at: float) -> None:
+        rooms = Rooms(
+            store, compact_after=self.settings.compact_after, max_document_size=self.settings.max_document_size
+        )
+        try:
+            await rooms.restore(name, at)
+        finally:
+            await rooms.close()  # what a server does as it stops: its rooms compacted into the store
 
     async def _directly(self, command: str, change: Callable[[Store], Awaitable[None]]) -> None:
         """`change` on the database's own store, holding its lock so that no server starts meanwhile.

@@ -11,14 +11,27 @@
     POST /api/docs/<name>/rename?to=NEW[&to_token=TOKEN]
                                   {"renamed": name, "to": NEW}: history kept; its clients are
                                   closed with 4411. 404 if unknown, 409 if NEW exists.
+    POST /api/docs/<name>/restore?at=TIME
+                                  {"restored": name, "at": ISO}: the document reads as it did at
+                                  TIME again, by a new change every client gets at once (a CRDT
+                                  change, merged with anyone's offline edits). 404 if unknown, or
+                                  not yet existing or no history kept at TIME; 409 if it holds
+                                  what cannot be restored (collab.sync.restore).
+    GET /api/history/<name>[?limit=N&gap=DURATION]
+                                  {"name", "moments": [{"at", "at_unix", "from", "kind", "changes",
+                                  "bytes", "people", "restore_of"}, ...], "truncated"}: the newest
+                                  N (200, at most 1000) moments, changes less than DURATION (5m)
+                                  apart grouped (collab.sync.moments); `at` reads the document as
+                                  of each. `people` and `restore_of` are what this process saw
+                                  since it started (collab.sync.journal). 404 if unknown.
 
 `<name>` is percent-encoded and may contain `/`. Without `at`, a document that
 is open in a room is exported from memory, so it includes what is not yet on
 disk. Times are ISO 8601 UTC; sizes are bytes stored. With access control on,
 requests carry a token (`?token=` or `Authorization: Bearer`): read permission
 on the document, and the listing shows only what the token covers (401/403);
-deleting and renaming need write permission on every name involved: a rename's token must cover both
-names, or `to_token` (a second token) covers the new one, since no token covers two unrelated names.
+deleting, renaming and restoring need write permission on every name involved: a rename's token must cover
+both names, or `to_token` (a second token) covers the new one, since no token covers two unrelated names.
 
 Decoding and rendering a document runs in a thread: a 10 MB document takes
 about a second to render as JSON, and every room on the server would wait that
@@ -43,9 +56,12 @@ from ..errors import (
     AlreadyExistsError,
     AuthError,
     CorruptDocumentError,
+    DocumentTooLargeError,
     ForbiddenError,
     InvalidRoomNameError,
     NotFoundError,
+    ProtocolError,
+    RestoreError,
     ServerBusyError,
     StorageError,
     http_status_for,
@@ -53,19 +69,22 @@ from ..errors import (
 from ..filenames import file_name_for
 from ..formats import FORMATS, check_existed, doc_from_records, doc_from_updates, render
 from ..store import DocumentInfo, Store
+from ..sync.moments import DEFAULT_GAP, DEFAULT_LIMIT, MAX_LIMIT, history_json
 from ..sync.names import validate_room_name
 from ..sync.room import EMPTY_STATE_VECTOR
-from ..units import format_time, parse_time
+from ..units import format_duration, format_time, parse_duration, parse_time
 from .router import HttpRequest, Router, json_response, respond
 
 if TYPE_CHECKING:  # the server hands them in; the API does not depend on the server's package
     from ..server.metrics import ServerMetrics
     from ..server.rooms import Rooms
 
-__all__ = ["document_json", "install_api"]
+__all__ = ["document_json", "error_response", "install_api", "refused", "request_token"]
 
 DOCS = "/api/docs"
+HISTORY = "/api/history"
 RENAME = "/rename"
+RESTORE = "/restore"
 
 EXPORT_THREADS = 2
 """Documents rendered at once, each in its own thread. Rendering holds the GIL in pycrdt's native
@@ -99,6 +118,12 @@ def request_token(request: HttpRequest) -> str | None:
     return credentials.strip() or None if scheme.lower() == "bearer" else None
 
 
+def refused(metrics: ServerMetrics, error: AuthError) -> Response:
+    """The answer to a request whose token was refused, counted in `collab_auth_failures_total`."""
+    metrics.auth_failures.inc(error.label)
+    return error_response(http_status_for(error), str(error))
+
+
 def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metrics: ServerMetrics) -> None:
     """Register the API's routes on `router`."""
 
@@ -109,15 +134,11 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
             )
         return error_response(http_status_for(error), f"document temporarily unavailable: {error}")
 
-    def refused(error: AuthError) -> Response:
-        metrics.auth_failures.inc(error.label)
-        return error_response(http_status_for(error), str(error))
-
     async def list_documents(request: HttpRequest) -> Response:
         try:
             grant = access.check(request_token(request))
         except AuthError as error:
-            return refused(error)
+            return refused(metrics, error)
         try:
             async with asyncio.timeout(STORE_TIMEOUT):
                 infos = await store.documents()
@@ -140,7 +161,7 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
         try:
             access.check(request_token(request), name)
         except AuthError as error:
-            return refused(error)
+            return refused(metrics, error)
         try:
             body = await _export(store, rooms, name, fmt, at, exporting)
         except CorruptDocumentError as error:  # retrying will not help: 500, naming the row
@@ -164,14 +185,23 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
             raise ForbiddenError(f"a read-only token cannot change {name!r}", "read_only")
 
     async def changed(change: Awaitable[None], answer: dict[str, str]) -> Response:
-        """`answer` once `change` (a delete or a rename) is done, or the error it raised.
+        """`answer` once `change` (a delete, a rename, a restore) is done, or the error it raised.
 
         A timeout answers 503, but the change may still be done: it is not undone (its clients are closed).
         """
         try:
             async with asyncio.timeout(STORE_TIMEOUT):
                 await change
-        except (NotFoundError, AlreadyExistsError, ServerBusyError) as error:
+        except CorruptDocumentError as error:
+            return error_response(http_status_for(error), f"document cannot be read: {error}")
+        except (
+            NotFoundError,
+            AlreadyExistsError,
+            RestoreError,  # what the document holds, not the request: retrying will not help
+            ServerBusyError,
+            ProtocolError,
+            DocumentTooLargeError,
+        ) as error:
             return error_response(http_status_for(error), str(error))
         except (StorageError, TimeoutError) as error:
             return unavailable(error)
@@ -185,14 +215,20 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
         try:
             may_write(request_token(request), name)
         except AuthError as error:
-            return refused(error)
+            return refused(metrics, error)
         return await changed(rooms.delete(name), {"deleted": name})
 
-    async def rename_document(request: HttpRequest) -> Response:
+    async def change_document(request: HttpRequest) -> Response:
+        """POST /api/docs/NAME/rename or /restore: the last part of the path says which."""
+        for suffix, handler in ((RENAME, rename_document), (RESTORE, restore_document)):
+            if request.path.endswith(suffix):
+                return await handler(request, request.path[: -len(suffix)])
+        choices = f"POST {DOCS}/NAME{RENAME}?to=NEW and {DOCS}/NAME{RESTORE}?at=TIME"
+        return error_response(HTTPStatus.BAD_REQUEST, f"{choices} are the only POSTs here")
+
+    async def rename_document(request: HttpRequest, path: str) -> Response:
         try:
-            if not request.path.endswith(RENAME):
-                raise InvalidRoomNameError(f"POST {DOCS}/NAME{RENAME}?to=NEW is the only POST here")
-            old = _document_name(request.path[: -len(RENAME)])
+            old = _document_name(path)
             new = validate_room_name(request.query.get("to", ""))
         except InvalidRoomNameError as error:
             return error_response(HTTPStatus.BAD_REQUEST, str(error))
@@ -200,25 +236,68 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
             may_write(request_token(request), old)
             may_write(request.query.get("to_token") or request_token(request), new)
         except AuthError as error:
-            return refused(error)
+            return refused(metrics, error)
         return await changed(rooms.rename(old, new), {"renamed": old, "to": new})
+
+    async def restore_document(request: HttpRequest, path: str) -> Response:
+        try:
+            name = _document_name(path)
+            if "at" not in request.query:
+                raise ValueError(f"no time: POST {DOCS}/NAME{RESTORE}?at=TIME (2h, 3d ago or ISO 8601)")
+            at = parse_time(request.query["at"], time.time())
+        except (ValueError, InvalidRoomNameError) as error:
+            return error_response(HTTPStatus.BAD_REQUEST, str(error))
+        try:
+            may_write(request_token(request), name)
+        except AuthError as error:
+            return refused(metrics, error)
+        return await changed(rooms.restore(name, at), {"restored": name, "at": format_time(at)})
+
+    async def document_history(request: HttpRequest) -> Response:
+        try:
+            name = _document_name(request.path, HISTORY)
+            limit = _whole_number(request.query.get("limit", str(DEFAULT_LIMIT)), "limit", MAX_LIMIT)
+            gap = parse_duration(request.query.get("gap", format_duration(DEFAULT_GAP)))
+        except (ValueError, InvalidRoomNameError) as error:
+            return error_response(HTTPStatus.BAD_REQUEST, str(error))
+        try:
+            access.check(request_token(request), name)
+        except AuthError as error:
+            return refused(metrics, error)
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT):
+                known = bool(await store.documents(name)) or name in rooms
+                points = await store.history(name)
+        except (StorageError, TimeoutError) as error:
+            return unavailable(error)
+        if not known:
+            return error_response(HTTPStatus.NOT_FOUND, f"no document named {name!r}")
+        return json_response(history_json(name, points, rooms.journal, gap=gap, limit=limit))
 
     router.route(DOCS, list_documents)
     router.route(DOCS + "/", get_document)
     router.route(DOCS + "/", delete_document, methods=("DELETE",))
-    router.route(DOCS + "/", rename_document, methods=("POST",))
+    router.route(DOCS + "/", change_document, methods=("POST",))
+    router.route(HISTORY + "/", document_history)
 
 
-def _document_name(path: str) -> str:
-    """The validated document name of a `/api/docs/<name>` path; raise `InvalidRoomNameError` saying why not."""
-    encoded = path[len(DOCS) + 1 :]
+def _document_name(path: str, prefix: str = DOCS) -> str:
+    """The validated document name of a `<prefix>/<name>` path; raise `InvalidRoomNameError` saying why not."""
+    encoded = path[len(prefix) + 1 :]
     if not encoded:
-        raise InvalidRoomNameError(f"no document name: GET {DOCS}/NAME, or {DOCS} for the list")
+        raise InvalidRoomNameError(f"no document name: GET {prefix}/NAME, or {DOCS} for the list")
     try:
         name = unquote(encoded, errors="strict")
     except UnicodeDecodeError:
         raise InvalidRoomNameError("the document name is not UTF-8 once percent-decoded") from None
     return validate_room_name(name)
+
+
+def _whole_number(text: str, what: str, most: int) -> int:
+    """`text` as a whole number from 1 to `most`; `ValueError` naming `what` otherwise."""
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= most:
+        raise ValueError(f"{what} must be a whole number from 1 to {most}, not {text!r}")
+    return int(text)
 
 
 async def _export(

@@ -3,6 +3,7 @@
     GET /                           web/index.html               the document list
     GET /d/<name>                   web/editor.html              the editor; its script reads <name> from the URL
     GET /assets/<file>              web/assets/<file>            content-hashed bundles, cacheable forever
+    GET /sw.js                      web/sw.js                    the service worker: the pages load offline
     GET /third-party-licenses.txt   web/third-party-licenses.txt
 
 The bundle is package data (`web/**/*` in pyproject.toml): web/build.mjs writes it into the `collab` package
@@ -18,8 +19,11 @@ Nothing else is served, and never a file outside the web directory: an asset is 
 resolve, symlinks followed, to a regular file inside the directory. Everything else is a plain 404.
 
 Pages are `no-cache` (the browser revalidates them with their ETag, so a rebuilt bundle is picked up at the
-next load); assets whose names carry esbuild's content hash are `immutable`. Text is gzipped for clients
-that accept it. Files are read on first use and kept while their size and mtime stay the same.
+next load); assets whose names carry esbuild's content hash are `immutable`. The service worker is `no-cache`
+too, and at the root: its URL sets its scope (the whole site) and is its identity, which the browser checks
+byte for byte at each visit, installing a new build's worker (it lists that build's files to keep). Text is
+gzipped for clients that accept it. Files are read on first use and kept while their size and mtime stay the
+same.
 """
 
 from __future__ import annotations
@@ -51,13 +55,14 @@ CONTENT_TYPES = {
     ".css": "text/css; charset=utf-8",
     ".txt": "text/plain; charset=utf-8",
     ".json": "application/json",
+    ".webmanifest": "application/manifest+json",
     ".map": "application/json",
     ".svg": "image/svg+xml",
     ".png": "image/png",
     ".ico": "image/x-icon",
     ".woff2": "font/woff2",
 }
-COMPRESSIBLE = {".html", ".js", ".css", ".txt", ".json", ".map", ".svg"}
+COMPRESSIBLE = {".html", ".js", ".css", ".txt", ".json", ".webmanifest", ".map", ".svg"}
 MIN_GZIP_SIZE = 1024
 
 # esbuild's entryNames "[name]-[hash]": eight characters of base32 before the extension.
@@ -159,12 +164,17 @@ def install_web(router: Router, web_dir: Path = WEB_DIR) -> StaticFiles:
             return not_found()
         return files.response(request, f"assets/{name}", IMMUTABLE if HASHED_NAME.search(name) else REVALIDATE, {})
 
+    async def service_worker(request: HttpRequest) -> Response:
+        # The worker's own policy bounds what it may fetch, as a page's does.
+        return files.response(request, "sw.js", REVALIDATE, page_headers(request))
+
     async def licenses(request: HttpRequest) -> Response:
         return files.response(request, "third-party-licenses.txt", REVALIDATE, {})
 
     router.route("/", page("index.html"))
     router.route("/d/", page("editor.html"))
     router.route("/assets/", asset)
+    router.route("/sw.js", service_worker)
     router.route("/third-party-licenses.txt", licenses)
     return files
 

@@ -23,6 +23,7 @@ from ..config import Settings
 from ..errors import AuthError, ConfigError, DatabaseInUseError, StorageError
 from ..http.api import install_api
 from ..http.router import HttpRequest, OriginPolicy, Router, respond
+from ..http.share import install_share
 from ..http.static import install_web
 from ..logs import fields, log_everywhere
 from ..metrics import render
@@ -97,6 +98,7 @@ class CollabServer:
         self.http.route("/readyz", self._readyz)
         self.http.route("/metrics", self._metrics)
         install_api(self.http, self.store, self.rooms, self.access, self.metrics)
+        install_share(self.http, self.access, self.metrics)
         install_web(self.http)
         self.endpoint = Endpoint(
             access=self.access,

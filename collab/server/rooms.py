@@ -12,12 +12,16 @@ With a relay (`--relay`, see `collab.cluster`) the rooms are also the relay's
 have committed yet); frames other processes publish reach its peers, a gap is
 repaired by merging the store's copy in, and a process that stops beating takes
 its clients' presence with it.
+
+The rooms keep a `Journal` of who was connected while each document was edited,
+and which changes were restores (`restore`), for its history: in memory only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from ..cluster import Relay, Relayed
 from ..errors import (
@@ -30,11 +34,15 @@ from ..errors import (
     ServerBusyError,
     StorageError,
 )
+from ..formats import check_existed
 from ..logs import fields
 from ..metrics import Counter
 from ..store import Store
+from ..sync.journal import Journal
 from ..sync.protocol import Awareness, parse_frame
-from ..sync.room import Origin, Peer, Room
+from ..sync.restore import holds, restore_update, version_update
+from ..sync.room import EMPTY_STATE_VECTOR, EMPTY_UPDATE, Origin, Peer, Room
+from ..units import format_time
 
 __all__ = ["Rooms"]
 
@@ -85,6 +93,8 @@ class Rooms:
         self._reloads: dict[str, asyncio.Task[None]] = {}
         self._ending: set[str] = set()
         """Names being deleted or renamed: joins are refused (try again) until the store has done it."""
+        self.journal = Journal()
+        """Who was there while each document was edited, and its restores (`collab.sync.journal`)."""
 
     def __len__(self) -> int:
         return len(self._rooms)
@@ -128,6 +138,10 @@ class Rooms:
     def leave(self, room: Room, peer: Peer) -> None:
         """Remove `peer`; schedule the room's unload if it is now empty."""
         room.leave(peer, asyncio.get_running_loop().time())  # the clock connections give Room.receive
+        self._unload_if_idle(room)
+
+    def _unload_if_idle(self, room: Room) -> None:
+        """Schedule the unload of `room` if nobody is in it (and none is scheduled yet)."""
         if not room.peers and room.name not in self._unloading and self._rooms.get(room.name) is room:
             self._unloading[room.name] = asyncio.create_task(self._unload_when_idle(room), name=f"unload {room.name}")
 
@@ -162,6 +176,7 @@ class Rooms:
                 rejected=self.rejected,
                 schedule=loop.call_soon,
                 publisher=self.relay,
+                journal=self.journal,
             )
             if retained is not None:
                 for message in retained.frames:
@@ -227,6 +242,7 @@ class Rooms:
                     raise
         finally:
             self._ending.discard(name)
+        self.journal.forget(name)
         logger.info("deleted the document", extra=fields(room=name))
 
     async def rename(self, old: str, new: str) -> None:
@@ -250,7 +266,48 @@ class Rooms:
             await self.store.rename(old, new)
         finally:
             self._ending.difference_update((old, new))
+        self.journal.renamed(old, new)
         logger.info("renamed the document", extra=fields(room=old, to=new))
+
+    # Restoring.
+
+    async def restore(self, name: str, at: float) -> None:
+        """Make document `name` read as it did at Unix time `at`, by a new change (`collab.sync.restore`) that its
+        room takes as a client's update: every peer gets it, here and on the other processes, and it is stored
+        (this returns once it is durable). The room is loaded for it if it is not (and unloaded again later if
+        nobody joins).
+
+        The change is worked out in a thread from the room's state at the start; edits that come meanwhile are
+        kept, merged with it as with any concurrent change. Raises `NotFoundError` if there is no such document
+        or none yet at `at`, `HistoryError` if no state so old is kept, `StorageError` (`CorruptDocumentError`)
+        if it cannot be read, `RestoreError` if it holds what cannot be restored, `ServerBusyError` while it is
+        being deleted or renamed, `DocumentTooLargeError` if the change would take it past its size limit.
+        """
+        self._refuse_if_ending(name)
+        infos = await self.store.documents(name)
+        if not infos:
+            raise NotFoundError(f"no document named {name!r}")
+        check_existed(infos[0], at)
+        records = await self.store.load(name, at)
+        if not records:
+            raise NotFoundError(f"document {name!r} did not exist yet at {format_time(at)}")
+        room = await self.load(name)
+        try:
+            current = room.diff(EMPTY_STATE_VECTOR)
+            # Bytes only cross to the thread (a pycrdt Doc is not thread safe); every row is checked there first.
+            update = await asyncio.to_thread(lambda: restore_update(current, version_update(name, records)))
+            room = await self.load(name)  # the same room, or (unloaded meanwhile) one reloaded from the store
+            self._refuse_if_ending(name)
+            if not holds(room.state_vector(), current):  # deleted, and maybe begun anew, meanwhile
+                raise NotFoundError(f"document {name!r} was deleted while it was being restored")
+            if update != EMPTY_UPDATE:
+                restored_at = time.time()  # before its log row is stamped (`journal.restore_of` looks from here)
+                room.accept_own_update(update)
+                self.journal.restored(name, restored_at, at)
+        finally:
+            self._unload_if_idle(room)
+        await self.store.flush()  # answered once durable, as a delete or a rename is
+        logger.info("restored the document", extra=fields(room=name, at=format_time(at), bytes=len(update)))
 
     async def _end_everywhere(self, *ends: tuple[str, int, str]) -> None:
         """End rooms (name, close code, reason) here, then on the other processes; returns once those have

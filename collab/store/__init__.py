@@ -9,7 +9,7 @@ sized to its callers:
             them in groups on one worker thread and retries a failing commit forever (a delete or
             a rename runs on that thread too, in order with the commits, and is not retried).
     Engine  what a database implements (blocking, run on that worker thread): open, commit a
-            batch, load, documents, check_writable, restore, delete, rename, close. `sqlite.SQLiteEngine` and
+            batch, load, documents, history, check_writable, restore, delete, rename, close. `sqlite.SQLiteEngine` and
             `postgres.PostgresEngine` are the real ones, `memory.MemoryEngine` the smallest example.
     Reader  what the command line reads (export, rooms, history, stats, copy): one consistent
             read-only moment of a database, which a running server keeps writing.
@@ -162,6 +162,13 @@ class Store(Protocol):
         """Every stored document by name, or only `name` ([] if it is not stored)."""
         ...
 
+    async def history(self, name: str) -> list[HistoryPoint]:
+        """The moments `name` can be loaded at (`load(name, at)`), oldest first; [] if it is not stored.
+
+        Writes queued for `name` are committed first, so that the change just made is listed.
+        """
+        ...
+
     async def delete(self, name: str) -> None:
         """Remove `name` and everything stored of it, history included: a document later written by that name
         starts empty, as a new document.
@@ -235,6 +242,10 @@ class Engine(Protocol):
 
     def documents(self, name: str | None = None) -> list[DocumentInfo]:
         """Every stored document by name, or only `name` ([] if unknown)."""
+        ...
+
+    def history(self, name: str) -> list[HistoryPoint]:
+        """The moments `name` can be loaded at, oldest first: its log rows and its checkpoints; [] if unknown."""
         ...
 
     def check_writable(self) -> None:

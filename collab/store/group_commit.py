@@ -32,7 +32,7 @@ from typing import Generic, TypeVar
 from pycrdt import merge_updates
 
 from ..errors import CollabError, NotFoundError, StorageError
-from . import Commit, DocumentInfo, Engine, StoredRecord, WriteOp
+from . import Commit, DocumentInfo, Engine, HistoryPoint, StoredRecord, WriteOp
 
 __all__ = ["GroupCommitStore", "coalesce"]
 
@@ -102,6 +102,10 @@ class GroupCommitStore(Generic[E]):
         if name is not None:
             await self._flush_writes_of(name)  # a document just created is listed, with its first change
         return await self._on_thread(self.engine.documents, name)
+
+    async def history(self, name: str) -> list[HistoryPoint]:
+        await self._flush_writes_of(name)
+        return await self._on_thread(self.engine.history, name)
 
     async def delete(self, name: str) -> None:
         await self._flush_writes_of(name)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ..errors import AlreadyExistsError, HistoryError, NotFoundError, StorageError
 from ..units import format_time
-from . import DocumentDump, DocumentInfo, StoredRecord, WriteOp
+from . import DocumentDump, DocumentInfo, HistoryPoint, StoredRecord, WriteOp
 from .group_commit import GroupCommitStore
 
 __all__ = ["MemoryEngine", "MemoryStore"]
@@ -86,6 +86,11 @@ class MemoryEngine:
                 raise HistoryError(f"document {name!r} has no state for {format_time(at)}: no history is kept")
             rows = [(stored_at, record) for stored_at, record in rows if stored_at <= at]
         return [record for _, record in rows]
+
+    def history(self, name: str) -> list[HistoryPoint]:
+        document = self._documents.get(name)
+        rows = [] if document is None else document.rows
+        return [HistoryPoint(at, "update", len(record.data)) for at, record in rows if record.kind == "update"]
 
     def documents(self, name: str | None = None) -> list[DocumentInfo]:
         return [

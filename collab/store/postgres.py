@@ -35,7 +35,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..errors import AlreadyExistsError, ConfigError, StorageError
-from . import DocumentDump, DocumentInfo, StoredRecord, WriteOp
+from . import DocumentDump, DocumentInfo, HistoryPoint, StoredRecord, WriteOp
 from .compaction import OwnRows
 from .history import Retention
 from .tables import Tables
@@ -456,3 +456,6 @@ class PostgresEngine:
 
     def documents(self, name: str | None = None) -> list[DocumentInfo]:
         return self._on_connection(lambda conn: postgres_tables(conn).documents(name))
+
+    def history(self, name: str) -> list[HistoryPoint]:
+        return self._on_connection(lambda conn: postgres_tables(conn).history(name))

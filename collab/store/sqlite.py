@@ -28,7 +28,7 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from ..errors import ConfigError, StorageError
-from . import DocumentDump, DocumentInfo, StoredRecord, WriteOp
+from . import DocumentDump, DocumentInfo, HistoryPoint, StoredRecord, WriteOp
 from .compaction import OwnRows
 from .history import Retention
 from .sqlite_read import CHECKED_TABLES, first_checked_ids, sqlite_tables
@@ -353,3 +353,6 @@ class SQLiteEngine:
 
     def documents(self, name: str | None = None) -> list[DocumentInfo]:
         return self._tables().documents(name)
+
+    def history(self, name: str) -> list[HistoryPoint]:
+        return self._tables().history(name)

@@ -24,6 +24,7 @@ from ..errors import CorruptDocumentError, DocumentTooLargeError, InvalidUpdateE
 from ..logs import fields
 from ..metrics import Counter
 from ..store import Store, StoredRecord
+from .journal import SAMPLE_EVERY, Journal, display_names
 from .presence import Presence
 from .protocol import (
     Auth,
@@ -153,12 +154,14 @@ class Room:
         schedule: Callable[[Callable[[], None]], object] | None = None,
         rejected: Counter | None = None,
         publisher: Publisher | None = None,
+        journal: Journal | None = None,
     ) -> None:
         """`schedule(callback)` runs a flush later (e.g. `loop.call_soon`); without it, flushes are immediate.
 
         `max_document_size`: bytes an update may not grow the document beyond (0: no limit).
         `rejected`: where dropped awareness entries are counted, by reason (the server's metrics).
         `publisher`: where what this room accepts from its own peers goes for the other processes (`--relay`).
+        `journal`: where the room says who was there while it was edited (see `collab.sync.journal`).
         """
         self.name = name
         self._doc: Doc = doc if doc is not None else Doc()
@@ -187,6 +190,11 @@ class Room:
         since. An upper bound of len(doc.get_update()) (updates overlap and delete), measured exactly
         again at compaction and before refusing an update for it (`_check_growth`)."""
         self._size_exact = True
+        self._journal = journal
+        self._next_sample = 0.0
+        """Unix time from which edits sample who is there again (`_edited`)."""
+        self._unsampled = False
+        """Edits came since the last sample: a peer leaving is sampled first."""
 
     @classmethod
     def from_records(
@@ -200,6 +208,7 @@ class Room:
         schedule: Callable[[Callable[[], None]], object] | None = None,
         rejected: Counter | None = None,
         publisher: Publisher | None = None,
+        journal: Journal | None = None,
     ) -> Room:
         """Rebuild a room from what the store holds; raise `CorruptDocumentError` naming a bad record.
 
@@ -220,6 +229,7 @@ class Room:
             schedule=schedule,
             rejected=rejected,
             publisher=publisher,
+            journal=journal,
         )
         if len(records) == 1:
             room._stored, room._stored_state = records[0].data, states[0]
@@ -252,6 +262,8 @@ class Room:
 
         `now`: the caller's monotonic clock, the same one it gives `receive` (default: `time.monotonic()`).
         """
+        if self._unsampled:
+            self._sample(time.time())
         self.peers.pop(peer, None)
         changes = self.presence.remove_owner(peer, time.monotonic() if now is None else now)
         for frame in awareness_messages(changes):
@@ -291,13 +303,26 @@ class Room:
             elif type(message) is Auth:
                 logger.debug("ignored auth message from client %s in %r", peer.id, self.name)
 
-    def _accept_update(self, sender: Peer, update: bytes, frame: bytes, trial: bool = False) -> None:
-        """Relay, queue for the store and the Doc; an update that only the Doc can judge (`trial`) is
-        applied first, and refused with `InvalidUpdateError` if it does not integrate."""
+    def accept_own_update(self, update: bytes) -> None:
+        """Take an update the server made (a restore: `collab.sync.restore`) as a client's is taken: checked,
+        held to the size limit, applied to the Doc at once, relayed to every peer, stored, published.
+
+        Raises what a client's update would earn (`InvalidUpdateError`, `DocumentTooLargeError`); nothing of
+        it took effect then.
+        """
+        if self.max_document_size and self.size + len(update) > self.max_document_size:
+            self._check_growth(len(update))
+        check_update(update)
+        self._accept_update(None, update, b"", trial=True)
+
+    def _accept_update(self, sender: Peer | None, update: bytes, frame: bytes, trial: bool = False) -> None:
+        """Relay (to every peer but `sender`), queue for the store and the Doc; an update that only the Doc can
+        judge (`trial`) is applied first, and refused with `InvalidUpdateError` if it does not integrate."""
         if update == EMPTY_UPDATE:
             return
         if trial:
             self._apply_now(update)
+            self._edited()
         frame = frame or Update(update).encode()
         for peer in self.peers:
             if peer is not sender:
@@ -395,6 +420,23 @@ class Room:
         for peer in self.peers:
             peer.send(frame)
 
+    def _edited(self) -> None:
+        """Edits were integrated: sample who is there, unless a sample was taken less than SAMPLE_EVERY ago."""
+        if self._journal is None:
+            return
+        now = time.time()
+        if now >= self._next_sample:
+            self._sample(now)
+        else:
+            self._unsampled = True
+
+    def _sample(self, now: float) -> None:
+        if self._journal is None or self.ended:  # an ended room's name may already be another document's
+            return
+        self._journal.present(self.name, now, display_names(self.presence.current()))
+        self._next_sample = now + SAMPLE_EVERY
+        self._unsampled = False
+
     # The server's copy of the document.
 
     def flush(self) -> None:
@@ -407,8 +449,10 @@ class Room:
         """
         if self._relayed:
             self._apply_relayed()
+            self._edited()
         pending = self._pending
         if pending:
+            self._edited()
             self._pending = []
             try:
                 batch = pending[0] if len(pending) == 1 else merge_updates(*pending)
@@ -541,6 +585,7 @@ class Room:
             return
         if trial:
             self._apply_now(update)
+            self._edited()
         else:
             self._relayed.append(update)
             if len(self._relayed) == 1 and not self._pending:

@@ -1,9 +1,12 @@
 // The editor page, /d/<name>: CodeMirror 6 bound to the document's Y.Text "content" through the stock
-// y-websocket provider, with presence (names, colours, remote cursors), a connection status and
-// undo/redo of one's own edits only.
+// y-websocket provider, with presence (names, colours, remote cursors), a connection status, undo/redo of
+// one's own edits only, an offline copy in IndexedDB, read-only access shown as such, the History panel,
+// the Share dialog, and what the server says when it ends the document (deleted, renamed, refused).
 
+import './install.js'
 import * as Y from 'yjs'
-import { WebsocketProvider } from 'y-websocket'
+import { WebsocketProvider, messageAuth } from 'y-websocket'
+import { readAuthMessage } from 'y-protocols/auth'
 import { Compartment, EditorState, Prec } from '@codemirror/state'
 import {
   EditorView, drawSelection, dropCursor, highlightActiveLine, highlightActiveLineGutter, highlightSpecialChars,
@@ -15,12 +18,23 @@ import { markdownKeymap, markdownLanguage } from '@codemirror/lang-markdown'
 import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
 
 import { h, initials } from './dom.js'
+import { setUpHistory } from './history.js'
 import { askIdentity, awarenessUser, loadIdentity } from './identity.js'
-import { nameFromEditorPath, pageToken, roomPath, websocketServer, withToken } from './names.js'
+import { apiProblem, callApi, editorPath, nameFromEditorPath, nameProblem, pageToken, roomPath, websocketServer, withToken } from './names.js'
+import { keepOffline } from './offline.js'
+import { setUpPeople } from './people.js'
+import { setUpShare } from './share.js'
 import { editorTheme, markdownHighlighting } from './theme.js'
 
 /** The root Y.Text every collab client edits; other clients and the export script use the same name. */
 export const CONTENT = 'content'
+
+/** Close codes the server ends a document's connections with (collab/errors.py). */
+const DOCUMENT_DELETED = 4410
+const DOCUMENT_RENAMED = 4411
+
+/** How long the page waits for GET /api/access before it takes the answer as unknown (editable, as offline). */
+const ACCESS_TIMEOUT_MS = 8000
 
 const $ = (selector) => document.querySelector(selector)
 
@@ -32,6 +46,8 @@ const $ = (selector) => document.querySelector(selector)
 function markdownSupport () {
   return new LanguageSupport(markdownLanguage, [Prec.high(keymap.of(markdownKeymap))])
 }
+
+const READ_ONLY = [EditorState.readOnly.of(true), EditorView.editable.of(false)]
 
 function main () {
   let name
@@ -51,6 +67,7 @@ function main () {
   $('#doc-name').title = name
 
   const doc = new Y.Doc()
+  const offline = keepOffline(name, doc)
   const text = doc.getText(CONTENT)
   // With access control on, the page's ?token= goes to the server as the provider's URL parameter.
   const token = pageToken()
@@ -58,6 +75,9 @@ function main () {
   const undoManager = new Y.UndoManager(text)
   const editable = new Compartment()
   const hint = new Compartment()
+  // Online, nothing can be typed until the server says this page may edit: a viewer's keystrokes must never
+  // look saved. Offline there is no one to ask, and the page edits as it always did.
+  const access = { answer: null, asking: navigator.onLine, editsRefused: false, ended: false }
 
   const view = new EditorView({
     parent: $('#editor'),
@@ -78,7 +98,7 @@ function main () {
         markdownSupport(),
         markdownHighlighting,
         editorTheme,
-        editable.of([]),
+        editable.of(access.asking ? READ_ONLY : []),
         hint.of(placeholder('Loading…')),
         yCollab(text, provider.awareness, { undoManager })
       ]
@@ -86,19 +106,112 @@ function main () {
   })
 
   // For the browser console and the end-to-end tests: the live objects behind the page.
-  window.collab = { name, doc, text, provider, view, undoManager }
+  window.collab = { name, doc, text, provider, view, undoManager, offline, access }
 
-  trackConnection(provider, doc, {
-    onSynced: () => view.dispatch({ effects: hint.reconfigure(placeholder('Start writing… (Markdown works)')) }),
-    onRefused: () => view.dispatch({
-      effects: [editable.reconfigure([EditorState.readOnly.of(true), EditorView.editable.of(false)]), hint.reconfigure([])]
+  const history = setUpHistory({ name, text, live: view })
+  let connection = null
+
+  /** Apply what is known of this page's access: the editor, the badge, the Restore button. */
+  const applyAccess = () => {
+    const viewOnly = access.editsRefused || access.answer?.access === 'view'
+    const canEdit = !access.ended && !viewOnly && !access.asking && access.answer?.access !== 'none'
+    const couldEdit = view.state.facet(EditorView.editable)
+    view.dispatch({ effects: editable.reconfigure(canEdit ? [] : READ_ONLY) })
+    // The page focused the editor while it waited for the answer, which a read-only editor does not take.
+    if (canEdit && !couldEdit && document.activeElement === document.body) view.focus()
+    $('#readonly-badge').hidden = !viewOnly || access.ended
+    document.body.classList.toggle('is-read-only', viewOnly)
+    history.setWritable(canEdit)
+    if (viewOnly) takeBackUnsavedEdits(undoManager)
+    connection?.render()
+  }
+
+  // `holdEdits`: the editor takes no input until the answer (the first time, before anything is typed);
+  // asked again once connected after an unanswered first time, the person may be typing already.
+  let asked = null // the question in flight
+  // A name the server refuses (close code 4400, its reason shown) has no access to ask about.
+  const askable = !nameProblem(name)
+  const askAccess = (holdEdits) => {
+    asked ??= (async () => {
+      access.asking = holdEdits && navigator.onLine
+      applyAccess()
+      access.answer = await whatAccess(name)
+      access.asking = false
+      asked = null
+      applyAccess()
+    })()
+  }
+
+  // The server's auth message: either a refusal about to close the connection, or (a read-only token)
+  // "your edits are not saved": from then on the editor takes no input. Stock y-websocket only logs it.
+  provider.messageHandlers[messageAuth] = (_encoder, decoder) => {
+    readAuthMessage(decoder, doc, (_doc, reason) => {
+      console.info(`collab: the server refuses edits here: ${reason}`)
+      access.editsRefused = true
+      applyAccess()
     })
+  }
+
+  connection = trackConnection(provider, doc, access, {
+    onConnected: () => {
+      if (askable && !access.answer) askAccess(false) // asked while offline, or no answer then
+    },
+    onSynced: () => view.dispatch({ effects: hint.reconfigure(placeholder('Start writing… (Markdown works)')) }),
+    onEnded: (code) => {
+      access.ended = true
+      view.dispatch({ effects: hint.reconfigure([]) })
+      applyAccess()
+      history.close()
+      // There is no history to browse nor link to share of a document that is gone.
+      $('#history-button').disabled = true
+      $('#share').disabled = true
+      // A deleted or renamed document must not come back from this browser's copy on a later visit.
+      if (code === DOCUMENT_DELETED || code === DOCUMENT_RENAMED) offline.forget()
+    }
   })
+  if (askable) {
+    askAccess(true)
+  } else {
+    access.asking = false
+    applyAccess()
+  }
   setUpPresence(provider, view)
-  setUpShareButton()
+  setUpShare({ name, button: $('#share'), getAccess: () => access.answer })
 }
 
-// Connection status: connected / connecting / offline, and a permanent refusal (close codes 4400-4499).
+/**
+ * What GET /api/access says this page may do with document `name`: its answer, `{ access: 'none' }` when
+ * the token is refused (the WebSocket is refused too, and says why), or null when no answer came.
+ */
+async function whatAccess (name) {
+  try {
+    const answer = await callApi(`/api/access?doc=${encodeURIComponent(name)}`, { timeout: ACCESS_TIMEOUT_MS })
+    if (answer.status === 200) return answer.body
+    if (answer.status === 401 || answer.status === 403) return { access: 'none', access_control: true, can_share: false }
+    console.warn(`collab: could not learn this page's access: ${apiProblem(answer)}`)
+  } catch (error) {
+    console.warn(`collab: could not learn this page's access: ${apiProblem(error)}`)
+  }
+  return null
+}
+
+/**
+ * Take back what was typed here that the server will not keep (typed offline, then the access turned out to
+ * be view only): undo this page's own edits, so that the text shown is what the server has, and say so.
+ */
+function takeBackUnsavedEdits (undoManager) {
+  if (!undoManager.undoStack.length) return
+  for (let left = undoManager.undoStack.length; left > 0 && undoManager.undoStack.length; left--) undoManager.undo()
+  undoManager.clear()
+  const notice = $('#notice')
+  notice.replaceChildren(
+    h('strong', {}, 'This link can only view the document. '),
+    'What you typed was not saved, and has been taken back.'
+  )
+  notice.hidden = false
+}
+
+// Connection status: connected / connecting / offline, and a permanent end (close codes 4400-4499).
 
 function setStatus (state, label, detail = '') {
   const status = $('#status')
@@ -126,22 +239,53 @@ function showRefusal (message) {
   )
 }
 
-function trackConnection (provider, doc, { onSynced, onRefused }) {
+/** The new name in a 4411 close reason ("renamed to NEW"), or null if the reason says none. */
+function renamedTo (reason) {
+  const match = /^renamed to (.+)$/s.exec(reason ?? '')
+  return match ? match[1] : null
+}
+
+/** What the page says when the server ends the document for good: deleted, renamed, or refused. */
+function showEnd (code, reason) {
+  const newName = code === DOCUMENT_RENAMED ? renamedTo(reason) : null
+  if (code === DOCUMENT_DELETED) {
+    setStatus('refused', 'Deleted', 'This document was deleted.')
+    showBanner('error',
+      h('strong', {}, 'This document was deleted. '),
+      `The server said: “${reason || 'no reason given'}”. `,
+      h('a', { href: withToken('/') }, 'See all documents')
+    )
+  } else if (newName) {
+    setStatus('refused', 'Renamed', `This document is now called ${newName}.`)
+    showBanner('info',
+      h('strong', {}, `This document was renamed to “${newName}”. `),
+      h('a', { href: withToken(editorPath(newName)) }, `Open “${newName}”`),
+      ' · ',
+      h('a', { href: withToken('/') }, 'All documents')
+    )
+  } else {
+    setStatus('refused', 'Refused', `The server refused this document (close code ${code}).`)
+    showRefusal(`The server said: “${reason || 'no reason given'}” (close code ${code}).`)
+  }
+}
+
+function trackConnection (provider, doc, access, { onConnected, onSynced, onEnded }) {
   let status = 'connecting'
   let lostConnection = false // true from a failed or closed connection until the next successful one
   let unsentEdits = false // local edits made while not connected, which only this tab holds
-  let refused = false
+  let ended = false
 
+  // "Connected" once this page can work with the document: synced, and its access known (or unknowable).
   const render = () => {
-    if (refused) return
-    if (status === 'connected' && provider.synced) {
+    if (ended) return
+    if (status === 'connected' && provider.synced && !access.asking) {
       setStatus('connected', 'Connected', 'Connected: your edits are shared as you type.')
       hideBanner()
     } else if (lostConnection) {
       setStatus('offline', 'Offline', 'Offline: retrying the connection with backoff.')
       showBanner('offline',
         h('strong', {}, 'You’re offline. '),
-        'Keep typing: your changes stay in this tab and are sent when the connection comes back.'
+        'Keep typing: your changes stay in this browser and are sent when the connection comes back.'
       )
     } else {
       setStatus('connecting', status === 'connected' ? 'Syncing…' : 'Connecting…')
@@ -150,7 +294,10 @@ function trackConnection (provider, doc, { onSynced, onRefused }) {
 
   provider.on('status', (event) => {
     status = event.status
-    if (status === 'connected') lostConnection = false
+    if (status === 'connected') {
+      lostConnection = false
+      onConnected()
+    }
     if (status === 'disconnected') lostConnection = true
     render()
   })
@@ -167,25 +314,25 @@ function trackConnection (provider, doc, { onSynced, onRefused }) {
     render()
   })
   provider.on('closed', ({ code, reason }) => {
-    refused = true
-    setStatus('refused', 'Refused', `The server refused this document (close code ${code}).`)
-    showRefusal(`The server said: “${reason || 'no reason given'}” (close code ${code}).`)
-    onRefused()
+    ended = true
+    showEnd(code, reason)
+    onEnded(code)
   })
   doc.on('update', (update, origin) => {
     if (origin !== provider && !(status === 'connected' && provider.synced)) unsentEdits = true
   })
   window.addEventListener('beforeunload', (event) => {
-    if (unsentEdits && !refused) {
+    if (unsentEdits && !ended && !access.editsRefused) {
       // The browser asks before edits that only this tab holds are lost.
       event.preventDefault()
       event.returnValue = ''
     }
   })
   render()
+  return { render }
 }
 
-// Presence: my name and colour in the awareness state, the list of people here now.
+// Presence: my name and colour in the awareness state; the people here now are drawn by people.js.
 
 function setUpPresence (provider, view) {
   const awareness = provider.awareness
@@ -210,32 +357,7 @@ function setUpPresence (provider, view) {
     view.focus()
   })
 
-  const renderPeople = () => {
-    // One entry per person (same name and colour), however many tabs they have open; me first.
-    const people = new Map()
-    for (const [clientID, state] of awareness.getStates()) {
-      const user = state.user
-      const isMe = clientID === awareness.clientID
-      if (!user && isMe) continue
-      const name = typeof user?.name === 'string' && user.name ? user.name : 'Anonymous'
-      const color = typeof user?.color === 'string' ? user.color : '#8c959f'
-      const key = `${name}\u0000${color}`
-      const person = people.get(key) ?? { name, color, isMe: false }
-      person.isMe ||= isMe
-      people.set(key, person)
-    }
-    const sorted = [...people.values()].sort((a, b) => (b.isMe - a.isMe) || a.name.localeCompare(b.name))
-    $('#people').replaceChildren(...sorted.map((person) =>
-      h('li', { class: person.isMe ? 'person is-me' : 'person', title: person.isMe ? `${person.name} (you)` : person.name },
-        h('span', { class: 'avatar', style: { '--person': person.color }, 'aria-hidden': 'true' }, initials(person.name)),
-        h('span', { class: 'person-name' }, person.name),
-        person.isMe ? h('span', { class: 'sr-only' }, ' (you)') : null
-      )
-    ))
-    $('#people').setAttribute('aria-label', `${sorted.length} ${sorted.length === 1 ? 'person' : 'people'} in this document`)
-  }
-  awareness.on('change', renderPeople)
-
+  setUpPeople(awareness)
   if (identity) {
     apply(identity)
     view.focus()
@@ -245,37 +367,6 @@ function setUpPresence (provider, view) {
       view.focus()
     })
   }
-  renderPeople()
-}
-
-function setUpShareButton () {
-  const button = $('#share')
-  const label = button.querySelector('.button-label')
-  button.addEventListener('click', async () => {
-    const url = window.location.href
-    let copied = false
-    try {
-      await navigator.clipboard.writeText(url)
-      copied = true
-    } catch {
-      // No clipboard API (plain http on a LAN address is not a secure context): the old way.
-      const field = h('textarea', { readonly: true, style: { position: 'fixed', opacity: '0' } }, url)
-      document.body.append(field)
-      field.select()
-      copied = document.execCommand('copy')
-      field.remove()
-    }
-    if (!copied) {
-      window.prompt('Copy this link to share the document:', url)
-      return
-    }
-    label.textContent = 'Link copied'
-    button.classList.add('is-done')
-    setTimeout(() => {
-      label.textContent = 'Share'
-      button.classList.remove('is-done')
-    }, 2000)
-  })
 }
 
 main()

@@ -1,5 +1,6 @@
-// Document names and the URLs that carry them. The server is the authority on what a valid name is
-// (collab/names.py, close code 4400); `nameProblem` mirrors its rules so the open field can say why early.
+// Document names, the URLs that carry them and the API requests about them. The server is the authority on
+// what a valid name is (collab/names.py, close code 4400); `nameProblem` mirrors its rules so the open field
+// can say why early.
 
 export const MAX_NAME_LENGTH = 255
 
@@ -54,4 +55,47 @@ export function pageToken (where = window.location) {
 export function withToken (path, token = pageToken()) {
   if (!token) return path
   return `${path}${path.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`
+}
+
+/**
+ * The API path of document `name` under `prefix` ('/api/docs', '/api/history'), with `tail` after it: the
+ * name percent-encoded whole, slashes too (the server decodes %2F back to "/").
+ */
+export function apiPath (prefix, name, tail = '') {
+  return `${prefix}/${encodeURIComponent(name)}${tail}`
+}
+
+/** How long an API request may take before the page gives up on it and says so. */
+export const API_TIMEOUT_MS = 15000
+
+/**
+ * Call the API with the page's token (as a Bearer header: it stays out of the request line). Resolves with
+ * `{ status, body }`: body is the JSON answer (`as: 'json'`) or, for a 200 with `as: 'text'`, its text; an
+ * answer that is not what was asked for comes as `{ error }`. Rejects only when no answer came (offline, the
+ * server away, `timeout` passed).
+ */
+export async function callApi (path, { method = 'GET', as = 'json', token = pageToken(), timeout = API_TIMEOUT_MS } = {}) {
+  const response = await fetch(path, {
+    method,
+    cache: 'no-store',
+    headers: token ? { Authorization: `Bearer ${token}` } : {},
+    signal: AbortSignal.timeout(timeout)
+  })
+  const answer = await response.text()
+  if (as === 'text' && response.status === 200) return { status: 200, body: answer }
+  let body
+  try {
+    body = JSON.parse(answer)
+  } catch {
+    body = { error: answer.trim() || `the server answered ${response.status}` }
+  }
+  return { status: response.status, body }
+}
+
+/** Why an API call failed, for a person: the server's own words when it answered, else what happened. */
+export function apiProblem (answerOrError) {
+  if (answerOrError instanceof Error) {
+    return answerOrError.name === 'TimeoutError' ? 'the server did not answer in time' : 'the server could not be reached'
+  }
+  return answerOrError.body?.error || `the server answered ${answerOrError.status}`
 }
