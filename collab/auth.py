@@ -10,7 +10,11 @@ library can mint one. Its claims:
      "exp": 1798000000,     # Unix time it expires: an integer, required
      "iat": 1797996400,     # Unix time it was issued, optional: `collab revoke --doc ... --before`
      "sub": "ada",          # who it is for, optional: the same person across reconnects
-     "jti": "k3J9..."}      # its id, optional: `collab revoke --id`
+     "jti": "k3J9...",      # its id, optional: `collab revoke --id`
+     "via": {"ids": ["ada-1"], "iat": 1797990000}}
+                            # a share link's line, set by collab only (`share_grant`): the ids of the
+                            # tokens it was shared from and when the first was issued, so that revoking
+                            # any of them by id, or the first by time, voids the link too
 
 An app server mints tokens with the secret collab is configured with (or with
 the private key of `--auth-public-key`, see `collab.keys`); collab only verifies
@@ -35,11 +39,14 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from .errors import ForbiddenError, UnauthenticatedError
+from .units import format_time
 
 if TYPE_CHECKING:
     from .keys import PublicKey
 
 __all__ = [
+    "MAX_SHARE_DEPTH",
+    "MAX_TIME",
     "SHARE_ID_PREFIX",
     "TOKEN_SUBPROTOCOL_PREFIX",
     "Access",
@@ -47,7 +54,9 @@ __all__ = [
     "Permission",
     "Revocation",
     "Revocations",
+    "Via",
     "authorize",
+    "mint_grant",
     "mint_token",
     "share_grant",
     "token_from_subprotocols",
@@ -56,13 +65,34 @@ __all__ = [
 
 TOKEN_SUBPROTOCOL_PREFIX = "token."
 _HEADER = {"alg": "HS256", "typ": "JWT"}
-MAX_TIME = 2**53
-"""Later times (the year 285 million) are refused: JavaScript cannot hold them exactly, nor timers wait so long."""
+MAX_TIME = 253402300799
+"""Later `exp` and `iat` are refused: 9999-12-31T23:59:59Z, the last second an ISO 8601 answer (`expires_at`)
+can write with its four-digit year, and Python's `datetime` hold."""
+MAX_SHARE_DEPTH = 8
+"""The most ids a share token's `via` holds: a link made from a link ... made from a token, 8 deep at most, so
+that re-sharing cannot grow a token (and its URL) without end."""
 
 
 class Permission(Enum):
     READ = "read"
     WRITE = "write"
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    """Where a share token comes from: its line of tokens, each shared from the one before.
+
+    A revocation of any token in the line voids the share token too, so that a link (or a link made from a
+    link) does not outlive the access it came from: by id, any of `token_ids`; by time, the first token's
+    `issued_at`, since a link a leaked token's holder mints after the leak is as leaked as the token.
+    """
+
+    token_ids: tuple[str, ...]
+    """The `jti` of every token in the line, the first (an app server's or `collab token`'s) first, the sharer
+    last; a token without a `jti` is left out (it cannot be revoked by id)."""
+    issued_at: float | None
+    """The first token's `iat`; None if it had none: the link then counts, as that token does, as issued before
+    any revocation by time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +109,8 @@ class Grant:
     """The token's `jti` claim, by which it can be revoked, if the issuer gave one."""
     issued_at: float | None = None
     """The token's `iat` claim; a token without one counts as issued before any revocation by time."""
+    via: Via | None = None
+    """A share token's line (its `via` claim); None for any other token."""
 
     def covers(self, name: str) -> bool:
         return name == self.scope or (self.scope.endswith("/") and name.startswith(self.scope))
@@ -112,21 +144,43 @@ def mint_token(
 ) -> str:
     """A token granting `permission` on `scope` for `ttl` seconds, with `iat` and a `jti` (random if not given)."""
     issued = time.time() if now is None else now
-    claims: dict[str, object] = {
-        "doc": scope,
-        "perm": permission.value,
-        "exp": int(issued + ttl),
-        "iat": int(issued),
-        "jti": secrets.token_urlsafe(16) if token_id is None else token_id,
-    }
-    if subject is not None:
-        claims["sub"] = subject
+    grant = Grant(
+        scope,
+        permission,
+        float(int(issued + ttl)),
+        subject=subject,
+        token_id=secrets.token_urlsafe(16) if token_id is None else token_id,
+        issued_at=float(int(issued)),
+    )
+    return mint_grant(secret, grant)
+
+
+def mint_grant(secret: bytes, grant: Grant) -> str:
+    """A token that verifies as exactly `grant` (`exp` cut to a whole second), signed with `secret`: how a
+    share link's grant from `share_grant` becomes its token, `via` and all."""
+    claims: dict[str, object] = {"doc": grant.scope, "perm": grant.permission.value, "exp": int(grant.expires_at)}
+    if grant.issued_at is not None:
+        claims["iat"] = _json_time(grant.issued_at)
+    if grant.token_id is not None:
+        claims["jti"] = grant.token_id
+    if grant.subject is not None:
+        claims["sub"] = grant.subject
+    if grant.via is not None:
+        line: dict[str, object] = {"ids": list(grant.via.token_ids)}
+        if grant.via.issued_at is not None:
+            line["iat"] = _json_time(grant.via.issued_at)
+        claims["via"] = line
     signing_input = (
         _b64(json.dumps(_HEADER, separators=(",", ":")).encode())
         + "."
         + _b64(json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode())
     )
     return signing_input + "." + _sign(secret, signing_input)
+
+
+def _json_time(timestamp: float) -> int | float:
+    """A whole second as an integer, as tokens usually write `iat`; any other time as it is."""
+    return int(timestamp) if timestamp.is_integer() else timestamp
 
 
 SHARE_ID_PREFIX = "share-"
@@ -139,10 +193,14 @@ def share_grant(sharer: Grant, name: str, permission: Permission, ttl: float, no
 
     Exactly that one document, which `sharer` must cover (`ForbiddenError`, "forbidden"); write only from a
     write grant (`ForbiddenError`, "read_only"); expiring after `ttl` seconds but never after `sharer` does;
-    issued `now` (`iat`, so `collab revoke --doc NAME` voids it too) with an id of its own (`jti`, for
-    `collab revoke --id`); no `sub`, since it is for whoever gets the link. Times are whole seconds, as `exp`
-    and `iat` are written. A name ending in '/' would be read as a prefix of names, and a `ttl` too short to
-    outlive `now` once rounded down would mint a dead token: `ValueError`.
+    with an id of its own (`jti`, for `collab revoke --id`) and no `sub`, since it is for whoever gets the link.
+    Its `via` is the sharer's line with the sharer added (`Via`), so that it falls with any token it came from;
+    a line already `MAX_SHARE_DEPTH` ids long is refused (`ForbiddenError`, "share_depth").
+
+    Times are whole seconds, as `exp` and `iat` are written. `iat` is `now` rounded up: rounded down, it could
+    fall before a `collab revoke --doc` made earlier in the same second and mint a link void when made. A name
+    ending in '/' would be read as a prefix of names, and a `ttl` under a second, or a sharer expiring within
+    the second, would mint a dead token: `ValueError`.
     """
     if name.endswith("/"):
         raise ValueError(
@@ -152,16 +210,36 @@ def share_grant(sharer: Grant, name: str, permission: Permission, ttl: float, no
         raise ForbiddenError(f"token is for {sharer.scope!r}, not {name!r}", "forbidden")
     if permission is Permission.WRITE and not sharer.can_write:
         raise ForbiddenError(f"a read-only token cannot share {name!r} for editing", "read_only")
-    expires = min(math.floor(now + ttl), math.floor(sharer.expires_at))
-    if expires <= now:
+    via = _line_after(sharer)
+    if len(via.token_ids) > MAX_SHARE_DEPTH:
+        raise ForbiddenError(
+            f"this token comes from a line of {MAX_SHARE_DEPTH} shared tokens already, and shares no further",
+            "share_depth",
+        )
+    issued = math.ceil(now)
+    expires = math.floor(issued + ttl)
+    if expires <= issued:
         raise ValueError(f"a share link lasting {ttl:g} s would be expired when made")
+    if math.floor(sharer.expires_at) <= issued:
+        raise ValueError(
+            f"the token sharing it expires at {format_time(sharer.expires_at)}, within the second:"
+            " a share link, which never outlives it, would be expired when made"
+        )
     return Grant(
         name,
         permission,
-        float(expires),
+        float(min(expires, math.floor(sharer.expires_at))),
         token_id=SHARE_ID_PREFIX + secrets.token_urlsafe(16),
-        issued_at=float(math.floor(now)),
+        issued_at=float(issued),
+        via=via,
     )
+
+
+def _line_after(sharer: Grant) -> Via:
+    """The `via` of a token shared from `sharer`: its own line (or, for a first token, none) and its id."""
+    line = sharer.via or Via((), sharer.issued_at)
+    ids = line.token_ids if sharer.token_id is None else (*line.token_ids, sharer.token_id)
+    return Via(ids, line.issued_at)
 
 
 def verify_token(
@@ -224,11 +302,31 @@ def grant_from_claims(claims: dict[str, object]) -> Grant:
         subject=subject,
         token_id=token_id,
         issued_at=issued_at,
+        via=_via(claims.get("via")),
     )
 
 
-def _unix_time(claims: dict[str, object], key: str, *, required: bool, integer: bool) -> float | None:
-    """Claim `key` as a Unix time within ±MAX_TIME (None if absent and not `required`); never a bool, NaN or inf."""
+def _via(value: object) -> Via | None:
+    """The `via` claim as `mint_grant` writes it, or None if absent (or null); `UnauthenticatedError` if it is not."""
+    if value is None:
+        return None
+    wrong = (
+        "malformed token claims: via must be {"
+        f'"ids": [up to {MAX_SHARE_DEPTH} strings], "iat": a Unix time (optional)}}'
+    )
+    if not isinstance(value, dict) or not value.keys() <= {"ids", "iat"}:
+        raise UnauthenticatedError(wrong)
+    ids = value.get("ids")
+    if type(ids) is not list or len(ids) > MAX_SHARE_DEPTH or not all(isinstance(id_, str) for id_ in ids):
+        raise UnauthenticatedError(wrong)
+    return Via(tuple(ids), _unix_time(value, "iat", required=False, integer=False, label="via.iat"))
+
+
+def _unix_time(
+    claims: dict[str, object], key: str, *, required: bool, integer: bool, label: str | None = None
+) -> float | None:
+    """Claim `key` (called `label` in the refusal) as a Unix time within ±MAX_TIME, None if absent and not
+    `required`; never a bool, NaN or inf."""
     value = claims.get(key)
     if value is None and not required:
         return None
@@ -236,7 +334,10 @@ def _unix_time(claims: dict[str, object], key: str, *, required: bool, integer: 
     # and infinities, and compares huge ints exactly (math.isfinite would overflow converting them).
     if (type(value) is int or (not integer and type(value) is float)) and -MAX_TIME <= value <= MAX_TIME:
         return float(value)
-    raise UnauthenticatedError(f"malformed token claims: {key} must be {'an integer' if integer else 'a'} Unix time")
+    raise UnauthenticatedError(
+        f"malformed token claims: {label or key} must be {'an integer' if integer else 'a'} Unix time"
+        f" up to {MAX_TIME} ({format_time(MAX_TIME)})"
+    )
 
 
 def authorize(
@@ -278,13 +379,26 @@ class Revocations:
                 self.before[revocation.scope] = max(revocation.before, self.before.get(revocation.scope, -math.inf))
 
     def revokes(self, grant: Grant, name: str | None) -> bool:
-        """Whether `grant` is void for document `name` (None: for everything, as a listing asks)."""
+        """Whether `grant` is void for document `name` (None: for everything, as a listing asks).
+
+        A share token is void with any token of its line (`Via`): by id, any of them; by time, when it or the
+        first was issued before the revocation's time, whichever is earlier.
+        """
         if grant.token_id is not None and grant.token_id in self.token_ids:
+            return True
+        if grant.via is not None and not self.token_ids.isdisjoint(grant.via.token_ids):
             return True
         if name is None or not self.before:
             return False
-        issued = -math.inf if grant.issued_at is None else grant.issued_at
+        issued = _time_or_before_all(grant.issued_at)
+        if grant.via is not None:
+            issued = min(issued, _time_or_before_all(grant.via.issued_at))
         return any(issued < self.before.get(scope, -math.inf) for scope in _scopes_covering(name))
+
+
+def _time_or_before_all(issued_at: float | None) -> float:
+    """An `iat`, or for a token without one a time before any revocation's."""
+    return -math.inf if issued_at is None else issued_at
 
 
 def _scopes_covering(name: str) -> Iterable[str]:

@@ -20,7 +20,7 @@
     ├── NotFoundError              no document by that name                           404    3
     │   └── HistoryError           no state is kept for the moment asked for          404    3
     ├── AlreadyExistsError         a document by that name exists already             409    1
-    ├── RestoreError               a restore cannot bring the document back as it was 409    1
+    ├── RestoreError               what a restore cannot bring back as it was         409    1
     ├── ExportError                the export cannot be done as asked                 500    1
     ├── ImportFailed               the backup cannot be imported as asked             500    1
     └── ConfigError                a setting or command-line argument is wrong        400    2

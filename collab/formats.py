@@ -3,7 +3,7 @@
 The web editor and most clients keep a document's text in the root `Y.Text`
 named `content`; `txt` and `md` export that. `json` exports every root, whose
 types are not recorded in a Yjs update and are found by looking (see
-`root_types`). `ydoc` is the whole document as one Yjs v1 update, which any Yjs
+`typed_roots`). `ydoc` is the whole document as one Yjs v1 update, which any Yjs
 or pycrdt client can load, and which `collab import` merges back.
 """
 
@@ -15,22 +15,28 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
+from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText, merge_updates
 
 from .errors import CorruptDocumentError, NotFoundError
 from .store import DocumentInfo, StoredRecord
 from .sync.room import check_records
+from .sync.yupdate import EMPTY_UPDATE
 from .units import format_time
 
 __all__ = [
     "CONTENT_ROOT",
     "FORMATS",
     "Format",
+    "Pause",
+    "Root",
+    "breathe",
+    "check_existed",
     "doc_from_records",
     "doc_from_updates",
     "render",
-    "root_types",
     "to_json",
+    "typed_roots",
+    "update_from_records",
 ]
 
 CONTENT_ROOT = "content"
@@ -45,11 +51,20 @@ FORMATS: dict[str, tuple[str, str]] = {
 """format -> (file extension, content type)"""
 
 RootType = type[Map] | type[Text] | type[XmlFragment] | type[Array]
+SHARED_TYPES = (Text, Map, Array, XmlFragment, XmlElement, XmlText)
+"""What a text's embedded content may be besides plain values: shared types, which an array holds alike."""
 
 
 LONG_NATIVE_CALL = 0.05
 """Seconds of one pycrdt call (it holds the GIL throughout) after which the thread rendering pauses (`breathe`)."""
 BREATHER = 0.005
+
+Pause = Callable[[float], None]
+"""Called after a native call that may have been long, with the `time.perf_counter` time it started: `breathe`
+lets the event loop run; None, where a function takes one, never pauses."""
+
+Root = Map[Any] | Text | XmlFragment | Array[Any]
+"""A root of a document, viewed as the type it has."""
 
 
 def breathe(since: float) -> None:
@@ -64,13 +79,15 @@ def breathe(since: float) -> None:
         time.sleep(BREATHER)
 
 
-def doc_from_updates(updates: list[bytes]) -> Doc:
-    doc: Doc = Doc()
+def doc_from_updates(updates: list[bytes], pause: Pause | None = breathe, client_id: int | None = None) -> Doc:
+    """A document of `updates` (checked already), applied in turn; `client_id`: the one its own changes get."""
+    doc: Doc = Doc() if client_id is None else Doc(client_id=client_id)
     with doc.transaction():
         for update in updates:
             started = time.perf_counter()
             doc.apply_update(update)
-            breathe(started)
+            if pause is not None:
+                pause(started)
     return doc
 
 
@@ -86,6 +103,18 @@ def doc_from_records(name: str, records: list[StoredRecord]) -> Doc:
         raise CorruptDocumentError(f"document {name!r} does not decode: {error}") from error
 
 
+def update_from_records(name: str, records: list[StoredRecord]) -> bytes:
+    """Document `name` from what the store loaded as one update (merged, not integrated: cheaper than a
+    `Doc`), each row checked first as `doc_from_records` does; an empty update for no rows."""
+    check_records(name, records)
+    if len(records) <= 1:
+        return records[0].data if records else EMPTY_UPDATE
+    try:
+        return merge_updates(*(record.data for record in records))
+    except ValueError as error:
+        raise CorruptDocumentError(f"document {name!r} does not decode: {error}") from error
+
+
 def check_existed(info: DocumentInfo, at: float) -> None:
     """Raise `NotFoundError` if the document was created after `at` (the CLI and the API say the same)."""
     if at < info.created_at:
@@ -93,29 +122,35 @@ def check_existed(info: DocumentInfo, at: float) -> None:
         raise NotFoundError(f"document {info.name!r} did not exist yet at {when}; it was created at {created}")
 
 
-def root_types(update: bytes) -> dict[str, RootType | None]:
-    """The type of every root of a document, by viewing it each way on a scratch copy.
+def typed_roots(update: bytes, pause: Pause | None = breathe) -> dict[str, Root | None]:
+    """Every root of a document (a checked update), each viewed as the type it has, by viewing it each way on a
+    scratch copy; None for a root that shows no content (emptied).
 
-    A Yjs update names its roots but not their types, and viewing a root as a
-    type fixes it for good, hence one copy per candidate type. A map has keys,
-    a text has characters, an XML fragment has element or text children, an
-    array has items; a root that shows none of these (emptied) is None.
+    A Yjs update names its roots but not their types, and viewing a root as a type fixes it for good, hence one
+    copy per candidate type; each root returned is read from the copy that viewed it as its type, so the
+    copies are read, never written. A map has keys; a text has characters, formatting or embedded values
+    (not shared types); an XML fragment has element or text children; an array has items. A text whose only
+    content is embedded shared types cannot be told from an array of them (the update holds the same items):
+    it is an array.
     """
     probes: list[tuple[RootType, Callable[[Any], bool]]] = [
         (Map, lambda root: len(root) > 0),
-        (Text, lambda root: len(str(root)) > 0),
+        (Text, lambda root: any(not isinstance(content, SHARED_TYPES) for content, _ in root.diff())),
         (XmlFragment, lambda root: any(isinstance(child, (XmlElement, XmlText)) for child in root.children)),
         (Array, lambda root: len(root) > 0),
     ]
-    names = list(doc_from_updates([update]).keys())
-    found: dict[str, RootType | None] = dict.fromkeys(names)
+    found: dict[str, Root | None] = {}
     for root_type, has_content in probes:
+        scratch = doc_from_updates([update], pause)
+        if not found:
+            found = dict.fromkeys(scratch.keys())
+        for name, root in found.items():
+            if root is None:
+                view: Root = scratch.get(name, type=root_type)
+                if has_content(view):
+                    found[name] = view
         if None not in found.values():
             break  # every root typed: no more scratch copies (each one decodes the whole document)
-        scratch = doc_from_updates([update])
-        for name in names:
-            if found[name] is None and has_content(scratch.get(name, type=root_type)):
-                found[name] = root_type
     return found
 
 
@@ -166,10 +201,7 @@ def render(doc: Doc, fmt: str, info: DocumentInfo | None = None, name: str | Non
     if fmt == "ydoc":
         return update
     if fmt == "json":
-        roots = {
-            root: None if root_type is None else to_json(doc.get(root, type=root_type))
-            for root, root_type in sorted(root_types(update).items())
-        }
+        roots = {name: None if root is None else to_json(root) for name, root in sorted(typed_roots(update).items())}
         document = {
             "name": name if name is not None else info.name if info else None,
             "size": info.size if info else len(update),

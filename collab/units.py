@@ -16,7 +16,7 @@ import math
 import re
 from datetime import UTC, datetime
 
-__all__ = ["format_duration", "format_size", "format_time", "parse_duration", "parse_size", "parse_time"]
+__all__ = ["LATEST_TIME", "format_duration", "format_size", "format_time", "parse_duration", "parse_size", "parse_time"]
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 _SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
@@ -28,6 +28,8 @@ _AGO = re.compile(r"\s*ago\s*$", re.IGNORECASE)
 DURATION_EXAMPLES = "try 50ms, 30s, 5m, 1h, 7d or 2w"
 SIZE_EXAMPLES = "try 1048576, 512K, 64M or 1G"
 TIME_EXAMPLES = "try 2h, 500ms, 1w or 2026-11-28T14:00:00Z"
+LATEST_TIME = 253_402_300_799
+"""9999-12-31T23:59:59Z: the last second ISO 8601 as `format_time` writes it (four-digit years) can say."""
 
 
 def parse_duration(text: str) -> float:
@@ -56,7 +58,8 @@ def parse_size(text: str) -> int:
 def parse_time(text: str, now: float) -> float:
     """'2h' (ago), '500ms', '1w ago', '2026-11-28T14:00:00Z' or '2026-11-28' -> Unix time.
 
-    An ISO 8601 time without a zone is taken as UTC.
+    An ISO 8601 time without a zone is taken as UTC; one before 1970 or after LATEST_TIME is refused, so that
+    `format_time` can write every time this returns.
     """
     relative = _AGO.sub("", text)
     match = _DURATION.match(relative)
@@ -79,6 +82,8 @@ def parse_time(text: str, now: float) -> float:
         raise ValueError(f"not a time: {text!r} ({TIME_EXAMPLES})") from None
     if timestamp < 0:
         raise ValueError(f"not a time: {text!r} is before 1970 ({TIME_EXAMPLES})")
+    if timestamp > LATEST_TIME:
+        raise ValueError(f"not a time: {text!r} is after the year 9999 ({TIME_EXAMPLES})")
     return timestamp
 
 

@@ -312,14 +312,15 @@ class Reply(NamedTuple):
         return json.loads(self.body)
 
 
-def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> Reply:
-    """GET `path` sent exactly as given (http.client does not normalise it); any status; body not decoded.
+def http_get(port: int, path: str, headers: dict[str, str] | None = None, method: str = "GET") -> Reply:
+    """GET (or `method`) `path` sent exactly as given (http.client does not normalise it), with no body; any
+    status; body not decoded.
 
-    It blocks: async tests use `get`, which runs it in a thread so that an in-process server can answer.
+    It blocks: async tests use `get` or `call`, which run it in a thread so that an in-process server can answer.
     """
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        connection.request("GET", path, headers=headers or {})
+        connection.request(method, path, headers=headers or {})
         response = connection.getresponse()
         return Reply(response.status, {key.lower(): value for key, value in response.getheaders()}, response.read())
     finally:
@@ -333,6 +334,13 @@ async def get(server: CollabServer | int, path: str, *, bearer: str | None = Non
     if bearer is not None:
         sent["Authorization"] = f"Bearer {bearer}"
     return await asyncio.to_thread(http_get, port, path, sent)
+
+
+async def call(server: CollabServer | int, method: str, path: str, *, bearer: str | None = None) -> Reply:
+    """`method` on `path` with no body, in a thread, `bearer` as the Authorization (the API's DELETE and POSTs)."""
+    port = server if isinstance(server, int) else server.port
+    headers = {} if bearer is None else {"Authorization": f"Bearer {bearer}"}
+    return await asyncio.to_thread(http_get, port, path, headers, method)
 
 
 async def upgrade_status(port: int, origin: str | None, host: str = "127.0.0.1", path: str = "/notes") -> int:

@@ -12,7 +12,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin
 
-from collab.auth import Permission, mint_token, verify_token
+from collab.auth import MAX_TIME, Permission, mint_token, verify_token
 from collab.client import Client
 from collab.server.app import CollabServer
 
@@ -205,3 +205,19 @@ async def test_allowed_origin_star_and_access_control_open_it_up(start_server: S
     listed = await start_server(allowed_origin=("https://app.example.com",))
     assert await upgrade_status(listed.port, "https://app.example.com") == 101
     assert await upgrade_status(listed.port, f"http://127.0.0.1:{listed.port}", host=f"127.0.0.1:{listed.port}") == 403
+
+
+async def test_expiries_up_to_the_year_9999_are_answered_later_ones_refused(secured: CollabServer) -> None:
+    """`expires_at` is ISO 8601 with a four-digit year: an `exp` past 9999 is refused, not a 500."""
+    last = mint_token(SECRET.encode(), "notes", Permission.WRITE, MAX_TIME, now=0)
+    reply = await get(secured, "/api/access?doc=notes", bearer=last)
+    assert reply.status == 200 and reply.json()["expires_at"] == "9999-12-31T23:59:59.000Z"
+    async with synced(with_token(room_url(secured, "notes"), last)) as writer:
+        text(writer).insert(0, "lasting")
+        await writer.resync()
+        assert writer.close_code is None
+    refusal = "malformed token claims: exp must be an integer Unix time up to 253402300799 (9999-12-31T23:59:59.000Z)"
+    for beyond in (MAX_TIME + 1, 2**53):
+        too_late = mint_token(SECRET.encode(), "notes", Permission.WRITE, beyond, now=0)
+        reply = await get(secured, "/api/access?doc=notes", bearer=too_late)
+        assert (reply.status, reply.json()) == (401, {"error": refusal})

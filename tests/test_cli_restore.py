@@ -90,6 +90,10 @@ async def test_refusals_are_one_clear_line_and_change_nothing(start_server: Star
     assert one_clear_line(early).startswith("collab restore: document 'kept' did not exist yet at")
     bad_time = await run_collab("restore", "--db", db, "kept", "--at", "yesterday", check=False)
     assert bad_time.returncode == EXIT_USAGE and "not a time: 'yesterday'" in bad_time.stderr
+    future = await run_collab("restore", "--db", db, "kept", "--at", "2999-01-01T00:00:00Z", check=False)
+    assert future.returncode == EXIT_USAGE and "2999-01-01T00:00:00Z is in the future" in one_clear_line(future)
+    past_any_year = await run_collab("restore", "--db", db, "kept", "--at", "9999-12-31T23:59:59-12:00", check=False)
+    assert past_any_year.returncode == EXIT_USAGE and "after the year 9999" in one_clear_line(past_any_year)
     no_time = await run_collab("restore", "--db", db, "kept", check=False)
     assert no_time.returncode == EXIT_USAGE and "--at" in no_time.stderr
     empty = await run_collab("restore", "--db", db, "", "--at", "1m", check=False)
@@ -102,6 +106,9 @@ async def test_refusals_are_one_clear_line_and_change_nothing(start_server: Star
     secret = {"COLLAB_AUTH_SECRET": SECRET}
     early = await run_collab("restore", "--db", db, "kept", "--at", "1h", env=secret, check=False)
     assert early.returncode == EXIT_NOT_FOUND and "did not exist yet at" in one_clear_line(early)
+    unknown = await run_collab("restore", "--db", db, "nope", "--at", "1m", env=secret, check=False)
+    assert unknown.returncode == EXIT_NOT_FOUND
+    assert one_clear_line(unknown) == "collab restore: no document named 'nope'\n"
     unable = await run_collab("restore", "--db", db, "kept", "--at", "1m", check=False)
     assert unable.returncode == EXIT_USAGE
     assert one_clear_line(unable).startswith("collab restore: the server requires tokens: set COLLAB_AUTH_SECRET")

@@ -5,11 +5,8 @@ The store's side (every engine) is tests/test_store_delete.py."""
 from __future__ import annotations
 
 import asyncio
-import http.client
-import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,6 +19,7 @@ from .helpers import (
     INTEROP,
     NodeClient,
     StartServer,
+    call,
     get,
     room_url,
     servers_on,
@@ -34,34 +32,18 @@ from .helpers import (
 )
 
 
-def send(port: int, method: str, path: str, bearer: str | None = None) -> tuple[int, Any]:
-    """`method` on `path` with no body; the status and the JSON answer."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        connection.request(method, path, headers={"Authorization": f"Bearer {bearer}"} if bearer else {})
-        response = connection.getresponse()
-        return response.status, json.loads(response.read() or b"null")
-    finally:
-        connection.close()
-
-
-async def call(server: CollabServer | int, method: str, path: str, bearer: str | None = None) -> tuple[int, Any]:
-    port = server if isinstance(server, int) else server.port
-    return await asyncio.to_thread(send, port, method, path, bearer)
-
-
 async def test_deleting_closes_the_room_s_clients_and_removes_the_document(server: CollabServer, db_path: Path) -> None:
     async with synced(room_url(server, "notes/plan")) as ada:
         text(ada).insert(0, "soon gone")
         await wait_for(lambda: stored_text(db_path, "notes/plan") == "soon gone")
-        status, answer = await call(server, "DELETE", "/api/docs/notes%2Fplan")
-        assert (status, answer) == (200, {"deleted": "notes/plan"})
+        reply = await call(server, "DELETE", "/api/docs/notes%2Fplan")
+        assert (reply.status, reply.json()) == (200, {"deleted": "notes/plan"})
         assert await ada.wait_closed() == (DOCUMENT_DELETED, "document deleted")
     assert stored_text(db_path, "notes/plan") is None
     assert (await get(server, "/api/docs/notes%2Fplan")).status == 404
     async with synced(room_url(server, "notes/plan")) as later:  # a new document by that name starts empty
         assert str(text(later)) == ""
-    assert (await call(server, "DELETE", "/api/docs/never"))[0] == 404
+    assert (await call(server, "DELETE", "/api/docs/never")).status == 404
 
 
 async def test_renaming_keeps_the_history_and_closes_the_old_room_s_clients(
@@ -70,8 +52,8 @@ async def test_renaming_keeps_the_history_and_closes_the_old_room_s_clients(
     async with synced(room_url(server, "draft")) as ada:
         text(ada).insert(0, "v1")
         await wait_for(lambda: stored_text(db_path, "draft") == "v1")
-        status, answer = await call(server, "POST", "/api/docs/draft/rename?to=final%2Fv1")
-        assert (status, answer) == (200, {"renamed": "draft", "to": "final/v1"})
+        reply = await call(server, "POST", "/api/docs/draft/rename?to=final%2Fv1")
+        assert (reply.status, reply.json()) == (200, {"renamed": "draft", "to": "final/v1"})
         assert await ada.wait_closed() == (DOCUMENT_RENAMED, "renamed to final/v1")
     assert stored_text(db_path, "draft") is None and stored_text(db_path, "final/v1") == "v1"
     async with synced(room_url(server, "final/v1")) as bob:
@@ -79,9 +61,9 @@ async def test_renaming_keeps_the_history_and_closes_the_old_room_s_clients(
     async with synced(room_url(server, "other")) as cid:
         text(cid).insert(0, "x")
         await wait_for(lambda: stored_text(db_path, "other") == "x")
-    assert (await call(server, "POST", "/api/docs/other/rename?to=final%2Fv1"))[0] == 409
-    assert (await call(server, "POST", "/api/docs/nothing/rename?to=y"))[0] == 404
-    assert (await call(server, "POST", "/api/docs/other/rename"))[0] == 400
+    assert (await call(server, "POST", "/api/docs/other/rename?to=final%2Fv1")).status == 409
+    assert (await call(server, "POST", "/api/docs/nothing/rename?to=y")).status == 404
+    assert (await call(server, "POST", "/api/docs/other/rename")).status == 400
     assert stored_text(db_path, "other") == "x"
 
 
@@ -91,18 +73,18 @@ async def test_deleting_and_renaming_need_write_access_to_every_name(secured: Co
         text(ada).insert(0, "kept")
         await wait_for(lambda: stored_text(db_path, "team/a") == "kept")
     reader = token("team/", Permission.READ)
-    assert (await call(secured, "DELETE", "/api/docs/team%2Fa"))[0] == 401
-    assert (await call(secured, "DELETE", "/api/docs/team%2Fa", reader))[0] == 403
-    assert (await call(secured, "POST", "/api/docs/team%2Fa/rename?to=team%2Fb", reader))[0] == 403
+    assert (await call(secured, "DELETE", "/api/docs/team%2Fa")).status == 401
+    assert (await call(secured, "DELETE", "/api/docs/team%2Fa", bearer=reader)).status == 403
+    assert (await call(secured, "POST", "/api/docs/team%2Fa/rename?to=team%2Fb", bearer=reader)).status == 403
     only_a = token("team/a", Permission.WRITE)
-    assert (await call(secured, "POST", "/api/docs/team%2Fa/rename?to=elsewhere", only_a))[0] == 403
+    assert (await call(secured, "POST", "/api/docs/team%2Fa/rename?to=elsewhere", bearer=only_a)).status == 403
     read_elsewhere = token("elsewhere", Permission.READ)
     path = f"/api/docs/team%2Fa/rename?to=elsewhere&to_token={read_elsewhere}"
-    assert (await call(secured, "POST", path, only_a))[0] == 403  # a second token, but read only
+    assert (await call(secured, "POST", path, bearer=only_a)).status == 403  # a second token, but read only
     assert stored_text(db_path, "team/a") == "kept"
     path = f"/api/docs/team%2Fa/rename?to=elsewhere&to_token={token('elsewhere', Permission.WRITE)}"
-    assert (await call(secured, "POST", path, only_a))[0] == 200  # one token for each name
-    assert (await call(secured, "DELETE", "/api/docs/elsewhere", token("elsewhere")))[0] == 200
+    assert (await call(secured, "POST", path, bearer=only_a)).status == 200  # one token for each name
+    assert (await call(secured, "DELETE", "/api/docs/elsewhere", bearer=token("elsewhere"))).status == 200
 
 
 needs_node = pytest.mark.skipif(
@@ -120,7 +102,7 @@ async def test_the_stock_client_stops_on_a_deleted_document_and_its_offline_copy
         await open_tab.synced()
         open_tab.send("insert", value="typed in a tab")
         await wait_for(lambda: stored_text(db_path, "memo") == "typed in a tab")
-        assert (await call(server, "DELETE", "/api/docs/memo"))[0] == 200
+        assert (await call(server, "DELETE", "/api/docs/memo")).status == 200
         await open_tab.wait_event(lambda event: event.get("code") == DOCUMENT_DELETED)
         await asyncio.sleep(1.5)  # the stock client treats 4400-4499 as final: it does not reconnect
         assert not server.peers and "memo" not in server.rooms
@@ -146,7 +128,7 @@ async def test_deleting_on_one_process_closes_the_clients_of_the_others(
             # While the others are told (it waits for them about a second), a join of that name is refused.
             refused = await Client(room_url(one, "shared")).connect()
             assert (await refused.wait_closed())[0] == TRY_AGAIN_LATER
-            assert (await deleting)[0] == 200
+            assert (await deleting).status == 200
         assert stored_text(db_path, "shared") is None
         async with synced(room_url(two, "shared")) as fresh:  # nothing of the old one, from Redis either
             assert str(text(fresh)) == ""
@@ -162,7 +144,7 @@ async def test_renaming_onto_a_name_another_process_holds_unstored_sends_its_cli
             text(ada).insert(0, "the content")
             await wait_for(lambda: stored_text(db_path, "src") == "the content")
         async with synced(room_url(two, "dst")) as waiting:  # an empty room: nothing stored by that name
-            assert (await call(one, "POST", "/api/docs/src/rename?to=dst"))[0] == 200
+            assert (await call(one, "POST", "/api/docs/src/rename?to=dst")).status == 200
             assert (await waiting.wait_closed())[0] == TRY_AGAIN_LATER
         async with synced(room_url(two, "dst")) as back:
             assert str(text(back)) == "the content"

@@ -169,7 +169,7 @@ async def test_http_api_errors_say_what_is_wrong(server: CollabServer) -> None:
         (base + "?at=2h", 404, "document 'fresh' did not exist yet at "),
         (base + "?format=docx", 400, "unknown format 'docx'"),
         (base + "?at=whenever", 400, "not a time"),
-        ("/api/docs/", 400, "no document name: GET /api/docs/NAME, or /api/docs for the list"),
+        ("/api/docs/", 400, "no document name: /api/docs/NAME, or GET /api/docs for the list"),
         ("/api/docs/%FF", 400, "not UTF-8"),
     ]
     for path, status, message in cases:

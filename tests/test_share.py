@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import http.client
 import json
 import math
 import time
@@ -21,7 +20,18 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from collab.auth import SHARE_ID_PREFIX, Grant, Permission, share_grant, verify_token
+from collab.auth import (
+    MAX_SHARE_DEPTH,
+    SHARE_ID_PREFIX,
+    Grant,
+    Permission,
+    Revocation,
+    Revocations,
+    Via,
+    mint_grant,
+    share_grant,
+    verify_token,
+)
 from collab.client import Client
 from collab.errors import ForbiddenError
 from collab.http.share import editor_path
@@ -30,6 +40,7 @@ from collab.server.app import CollabServer
 from .helpers import (
     SECRET,
     StartServer,
+    call,
     get,
     room_url,
     run_collab,
@@ -44,23 +55,9 @@ from .helpers import (
 DAY = 86400.0
 
 
-def send(port: int, method: str, path: str, bearer: str | None) -> tuple[int, dict[str, str], Any]:
-    """`method` on `path` with no body: the status, the headers (lower-cased names) and the JSON answer (or text)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        connection.request(method, path, headers={"Authorization": f"Bearer {bearer}"} if bearer else {})
-        response = connection.getresponse()
-        body = response.read()
-        headers = {key.lower(): value for key, value in response.getheaders()}
-        is_json = headers.get("content-type") == "application/json"
-        return response.status, headers, json.loads(body) if is_json else body.decode()
-    finally:
-        connection.close()
-
-
 async def share(server: CollabServer, query: str, bearer: str | None = None) -> tuple[int, Any]:
-    status, _, answer = await asyncio.to_thread(send, server.port, "POST", f"/api/share?{query}", bearer)
-    return status, answer
+    reply = await call(server, "POST", f"/api/share?{query}", bearer=bearer)
+    return reply.status, reply.json()
 
 
 async def access_of(server: CollabServer, query: str = "", bearer: str | None = None) -> tuple[int, Any]:
@@ -78,7 +75,7 @@ READER = Grant("team/", Permission.READ, 1_800_003_600.0)
 def test_a_share_grant_is_exactly_one_covered_document_with_its_own_id() -> None:
     grant = share_grant(WRITER, "team/plan", Permission.WRITE, 600, NOW)
     assert (grant.scope, grant.permission) == ("team/plan", Permission.WRITE)
-    assert (grant.issued_at, grant.expires_at) == (math.floor(NOW), math.floor(NOW + 600))
+    assert (grant.issued_at, grant.expires_at) == (math.ceil(NOW), math.ceil(NOW) + 600), "whole seconds, from iat"
     assert grant.subject is None, "for whoever gets the link, not for the sharer"
     assert grant.token_id is not None and grant.token_id.startswith(SHARE_ID_PREFIX) and grant.token_id != "ada-1"
     assert share_grant(WRITER, "team/plan", Permission.WRITE, 600, NOW).token_id != grant.token_id
@@ -88,9 +85,23 @@ def test_a_share_grant_is_exactly_one_covered_document_with_its_own_id() -> None
 
 def test_a_share_grant_never_outlives_the_sharer_s() -> None:
     assert share_grant(WRITER, "team/plan", Permission.READ, 365 * DAY, NOW).expires_at == WRITER.expires_at
-    assert share_grant(WRITER, "team/plan", Permission.READ, 3599, NOW).expires_at == math.floor(NOW + 3599)
-    with pytest.raises(ValueError, match="expired when made"):
+    assert share_grant(WRITER, "team/plan", Permission.READ, 3598, NOW).expires_at == math.ceil(NOW) + 3598
+    with pytest.raises(ValueError, match=r"a share link lasting 0\.5 s would be expired when made"):
         share_grant(WRITER, "team/plan", Permission.READ, 0.5, NOW)
+    expiring = Grant("team/", Permission.WRITE, math.ceil(NOW))
+    with pytest.raises(ValueError, match=r"^the token sharing it expires at 2027-01-15T08:00:01\.000Z, within the s"):
+        share_grant(expiring, "team/plan", Permission.READ, 3600, NOW)
+
+
+def test_a_share_link_made_just_after_a_revocation_in_the_same_second_lives() -> None:
+    """iat rounded up: rounded down, it would fall before `collab revoke --doc` made earlier in that second."""
+    revocations = Revocations()
+    revocations.add([Revocation(scope="team/", before=NOW)])
+    replacement = Grant("team/", Permission.WRITE, NOW + 3600, token_id="ada-2", issued_at=NOW + 0.1)
+    assert not revocations.revokes(replacement, "team/plan")
+    link = share_grant(replacement, "team/plan", Permission.WRITE, 600, NOW + 0.5)
+    assert not revocations.revokes(link, "team/plan")
+    assert link.issued_at == math.ceil(NOW)
 
 
 @pytest.mark.parametrize(
@@ -107,6 +118,63 @@ def test_a_share_grant_is_never_wider(
     with pytest.raises(ForbiddenError, match=refusal) as error:
         share_grant(sharer, name, permission, 600, NOW)
     assert error.value.label == label
+
+
+def test_a_share_grant_carries_its_line_of_tokens() -> None:
+    """`via`: the ids of every token it came from, first first, and when the first was issued."""
+    link = share_grant(WRITER, "team/plan", Permission.WRITE, 600, NOW)
+    assert link.via == Via(("ada-1",), WRITER.issued_at)
+    assert link.token_id is not None
+    relinked = share_grant(link, "team/plan", Permission.READ, 600, NOW + 5)
+    assert relinked.via == Via(("ada-1", link.token_id), WRITER.issued_at), "the first token's iat, not the link's"
+    anonymous = share_grant(READER, "team/plan", Permission.READ, 600, NOW)
+    assert anonymous.via == Via((), None), "a first token without jti or iat: nothing to name"
+    assert anonymous.token_id is not None
+    assert share_grant(anonymous, "team/plan", Permission.READ, 600, NOW).via == Via((anonymous.token_id,), None)
+
+
+def test_a_share_grant_becomes_a_token_that_verifies_as_exactly_it() -> None:
+    relinked = share_grant(
+        share_grant(WRITER, "team/plan", Permission.WRITE, 600, NOW), "team/plan", Permission.READ, 60, NOW
+    )
+    for grant in (relinked, share_grant(READER, "team/plan", Permission.READ, 600, NOW), WRITER):
+        assert verify_token(SECRET.encode(), mint_grant(SECRET.encode(), grant), NOW) == grant
+
+
+def test_a_line_of_shares_is_bounded() -> None:
+    grant = WRITER  # with a jti: the first of the ids
+    for depth in range(MAX_SHARE_DEPTH):
+        grant = share_grant(grant, "team/plan", Permission.READ, 600, NOW)
+        assert grant.via is not None and len(grant.via.token_ids) == depth + 1
+    with pytest.raises(ForbiddenError, match=f"a line of {MAX_SHARE_DEPTH} shared tokens already") as error:
+        share_grant(grant, "team/plan", Permission.READ, 600, NOW)
+    assert error.value.label == "share_depth"
+
+
+def test_a_share_link_falls_with_any_token_it_came_from() -> None:
+    """By id: the first token, or any link between; by time: the first token's iat (the leak), not the link's."""
+    link = share_grant(WRITER, "team/plan", Permission.WRITE, 600, NOW)
+    relinked = share_grant(link, "team/plan", Permission.WRITE, 600, NOW)
+    sibling = share_grant(WRITER, "team/plan", Permission.WRITE, 600, NOW)
+    assert link.token_id is not None
+
+    def void(revocation: Revocation) -> set[str]:
+        revocations = Revocations()
+        revocations.add([revocation])
+        named = {"first": WRITER, "link": link, "relinked": relinked, "sibling": sibling}
+        return {label for label, grant in named.items() if revocations.revokes(grant, "team/plan")}
+
+    assert void(Revocation(token_id="ada-1")) == {"first", "link", "relinked", "sibling"}
+    assert void(Revocation(token_id=link.token_id)) == {"link", "relinked"}, "its descendants, not its elders"
+    assert void(Revocation(scope="team/", before=NOW - 30)) == {"first", "link", "relinked", "sibling"}
+    assert void(Revocation(scope="team/plan", before=NOW - 30)) == {"first", "link", "relinked", "sibling"}
+    assert void(Revocation(scope="team/", before=NOW - 90)) == set(), "issued after: all kept"
+    assert void(Revocation(scope="team/other", before=NOW)) == set(), "another document"
+
+    anonymous = share_grant(READER, "team/plan", Permission.READ, 600, NOW)
+    revocations = Revocations()
+    revocations.add([Revocation(scope="team/", before=0)])
+    assert revocations.revokes(anonymous, "team/plan"), "from a token without iat: issued before any revocation"
 
 
 def test_a_share_grant_is_never_a_prefix() -> None:
@@ -190,9 +258,9 @@ async def test_a_share_link_carries_a_new_token_for_exactly_that_document(
     secured: CollabServer, access: str, permission: Permission
 ) -> None:
     sharer = token("team/", ttl=30 * DAY, token_id="ada-1", subject="ada")
-    before = math.floor(time.time())
+    before = math.ceil(time.time())
     status, answer = await share(secured, f"doc=team%2Fplan%201&access={access}&expires_in=1h", sharer)
-    after = time.time()
+    after = math.ceil(time.time())
     assert status == 200, answer
     minted = answer["token"]
     assert minted != sharer
@@ -200,14 +268,16 @@ async def test_a_share_link_carries_a_new_token_for_exactly_that_document(
     assert (answer["doc"], answer["access"], answer["access_control"]) == ("team/plan 1", access, True)
     grant = verify_token(SECRET.encode(), minted)
     assert (grant.scope, grant.permission, grant.subject) == ("team/plan 1", permission, None)
-    assert before + 3600 <= grant.expires_at <= after + 3600
-    assert grant.issued_at is not None and before <= grant.issued_at <= after
+    assert grant.issued_at is not None and before <= grant.issued_at <= after, "now, rounded up"
+    assert grant.expires_at == grant.issued_at + 3600
+    assert grant.via == Via(("ada-1",), verify_token(SECRET.encode(), sharer).issued_at)
     assert grant.token_id == answer["id"] and answer["id"].startswith(SHARE_ID_PREFIX)
     assert (await access_of(secured, "?doc=team%2Fplan%201", minted))[1]["expires_at"] == answer["expires_at"]
     assert (await access_of(secured, "?doc=team%2Fother", minted))[1]["access"] == "none", "that document only"
 
     default = await share(secured, f"doc=team%2Fplan%201&access={access}", sharer)
-    assert 7 * DAY - 5 < verify_token(SECRET.encode(), default[1]["token"]).expires_at - time.time() <= 7 * DAY
+    left = verify_token(SECRET.encode(), default[1]["token"]).expires_at - time.time()
+    assert 7 * DAY - 5 < left < 7 * DAY + 1, "7 days from its iat, now rounded up"
 
 
 async def test_a_share_link_expires_no_later_than_the_sharer_s_token(secured: CollabServer) -> None:
@@ -274,8 +344,8 @@ async def test_sharing_refusals(secured: CollabServer) -> None:
     assert secured.metrics.auth_failures.get("read_only") == 1
     assert secured.metrics.auth_failures.get("forbidden") == 1
     assert secured.metrics.auth_failures.get("missing") == 1
-    status, headers, _ = await asyncio.to_thread(send, secured.port, "GET", "/api/share?doc=a&access=view", writer)
-    assert (status, headers["allow"]) == (405, "POST"), "sharing changes something: POST only"
+    reply = await call(secured, "GET", "/api/share?doc=a&access=view", bearer=writer)
+    assert (reply.status, reply.headers["allow"]) == (405, "POST"), "sharing changes something: POST only"
 
 
 def ed25519_token(private: ed25519.Ed25519PrivateKey, claims: dict[str, Any]) -> str:
@@ -338,3 +408,66 @@ async def test_access_to_a_document_revoked_for_it_is_refused(secured: CollabSer
     assert (await access_of(secured, "?doc=team%2Fb", team))[1]["access"] == "edit"
     assert (await access_of(secured, "", team))[1]["access"] == "edit", "the listing still shows the rest"
     assert (await share(secured, "doc=team%2Fa&access=view", team))[0] == 401
+
+
+async def test_links_fall_with_the_tokens_they_were_shared_from(secured: CollabServer, db_path: Path) -> None:
+    """A link made from a link closes, live, when either is revoked by id; the tokens above it carry on."""
+    ada, bob = token("team/", token_id="ada-1"), token("team/", token_id="bob-1")
+    link = (await share(secured, "doc=team%2Fa&access=edit&expires_in=1h", ada))[1]
+    relinked = (await share(secured, "doc=team%2Fa&access=edit&expires_in=1h", link["token"]))[1]
+    sibling = (await share(secured, "doc=team%2Fa&access=view&expires_in=1h", ada))[1]
+    unrelated = (await share(secured, "doc=team%2Fa&access=view&expires_in=1h", bob))[1]
+    url = room_url(secured, "team/a")
+    async with (
+        synced(with_token(url, ada)) as first,
+        synced(with_token(url, link["token"])) as middle,
+        synced(with_token(url, relinked["token"])) as last,
+        synced(with_token(url, sibling["token"])) as beside,
+        synced(with_token(url, unrelated["token"])) as other,
+    ):
+        text(last).insert(0, "relayed")
+        await first.wait_until(lambda: str(text(first)) == "relayed")
+        await run_collab("revoke", "--db", str(db_path), "--id", link["id"])
+        for client in (middle, last):
+            assert (await client.wait_closed())[0] == 4401
+            assert client.permission_denied == "permission denied: token revoked"
+        assert (await access_of(secured, "?doc=team%2Fa", relinked["token"]))[0] == 401
+        text(first).insert(0, "still ")
+        await beside.wait_until(lambda: str(text(beside)) == "still relayed")
+        assert first.close_code is None and beside.close_code is None, "its elders and siblings carry on"
+
+        await run_collab("revoke", "--db", str(db_path), "--id", "ada-1")
+        for client in (first, beside):
+            assert (await client.wait_closed())[0] == 4401
+        assert (await share(secured, "doc=team%2Fa&access=view", sibling["token"]))[0] == 401, "nor shares again"
+        await other.resync()
+        assert other.close_code is None, "a link from another token"
+        assert (await access_of(secured, "?doc=team%2Fa", unrelated["token"]))[1]["access"] == "view"
+
+
+async def test_a_link_minted_from_a_leaked_token_falls_with_it(secured: CollabServer, db_path: Path) -> None:
+    """`collab revoke --doc team/ --before 1h` voids what was issued before the leak, and what the leaked token's
+    holder shared after it: the links' line began before; links from newer tokens stay."""
+    leaked = token("team/", ttl=7 * DAY, now=time.time() - 2 * 3600)
+    replacement = token("team/", ttl=7 * DAY)
+    stolen = (await share(secured, "doc=team%2Fa&access=edit&expires_in=30d", leaked))[1]
+    restolen = (await share(secured, "doc=team%2Fa&access=edit&expires_in=30d", stolen["token"]))[1]
+    fresh = (await share(secured, "doc=team%2Fa&access=edit&expires_in=30d", replacement))[1]
+    url = room_url(secured, "team/a")
+    async with (
+        synced(with_token(url, stolen["token"])) as thief,
+        synced(with_token(url, restolen["token"])) as accomplice,
+        synced(with_token(url, fresh["token"])) as kept,
+    ):
+        text(thief).insert(0, "x")
+        await kept.wait_until(lambda: str(text(kept)) == "x")
+        await run_collab("revoke", "--db", str(db_path), "--doc", "team/", "--before", "1h")
+        for client in (thief, accomplice):
+            assert (await client.wait_closed())[0] == 4401
+            assert client.permission_denied == "permission denied: token revoked"
+        for refused in (leaked, stolen["token"], restolen["token"]):
+            assert (await access_of(secured, "?doc=team%2Fa", refused))[0] == 401
+        text(kept).insert(1, "!")
+        await kept.resync()
+        assert kept.close_code is None and server_text(secured, "team/a") == "x!"
+        assert (await share(secured, "doc=team%2Fa&access=view", replacement))[0] == 200

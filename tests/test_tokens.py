@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pycrdt import Text
 
-from collab.auth import Permission, mint_token, verify_token
+from collab.auth import MAX_SHARE_DEPTH, Permission, Via, mint_token, verify_token
 from collab.client import Client
 from collab.errors import UnauthenticatedError
 from collab.server.app import CollabServer
@@ -60,11 +60,23 @@ BAD_CLAIMS = {
     "exp missing": '{"doc": "notes", "perm": "write"}',
     "exp beyond 2**53": claims_text(str(2**64)),
     "exp with 5000 digits": claims_text("9" * 5000),
+    "exp beyond the year 9999": claims_text("253402300800"),
+    "iat beyond the year 9999": claims_text(FUTURE, ', "iat": 253402300800'),
     "iat a string": claims_text(FUTURE, ', "iat": "yesterday"'),
     "iat NaN": claims_text(FUTURE, ', "iat": NaN'),
     "iat true": claims_text(FUTURE, ', "iat": true'),
     "sub a number": claims_text(FUTURE, ', "sub": 7'),
     "jti a list": claims_text(FUTURE, ', "jti": ["a"]'),
+    "via a string": claims_text(FUTURE, ', "via": "ada-1"'),
+    "via a list": claims_text(FUTURE, ', "via": ["ada-1"]'),
+    "via without ids": claims_text(FUTURE, ', "via": {"iat": 5}'),
+    "via ids a string": claims_text(FUTURE, ', "via": {"ids": "ada-1"}'),
+    "via ids holding a number": claims_text(FUTURE, ', "via": {"ids": ["ada-1", 7]}'),
+    "via ids past the depth": claims_text(FUTURE, ', "via": ' + json.dumps({"ids": ["a"] * (MAX_SHARE_DEPTH + 1)})),
+    "via iat a string": claims_text(FUTURE, ', "via": {"ids": [], "iat": "yesterday"}'),
+    "via iat true": claims_text(FUTURE, ', "via": {"ids": [], "iat": true}'),
+    "via iat beyond the year 9999": claims_text(FUTURE, ', "via": {"ids": [], "iat": 253402300800}'),
+    "via with another key": claims_text(FUTURE, ', "via": {"ids": [], "jti": "ada-1"}'),
     "claims a list": "[1, 2]",
     "perm unknown": '{"doc": "notes", "perm": "admin", "exp": ' + FUTURE + "}",
 }
@@ -100,6 +112,20 @@ def test_minted_tokens_carry_iat_jti_and_sub() -> None:
     first, second = (verify_token(SECRET.encode(), token("notes")).token_id for _ in range(2))
     assert first and second and first != second, "a random jti by default"
     assert verify_token(SECRET.encode(), signed(claims_text(FUTURE))).token_id is None, "all optional"
+
+
+def test_via_is_read_as_written() -> None:
+    """A share token's line (`collab.auth.Via`): ids and the first token's iat, which may be missing or a float."""
+    line = ', "via": {"ids": ["ada-1", "share-x"], "iat": 1797990000.5}'
+    assert verify_token(SECRET.encode(), signed(claims_text(FUTURE, line))).via == Via(
+        ("ada-1", "share-x"), 1797990000.5
+    )
+    assert verify_token(SECRET.encode(), signed(claims_text(FUTURE, ', "via": {"ids": []}'))).via == Via((), None)
+    assert verify_token(SECRET.encode(), signed(claims_text(FUTURE, ', "via": null'))).via is None, "as absent"
+    deepest = ', "via": {"ids": ' + json.dumps(["a"] * MAX_SHARE_DEPTH) + "}"
+    assert verify_token(SECRET.encode(), signed(claims_text(FUTURE, deepest))).via == Via(
+        ("a",) * MAX_SHARE_DEPTH, None
+    )
 
 
 def test_token_command_mints_subject_and_id() -> None:

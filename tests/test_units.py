@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collab.units import format_duration, format_size, format_time, parse_duration, parse_size, parse_time
+from collab.units import LATEST_TIME, format_duration, format_size, format_time, parse_duration, parse_size, parse_time
 
 NOW = 1_800_000_000.0
 
@@ -113,6 +113,15 @@ def test_a_moment_before_1970_or_past_any_calendar_is_refused(text: str) -> None
     """Out of range for datetime (it would overflow when shown), or before anything collab stored."""
     with pytest.raises(ValueError, match="not a time"):
         parse_time(text, NOW)
+
+
+@pytest.mark.parametrize("text", ["9999-12-31T23:59:59-12:00", "9999-12-31T23:59:59.500Z"])
+def test_a_moment_past_the_year_9999_is_refused_since_it_could_not_be_shown(text: str) -> None:
+    """datetime reads it (the zone takes it past 9999), but `format_time` cannot write it: answering raised."""
+    with pytest.raises(ValueError, match="is after the year 9999"):
+        parse_time(text, NOW)
+    assert format_time(parse_time("9999-12-31T23:59:59Z", NOW)) == "9999-12-31T23:59:59.000Z"
+    assert parse_time("9999-12-31T23:59:59Z", NOW) == LATEST_TIME
 
 
 def test_times_are_shown_in_utc_and_read_back() -> None:

@@ -201,6 +201,15 @@ def _moment(text: str) -> float:
     return parse_time(text, time.time())
 
 
+def _past_moment(text: str) -> float:
+    """A moment that has been: a restore goes back in time, and a time to come is a mistake (a wrong zone)."""
+    now = time.time()
+    moment = parse_time(text, now)
+    if moment > now:
+        raise ValueError(f"{text} is in the future: a restore goes back to an earlier time")
+    return moment
+
+
 def _join_dash_values(argv: Sequence[str]) -> list[str]:
     """`--ttl -5m` -> `--ttl=-5m`, so that the value reaches its parser and is refused there, by name."""
     joined: list[str] = []
@@ -358,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument(
         "--at",
         metavar="TIME",
-        type=_flag(_moment),
+        type=_flag(_past_moment),
         required=True,
         help="the moment to go back to: 2h, 3d (ago) or ISO 8601 (UTC if no zone)",
     )

@@ -14,16 +14,21 @@
     POST /api/docs/<name>/restore?at=TIME
                                   {"restored": name, "at": ISO}: the document reads as it did at
                                   TIME again, by a new change every client gets at once (a CRDT
-                                  change, merged with anyone's offline edits). 404 if unknown, or
-                                  not yet existing or no history kept at TIME; 409 if it holds
-                                  what cannot be restored (collab.sync.restore).
-    GET /api/history/<name>[?limit=N&gap=DURATION]
+                                  change, merged with anyone's offline edits). 400 if TIME is in
+                                  the future; 404 if unknown, or not yet existing or no history
+                                  kept at TIME; 409 if it holds what cannot be restored
+                                  (collab.sync.restore), if the result would pass the size limit,
+                                  or if it was deleted or renamed meanwhile; 503 while
+                                  RESTORE_THREADS restores are being worked out.
+    GET /api/history/<name>[?limit=N&gap=DURATION&before=TIME]
                                   {"name", "moments": [{"at", "at_unix", "from", "kind", "changes",
                                   "bytes", "people", "restore_of"}, ...], "truncated"}: the newest
-                                  N (200, at most 1000) moments, changes less than DURATION (5m)
-                                  apart grouped (collab.sync.moments); `at` reads the document as
-                                  of each. `people` and `restore_of` are what this process saw
-                                  since it started (collab.sync.journal). 404 if unknown.
+                                  N (200, at most 1000) moments whose `at` is before TIME (the `at`
+                                  of the oldest one listed pages back), changes less than DURATION
+                                  (5m) apart grouped and a restore always starting one
+                                  (collab.sync.moments); `at` reads the document as of each.
+                                  `people` and `restore_of` are what this process saw since it
+                                  started (collab.sync.journal). 404 if unknown.
 
 `<name>` is percent-encoded and may contain `/`. Without `at`, a document that
 is open in a room is exported from memory, so it includes what is not yet on
@@ -56,7 +61,6 @@ from ..errors import (
     AlreadyExistsError,
     AuthError,
     CorruptDocumentError,
-    DocumentTooLargeError,
     ForbiddenError,
     InvalidRoomNameError,
     NotFoundError,
@@ -69,7 +73,7 @@ from ..errors import (
 from ..filenames import file_name_for
 from ..formats import FORMATS, check_existed, doc_from_records, doc_from_updates, render
 from ..store import DocumentInfo, Store
-from ..sync.moments import DEFAULT_GAP, DEFAULT_LIMIT, MAX_LIMIT, history_json
+from ..sync.moments import DEFAULT_GAP, DEFAULT_LIMIT, MAX_LIMIT, Moment, history_json, listed_moments
 from ..sync.names import validate_room_name
 from ..sync.room import EMPTY_STATE_VECTOR
 from ..units import format_duration, format_time, parse_duration, parse_time
@@ -94,6 +98,10 @@ event loop, so more exports at once would only slow the rooms down; the rest wai
 STORE_TIMEOUT = 10.0
 """Seconds an HTTP request waits for the store before answering 503: while commits fail, a load waits for
 them (so that it never misses an accepted update), and a request must not hang as long as an outage."""
+RESTORE_TIMEOUT = 30.0
+"""Seconds a restore may take, its reads, its work (a 10 MB document takes a few seconds) and its commit."""
+HISTORY_IN_THREAD = 5_000
+"""History points from which the grouping runs in a thread (100,000 points take ~0.1 s)."""
 
 
 def document_json(info: DocumentInfo) -> dict[str, object]:
@@ -184,26 +192,33 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
         if grant is not None and not grant.can_write:
             raise ForbiddenError(f"a read-only token cannot change {name!r}", "read_only")
 
-    async def changed(change: Awaitable[None], answer: dict[str, str]) -> Response:
+    async def changed(
+        change: Awaitable[None], answer: dict[str, str], timeout: float = STORE_TIMEOUT, late: str | None = None
+    ) -> Response:
         """`answer` once `change` (a delete, a rename, a restore) is done, or the error it raised.
 
-        A timeout answers 503, but the change may still be done: it is not undone (its clients are closed).
+        Past `timeout` it answers 503 (`late` says why, default: the store did not answer), but the change
+        may still be done: it is not undone (its clients are closed).
         """
         try:
-            async with asyncio.timeout(STORE_TIMEOUT):
+            async with asyncio.timeout(timeout):
                 await change
         except CorruptDocumentError as error:
             return error_response(http_status_for(error), f"document cannot be read: {error}")
         except (
             NotFoundError,
             AlreadyExistsError,
-            RestoreError,  # what the document holds, not the request: retrying will not help
+            RestoreError,  # what the document holds, or what became of it meanwhile
             ServerBusyError,
-            ProtocolError,
-            DocumentTooLargeError,
         ) as error:
             return error_response(http_status_for(error), str(error))
-        except (StorageError, TimeoutError) as error:
+        except ProtocolError:  # none of the changes takes a client's bytes: the server's own (logged), a bug
+            return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error (the server logged it)")
+        except TimeoutError as error:
+            if late is None:
+                return unavailable(error)
+            return error_response(HTTPStatus.SERVICE_UNAVAILABLE, late)
+        except StorageError as error:
             return unavailable(error)
         return json_response(answer)
 
@@ -244,20 +259,29 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
             name = _document_name(path)
             if "at" not in request.query:
                 raise ValueError(f"no time: POST {DOCS}/NAME{RESTORE}?at=TIME (2h, 3d ago or ISO 8601)")
-            at = parse_time(request.query["at"], time.time())
+            now = time.time()
+            at = parse_time(request.query["at"], now)
+            if at > now:
+                raise ValueError(f"{request.query['at']} is in the future: a restore goes back to an earlier time")
         except (ValueError, InvalidRoomNameError) as error:
             return error_response(HTTPStatus.BAD_REQUEST, str(error))
         try:
             may_write(request_token(request), name)
         except AuthError as error:
             return refused(metrics, error)
-        return await changed(rooms.restore(name, at), {"restored": name, "at": format_time(at)})
+        answer = {"restored": name, "at": format_time(at)}
+        late = (
+            f"the restore did not finish within {RESTORE_TIMEOUT:g} s (a large document, or a slow store); if it "
+            "was applied, the document's clients have it: look before trying again"
+        )
+        return await changed(rooms.restore(name, at), answer, RESTORE_TIMEOUT, late)
 
     async def document_history(request: HttpRequest) -> Response:
         try:
             name = _document_name(request.path, HISTORY)
             limit = _whole_number(request.query.get("limit", str(DEFAULT_LIMIT)), "limit", MAX_LIMIT)
             gap = parse_duration(request.query.get("gap", format_duration(DEFAULT_GAP)))
+            before = parse_time(request.query["before"], time.time()) if "before" in request.query else None
         except (ValueError, InvalidRoomNameError) as error:
             return error_response(HTTPStatus.BAD_REQUEST, str(error))
         try:
@@ -272,7 +296,17 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
             return unavailable(error)
         if not known:
             return error_response(HTTPStatus.NOT_FOUND, f"no document named {name!r}")
-        return json_response(history_json(name, points, rooms.journal, gap=gap, limit=limit))
+        restores = rooms.journal.restores(name)  # taken on the loop: the journal is the loop's
+
+        def listed() -> tuple[list[Moment], bool]:
+            return listed_moments(points, restores, gap=gap, limit=limit, before=before)
+
+        if len(points) < HISTORY_IN_THREAD:
+            moments, truncated = listed()
+        else:
+            async with exporting:
+                moments, truncated = await asyncio.to_thread(listed)
+        return json_response(history_json(name, moments, truncated, rooms.journal))
 
     router.route(DOCS, list_documents)
     router.route(DOCS + "/", get_document)
@@ -285,7 +319,7 @@ def _document_name(path: str, prefix: str = DOCS) -> str:
     """The validated document name of a `<prefix>/<name>` path; raise `InvalidRoomNameError` saying why not."""
     encoded = path[len(prefix) + 1 :]
     if not encoded:
-        raise InvalidRoomNameError(f"no document name: GET {prefix}/NAME, or {DOCS} for the list")
+        raise InvalidRoomNameError(f"no document name: {prefix}/NAME, or GET {DOCS} for the list")
     try:
         name = unquote(encoded, errors="strict")
     except UnicodeDecodeError:
@@ -294,10 +328,12 @@ def _document_name(path: str, prefix: str = DOCS) -> str:
 
 
 def _whole_number(text: str, what: str, most: int) -> int:
-    """`text` as a whole number from 1 to `most`; `ValueError` naming `what` otherwise."""
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= most:
-        raise ValueError(f"{what} must be a whole number from 1 to {most}, not {text!r}")
-    return int(text)
+    """`text` as a whole number from 1 to `most`; `ValueError` naming `what` otherwise (its digits counted first:
+    `int` refuses more than 4,300 of them with a message of its own)."""
+    digits = text.lstrip("0") or "0"
+    if not (text.isascii() and text.isdigit()) or len(digits) > len(str(most)) or not 1 <= int(digits) <= most:
+        raise ValueError(f"{what} must be a whole number from 1 to {most}, not {text[:20]!r}")
+    return int(digits)
 
 
 async def _export(

@@ -16,7 +16,8 @@ A share link carries a new token for exactly that document, made by `collab.auth
 sharer's own grant (never wider, never longer-lived: an "edit" link from a read token is 403, an expiry
 past the sharer's is cut to it) and signed with `--auth-secret`; a server configured with
 `--auth-public-key` only holds no key to sign with, and says so (409, `can_share: false`). Its `id`
-revokes it alone: `collab revoke --id ID`.
+revokes it, and the links made from it: `collab revoke --id ID`. It falls, too, with the token it was made
+from, by id or by time (its `via` claim, `collab.auth.Via`): a link does not outlive the access it came from.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from urllib.parse import quote
 
 from websockets.http11 import Response
 
-from ..auth import Access, Grant, Permission, mint_token, share_grant
+from ..auth import Access, Grant, Permission, mint_grant, share_grant
 from ..errors import AuthError, InvalidRoomNameError
 from ..sync.names import validate_room_name
 from ..units import format_duration, format_time, parse_duration
@@ -109,15 +110,7 @@ def install_share(router: Router, access: Access, metrics: ServerMetrics) -> Non
             return error_response(HTTPStatus.BAD_REQUEST, str(error))
         except AuthError as error:
             return refused(metrics, error)
-        assert grant.issued_at is not None  # share_grant sets it
-        token = mint_token(
-            access.secret,
-            grant.scope,
-            grant.permission,
-            grant.expires_at - grant.issued_at,
-            now=grant.issued_at,
-            token_id=grant.token_id,
-        )
+        token = mint_grant(access.secret, grant)
         url = f"{editor_path(name)}?token={quote(token, safe='')}"
         return json_response(_share_json(url, token, name, permission, grant))
 

@@ -21,27 +21,40 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import TypeVar
 
 from ..cluster import Relay, Relayed
 from ..errors import (
     DOCUMENT_DELETED,
     DOCUMENT_RENAMED,
+    MAX_REASON_BYTES,
     TRY_AGAIN_LATER,
     AlreadyExistsError,
     CollabError,
+    DocumentTooLargeError,
+    InvalidRoomNameError,
+    InvalidUpdateError,
     NotFoundError,
+    RestoreError,
     ServerBusyError,
     StorageError,
 )
-from ..formats import check_existed
+from ..formats import breathe, check_existed, update_from_records
 from ..logs import fields
 from ..metrics import Counter
-from ..store import Store
+from ..store import Store, StoredRecord
 from ..sync.journal import Journal
+from ..sync.names import validate_room_name
 from ..sync.protocol import Awareness, parse_frame
-from ..sync.restore import holds, restore_update, version_update
+from ..sync.restore import Restore, holds, restore_update
 from ..sync.room import EMPTY_STATE_VECTOR, EMPTY_UPDATE, Origin, Peer, Room
+from ..sync.yupdate import check_state_vector
 from ..units import format_time
 
 __all__ = ["Rooms"]
@@ -57,6 +70,18 @@ and those holding nothing any more, are forgotten."""
 GAP_RELOAD_ATTEMPTS = 10
 GAP_RELOAD_RETRY = 2.0
 """Seconds between attempts to read a room back from a store that is failing, after a gap."""
+RESTORE_THREADS = 2
+"""Restores worked out at once, each in a thread of the rooms' own: working one out holds the GIL in pycrdt's
+native calls for up to seconds, and the loop's default executor also runs what must not wait that long (the
+revocation poll, the lock check). Another restore asked for meanwhile is refused (503), not queued."""
+RESTORE_ATTEMPTS = 3
+"""Times a restore is worked out, when the document changed while it was (another process's restore, edits):
+the last result is applied all the same, merged with what came meanwhile as any concurrent change is."""
+CHANGED_WHILE_RESTORING = "the document changed while restoring (deleted or renamed): try again"
+RENAMED_TO = "renamed to "
+"""How the close reason of a rename (4411) begins, the new name after it: the web editor follows it there."""
+
+T = TypeVar("T")
 
 
 class Rooms:
@@ -95,6 +120,11 @@ class Rooms:
         """Names being deleted or renamed: joins are refused (try again) until the store has done it."""
         self.journal = Journal()
         """Who was there while each document was edited, and its restores (`collab.sync.journal`)."""
+        self._restoring: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        """Per document name being restored: the lock its restores take in turn, and how many hold or want it."""
+        self._restore_threads: ThreadPoolExecutor | None = None
+        self._restore_slots = threading.BoundedSemaphore(RESTORE_THREADS)
+        """Taken on the loop, given back by the thread as it finishes (a restore given up on still runs)."""
 
     def __len__(self) -> int:
         return len(self._rooms)
@@ -220,6 +250,9 @@ class Rooms:
         self._reloads.clear()
         for room in self._rooms.values():
             room.compact()
+        if self._restore_threads is not None:
+            self._restore_threads.shutdown(wait=False, cancel_futures=True)
+            self._restore_threads = None
         await self.store.flush()
 
     # Deleting and renaming.
@@ -260,8 +293,8 @@ class Rooms:
             if old not in self._rooms and not await self.store.documents(old):
                 raise NotFoundError(f"no document named {old!r}")
             await self._end_everywhere(
-                (old, DOCUMENT_RENAMED, f"renamed to {new}"),
-                (new, TRY_AGAIN_LATER, f"{old} was renamed to this name: reconnect"),
+                (old, DOCUMENT_RENAMED, _renamed_reason(new)),
+                (new, TRY_AGAIN_LATER, "a document was renamed to this name: reconnect"),
             )
             await self.store.rename(old, new)
         finally:
@@ -277,50 +310,116 @@ class Rooms:
         (this returns once it is durable). The room is loaded for it if it is not (and unloaded again later if
         nobody joins).
 
-        The change is worked out in a thread from the room's state at the start; edits that come meanwhile are
-        kept, merged with it as with any concurrent change. Raises `NotFoundError` if there is no such document
-        or none yet at `at`, `HistoryError` if no state so old is kept, `StorageError` (`CorruptDocumentError`)
-        if it cannot be read, `RestoreError` if it holds what cannot be restored, `ServerBusyError` while it is
-        being deleted or renamed, `DocumentTooLargeError` if the change would take it past its size limit.
+        Restores of one document take turns. The change is worked out in a thread from the room's state; if the
+        document changed meanwhile it is worked out again (`RESTORE_ATTEMPTS`), and at last applied merged with
+        what came, as any concurrent change is. Raises `NotFoundError` if there is no such document or none yet
+        at `at`, `HistoryError` if no state so old is kept, `StorageError` (`CorruptDocumentError`) if it cannot
+        be read, `RestoreError` if it holds what cannot be restored, if the result would pass the size limit,
+        or if the document was deleted or renamed meanwhile (the version is not of its past: restoring would
+        bring a deleted document back); `ServerBusyError` while it is being deleted or renamed, or while
+        `RESTORE_THREADS` restores are being worked out; `InvalidUpdateError` (logged) if its own change does
+        not apply, a bug.
         """
-        self._refuse_if_ending(name)
-        infos = await self.store.documents(name)
-        if not infos:
-            raise NotFoundError(f"no document named {name!r}")
-        check_existed(infos[0], at)
-        records = await self.store.load(name, at)
-        if not records:
-            raise NotFoundError(f"document {name!r} did not exist yet at {format_time(at)}")
-        room = await self.load(name)
-        try:
-            current = room.diff(EMPTY_STATE_VECTOR)
-            # Bytes only cross to the thread (a pycrdt Doc is not thread safe); every row is checked there first.
-            update = await asyncio.to_thread(lambda: restore_update(current, version_update(name, records)))
-            room = await self.load(name)  # the same room, or (unloaded meanwhile) one reloaded from the store
+        async with self._restore_turn(name):
             self._refuse_if_ending(name)
-            if not holds(room.state_vector(), current):  # deleted, and maybe begun anew, meanwhile
-                raise NotFoundError(f"document {name!r} was deleted while it was being restored")
-            if update != EMPTY_UPDATE:
-                restored_at = time.time()  # before its log row is stamped (`journal.restore_of` looks from here)
-                room.accept_own_update(update)
-                self.journal.restored(name, restored_at, at)
-        finally:
-            self._unload_if_idle(room)
+            infos = await self.store.documents(name)
+            if not infos and name not in self._rooms:  # a room nothing is stored for yet is a document too
+                raise NotFoundError(f"no document named {name!r}")
+            if infos:
+                check_existed(infos[0], at)
+            records = await self.store.load(name, at)
+            if not records:
+                raise NotFoundError(f"document {name!r} did not exist yet at {format_time(at)}")
+            try:
+                room, restore = await self._work_out_restore(await self.load(name), records)
+                if restore.update != EMPTY_UPDATE:
+                    restored_at = time.time()  # before its log row is stamped: the history splits moments here
+                    self._accept_restore(room, restore)
+                    self.journal.restored(name, restored_at, at)
+            finally:
+                loaded = self._rooms.get(name)
+                if loaded is not None:
+                    self._unload_if_idle(loaded)
         await self.store.flush()  # answered once durable, as a delete or a rename is
-        logger.info("restored the document", extra=fields(room=name, at=format_time(at), bytes=len(update)))
+        logger.info("restored the document", extra=fields(room=name, at=format_time(at), bytes=len(restore.update)))
+
+    async def _work_out_restore(self, room: Room, records: list[StoredRecord]) -> tuple[Room, Restore]:
+        """The restore of `room` to the version `records` hold, worked out against the room's state when it is
+        applied (see `restore`), and the room to apply it to (the same document, reloaded if it was unloaded)."""
+        name = room.name
+        attempt = 1
+        while True:
+            # Bytes only cross to the thread (a pycrdt Doc is not thread safe); every row is checked there first.
+            current, state = room.diff(EMPTY_STATE_VECTOR), room.state_vector()
+            restore = await self._in_restore_thread(partial(_restore_of, name, records, current, state))
+            if room.ended:  # deleted or renamed meanwhile, here or on another process
+                raise RestoreError(CHANGED_WHILE_RESTORING)
+            self._refuse_if_ending(name)
+            if self._rooms.get(name) is not room:  # unloaded meanwhile (nobody was in it): read back
+                room = await self.load(name)
+            if _same_state(room.state_vector(), state) or attempt >= RESTORE_ATTEMPTS:
+                return room, restore
+            attempt += 1
+
+    async def _in_restore_thread(self, work: Callable[[], T]) -> T:
+        """`work()` in one of the restore threads; `ServerBusyError` if every one is busy."""
+        if not self._restore_slots.acquire(blocking=False):
+            raise ServerBusyError(f"restores busy ({RESTORE_THREADS} being worked out), try again")
+        if self._restore_threads is None:
+            self._restore_threads = ThreadPoolExecutor(RESTORE_THREADS, thread_name_prefix="collab-restore")
+        try:
+            future = self._restore_threads.submit(work)
+        except BaseException:
+            self._restore_slots.release()
+            raise
+        future.add_done_callback(lambda _: self._restore_slots.release())  # when the thread is done with it
+        return await asyncio.wrap_future(future)
+
+    def _accept_restore(self, room: Room, restore: Restore) -> None:
+        try:
+            room.accept_own_update(restore.update, restore.size)
+        except DocumentTooLargeError as error:
+            raise RestoreError(f"the document cannot be restored: {error}") from error
+        except InvalidUpdateError:
+            logger.exception("the restore's own change does not apply to its document", extra=fields(room=room.name))
+            raise
+
+    @asynccontextmanager
+    async def _restore_turn(self, name: str) -> AsyncIterator[None]:
+        """Hold the restore lock of document `name` (two restores worked out from one state would both
+        insert what it lacks: the text twice)."""
+        lock, users = self._restoring.setdefault(name, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._restoring[name]
 
     async def _end_everywhere(self, *ends: tuple[str, int, str]) -> None:
         """End rooms (name, close code, reason) here, then on the other processes; returns once those have
         closed them and queued what they keep of them for their store."""
         for name, code, reason in ends:
-            self.ended(name, code, reason)
+            self._end(name, code, reason)
         if self.relay is not None:
             relay = self.relay
             await asyncio.gather(*(relay.end(name, code, reason) for name, code, reason in ends))
 
     def ended(self, name: str, code: int, reason: str) -> None:
+        """Another process deleted or renamed document `name` (the relay calls this): its room ends here too, and
+        the journal forgets it or, for a rename whose reason names the new name, moves it there."""
+        self._end(name, code, reason)
+        renamed_to = _renamed_to(reason) if code == DOCUMENT_RENAMED else None
+        if renamed_to is not None:
+            self.journal.renamed(name, renamed_to)
+        elif code in (DOCUMENT_DELETED, DOCUMENT_RENAMED):
+            self.journal.forget(name)
+
+    def _end(self, name: str, code: int, reason: str) -> None:
         """End room `name`, if loaded: its clients are closed with `code`; for a deletion, what it has not
-        queued for the store yet is dropped. The relay calls this when another process deleted or renamed it."""
+        queued for the store yet is dropped."""
         room = self._rooms.pop(name, None)
         unloading = self._unloading.pop(name, None)
         if unloading is not None:
@@ -412,3 +511,34 @@ class Rooms:
         finally:
             if self._reloads.get(room.name) is asyncio.current_task():
                 del self._reloads[room.name]
+
+
+def _restore_of(name: str, records: list[StoredRecord], current: bytes, state: bytes) -> Restore:
+    """In a restore thread: the restore of document `current` (state vector `state`) to the version `records`
+    hold, refused unless that version is of its past."""
+    version = update_from_records(name, records)
+    if not holds(state, version):  # the document was deleted (and maybe begun anew) or renamed since
+        raise RestoreError(CHANGED_WHILE_RESTORING)
+    return restore_update(current, version, breathe)
+
+
+def _same_state(one: bytes, other: bytes) -> bool:
+    """Whether two state vectors say the same (their bytes may list the clients in another order)."""
+    return one == other or check_state_vector(one) == check_state_vector(other)
+
+
+def _renamed_reason(new: str) -> str:
+    """The close reason of a rename to `new`: naming it if it fits in a close frame (and in the relay's entry,
+    which refuses a longer one), else not at all rather than cut."""
+    reason = RENAMED_TO + new
+    return reason if len(reason.encode()) <= MAX_REASON_BYTES else "renamed"
+
+
+def _renamed_to(reason: str) -> str | None:
+    """The new name a rename's close reason (`_renamed_reason`) gives, or None if it gives none."""
+    if not reason.startswith(RENAMED_TO):
+        return None
+    try:
+        return validate_room_name(reason.removeprefix(RENAMED_TO))
+    except InvalidRoomNameError:
+        return None

@@ -1,9 +1,10 @@
 """Revoked tokens in the database: `collab revoke` writes them, the running server polls them.
 
     revocations(id, created_at, token_id, scope, before)
-        token_id: that one token (its `jti`), on every document;
+        token_id: that one token (its `jti`), on every document, and the share links made from it;
         scope, before: every token issued (`iat`) before `before`, on the document `scope`
-                       or, for a prefix ending in '/', on every document under it.
+                       or, for a prefix ending in '/', on every document under it, and every share
+                       link whose first token was (`collab.auth.Via`: what a leaked token shares is leaked).
 
 Why polling rather than telling the server through its HTTP API: the row is the
 whole mechanism, so it works from any process or host that can write the file,

@@ -5,17 +5,18 @@ it saw.
 A room samples the names its peers give in their awareness state (`user.name`, what the web editor and most
 Yjs editors set) when it integrates edits, at most once every `SAMPLE_EVERY` seconds (and once more before a
 peer leaves, if edits came since the last sample), and tells the journal; consecutive samples of the same
-people become one span. The history asks which people a span of time saw (`people`), and which restore a
-stretch of changes holds (`restore_of`). Everything is bounded: a name's length, the names of a sample, the
-spans and restores of a document, and the bytes all documents' spans hold together (the documents edited
-least recently are forgotten first).
+people become one span. The history asks which people stretches of time saw (`people`), and when restores
+were made (`restores`: each starts a moment of its own, `collab.sync.moments`). Everything is bounded: a
+name's length, the names of a sample, the spans and restores of a document, and the bytes all documents'
+spans hold together (the documents edited least recently are forgotten first).
 """
 
 from __future__ import annotations
 
 import json
+from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .protocol import AwarenessEntry
@@ -104,25 +105,32 @@ class Journal:
         """Document `name` was restored at `now` to its state at `at`."""
         self._touch(name).restores.append((now, at))
 
-    def people(self, name: str, start: float, end: float) -> list[str]:
-        """Everyone seen connected to `name` between `start` and `end`, sorted: in the samples taken then, or
-        less than SAMPLE_EVERY away (a sample stands for the edits until the next one)."""
-        document = self._documents.get(name)
-        if document is None:
-            return []
-        found: set[str] = set()
-        for span in document.spans:
-            if span.end > start - SAMPLE_EVERY and span.start < end + SAMPLE_EVERY:
-                found |= span.people
-        return sorted(found)
+    def people(self, name: str, stretches: Sequence[tuple[float, float]]) -> list[list[str]]:
+        """For each (start, end) of `stretches`, everyone seen connected to `name` then, sorted: in the samples
+        taken then, or less than SAMPLE_EVERY away (a sample stands for the edits until the next one).
 
-    def restore_of(self, name: str, start: float, end: float) -> float | None:
-        """The time the latest restore made between `start` and `end` restored `name` to; None if none was."""
+        Each stretch costs a binary search and the spans it finds: spans are in time order (they are made as
+        time goes, and `present` extends only the last one).
+        """
         document = self._documents.get(name)
         if document is None:
-            return None
-        found = [at for when, at in document.restores if start <= when <= end]
-        return found[-1] if found else None
+            return [[] for _ in stretches]
+        spans = list(document.spans)
+        starts = [span.start for span in spans]
+        found: list[list[str]] = []
+        for start, end in stretches:
+            names: set[str] = set()
+            for span in reversed(spans[: bisect_left(starts, end + SAMPLE_EVERY)]):
+                if span.end <= start - SAMPLE_EVERY:
+                    break
+                names |= span.people
+            found.append(sorted(names))
+        return found
+
+    def restores(self, name: str) -> list[tuple[float, float]]:
+        """(when, the time it restored to) of each restore of `name` remembered, oldest first."""
+        document = self._documents.get(name)
+        return [] if document is None else list(document.restores)
 
     def forget(self, name: str) -> None:
         """Document `name` was deleted: what was seen of it is no one's any more."""

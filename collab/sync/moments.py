@@ -8,6 +8,11 @@ last (`end`), whatever their kind: a compaction in the middle of a typing
 session does not cut it in two. A moment is an "edits" moment if it holds a log
 row, a "checkpoint" moment if it holds only checkpoints.
 
+A restore always starts a moment of its own, however soon it follows the edits
+before it, so that the moment before it can be restored again: the first point
+at or after the time a restore was made (`Journal.restores`, what this process
+saw) starts a moment, and that moment is the restore's (`restore_of`).
+
 A moment's `at` is the time to ask for it by (`?at=`, `collab export --at`,
 a restore): its last point's time rounded up to the millisecond that ISO 8601
 as collab writes it (`units.format_time`) can say, so that a load at `at`
@@ -18,6 +23,7 @@ millisecond belong to the moment, so `at` never includes the next one.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,16 +32,22 @@ from ..store import HistoryPoint
 from ..units import format_time, parse_time
 from .journal import Journal
 
-__all__ = ["DEFAULT_GAP", "DEFAULT_LIMIT", "MAX_LIMIT", "Moment", "group_moments", "history_json", "time_of"]
+__all__ = [
+    "DEFAULT_GAP",
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "Moment",
+    "group_moments",
+    "history_json",
+    "listed_moments",
+    "time_of",
+]
 
 DEFAULT_GAP = 300.0
 """Seconds of quiet that end a moment."""
 DEFAULT_LIMIT = 200
 MAX_LIMIT = 1000
 """Moments one answer lists (newest first), by default and at most."""
-RESTORE_REACH = 1.0
-"""Seconds before a moment's first point that a restore in it may have been made: its log row is stamped when
-queued, a moment after the restore was recorded (and with the updates of a group commit, at the last one's time)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +62,8 @@ class Moment:
     """History points it groups."""
     size: int
     """Bytes they hold."""
+    restore_of: float | None = None
+    """For a moment a restore started, the time it restored to."""
 
 
 def time_of(moment: float) -> float:
@@ -60,48 +74,79 @@ def time_of(moment: float) -> float:
     return at
 
 
-def group_moments(points: Sequence[HistoryPoint], gap: float = DEFAULT_GAP) -> list[Moment]:
-    """`points` (oldest first, as the store lists them) grouped into moments, oldest first."""
+def group_moments(
+    points: Sequence[HistoryPoint], gap: float = DEFAULT_GAP, restores: Sequence[tuple[float, float]] = ()
+) -> list[Moment]:
+    """`points` (oldest first, as the store lists them) grouped into moments, oldest first.
+
+    `restores`: (when, the time it restored to) of each restore made, oldest first (`Journal.restores`).
+    Costs one `time_of` per moment, none per point.
+    """
     moments: list[Moment] = []
-    group: list[HistoryPoint] = []
-    at = 0.0
-    for point in points:
-        if group and point.at - group[-1].at >= gap and point.at > at:
-            moments.append(_moment(group, at))
-            group = []
-        group.append(point)
-        at = time_of(point.at)
-    if group:
-        moments.append(_moment(group, at))
+    first = 0  # the index of the current moment's first point
+    restore_of: float | None = None
+    placed = 0  # restores already placed on a point
+    for index, point in enumerate(points):
+        restored = None  # the latest restore made since the point before this one
+        while placed < len(restores) and restores[placed][0] <= point.at:
+            restored = restores[placed][1]
+            placed += 1
+        if index > first:
+            previous = points[index - 1].at
+            at = _end_before(previous, point.at) if restored is not None or point.at - previous >= gap else None
+            if at is not None:
+                moments.append(_moment(points[first:index], at, restore_of))
+                first, restore_of = index, None
+        if restored is not None:
+            restore_of = restored
+    if first < len(points):
+        moments.append(_moment(points[first:], time_of(points[-1].at), restore_of))
     return moments
 
 
-def _moment(points: list[HistoryPoint], at: float) -> Moment:
-    kind: Literal["edits", "checkpoint"] = "edits" if any(point.kind == "update" for point in points) else "checkpoint"
-    return Moment(points[0].at, points[-1].at, at, kind, len(points), sum(point.size for point in points))
-
-
-def history_json(
-    name: str,
+def listed_moments(
     points: Sequence[HistoryPoint],
-    journal: Journal,
+    restores: Sequence[tuple[float, float]] = (),
     *,
     gap: float = DEFAULT_GAP,
     limit: int = DEFAULT_LIMIT,
-) -> dict[str, Any]:
-    """What `GET /api/history/<name>` answers: the newest `limit` moments, with who was there and what they
-    restored as far as this process saw (`journal`)."""
-    moments = group_moments(points, gap)
-    newest = moments[::-1][:limit]
+    before: float | None = None,
+) -> tuple[list[Moment], bool]:
+    """The newest `limit` moments of `points`, newest first, of those whose `at` is before `before` (to the
+    millisecond: the `at` of the oldest moment listed asks for the ones before it), and whether older ones
+    were left out."""
+    moments = group_moments(points, gap, restores)
+    if before is not None:
+        moments = moments[: bisect_left(moments, round(before * 1000), key=lambda moment: round(moment.at * 1000))]
+    return moments[: -limit - 1 : -1], len(moments) > limit
+
+
+def history_json(name: str, moments: list[Moment], truncated: bool, journal: Journal) -> dict[str, Any]:
+    """What `GET /api/history/<name>` answers for `moments` (`listed_moments`), with who was there as far as
+    this process saw (`journal`)."""
+    people = journal.people(name, [(moment.start, moment.end) for moment in moments])
     return {
         "name": name,
-        "moments": [_moment_json(name, moment, journal) for moment in newest],
-        "truncated": len(moments) > limit,
+        "moments": [_moment_json(moment, names) for moment, names in zip(moments, people, strict=True)],
+        "truncated": truncated,
     }
 
 
-def _moment_json(name: str, moment: Moment, journal: Journal) -> dict[str, Any]:
-    restore_of = journal.restore_of(name, moment.start - RESTORE_REACH, moment.at)
+def _end_before(end: float, following: float) -> float | None:
+    """The `at` of a moment ending at `end` if it does not include the point at `following`, else None."""
+    if following <= math.ceil(end * 1000) / 1000:  # the same millisecond: no time tells them apart
+        return None
+    at = time_of(end)
+    return at if following > at else None
+
+
+def _moment(points: Sequence[HistoryPoint], at: float, restore_of: float | None) -> Moment:
+    kind: Literal["edits", "checkpoint"] = "edits" if any(point.kind == "update" for point in points) else "checkpoint"
+    size = sum(point.size for point in points)
+    return Moment(points[0].at, points[-1].at, at, kind, len(points), size, restore_of)
+
+
+def _moment_json(moment: Moment, people: list[str]) -> dict[str, Any]:
     return {
         "at": format_time(moment.at),
         "at_unix": moment.at,
@@ -109,6 +154,6 @@ def _moment_json(name: str, moment: Moment, journal: Journal) -> dict[str, Any]:
         "kind": moment.kind,
         "changes": moment.changes,
         "bytes": moment.size,
-        "people": journal.people(name, moment.start, moment.end),
-        "restore_of": None if restore_of is None else format_time(restore_of),
+        "people": people,
+        "restore_of": None if moment.restore_of is None else format_time(moment.restore_of),
     }

@@ -38,20 +38,16 @@ from .protocol import (
     awareness_message,
     awareness_messages,
 )
+from .yupdate import EMPTY_STATE_VECTOR, EMPTY_UPDATE
 from .yupdate import check_update as walk_update
 
 if TYPE_CHECKING:
     from ..auth import Grant
     from ..cluster import Publisher
 
-__all__ = ["Origin", "Peer", "Room", "check_records", "check_update"]
+__all__ = ["EMPTY_STATE_VECTOR", "EMPTY_UPDATE", "Origin", "Peer", "Room", "check_records", "check_update"]
 
 logger = logging.getLogger("collab.room")
-
-# A v1 update with no structs and no deletions: what a client with nothing new sends in step 2.
-EMPTY_UPDATE = b"\x00\x00"
-# The state vector of an empty document: what a newcomer with nothing sends in step 1.
-EMPTY_STATE_VECTOR = b"\x00"
 
 
 class Peer(Protocol):
@@ -303,15 +299,19 @@ class Room:
             elif type(message) is Auth:
                 logger.debug("ignored auth message from client %s in %r", peer.id, self.name)
 
-    def accept_own_update(self, update: bytes) -> None:
+    def accept_own_update(self, update: bytes, size: int) -> None:
         """Take an update the server made (a restore: `collab.sync.restore`) as a client's is taken: checked,
-        held to the size limit, applied to the Doc at once, relayed to every peer, stored, published.
+        applied to the Doc at once, relayed to every peer, stored, published.
 
-        Raises what a client's update would earn (`InvalidUpdateError`, `DocumentTooLargeError`); nothing of
-        it took effect then.
+        `size`: the document's size once the update is applied, as its maker measured it. The size limit holds
+        it to that, not to the update's length: a restore that shrinks a document deletes much, and its update
+        is long. Raises `DocumentTooLargeError` if it is past the limit, `InvalidUpdateError` if the update
+        does not apply; nothing of it took effect then.
         """
-        if self.max_document_size and self.size + len(update) > self.max_document_size:
-            self._check_growth(len(update))
+        if self.max_document_size and size > self.max_document_size:
+            raise DocumentTooLargeError(
+                f"it would be {size} bytes, more than the limit of {self.max_document_size} bytes"
+            )
         check_update(update)
         self._accept_update(None, update, b"", trial=True)
 

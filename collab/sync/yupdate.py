@@ -65,6 +65,8 @@ from typing import Any
 from ..errors import InvalidUpdateError
 
 __all__ = [
+    "EMPTY_STATE_VECTOR",
+    "EMPTY_UPDATE",
     "MAX_CLIENT_ID",
     "MAX_CLOCK",
     "MAX_DEPTH",
@@ -76,6 +78,10 @@ __all__ = [
     "struct_ends",
 ]
 
+EMPTY_UPDATE = b"\x00\x00"
+"""A v1 update with no structs and no deletions: what a client with nothing new sends in step 2."""
+EMPTY_STATE_VECTOR = b"\x00"
+"""The state vector of an empty document: what a newcomer with nothing sends in step 1."""
 MAX_CLOCK = 2**32 - 1
 """yrs's `u32`: the largest clock, length, and clock + length."""
 MAX_CLIENT_ID = 2**53 - 1

@@ -152,3 +152,34 @@ async def test_seven_people_fit_a_phone(browser: Browser, server: CollabServer) 
         await phone.page.locator(".cm-content").tap()
         await expect(popover).to_be_hidden()
         phone.assert_no_errors()
+
+
+async def test_what_others_say_of_themselves_is_drawn_safely(browser: Browser, server: CollabServer) -> None:
+    """Anyone's page says its name and colour in its awareness: a colour that is not #rrggbb is drawn grey
+    (it goes into style attributes), and a name longer than 64 characters is cut."""
+    at_the_end = {"tname": "content", "item": None, "type": None, "assoc": 0}  # a Yjs relative position
+    async with synced(room_url(server, "team/safe")) as mallory, synced(room_url(server, "team/safe")) as ok:
+        mallory.set_awareness(
+            {
+                "user": {"name": "M" * 500, "color": "red; background-image: url(/x)", "colorLight": "url(/y)"},
+                "cursor": {"anchor": at_the_end, "head": at_the_end},
+            }
+        )
+        ok.set_awareness({"user": {"name": "  Ok  ", "color": "#0D9488"}})
+        ada = await Person.arrive(browser, editor_url(server.port, "team/safe"))
+        await ada.introduce(*ADA[:2])
+        await ada.wait_status("connected")
+        chips = ada.page.locator("#people .person:not(.is-me)")
+        await expect(chips).to_have_count(2)
+        shown = await chips.evaluate_all(
+            """(chips) => chips.map((chip) => [chip.querySelector('.person-name').textContent,
+              chip.querySelector('.avatar').style.getPropertyValue('--person')])"""
+        )
+        assert sorted(shown) == [["M" * 64, "#8c959f"], ["Ok", "#0D9488"]]
+        # Mallory's caret, drawn by y-codemirror from the same awareness state.
+        caret = ada.page.locator(".cm-ySelectionCaret")
+        await expect(caret).to_have_count(1)
+        style = await caret.get_attribute("style")
+        assert style is not None and "url" not in style and "#8c959f" in style, style
+        await expect(ada.page.locator(".cm-ySelectionInfo")).to_have_text("M" * 64)
+        ada.assert_no_errors()

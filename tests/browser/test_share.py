@@ -33,28 +33,38 @@ async def write(server: CollabServer, name: str, content: str) -> None:
         await writer.resync()
 
 
+def edits_among(frames: list[str | bytes]) -> list[bytes]:
+    """The Yjs updates among WebSocket frames: y-websocket's sync message (0) of type update (2)."""
+    return [frame for frame in frames if isinstance(frame, bytes) and frame[:2] == b"\x00\x02"]
+
+
 async def test_a_view_only_link_takes_no_edit(browser: Browser, start_server: StartServer) -> None:
     server = await start_server(auth_secret=SECRET)
     await write(server, "team/plan", "Agenda")
-    viewer = await Person.arrive(
-        browser, with_token(editor_url(server.port, "team/plan"), token("team/plan", Permission.READ))
-    )
+    viewer = await Person.arrive(browser, "about:blank", **CLIPBOARD)
+    sent: list[str | bytes] = []  # every frame the page sends the server
+    viewer.page.on("websocket", lambda socket: socket.on("framesent", lambda frame: sent.append(frame)))
+    await viewer.page.goto(with_token(editor_url(server.port, "team/plan"), token("team/plan", Permission.READ)))
     await viewer.introduce(*GRACE[:2])
     await viewer.wait_status("connected")
     await viewer.wait_text("(text) => text === 'Agenda'")
     await expect(viewer.page.locator("#readonly-badge")).to_be_visible()
     await expect(viewer.page.locator("#readonly-badge")).to_have_text("Read only")
     content = viewer.page.locator(".cm-content")
-    await expect(content).to_have_attribute("contenteditable", "false")
+    await expect(content).to_have_attribute("aria-readonly", "true")  # it still takes a caret, to read and copy with
 
-    # Typing, pasting, deleting: nothing changes, here or on the server.
+    # Typing, pasting, deleting: nothing changes, here or on the server. An edit the editor took would be in
+    # the page's Y.Text at once (CodeMirror applies a key press synchronously) and sent as an update frame.
     await content.click()
     await viewer.page.keyboard.press("Control+End")
     await viewer.page.keyboard.type(" and more")
     await viewer.page.keyboard.press("Backspace")
+    await viewer.page.evaluate("navigator.clipboard.writeText(' pasted')")
+    await viewer.page.keyboard.press("Control+v")
     await viewer.page.keyboard.press("Control+a")
     await viewer.page.keyboard.press("Delete")
     assert await viewer.text() == "Agenda"
+    assert edits_among(sent) == [], "the page sent an edit"
     async with synced(with_token(room_url(server, "team/plan"), token("team/plan"))) as reader:
         assert str(text(reader)) == "Agenda"
     assert server_text(server, "team/plan") == "Agenda"
@@ -101,7 +111,9 @@ async def test_a_refused_edit_is_taken_back_when_access_was_not_known(
     await expect(viewer.page.locator("#readonly-badge")).to_be_visible()
     await expect(viewer.page.locator("#notice")).to_contain_text("What you typed was not saved")
     assert await viewer.wait_text("(text) => text === 'Kept'") == "Kept"
-    await expect(viewer.page.locator(".cm-content")).to_have_attribute("contenteditable", "false")
+    await expect(viewer.page.locator(".cm-content")).to_have_attribute("aria-readonly", "true")
+    await viewer.type_at("Control+End", " again")  # read-only now: what is typed is not even shown
+    assert await viewer.text() == "Kept"
     assert server_text(server, "team/notes") == "Kept"
     assert all("api/access" in error or "ERR_INTERNET_DISCONNECTED" in error for error in viewer.errors), viewer.errors
 
@@ -209,4 +221,71 @@ async def test_a_server_that_cannot_mint_says_so(browser: Browser, start_server:
     dialog = ada.page.locator("dialog.share-dialog")
     await expect(dialog.locator(".share-problem")).to_contain_text("can’t create share links")
     await expect(dialog.get_by_role("button", name="Create link")).to_have_count(0)
+    ada.assert_no_errors()
+
+
+async def open_share_dialog(browser: Browser, start_server: StartServer) -> Person:
+    """Ada on team/plan with a write token for team/, its Share dialog open; the server mints links."""
+    server = await start_server(auth_secret=SECRET)
+    await write(server, "team/plan", "Draft")
+    ada = await Person.arrive(browser, with_token(editor_url(server.port, "team/plan"), token("team/")))
+    await ada.introduce(*ADA[:2])
+    await ada.wait_status("connected")
+    await ada.page.locator("#share").click()
+    await expect(ada.page.locator("dialog.share-dialog")).to_be_visible()
+    return ada
+
+
+async def test_enter_on_a_choice_does_not_close_the_share_dialog(browser: Browser, start_server: StartServer) -> None:
+    ada = await open_share_dialog(browser, start_server)
+    dialog = ada.page.locator("dialog.share-dialog")
+    edit = dialog.get_by_role("radio", name="Edit", exact=True)
+    await edit.focus()
+    await ada.page.keyboard.press("Space")
+    await ada.page.keyboard.press("Enter")  # a form would close the dialog during this key press
+    assert await ada.page.evaluate("document.querySelector('dialog.share-dialog')?.open === true")
+    await expect(edit).to_be_checked()
+    await expect(edit).to_be_focused()
+
+    await dialog.get_by_role("button", name="Done").focus()
+    await ada.page.keyboard.press("Enter")
+    await expect(dialog).to_have_count(0)
+    await expect(ada.page.locator("#share")).to_be_focused()
+    ada.assert_no_errors()
+
+
+async def test_a_link_asked_for_before_the_choice_changed_is_not_shown(
+    browser: Browser, start_server: StartServer
+) -> None:
+    ada = await open_share_dialog(browser, start_server)
+    dialog = ada.page.locator("dialog.share-dialog")
+    held: list[Route] = []
+
+    async def hold(route: Route) -> None:
+        if held:
+            await route.continue_()
+        else:
+            held.append(route)  # the first one is answered when the test lets it go
+
+    await ada.page.route("**/api/share*", hold)
+    await dialog.get_by_role("radio", name="Edit", exact=True).check()
+    await dialog.get_by_role("button", name="Create link").click()
+    await expect(dialog.locator(".share-result")).to_have_text("Creating the link…")
+    await wait_for(lambda: len(held) == 1)
+    await dialog.get_by_role("radio", name="View", exact=True).check()  # while the edit link is being made
+    await expect(dialog.locator(".share-result")).to_be_empty()
+
+    async with ada.page.expect_response("**/api/share*") as answered:
+        await held[0].continue_()
+    await (await answered.value).finished()
+    # A request of the page's own made after that answer arrived comes back after the page handled it.
+    await ada.page.evaluate("fetch('/third-party-licenses.txt', { cache: 'no-store' }).then((answer) => answer.text())")
+    assert await dialog.get_by_label("Share link").count() == 0, "the edit link was shown under View"
+    await expect(dialog.locator(".share-result")).to_be_empty()
+
+    await expect(dialog.get_by_role("button", name="Create link")).to_be_enabled()
+    await dialog.get_by_role("button", name="Create link").click()
+    link = await dialog.get_by_label("Share link").input_value()
+    assert verify_token(SECRET.encode(), share_token(link)).permission == Permission.READ
+    await expect(dialog.locator(".share-summary")).to_contain_text("can view, not edit")
     ada.assert_no_errors()

@@ -17,12 +17,12 @@ import { LanguageSupport } from '@codemirror/language'
 import { markdownKeymap, markdownLanguage } from '@codemirror/lang-markdown'
 import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
 
-import { h, initials } from './dom.js'
+import { h } from './dom.js'
 import { setUpHistory } from './history.js'
 import { askIdentity, awarenessUser, loadIdentity } from './identity.js'
 import { apiProblem, callApi, editorPath, nameFromEditorPath, nameProblem, pageToken, roomPath, websocketServer, withToken } from './names.js'
-import { keepOffline } from './offline.js'
-import { setUpPeople } from './people.js'
+import { keepOffline, tokenDigest } from './offline.js'
+import { avatar, checkPeople, setUpPeople } from './people.js'
 import { setUpShare } from './share.js'
 import { editorTheme, markdownHighlighting } from './theme.js'
 
@@ -32,8 +32,12 @@ export const CONTENT = 'content'
 /** Close codes the server ends a document's connections with (collab/errors.py). */
 const DOCUMENT_DELETED = 4410
 const DOCUMENT_RENAMED = 4411
+const ACCESS_REFUSED = new Set([4401, 4403]) // no valid token; a token for other documents
 
-/** How long the page waits for GET /api/access before it takes the answer as unknown (editable, as offline). */
+/** How the server's auth message starts when it refuses the connection, which it closes next (collab/sync). */
+const PERMISSION_DENIED = 'permission denied'
+
+/** How long the page waits for GET /api/access before it goes by what it remembers (or edits, as offline). */
 const ACCESS_TIMEOUT_MS = 8000
 
 const $ = (selector) => document.querySelector(selector)
@@ -47,9 +51,23 @@ function markdownSupport () {
   return new LanguageSupport(markdownLanguage, [Prec.high(keymap.of(markdownKeymap))])
 }
 
-const READ_ONLY = [EditorState.readOnly.of(true), EditorView.editable.of(false)]
+// A viewer's editor (and one waiting to learn its access) changes with nothing typed, pasted or dropped, but
+// takes focus, a caret and selections: keyboard and screen reader users read and copy with them.
+const TAKES_NO_EDIT = EditorState.readOnly.of(true)
+// An ended document's editor: nothing is left to work on.
+const ENDED = [EditorState.readOnly.of(true), EditorView.editable.of(false)]
 
-function main () {
+/**
+ * What this page may do with its document, as `access.level`:
+ *   'asking'   online, waiting for GET /api/access: nothing can be typed, and the offline copy is not applied
+ *              (it would be sent, or shown to someone who may not see it);
+ *   'edit'     the server said so, or said so last time and cannot be asked now;
+ *   'view'     likewise: read only;
+ *   'none'     likewise: the token is refused, and nothing of the document is shown;
+ *   'unknown'  offline (or no answer) and never told for this token: the page edits as it always did, and
+ *              what is typed is kept as typed with unknown access, sent only once an editor's page opens it.
+ */
+async function main () {
   let name
   try {
     name = nameFromEditorPath(window.location.pathname)
@@ -67,17 +85,18 @@ function main () {
   $('#doc-name').title = name
 
   const doc = new Y.Doc()
-  const offline = keepOffline(name, doc)
   const text = doc.getText(CONTENT)
   // With access control on, the page's ?token= goes to the server as the provider's URL parameter.
   const token = pageToken()
+  const copy = keepOffline(name, doc, await tokenDigest(token))
+  // A name the server refuses (close code 4400, its reason shown) has no access to ask about, nor a copy.
+  const askable = !nameProblem(name)
   const provider = new WebsocketProvider(websocketServer(), roomPath(name), doc, { params: token ? { token } : {} })
   const undoManager = new Y.UndoManager(text)
   const editable = new Compartment()
   const hint = new Compartment()
-  // Online, nothing can be typed until the server says this page may edit: a viewer's keystrokes must never
-  // look saved. Offline there is no one to ask, and the page edits as it always did.
-  const access = { answer: null, asking: navigator.onLine, editsRefused: false, ended: false }
+  const access = { level: askable ? 'asking' : 'unknown', answer: null, ended: false }
+  checkPeople(provider.awareness)
 
   const view = new EditorView({
     parent: $('#editor'),
@@ -98,47 +117,134 @@ function main () {
         markdownSupport(),
         markdownHighlighting,
         editorTheme,
-        editable.of(access.asking ? READ_ONLY : []),
+        editable.of(TAKES_NO_EDIT),
         hint.of(placeholder('Loading…')),
         yCollab(text, provider.awareness, { undoManager })
       ]
     })
   })
 
-  // For the browser console and the end-to-end tests: the live objects behind the page.
-  window.collab = { name, doc, text, provider, view, undoManager, offline, access }
+  // The copy is opened once, when the access is first known; one left alone for a viewer, again for an editor.
+  let copyOpening = null
+  let copyLoaded = false
+  let copyLeft = false
+
+  // For the browser console and the end-to-end tests: the live objects behind the page, and the promise of
+  // the offline copy's opening (null until the access is known).
+  window.collab = {
+    name, doc, text, provider, view, undoManager, offline: copy, access,
+    get copyOpening () { return copyOpening }
+  }
 
   const history = setUpHistory({ name, text, live: view })
   let connection = null
 
+  // What the page's document holds that the server may not keep: typed here and not yet sent with edit
+  // access, or applied from the copy, which held unsent edits (`copyHeld`), or refused by the server.
+  let typedHere = false
+  let copyHeld = null
+  let editsRefused = false
+  const holdsUnsaved = () => typedHere || copyHeld !== null || editsRefused
+  const unsaved = trackUnsaved(access)
+
   /** Apply what is known of this page's access: the editor, the badge, the Restore button. */
   const applyAccess = () => {
-    const viewOnly = access.editsRefused || access.answer?.access === 'view'
-    const canEdit = !access.ended && !viewOnly && !access.asking && access.answer?.access !== 'none'
-    const couldEdit = view.state.facet(EditorView.editable)
-    view.dispatch({ effects: editable.reconfigure(canEdit ? [] : READ_ONLY) })
-    // The page focused the editor while it waited for the answer, which a read-only editor does not take.
-    if (canEdit && !couldEdit && document.activeElement === document.body) view.focus()
-    $('#readonly-badge').hidden = !viewOnly || access.ended
-    document.body.classList.toggle('is-read-only', viewOnly)
+    const canEdit = !access.ended && (access.level === 'edit' || access.level === 'unknown')
+    view.dispatch({ effects: editable.reconfigure(access.ended ? ENDED : canEdit ? [] : TAKES_NO_EDIT) })
+    $('#readonly-badge').hidden = access.level !== 'view' || access.ended
+    $('#editor').hidden = access.level === 'none'
     history.setWritable(canEdit)
-    if (viewOnly) takeBackUnsavedEdits(undoManager)
     connection?.render()
   }
 
-  // `holdEdits`: the editor takes no input until the answer (the first time, before anything is typed);
+  /** The server has all this page's document holds, once it may edit, is connected and synced, and the copy is in. */
+  const checkSaved = () => {
+    if (access.answer?.access !== 'edit' || !provider.wsconnected || !provider.synced || !copyLoaded) return
+    copy.synced()
+    typedHere = false
+    unsaved.clear()
+  }
+
+  const openCopy = (level) => {
+    if (copyOpening && !(copyLeft && level !== 'view')) return
+    copyLeft = false
+    copyOpening = copy.open(level).then(({ open, held }) => {
+      copyLeft = !open && held !== null
+      copyLoaded = true
+      if (open && held !== null) {
+        copyHeld = held
+        settle(access.level) // the access may have been learned while the copy was opening
+      } else {
+        checkSaved()
+      }
+    })
+  }
+
+  /**
+   * Forget what the server will not keep and show what it has: the copy is deleted (unless it holds only
+   * edits typed with edit access, which wait there for an editor's page) and the page loads again, once.
+   */
+  const rebuildFromServer = async () => {
+    if (window.history.state?.collabRebuilt) {
+      // Loaded again already, and still holding something refused: take back what can be, and stop keeping it.
+      copy.stop()
+      takeBackUnsavedEdits(undoManager)
+      return
+    }
+    unsaved.leaving = true
+    if (copy.unsent === 'edit') copy.stop()
+    else await copy.discard()
+    window.history.replaceState({ ...window.history.state, collabRebuilt: 'to say' }, '')
+    window.location.reload()
+  }
+
+  let rebuilding = false
+  /** Act on the access now known (or guessed): the editor, and what is done with the copy. */
+  const settle = (level) => {
+    access.level = level
+    if ((level === 'view' || level === 'none') && holdsUnsaved()) {
+      if (level === 'none') {
+        // Nothing is shown; what was typed with a refused token is not kept either.
+        if (copy.unsent === 'unknown') copy.discard()
+        else copy.stop()
+      } else if (!rebuilding) {
+        rebuilding = true
+        rebuildFromServer()
+      }
+    } else if (level === 'none') {
+      copy.stop()
+    } else if (level !== 'asking' && askable) {
+      openCopy(level)
+    }
+    if (level === 'edit' && access.answer?.access === 'edit') copy.mayEdit()
+    applyAccess()
+    checkSaved()
+  }
+
+  /**
+   * The server said what this page may do: remember it for the next time it cannot be asked. Refused, the
+   * page keeps nothing of the document on it (the connection is closed for good, 4401 or 4403).
+   */
+  const learned = (level) => {
+    copy.remember(level)
+    settle(level)
+    if (level === 'none' && view.dom.isConnected) view.destroy()
+  }
+
+  // `holdEdits`: the editor takes no input and the copy waits until the answer (the first time, online);
   // asked again once connected after an unanswered first time, the person may be typing already.
   let asked = null // the question in flight
-  // A name the server refuses (close code 4400, its reason shown) has no access to ask about.
-  const askable = !nameProblem(name)
   const askAccess = (holdEdits) => {
     asked ??= (async () => {
-      access.asking = holdEdits && navigator.onLine
-      applyAccess()
-      access.answer = await whatAccess(name)
-      access.asking = false
+      if (access.level === 'asking' && (!holdEdits || !navigator.onLine)) settle(copy.remembered ?? 'unknown')
+      const answer = await whatAccess(name)
       asked = null
-      applyAccess()
+      if (answer && !access.ended) {
+        access.answer = answer
+        learned(answer.access)
+      } else if (access.level === 'asking') {
+        settle(copy.remembered ?? 'unknown')
+      }
     })()
   }
 
@@ -146,19 +252,36 @@ function main () {
   // "your edits are not saved": from then on the editor takes no input. Stock y-websocket only logs it.
   provider.messageHandlers[messageAuth] = (_encoder, decoder) => {
     readAuthMessage(decoder, doc, (_doc, reason) => {
+      if (reason.startsWith(PERMISSION_DENIED)) {
+        learned('none')
+        return
+      }
       console.info(`collab: the server refuses edits here: ${reason}`)
-      access.editsRefused = true
-      applyAccess()
+      editsRefused = true
+      learned('view')
     })
   }
 
-  connection = trackConnection(provider, doc, access, {
+  doc.on('update', (_update, origin) => {
+    if (origin === provider || copy.isCopy(origin)) return // from the server, another tab, or the copy
+    // Typed here (or undone): sent at once when connected with edit access, else kept for later.
+    if (access.answer?.access === 'edit' && provider.wsconnected && provider.synced) return
+    typedHere = true
+    copy.typed(access.level === 'edit' ? 'edit' : 'unknown')
+    unsaved.add(copy)
+  })
+
+  connection = trackConnection(provider, access, {
     onConnected: () => {
       if (askable && !access.answer) askAccess(false) // asked while offline, or no answer then
     },
-    onSynced: () => view.dispatch({ effects: hint.reconfigure(placeholder('Start writing… (Markdown works)')) }),
+    onSynced: () => {
+      view.dispatch({ effects: hint.reconfigure(placeholder('Start writing… (Markdown works)')) })
+      checkSaved()
+    },
     onEnded: (code) => {
       access.ended = true
+      if (ACCESS_REFUSED.has(code)) learned('none')
       view.dispatch({ effects: hint.reconfigure([]) })
       applyAccess()
       history.close()
@@ -166,15 +289,15 @@ function main () {
       $('#history-button').disabled = true
       $('#share').disabled = true
       // A deleted or renamed document must not come back from this browser's copy on a later visit.
-      if (code === DOCUMENT_DELETED || code === DOCUMENT_RENAMED) offline.forget()
+      if (code === DOCUMENT_DELETED || code === DOCUMENT_RENAMED) copy.forget()
     }
   })
-  if (askable) {
-    askAccess(true)
-  } else {
-    access.asking = false
-    applyAccess()
+  if (window.history.state?.collabRebuilt === 'to say') {
+    window.history.replaceState({ ...window.history.state, collabRebuilt: 'said' }, '')
+    sayTakenBack()
   }
+  if (askable) askAccess(true)
+  else settle('unknown')
   setUpPresence(provider, view)
   setUpShare({ name, button: $('#share'), getAccess: () => access.answer })
 }
@@ -196,19 +319,52 @@ async function whatAccess (name) {
 }
 
 /**
- * Take back what was typed here that the server will not keep (typed offline, then the access turned out to
- * be view only): undo this page's own edits, so that the text shown is what the server has, and say so.
+ * Take back what was typed here that the server will not keep: undo this page's own edits, so that the text
+ * shown is what the server has, and say so. (For when the page cannot load again from the server.)
  */
 function takeBackUnsavedEdits (undoManager) {
-  if (!undoManager.undoStack.length) return
   for (let left = undoManager.undoStack.length; left > 0 && undoManager.undoStack.length; left--) undoManager.undo()
   undoManager.clear()
+  sayTakenBack()
+}
+
+function sayTakenBack () {
   const notice = $('#notice')
   notice.replaceChildren(
     h('strong', {}, 'This link can only view the document. '),
     'What you typed was not saved, and has been taken back.'
   )
   notice.hidden = false
+}
+
+/**
+ * Whether edits typed here exist only in this tab: typed while not connected with edit access, and not yet
+ * in the offline copy. The browser asks before such a tab is closed ("Leave site?"); once the copy holds
+ * them, or the server does, it need not. Updates from the server or applied from the copy never count.
+ */
+function trackUnsaved (access) {
+  let pending = 0 // edits typed and not yet known to be in the copy or on the server
+  let typed = 0 // to tell a stored write from a later one
+  const tracker = {
+    leaving: false,
+    add (copy) {
+      const mine = ++typed
+      pending = mine
+      copy.whenStored().then((stored) => {
+        if (stored && pending === mine) pending = 0
+      })
+    },
+    clear () {
+      pending = 0
+    }
+  }
+  window.addEventListener('beforeunload', (event) => {
+    if (pending && !tracker.leaving && !access.ended && (access.level === 'edit' || access.level === 'unknown')) {
+      event.preventDefault()
+      event.returnValue = ''
+    }
+  })
+  return tracker
 }
 
 // Connection status: connected / connecting / offline, and a permanent end (close codes 4400-4499).
@@ -269,26 +425,35 @@ function showEnd (code, reason) {
   }
 }
 
-function trackConnection (provider, doc, access, { onConnected, onSynced, onEnded }) {
+/** What the offline banner says after "You're offline.", by what the page may do (access.level). */
+const OFFLINE_SAYS = {
+  edit: 'Keep typing: your changes stay in this browser and are sent when the connection comes back.',
+  view: 'This link can only view the document: what you see is this browser’s copy of it.',
+  none: 'This link was refused the last time it was used, so nothing of the document is shown.'
+}
+
+function trackConnection (provider, access, { onConnected, onSynced, onEnded }) {
   let status = 'connecting'
   let lostConnection = false // true from a failed or closed connection until the next successful one
-  let unsentEdits = false // local edits made while not connected, which only this tab holds
   let ended = false
+  let shown = null // the state drawn last: each retry while offline changes nothing on the page
 
   // "Connected" once this page can work with the document: synced, and its access known (or unknowable).
   const render = () => {
     if (ended) return
-    if (status === 'connected' && provider.synced && !access.asking) {
+    const state = status === 'connected' && provider.synced && access.level !== 'asking'
+      ? 'connected'
+      : lostConnection ? 'offline' : status === 'connected' ? 'syncing' : 'connecting'
+    if (`${state} ${access.level}` === shown) return
+    shown = `${state} ${access.level}`
+    if (state === 'connected') {
       setStatus('connected', 'Connected', 'Connected: your edits are shared as you type.')
       hideBanner()
-    } else if (lostConnection) {
+    } else if (state === 'offline') {
       setStatus('offline', 'Offline', 'Offline: retrying the connection with backoff.')
-      showBanner('offline',
-        h('strong', {}, 'You’re offline. '),
-        'Keep typing: your changes stay in this browser and are sent when the connection comes back.'
-      )
+      showBanner('offline', h('strong', {}, 'You’re offline. '), OFFLINE_SAYS[access.level] ?? OFFLINE_SAYS.edit)
     } else {
-      setStatus('connecting', status === 'connected' ? 'Syncing…' : 'Connecting…')
+      setStatus('connecting', state === 'syncing' ? 'Syncing…' : 'Connecting…')
     }
   }
 
@@ -307,26 +472,13 @@ function trackConnection (provider, doc, access, { onConnected, onSynced, onEnde
     render()
   })
   provider.on('sync', (synced) => {
-    if (synced) {
-      unsentEdits = false
-      onSynced()
-    }
+    if (synced) onSynced()
     render()
   })
   provider.on('closed', ({ code, reason }) => {
     ended = true
     showEnd(code, reason)
     onEnded(code)
-  })
-  doc.on('update', (update, origin) => {
-    if (origin !== provider && !(status === 'connected' && provider.synced)) unsentEdits = true
-  })
-  window.addEventListener('beforeunload', (event) => {
-    if (unsentEdits && !ended && !access.editsRefused) {
-      // The browser asks before edits that only this tab holds are lost.
-      event.preventDefault()
-      event.returnValue = ''
-    }
   })
   render()
   return { render }
@@ -337,16 +489,17 @@ function trackConnection (provider, doc, access, { onConnected, onSynced, onEnde
 function setUpPresence (provider, view) {
   const awareness = provider.awareness
   let identity = loadIdentity()
+  // A refused page's editor is gone (destroyed): there is nothing to focus.
+  const focusEditor = () => {
+    if (view.dom.isConnected) view.focus()
+  }
 
   const apply = (chosen) => {
     identity = chosen
     awareness.setLocalStateField('user', awarenessUser(chosen))
     document.documentElement.style.setProperty('--me', chosen.color)
     const me = $('#me')
-    me.replaceChildren(
-      h('span', { class: 'avatar', style: { '--person': chosen.color }, 'aria-hidden': 'true' }, initials(chosen.name)),
-      h('span', { class: 'me-name' }, chosen.name)
-    )
+    me.replaceChildren(avatar(chosen), h('span', { class: 'me-name' }, chosen.name))
     me.setAttribute('aria-label', `You are ${chosen.name}. Change your name or colour`)
     me.hidden = false
   }
@@ -354,17 +507,17 @@ function setUpPresence (provider, view) {
   $('#me').addEventListener('click', async () => {
     const changed = await askIdentity(identity)
     if (changed) apply(changed)
-    view.focus()
+    focusEditor()
   })
 
   setUpPeople(awareness)
   if (identity) {
     apply(identity)
-    view.focus()
+    focusEditor()
   } else {
     askIdentity().then((chosen) => {
       apply(chosen)
-      view.focus()
+      focusEditor()
     })
   }
 }

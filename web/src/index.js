@@ -5,12 +5,13 @@
 // The list is refreshed in place, row by row (keyed by name), so that a refresh every few seconds moves
 // neither the focus, nor the scroll position, nor an open dialog.
 
-import { h } from './dom.js'
+import { $, formatDateTime, formatSize, formatWhen, h } from './dom.js'
 import './install.js'
 import { apiPath, apiProblem, callApi, editorPath, nameProblem, pageToken, withToken } from './names.js'
+import { forgetCopy } from './offline.js'
 
-const $ = (selector) => document.querySelector(selector)
 const POLL_EVERY_MS = 3000
+const MOST_RETRY_MS = 60000
 const NOTICE_MS = 6000
 const SVG = 'http://www.w3.org/2000/svg'
 
@@ -20,6 +21,19 @@ let listed = false // a listing has been shown: rows that come after it are new
 let access = null // GET /api/access without a doc: { access_control, access, scope } once known
 let changes = 0 // deletes and renames done from this page: a listing asked for before one is stale
 const rows = new Map() // document name -> its <li>, reused across refreshes
+// How the listing went: failed this many times in a row (it is asked again later and later), or refused for
+// good (401/403: an expired or revoked token does not start working again, so the page stops asking).
+let listFailures = 0
+let refused = false
+
+/**
+ * How long to wait before asking again after `failures` failed requests in a row: a poll's interval,
+ * doubling with each failure up to a minute, so that a server that is away or overloaded is not asked
+ * every few seconds by every open page.
+ */
+function retryAfter (failures) {
+  return Math.min(POLL_EVERY_MS * 2 ** (failures - 1), MOST_RETRY_MS)
+}
 
 // What went wrong
 
@@ -42,50 +56,34 @@ function covers (scope, name) {
   return name === scope || (scope.endsWith('/') && name.startsWith(scope))
 }
 
-/** Whether the page's token may delete and rename `name`. */
+/** Whether the page's token may delete and rename `name` (not once the server refused it). */
 function canChange (name) {
-  if (!access) return false
+  if (!access || refused) return false
   if (!access.access_control) return true
   return access.access === 'edit' && covers(access.scope, name)
 }
 
+// GET /api/access failed this many times in a row; it is asked again at the first refresh from accessDue
+// (a time from Date.now()) on. Until it answers, the list shows no actions.
+let accessFailures = 0
+let accessDue = 0
+
 async function loadAccess () {
   try {
     const { status, body } = await callApi('/api/access')
-    access = status === 200 ? body : null
+    if (status === 200) {
+      access = body
+      accessFailures = 0
+      return
+    }
   } catch {
-    access = null // asked again at the next refresh
+    // no answer: as a refusal, asked again later
   }
+  accessFailures++
+  accessDue = Date.now() + retryAfter(accessFailures)
 }
 
 // The list
-
-function formatSize (bytes) {
-  if (bytes < 1024) return `${bytes} B`
-  const units = ['KB', 'MB', 'GB']
-  let value = bytes
-  let unit = -1
-  do {
-    value /= 1024
-    unit++
-  } while (value >= 1024 && unit < units.length - 1)
-  return `${value < 10 ? value.toFixed(1) : Math.round(value)} ${units[unit]}`
-}
-
-const relative = new Intl.RelativeTimeFormat(undefined, { numeric: 'auto' })
-const absolute = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'short' })
-
-function formatWhen (iso) {
-  const seconds = (Date.parse(iso) - Date.now()) / 1000
-  const steps = [[60, 'second'], [60, 'minute'], [24, 'hour'], [7, 'day'], [4.35, 'week'], [12, 'month'], [Infinity, 'year']]
-  let value = seconds
-  for (const [size, unit] of steps) {
-    if (Math.abs(value) < size) {
-      return unit === 'second' && Math.abs(value) < 45 ? 'just now' : relative.format(Math.round(value), unit)
-    }
-    value /= size
-  }
-}
 
 function icon (path) {
   const svg = document.createElementNS(SVG, 'svg')
@@ -100,20 +98,24 @@ function icon (path) {
 const PENCIL = 'M12.5 4.5l3 3M4 16l1-4 8.5-8.5a2.1 2.1 0 0 1 3 3L8 15l-4 1z'
 const BIN = 'M4 6h12M8 6V4.5h4V6M6 6l.7 9.5h6.6L14 6M8.7 9v4M11.3 9v4'
 
-function actionsFor (doc) {
+/** Rename and Delete for `row`, about the document the row names when they are pressed (a rename renames the row). */
+function actionsFor (row) {
   return h('div', { class: 'doc-actions' },
-    h('button', { class: 'doc-action', type: 'button', 'aria-label': `Rename ${doc.name}`, title: 'Rename', onclick: () => askRename(doc.name) }, icon(PENCIL)),
-    h('button', { class: 'doc-action is-danger', type: 'button', 'aria-label': `Delete ${doc.name}`, title: 'Delete', onclick: () => askDelete(doc.name) }, icon(BIN))
+    h('button', { class: 'doc-action', type: 'button', title: 'Rename', onclick: () => askRename(row.dataset.name) }, icon(PENCIL)),
+    h('button', { class: 'doc-action is-danger', type: 'button', title: 'Delete', onclick: () => askDelete(row.dataset.name) }, icon(BIN))
   )
 }
 
-/** The row of `doc`, made once and updated in place (its text, and its actions when what the token allows changed). */
+/**
+ * The row of `doc`, made once and updated in place: its name (a rename done here keeps the row), size and
+ * time, and its actions when what the token allows changed.
+ */
 function rowFor (doc) {
   let row = rows.get(doc.name)
   if (!row) {
-    row = h('li', { class: 'doc-item', 'data-name': doc.name },
-      h('a', { class: 'doc-row', href: withToken(editorPath(doc.name)) },
-        h('span', { class: 'doc-title' }, h('span', { class: 'doc-icon', 'aria-hidden': 'true' }), h('span', { class: 'doc-name-text' }, doc.name)),
+    row = h('li', { class: 'doc-item' },
+      h('a', { class: 'doc-row' },
+        h('span', { class: 'doc-title' }, h('span', { class: 'doc-icon', 'aria-hidden': 'true' }), h('span', { class: 'doc-name-text' })),
         h('span', { class: 'doc-size' }),
         h('time', { class: 'doc-when' })
       )
@@ -121,26 +123,43 @@ function rowFor (doc) {
     if (listed) row.classList.add('is-new') // appeared since the page loaded: created elsewhere, or renamed to
     rows.set(doc.name, row)
   }
+  row.dataset.name = doc.name
+  row.querySelector('.doc-row').href = withToken(editorPath(doc.name))
+  row.querySelector('.doc-name-text').textContent = doc.name
   row.querySelector('.doc-size').textContent = formatSize(doc.size)
   const when = row.querySelector('.doc-when')
   when.dateTime = doc.updated_at
-  when.title = absolute.format(new Date(doc.updated_at))
+  when.title = formatDateTime(doc.updated_at)
   when.textContent = formatWhen(doc.updated_at)
-  const actions = row.querySelector('.doc-actions')
-  if (canChange(doc.name) && !actions) row.append(actionsFor(doc))
+  let actions = row.querySelector('.doc-actions')
+  if (canChange(doc.name) && !actions) row.append(actions = actionsFor(row))
   if (!canChange(doc.name) && actions) actions.remove()
+  for (const button of row.querySelectorAll('.doc-action')) button.setAttribute('aria-label', `${button.title} ${doc.name}`)
   return row
 }
 
-/** Put `wanted` in `list` in this order, moving only rows out of place, and keep the focus where it was. */
+/**
+ * Put `wanted` in `list` in this order, moving only rows out of place, and keep the focus where it was.
+ * When the row that had it goes (deleted, here or elsewhere, or filtered away), the focus goes to the row
+ * that takes its place, else the one before it, else the list's heading: not back to the start of the page.
+ */
 function reconcile (list, wanted) {
   const focused = list.contains(document.activeElement) ? document.activeElement : null
+  const before = [...list.children]
   const keep = new Set(wanted)
-  for (const child of [...list.children]) if (!keep.has(child)) child.remove()
+  for (const child of before) if (!keep.has(child)) child.remove()
   wanted.forEach((row, index) => {
     if (list.children[index] !== row) list.insertBefore(row, list.children[index] ?? null)
   })
-  if (focused && focused.isConnected && document.activeElement !== focused) focused.focus({ preventScroll: true })
+  if (!focused) return
+  if (focused.isConnected) {
+    if (document.activeElement !== focused) focused.focus({ preventScroll: true })
+    return
+  }
+  const at = before.findIndex((row) => row.contains(focused))
+  const stays = (row) => row.parentNode === list
+  const next = before.slice(at + 1).find(stays) ?? before.slice(0, at).reverse().find(stays)
+  ;(next?.querySelector('.doc-row') ?? $('#list-title')).focus()
 }
 
 function emptyMessage () {
@@ -177,40 +196,52 @@ function render () {
   $('#open-button').textContent = exists || !query ? 'Open' : 'Create'
 }
 
-/** The server answered the listing, but not with one: its words, to show as they are. */
-class ListError extends Error {}
+function showListError (message) {
+  $('#list-error').textContent = message
+  $('#list-error').hidden = false
+}
 
 async function load () {
+  if (!access && Date.now() >= accessDue) await loadAccess()
+  const asked = changes
+  let answer
   try {
-    if (!access) await loadAccess()
-    const asked = changes
-    const { status, body } = await callApi('/api/docs')
-    if (asked !== changes) return // the refresh queued by the change follows
-    if ((status === 401 || status === 403) && !pageToken()) {
-      throw new ListError(`this server needs an access token: open the link with ?token=… you were given (${body.error})`)
-    }
-    if (status === 401 || status === 403) throw new ListError(`the server refused this page’s access link: ${body.error}`)
-    if (status !== 200) throw new ListError(`the server answered ${status}: ${body.error}`)
-    documents = body.documents
+    answer = await callApi('/api/docs')
+  } catch (error) {
+    answer = error
+  }
+  if (asked !== changes) return // the refresh queued by the change follows
+  if (answer.status === 200) {
+    documents = answer.body.documents
       .sort((a, b) => b.updated_at.localeCompare(a.updated_at) || a.name.localeCompare(b.name))
     loaded = true
+    listFailures = 0
     $('#list-error').hidden = true
-  } catch (error) {
-    const why = error instanceof ListError ? error.message : apiProblem(error)
-    $('#list-error').textContent = `Couldn’t load the document list (${why}). Retrying…`
-    $('#list-error').hidden = false
+  } else if ((answer.status === 401 || answer.status === 403) && !pageToken()) {
+    refused = true
+    showListError('Couldn’t load the document list: this server needs an access token. Open the link with ?token=… you were given.')
+  } else if (answer.status === 401 || answer.status === 403) {
+    refused = true
+    showListError(`Couldn’t load the document list (the server refused this page’s access link: ${answer.body.error}). ` +
+      'An expired or revoked link does not start working again, so this page stopped asking: ask whoever gave it to you for a new one.')
+  } else {
+    listFailures++
+    const why = answer.body?.error ? `the server answered ${answer.status}: ${answer.body.error}` : apiProblem(answer)
+    showListError(`Couldn’t load the document list (${why}). Trying again in ${retryAfter(listFailures) / 1000} s…`)
   }
   render()
 }
 
-// Refreshing: every few seconds while the page is visible, at once when it becomes visible; one request at
-// a time (a refresh asked for meanwhile runs once the current one is done).
+// Refreshing: every few seconds while the page is visible (later and later while it fails, never again
+// once refused), at once when it becomes visible; one request at a time (a refresh asked for meanwhile runs
+// once the current one is done).
 
 let refreshing = false
 let again = false
 let timer = null
 
 async function refresh () {
+  if (refused) return
   if (refreshing) {
     again = true
     return
@@ -224,8 +255,8 @@ async function refresh () {
     if (again) {
       again = false
       refresh()
-    } else if (document.visibilityState === 'visible') {
-      timer = setTimeout(refresh, POLL_EVERY_MS)
+    } else if (!refused && document.visibilityState === 'visible') {
+      timer = setTimeout(refresh, listFailures > 0 ? retryAfter(listFailures) : POLL_EVERY_MS)
     }
   }
 }
@@ -249,10 +280,11 @@ function notify (message) {
 
 /**
  * A modal dialog with `content`, a Cancel button and a submit button labelled `action`. On submit,
- * `run(form)` does the change and returns null when done (the dialog closes) or a problem to show in it.
+ * `run(form)` does the change and returns a problem to show in the dialog, or null when done: the dialog
+ * closes (the focus goes back to the button it was opened from), then `done()` shows the change in the list.
  * It cannot be closed while the change is running.
  */
-function openDialog ({ title, content, action, danger = false, run }) {
+function openDialog ({ title, content, action, danger = false, run, done }) {
   const problem = h('p', { class: 'form-error', role: 'alert', hidden: true })
   const submit = h('button', { class: `button ${danger ? 'danger' : 'primary'}`, type: 'submit' }, action)
   const cancel = h('button', { class: 'button ghost', type: 'button', onclick: () => dialog.close() }, 'Cancel')
@@ -284,6 +316,7 @@ function openDialog ({ title, content, action, danger = false, run }) {
     dialog.removeAttribute('aria-busy')
     if (result === null) {
       dialog.close()
+      done()
       return
     }
     problem.textContent = result
@@ -307,10 +340,17 @@ function askDelete (name) {
       const answer = await callApi(apiPath('/api/docs', name), { method: 'DELETE' })
       if (answer.status !== 200 && answer.status !== 404) return problemOf(answer, { name })
       changes++
-      rows.get(name)?.remove() // gone at once; the refresh below confirms it
+      // Gone on the server (404: already): this browser's offline copy goes too, or opening the name again
+      // would bring the old text back. Not waited for: the deletion is queued at once, before any later open.
+      forgetCopy(name)
       notify(answer.status === 200 ? `Deleted “${name}”.` : `“${name}” was already gone.`)
-      refresh()
       return null
+    },
+    done: () => {
+      // Gone at once (the refresh confirms it); the focus, back on its Delete button, goes to the next row.
+      documents = documents.filter((doc) => doc.name !== name)
+      render()
+      refresh()
     }
   })
 }
@@ -331,9 +371,10 @@ function renameProblem (name, to) {
 
 function askRename (name) {
   const field = h('input', {
-    id: 'rename-to', name: 'to', type: 'text', value: name, maxlength: '255',
+    id: 'rename-to', name: 'to', type: 'text', value: name,
     autocomplete: 'off', autocapitalize: 'off', spellcheck: 'false', enterkeyhint: 'done'
   })
+  let to
   const dialog = openDialog({
     title: `Rename “${name}”`,
     content: [
@@ -343,16 +384,25 @@ function askRename (name) {
     ],
     action: 'Rename',
     run: async () => {
-      const to = field.value.trim()
+      to = field.value.trim()
       const problem = renameProblem(name, to)
       field.setAttribute('aria-invalid', String(Boolean(problem)))
       if (problem) return problem
       const answer = await callApi(apiPath('/api/docs', name, `/rename?to=${encodeURIComponent(to)}`), { method: 'POST' })
       if (answer.status !== 200) return problemOf(answer, { name, to })
       changes++
+      forgetCopy(name) // the text lives on under the new name; a copy under the old one would bring it back there
       notify(`Renamed “${name}” to “${to}”.`)
-      refresh()
       return null
+    },
+    done: () => {
+      // The row takes the new name in place, so the focus stays in it (the refresh confirms the name).
+      documents = documents.map((doc) => doc.name === name ? { ...doc, name: to } : doc)
+      const row = rows.get(name)
+      rows.delete(name)
+      if (row) rows.set(to, row)
+      render()
+      refresh()
     }
   })
   dialog.addEventListener('input', () => field.setAttribute('aria-invalid', 'false'))

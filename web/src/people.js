@@ -6,6 +6,11 @@ import { h, initials } from './dom.js'
 
 const $ = (selector) => document.querySelector(selector)
 
+/** The colour of someone whose page sent none a page may draw (any other string could be any CSS). */
+const NO_COLOUR = '#8c959f'
+/** The longest name shown: awareness states come from anyone's page, and a name has no other limit there. */
+export const MAX_SHOWN_NAME = 64
+
 /**
  * Everyone in `awareness`, one entry per person (same name and colour), however many tabs they have open;
  * me first, then by name. A state with no `user` is someone whose page has not said who they are yet.
@@ -16,8 +21,7 @@ export function peopleIn (awareness) {
     const user = state.user
     const isMe = clientID === awareness.clientID
     if (!user && isMe) continue
-    const name = typeof user?.name === 'string' && user.name ? user.name : 'Anonymous'
-    const color = typeof user?.color === 'string' ? user.color : '#8c959f'
+    const { name, color } = drawableUser(user)
     const key = `${name}\u0000${color}`
     const person = people.get(key) ?? { name, color, isMe: false }
     person.isMe ||= isMe
@@ -26,7 +30,33 @@ export function peopleIn (awareness) {
   return [...people.values()].sort((a, b) => (b.isMe - a.isMe) || a.name.localeCompare(b.name))
 }
 
-function avatar (person) {
+/**
+ * `user`, an awareness state's (from anyone's page), as it may be drawn: a name of at most MAX_SHOWN_NAME
+ * characters ("Anonymous" for none) and a `#rrggbb` colour (grey for anything else: a colour goes into style
+ * attributes and CSS properties, where any other string could be any CSS).
+ */
+export function drawableUser (user) {
+  const name = typeof user?.name === 'string' ? [...user.name.trim()].slice(0, MAX_SHOWN_NAME).join('').trim() : ''
+  const color = typeof user?.color === 'string' && /^#[0-9a-f]{6}$/i.test(user.color) ? user.color : NO_COLOUR
+  return { name: name || 'Anonymous', color, colorLight: color + '33' }
+}
+
+/**
+ * Keep every other person's awareness `user` drawable (see drawableUser). y-codemirror draws their cursors
+ * and selections with it, the colour pasted into a style attribute as it comes, so this must run first: call
+ * it before the editor is created (an awareness calls its listeners in the order they were added).
+ */
+export function checkPeople (awareness) {
+  awareness.on('change', ({ added, updated }) => {
+    for (const clientID of [...added, ...updated]) {
+      const state = awareness.getStates().get(clientID)
+      if (clientID !== awareness.clientID && state?.user) state.user = drawableUser(state.user)
+    }
+  })
+}
+
+/** A person's round badge: their initials on their colour (a checked `#rrggbb`: see peopleIn). */
+export function avatar (person) {
   return h('span', { class: 'avatar', style: { '--person': person.color }, 'aria-hidden': 'true' }, initials(person.name))
 }
 

@@ -3,10 +3,10 @@
 // handed out: it carries this person's token. With access control off there is nothing to mint, and the
 // dialog offers the document's plain address.
 
-import { h } from './dom.js'
+import { formatDateTime, h } from './dom.js'
 import { apiProblem, callApi, editorPath } from './names.js'
 
-export const EXPIRIES = [
+const EXPIRIES = [
   { value: '1h', label: '1 hour' },
   { value: '1d', label: '1 day' },
   { value: '7d', label: '7 days' },
@@ -14,14 +14,12 @@ export const EXPIRIES = [
 ]
 const DEFAULT_EXPIRY = '7d'
 
-const when = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'short' })
-
 /**
  * Copy `text` to the clipboard; true if it worked. The clipboard API needs a secure context (plain http on a
  * LAN address is not), so the old way follows, with the field inside `container` (a modal dialog leaves the
  * rest of the page inert, where nothing can be selected).
  */
-export async function copyText (text, container = document.body) {
+async function copyText (text, container = document.body) {
   try {
     await navigator.clipboard.writeText(text)
     return true
@@ -76,11 +74,13 @@ export function setUpShare ({ name, button, getAccess }) {
 
 function openShareDialog (name, access) {
   const body = h('div', { class: 'share-body' })
+  // Only Done is in a form (method "dialog": it closes the dialog). The choices are in none, so that Enter
+  // on one of them (which submits the form a field is in) does not close the dialog.
   const dialog = h('dialog', { class: 'share-dialog', 'aria-labelledby': 'share-title' },
-    h('form', { method: 'dialog', class: 'share-form' },
+    h('div', { class: 'share-panel' },
       h('h2', { id: 'share-title' }, 'Share ', h('span', { class: 'share-doc' }, `“${name}”`)),
       body,
-      h('div', { class: 'dialog-actions' }, h('button', { type: 'submit', class: 'button ghost' }, 'Done'))
+      h('form', { method: 'dialog', class: 'dialog-actions' }, h('button', { type: 'submit', class: 'button ghost' }, 'Done'))
     )
   )
   dialog.addEventListener('close', () => dialog.remove())
@@ -120,10 +120,17 @@ function shareForm (name, access, dialog) {
     h('label', { for: 'share-expiry', class: 'field-label' }, 'The link stops working after'),
     expiry
   )
-  // A link made for other choices is not what the form says any more.
-  fields.addEventListener('change', () => result.replaceChildren())
+  // Each request gets a number; an answer is shown only if no other request was made, nor a choice changed,
+  // since its own was sent: a link made for other choices is not what the form says any more.
+  let requests = 0
+  fields.addEventListener('change', () => {
+    requests++
+    create.disabled = false
+    result.replaceChildren()
+  })
 
   create.addEventListener('click', async () => {
+    const request = ++requests
     const chosen = fields.querySelector('input[name="share-access"]:checked').value
     const query = new URLSearchParams({ doc: name, access: chosen, expires_in: expiry.value })
     create.disabled = true
@@ -132,13 +139,14 @@ function shareForm (name, access, dialog) {
     try {
       answer = await callApi(`/api/share?${query}`, { method: 'POST' })
     } catch (error) {
-      result.replaceChildren(h('p', { class: 'share-problem', role: 'alert' },
-        `Couldn’t create a link: ${apiProblem(error)}. A share link is made by the server, so it needs a connection.`))
-      return
-    } finally {
-      create.disabled = false
+      answer = error
     }
-    if (answer.status === 409) {
+    if (request !== requests) return
+    create.disabled = false
+    if (answer instanceof Error) {
+      result.replaceChildren(h('p', { class: 'share-problem', role: 'alert' },
+        `Couldn’t create a link: ${apiProblem(answer)}. A share link is made by the server, so it needs a connection.`))
+    } else if (answer.status === 409) {
       result.replaceChildren(cannotMintText())
     } else if (answer.status !== 200) {
       result.replaceChildren(h('p', { class: 'share-problem', role: 'alert' }, `Couldn’t create a link: ${apiProblem(answer)}.`))
@@ -150,7 +158,7 @@ function shareForm (name, access, dialog) {
         linkBox(absolute(answer.body.url), dialog),
         h('p', { class: 'share-summary' },
           granted === 'edit' ? 'Anyone with this link can edit' : 'Anyone with this link can view, not edit',
-          ` until ${when.format(new Date(expiresAt))}.`,
+          ` until ${formatDateTime(expiresAt)}.`,
           access?.expires_at && access.expires_at === expiresAt ? ' (Your own access ends then, so the link does too.)' : ''
         )
       )

@@ -64,9 +64,9 @@ function pageOf (pathname) {
 async function networkFirst (event, page) {
   const fromNetwork = fetch(event.request).then((response) => {
     if (response.ok) {
-      // Kept under the page's key, never the URL: no copy per document, and no ?token= in the cache.
-      const copy = response.clone()
-      event.waitUntil(caches.open(CACHE).then((cache) => cache.put(page, copy)))
+      // Kept under the page's key, never the URL: no copy per document. And a new Response, not the one
+      // fetched: that one keeps its URL (response.url), ?token= and all, in Cache Storage for anyone to read.
+      event.waitUntil(keepPage(page, response.clone()))
     }
     return response
   })
@@ -76,6 +76,17 @@ async function networkFirst (event, page) {
   const kept = await caches.match(page, { cacheName: CACHE })
   // With nothing kept, the network's answer (or its error) whenever it comes, as without this worker.
   return kept ?? fromNetwork
+}
+
+/** Keep the page `fetched` under `page`: its body, status and headers, with no URL. */
+async function keepPage (page, fetched) {
+  const copy = new Response(await fetched.blob(), {
+    status: fetched.status,
+    statusText: fetched.statusText,
+    headers: fetched.headers
+  })
+  const cache = await caches.open(CACHE)
+  await cache.put(page, copy)
 }
 
 function delay (ms) {
