@@ -60,6 +60,16 @@ class Person:
         await person.page.goto(url)
         return person
 
+    @classmethod
+    async def join(
+        cls, browser: Browser, url: str, viewport: dict[str, int] = LAPTOP, *, who: tuple[str, ...], **options: Any
+    ) -> Person:
+        """`arrive`, answer the name question as `who` (ADA, GRACE: name and colour first), and wait until connected."""
+        person = await cls.arrive(browser, url, viewport, **options)
+        await person.introduce(*who[:2])
+        await person.wait_status("connected")
+        return person
+
     async def introduce(self, name: str, colour: str) -> None:
         """Answer the name-and-colour question that a first visit asks."""
         dialog = self.page.locator("dialog.identity-dialog")

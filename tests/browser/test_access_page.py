@@ -86,9 +86,7 @@ async def test_a_viewer_offline_takes_no_edit_and_sends_none_later(browser: Brow
     server = await start_server(auth_secret=SECRET)
     await write(server, "team/plan", "Agenda")
     url = with_token(editor_url(server.port, "team/plan"), token("team/plan", Permission.READ))
-    viewer = await Person.arrive(browser, url, permissions=CLIPBOARD)
-    await viewer.introduce(*GRACE[:2])
-    await viewer.wait_status("connected")
+    viewer = await Person.join(browser, url, permissions=CLIPBOARD, who=GRACE)
     await expect(viewer.page.locator("#readonly-badge")).to_be_visible()
     await until_kept_for_offline(viewer.page)
 
@@ -118,9 +116,7 @@ async def test_a_viewer_offline_takes_no_edit_and_sends_none_later(browser: Brow
 
 async def only_installed(browser: Browser, server: CollabServer) -> Person:
     """A browser that has the pages for offline use (from another document) and knows nothing of team/plan."""
-    person = await Person.arrive(browser, with_token(editor_url(server.port, "elsewhere"), token("elsewhere")))
-    await person.introduce(*GRACE[:2])
-    await person.wait_status("connected")
+    person = await Person.join(browser, with_token(editor_url(server.port, "elsewhere"), token("elsewhere")), who=GRACE)
     await until_kept_for_offline(person.page)
     return person
 
@@ -194,9 +190,7 @@ async def assert_never_shown(person: Person, secret: str) -> None:
 async def test_a_refused_page_shows_nothing_of_the_copy(browser: Browser, start_server: StartServer) -> None:
     server = await start_server(auth_secret=SECRET)
     secret = "CONFIDENTIAL numbers"
-    ada = await Person.arrive(browser, with_token(editor_url(server.port, "hr/salaries"), token("hr/salaries")))
-    await ada.introduce(*ADA[:2])
-    await ada.wait_status("connected")
+    ada = await Person.join(browser, with_token(editor_url(server.port, "hr/salaries"), token("hr/salaries")), who=ADA)
     await ada.type_at("Control+End", secret)
     await wait_for(lambda: server_text(server, "hr/salaries") == secret)
     assert await kept_updates(ada.page, "hr/salaries") > 0
@@ -231,9 +225,7 @@ async def test_a_viewer_moves_a_caret_and_selects_but_changes_nothing(
     server = await start_server(auth_secret=SECRET)
     await write(server, "team/plan", "Agenda\nNotes")
     url = with_token(editor_url(server.port, "team/plan"), token("team/plan", Permission.READ))
-    viewer = await Person.arrive(browser, url, permissions=CLIPBOARD)
-    await viewer.introduce(*GRACE[:2])
-    await viewer.wait_status("connected")
+    viewer = await Person.join(browser, url, permissions=CLIPBOARD, who=GRACE)
     await viewer.wait_text("(text) => text === 'Agenda\\nNotes'")
     content = viewer.page.locator(".cm-content")
     await expect(content).to_have_attribute("aria-readonly", "true")

@@ -33,13 +33,9 @@ async def test_two_people_type_at_once_and_see_each_other(
     browser: Browser, server: CollabServer, db_path: Path
 ) -> None:
     url = editor_url(server.port, "team/launch plan")
-    ada = await Person.arrive(browser, url)
-    await ada.introduce(*ADA[:2])
-    await ada.wait_status("connected")
+    ada = await Person.join(browser, url, who=ADA)
     await ada.type_at("Control+End", "# Launch plan\n\nShip the editor on Friday.\n\nOpen questions:")
-    grace = await Person.arrive(browser, url)
-    await grace.introduce(*GRACE[:2])
-    await grace.wait_status("connected")
+    grace = await Person.join(browser, url, who=GRACE)
     await grace.wait_text("(text) => text.endsWith('Open questions:')")
 
     # Both type at the same time, in different places.
@@ -108,9 +104,7 @@ async def test_undo_takes_back_only_my_own_edits(browser: Browser, server: Colla
 
 async def test_name_is_asked_once_remembered_and_editable(browser: Browser, server: CollabServer) -> None:
     url = editor_url(server.port, "presence")
-    ada = await Person.arrive(browser, url)
-    await ada.introduce(*ADA[:2])
-    await ada.wait_status("connected")
+    ada = await Person.join(browser, url, who=ADA)
     # Remembered: another document in the same browser does not ask again.
     await ada.page.goto(editor_url(server.port, "presence"))
     await ada.wait_status("connected")
@@ -140,9 +134,7 @@ async def test_reload_after_a_server_restart_shows_everything(
 ) -> None:
     first = await start_server()
     port = first.port
-    ada = await Person.arrive(browser, editor_url(port, "kept"))
-    await ada.introduce(*ADA[:2])
-    await ada.wait_status("connected")
+    ada = await Person.join(browser, editor_url(port, "kept"), who=ADA)
     written = "Line one.\nLine two, **bold**.\n\nLine four."
     await ada.type_at("Control+End", written)
     expected = await ada.wait_text("(text) => text.endsWith('Line four.')")
@@ -162,9 +154,7 @@ async def test_typing_goes_on_offline_and_syncs_when_the_server_returns(browser:
     db = tmp_path / "collab.db"
     process = ServerProcess(db).start()
     try:
-        ada = await Person.arrive(browser, editor_url(process.port, "travel"))
-        await ada.introduce(*ADA[:2])
-        await ada.wait_status("connected")
+        ada = await Person.join(browser, editor_url(process.port, "travel"), who=ADA)
         await ada.type_at("Control+End", "Written online.")
         await wait_for(lambda: stored_text(db, "travel") == "Written online.")
 
@@ -262,9 +252,9 @@ async def test_the_editor_fits_a_phone(browser: Browser, server: CollabServer) -
         "Control+End",
         "# On the go\n\nA long line of text that has to wrap on a narrow screen rather than scroll sideways.",
     )
-    phone = await Person.arrive(browser, url, viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
-    await phone.introduce(*GRACE[:2])
-    await phone.wait_status("connected")
+    phone = await Person.join(
+        browser, url, viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=2, who=GRACE
+    )
     await phone.wait_text("(text) => text.includes('sideways.')")
     await expect(phone.page.locator(".cm-ySelectionInfo", has_text=ADA[0])).to_be_visible()
     # Nothing wider than the screen: no sideways scrolling of the page or the editor.

@@ -99,13 +99,9 @@ async def test_history_shows_versions_by_day_and_restores_them(
     current = sittings[-1][1]
     server = await start_server()
     url = editor_url(server.port, "team/plan")
-    ada = await Person.arrive(browser, url, **WHERE)
-    await ada.introduce(*ADA[:2])
-    await ada.wait_status("connected")
+    ada = await Person.join(browser, url, **WHERE, who=ADA)
     await ada.wait_text("(text, expected) => text === expected", current)
-    grace = await Person.arrive(browser, url, **WHERE)
-    await grace.introduce(*GRACE[:2])
-    await grace.wait_status("connected")
+    grace = await Person.join(browser, url, **WHERE, who=GRACE)
 
     # The panel: newest first, grouped by day, each moment with its count of changes and size.
     await ada.page.locator("#history-button").click()
@@ -256,12 +252,8 @@ async def test_history_by_keyboard_keeps_the_focus_while_the_list_follows_the_ed
     write_history(db_path, "team/plan", time.time())
     server = await start_server()
     url = editor_url(server.port, "team/plan")
-    ada = await Person.arrive(browser, url, **WHERE)
-    await ada.introduce(*ADA[:2])
-    await ada.wait_status("connected")
-    grace = await Person.arrive(browser, url, **WHERE)
-    await grace.introduce(*GRACE[:2])
-    await grace.wait_status("connected")
+    ada = await Person.join(browser, url, **WHERE, who=ADA)
+    grace = await Person.join(browser, url, **WHERE, who=GRACE)
     page = ada.page
 
     # The History button, then Tab into the list, to yesterday's moment.
@@ -323,12 +315,8 @@ async def test_the_list_follows_the_edits_while_browsing_and_while_someone_types
     write_history(db_path, "team/plan", time.time())
     server = await start_server()
     url = editor_url(server.port, "team/plan")
-    ada = await Person.arrive(browser, url, **WHERE)
-    await ada.introduce(*ADA[:2])
-    await ada.wait_status("connected")
-    grace = await Person.arrive(browser, url, **WHERE)
-    await grace.introduce(*GRACE[:2])
-    await grace.wait_status("connected")
+    ada = await Person.join(browser, url, **WHERE, who=ADA)
+    grace = await Person.join(browser, url, **WHERE, who=GRACE)
     moments = await open_history(ada, 4)
 
     # Ada looks at a version while Grace writes: the list shows Grace's new moment meanwhile.
@@ -365,9 +353,7 @@ async def test_a_restore_answered_after_another_version_is_chosen_leaves_that_on
 ) -> None:
     sittings = write_history(db_path, "team/plan", time.time())
     server = await start_server()
-    ada = await Person.arrive(browser, editor_url(server.port, "team/plan"), **WHERE)
-    await ada.introduce(*ADA[:2])
-    await ada.wait_status("connected")
+    ada = await Person.join(browser, editor_url(server.port, "team/plan"), **WHERE, who=ADA)
     moments = await open_history(ada, 4)
 
     # The restore's request is held until Ada has moved on to another version.
@@ -434,9 +420,7 @@ async def test_the_diff_keeps_characters_whole_and_shows_blank_lines(
     now = "Team 👨‍👩‍👦 from 🇫🇮 says 👍🏽 cafe\u0301\none\ntwo\n\nthree"
     write_text(db_path, "notes", then, time.time() - 3600)
     server = await start_server()
-    ada = await Person.arrive(browser, editor_url(server.port, "notes"), **WHERE)
-    await ada.introduce(*ADA[:2])
-    await ada.wait_status("connected")
+    ada = await Person.join(browser, editor_url(server.port, "notes"), **WHERE, who=ADA)
     await ada.wait_text("(text, expected) => text === expected", then)
     await ada.page.evaluate(REPLACE_TEXT, now)
     await wait_for(lambda: stored_text(db_path, "notes") == now)
@@ -489,9 +473,7 @@ async def test_an_open_page_says_its_document_was_deleted_or_renamed(
     browser: Browser, start_server: StartServer, db_path: Path
 ) -> None:
     server = await start_server()
-    ada = await Person.arrive(browser, editor_url(server.port, "old/plan"))
-    await ada.introduce(*ADA[:2])
-    await ada.wait_status("connected")
+    ada = await Person.join(browser, editor_url(server.port, "old/plan"), who=ADA)
     await ada.type_at("Control+End", "Soon gone.")
     await wait_for(lambda: stored_text(db_path, "old/plan") == "Soon gone.")
     await ada.page.wait_for_function(f"async () => (await ({DATABASES})()).includes('collab-doc:old/plan')")

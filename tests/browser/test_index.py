@@ -169,9 +169,7 @@ async def test_deleting_from_the_list_closes_an_open_tab_and_removes_the_documen
     browser: Browser, server: CollabServer, db_path: Path
 ) -> None:
     await write(server, "keep", "kept")
-    ada = await Person.arrive(browser, editor_url(server.port, "team/memo"))
-    await ada.introduce(*ADA[:2])
-    await ada.wait_status("connected")
+    ada = await Person.join(browser, editor_url(server.port, "team/memo"), who=ADA)
     await ada.type_at("Control+End", "soon gone")
     await wait_for(lambda: stored_text(db_path, "team/memo") == "soon gone")
 
@@ -213,9 +211,7 @@ async def test_renaming_from_the_list_tells_the_open_tab_and_keeps_the_content(
     browser: Browser, server: CollabServer, db_path: Path
 ) -> None:
     await write(server, "other", "another")
-    ada = await Person.arrive(browser, editor_url(server.port, "draft"))
-    await ada.introduce(*ADA[:2])
-    await ada.wait_status("connected")
+    ada = await Person.join(browser, editor_url(server.port, "draft"), who=ADA)
     await ada.type_at("Control+End", "the first draft")
     await wait_for(lambda: stored_text(db_path, "draft") == "the first draft")
 
@@ -401,9 +397,7 @@ async def wait_for_copy(person: Person, name: str, *, kept: bool) -> None:
 async def test_a_document_deleted_or_renamed_from_the_list_leaves_no_offline_copy_to_come_back_from(
     browser: Browser, server: CollabServer, db_path: Path
 ) -> None:
-    ada = await Person.arrive(browser, editor_url(server.port, "memo"))
-    await ada.introduce(*ADA[:2])
-    await ada.wait_status("connected")
+    ada = await Person.join(browser, editor_url(server.port, "memo"), who=ADA)
     await ada.type_at("Control+End", "secret old text")
     await wait_for(lambda: stored_text(db_path, "memo") == "secret old text")
     await ada.page.goto(editor_url(server.port, "draft"))

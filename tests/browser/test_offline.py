@@ -97,9 +97,7 @@ async def test_edits_made_offline_survive_closing_the_tab(browser: Browser, tmp_
     name = "travel/on the train"
     process = ServerProcess(db).start()
     try:
-        ada = await Person.arrive(browser, editor_url(process.port, name))
-        await ada.introduce(*ADA[:2])
-        await ada.wait_status("connected")
+        ada = await Person.join(browser, editor_url(process.port, name), who=ADA)
         await ada.type_at("Control+End", "Written online.")
         await wait_for(lambda: stored_text(db, name) == "Written online.")
         await until_kept_for_offline(ada.page)
@@ -148,9 +146,7 @@ async def test_edits_made_offline_survive_closing_the_tab(browser: Browser, tmp_
 async def test_a_deleted_document_leaves_no_copy_to_bring_it_back(browser: Browser, start_server: StartServer) -> None:
     server = await start_server()
     name = "drafts/to delete"
-    ada = await Person.arrive(browser, editor_url(server.port, name))
-    await ada.introduce(*ADA[:2])
-    await ada.wait_status("connected")
+    ada = await Person.join(browser, editor_url(server.port, name), who=ADA)
     await ada.type_at("Control+End", "Soon gone.")
     await wait_for(lambda: name in server.rooms and server_text(server, name) == "Soon gone.")
     assert await kept_updates(ada.page, name) > 0
@@ -264,9 +260,7 @@ async def test_the_pages_are_kept_without_the_token(browser: Browser, start_serv
 
 
 async def test_the_offline_banner_is_drawn_once_however_many_retries(browser: Browser, server: CollabServer) -> None:
-    ada = await Person.arrive(browser, editor_url(server.port, "retries"))
-    await ada.introduce(*ADA[:2])
-    await ada.wait_status("connected")
+    ada = await Person.join(browser, editor_url(server.port, "retries"), who=ADA)
     await ada.page.evaluate("""() => {
       window.drawn = 0
       new MutationObserver((changes) => { window.drawn += changes.length })
@@ -357,9 +351,7 @@ async def test_a_closing_tab_asks_only_for_edits_it_alone_holds(browser: Browser
 
 
 async def test_old_copies_make_room_but_never_one_with_unsent_edits(browser: Browser, server: CollabServer) -> None:
-    ada = await Person.arrive(browser, editor_url(server.port, "first"))
-    await ada.introduce(*ADA[:2])
-    await ada.wait_status("connected")
+    ada = await Person.join(browser, editor_url(server.port, "first"), who=ADA)
     await ada.type_at("Control+End", "Synced long ago.")
     await wait_for(lambda: server_text(server, "first") == "Synced long ago.")
     assert await kept_updates(ada.page, "first") > 0

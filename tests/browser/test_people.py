@@ -93,9 +93,7 @@ async def fits(page: Page, others: int) -> dict[str, Any]:
 async def test_fourteen_people_fit_a_laptop_and_the_rest_are_listed(browser: Browser, server: CollabServer) -> None:
     async with people_in(server, "team/all hands", NAMES[:3]), AsyncExitStack() as leaving:
         await leaving.enter_async_context(people_in(server, "team/all hands", NAMES[3:]))
-        ada = await Person.arrive(browser, editor_url(server.port, "team/all hands"), viewport=LAPTOP)
-        await ada.introduce(*ADA[:2])
-        await ada.wait_status("connected")
+        ada = await Person.join(browser, editor_url(server.port, "team/all hands"), viewport=LAPTOP, who=ADA)
         measured = await fits(ada.page, len(NAMES))
         assert measured["height"] <= 64, measured  # one row
         await expect(ada.page.locator("#doc-name")).to_have_text("team/all hands")  # the name is not squeezed out
@@ -166,9 +164,7 @@ async def test_what_others_say_of_themselves_is_drawn_safely(browser: Browser, s
             }
         )
         ok.set_awareness({"user": {"name": "  Ok  ", "color": "#0D9488"}})
-        ada = await Person.arrive(browser, editor_url(server.port, "team/safe"))
-        await ada.introduce(*ADA[:2])
-        await ada.wait_status("connected")
+        ada = await Person.join(browser, editor_url(server.port, "team/safe"), who=ADA)
         chips = ada.page.locator("#people .person:not(.is-me)")
         await expect(chips).to_have_count(2)
         shown = await chips.evaluate_all(

@@ -130,9 +130,7 @@ async def test_a_share_link_has_the_chosen_permission_and_expiry(browser: Browse
     server = await start_server(auth_secret=SECRET)
     await write(server, "team/plan", "Draft")
     own = token("team/", ttl=30 * DAY)
-    ada = await Person.arrive(browser, with_token(editor_url(server.port, "team/plan"), own), **CLIPBOARD)
-    await ada.introduce(*ADA[:2])
-    await ada.wait_status("connected")
+    ada = await Person.join(browser, with_token(editor_url(server.port, "team/plan"), own), **CLIPBOARD, who=ADA)
 
     await ada.page.locator("#share").click()
     dialog = ada.page.locator("dialog.share-dialog")
@@ -168,9 +166,7 @@ async def test_a_share_link_has_the_chosen_permission_and_expiry(browser: Browse
     await expect(dialog).to_have_count(0)
 
     # The edit link works for whoever gets it.
-    grace = await Person.arrive(browser, link)
-    await grace.introduce(*GRACE[:2])
-    await grace.wait_status("connected")
+    grace = await Person.join(browser, link, who=GRACE)
     await expect(grace.page.locator("#readonly-badge")).to_be_hidden()
     await grace.type_at("Control+End", " by Grace")
     await wait_for(lambda: server_text(server, "team/plan") == "Draft by Grace")
@@ -179,9 +175,7 @@ async def test_a_share_link_has_the_chosen_permission_and_expiry(browser: Browse
 
 
 async def test_without_access_control_the_plain_link_is_shared(browser: Browser, server: CollabServer) -> None:
-    ada = await Person.arrive(browser, editor_url(server.port, "open/notes"), **CLIPBOARD)
-    await ada.introduce(*ADA[:2])
-    await ada.wait_status("connected")
+    ada = await Person.join(browser, editor_url(server.port, "open/notes"), **CLIPBOARD, who=ADA)
     await ada.page.locator("#share").click()
     dialog = ada.page.locator("dialog.share-dialog")
     await expect(dialog).to_contain_text("no access control")
@@ -214,9 +208,7 @@ async def test_a_server_that_cannot_mint_says_so(browser: Browser, start_server:
     server = await start_server(auth_public_key=public_path)
     now = int(time.time())
     signed = ed25519_token(private, {"doc": "notes", "perm": "write", "exp": now + 600, "iat": now})
-    ada = await Person.arrive(browser, with_token(editor_url(server.port, "notes"), signed))
-    await ada.introduce(*ADA[:2])
-    await ada.wait_status("connected")
+    ada = await Person.join(browser, with_token(editor_url(server.port, "notes"), signed), who=ADA)
     await ada.page.locator("#share").click()
     dialog = ada.page.locator("dialog.share-dialog")
     await expect(dialog.locator(".share-problem")).to_contain_text("can’t create share links")
@@ -228,9 +220,7 @@ async def open_share_dialog(browser: Browser, start_server: StartServer) -> Pers
     """Ada on team/plan with a write token for team/, its Share dialog open; the server mints links."""
     server = await start_server(auth_secret=SECRET)
     await write(server, "team/plan", "Draft")
-    ada = await Person.arrive(browser, with_token(editor_url(server.port, "team/plan"), token("team/")))
-    await ada.introduce(*ADA[:2])
-    await ada.wait_status("connected")
+    ada = await Person.join(browser, with_token(editor_url(server.port, "team/plan"), token("team/")), who=ADA)
     await ada.page.locator("#share").click()
     await expect(ada.page.locator("dialog.share-dialog")).to_be_visible()
     return ada
