@@ -208,7 +208,7 @@ async def test_history_on_a_phone_is_a_sheet_under_the_version(
 ) -> None:
     sittings = write_history(db_path, "team/plan", time.time())
     server = await start_server()
-    phone = await Person.arrive(
+    phone = await Person.join(
         browser,
         editor_url(server.port, "team/plan"),
         viewport=PHONE,
@@ -216,9 +216,8 @@ async def test_history_on_a_phone_is_a_sheet_under_the_version(
         has_touch=True,
         device_scale_factor=2,
         **WHERE,
+        who=GRACE,
     )
-    await phone.introduce(*GRACE[:2])
-    await phone.wait_status("connected")
     await phone.page.locator("#history-button").tap()
     sheet = phone.page.locator("#history-panel")
     await sheet.locator(".moment").nth(2).tap()

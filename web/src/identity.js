@@ -77,7 +77,7 @@ export function askIdentity (current = null) {
         h('button', { type: 'submit', class: 'button primary' }, current ? 'Save' : 'Start editing')
       )
     )
-    const dialog = h('dialog', { class: 'identity-dialog', 'aria-labelledby': 'identity-title' }, form)
+    const dialog = h('dialog', { class: 'dialog identity-dialog', 'aria-labelledby': 'identity-title' }, form)
     form.querySelector('h2').id = 'identity-title'
 
     function finish (identity) {

@@ -294,7 +294,7 @@ function openDialog ({ title, content, action, danger = false, run, done }) {
     problem,
     h('div', { class: 'dialog-actions' }, cancel, submit)
   )
-  const dialog = h('dialog', { class: 'doc-dialog', 'aria-labelledby': 'doc-dialog-title' }, form)
+  const dialog = h('dialog', { class: 'dialog doc-dialog', 'aria-labelledby': 'doc-dialog-title' }, form)
   let busy = false
   dialog.addEventListener('cancel', (event) => { if (busy) event.preventDefault() })
   dialog.addEventListener('close', () => dialog.remove())

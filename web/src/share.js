@@ -76,7 +76,7 @@ function openShareDialog (name, access) {
   const body = h('div', { class: 'share-body' })
   // Only Done is in a form (method "dialog": it closes the dialog). The choices are in none, so that Enter
   // on one of them (which submits the form a field is in) does not close the dialog.
-  const dialog = h('dialog', { class: 'share-dialog', 'aria-labelledby': 'share-title' },
+  const dialog = h('dialog', { class: 'dialog share-dialog', 'aria-labelledby': 'share-title' },
     h('div', { class: 'share-panel' },
       h('h2', { id: 'share-title' }, 'Share ', h('span', { class: 'share-doc' }, `“${name}”`)),
       body,
