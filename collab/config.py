@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .units import format_duration, format_size, parse_duration, parse_size
@@ -37,8 +38,11 @@ __all__ = [
     "parse_workers",
 ]
 
-ACCESS_CONTROL_SETTINGS = frozenset({"auth_secret", "auth_secret_file", "auth_public_key"})
-"""Settings whose empty value is an error rather than "unset": see the module docstring."""
+ACCESS_CONTROL_SETTINGS = frozenset(
+    {"auth_secret", "auth_secret_file", "auth_public_key", "webhook_secret", "webhook_secret_file"}
+)
+"""Settings whose empty value is an error rather than "unset": see the module docstring (an empty webhook
+secret would sign events with nothing)."""
 
 
 def parse_port(text: str) -> int:
@@ -124,6 +128,31 @@ def parse_workers(text: str) -> int:
     return count
 
 
+def parse_webhook_url(text: str) -> str:
+    """A `--webhook` value: an http:// or https:// URL with a host."""
+    url = urlsplit(text.strip())
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError(f"not an http:// or https:// URL: {text!r}")
+    if url.fragment:
+        raise ValueError(f"a webhook URL has no #fragment: {text!r}")
+    return text.strip()
+
+
+def _webhook_urls(text: str) -> tuple[str, ...]:
+    """COLLAB_WEBHOOKS: URLs separated by spaces or commas (a flag gives one URL each time it is repeated)."""
+    return tuple(parse_webhook_url(url) for url in text.replace(",", " ").split())
+
+
+def _event_types(text: str) -> tuple[str, ...]:
+    from .store.outbox import EVENT_TYPES
+
+    types = tuple(dict.fromkeys(word.strip() for word in text.split(",") if word.strip()))
+    unknown = [word for word in types if word not in EVENT_TYPES]
+    if unknown or not types:
+        raise ValueError(f"{', '.join(unknown) or 'nothing'}: name some of {', '.join(EVENT_TYPES)}")
+    return types
+
+
 def _prefix(text: str) -> str:
     if not text or any(character.isspace() for character in text):
         raise ValueError(f"a key prefix is one word, not empty: {text!r}")
@@ -154,6 +183,8 @@ _METAVARS: dict[Callable[[str], Any], str] = {
     _prefix: "PREFIX",
     _host: "HOST",
     _origins: "ORIGINS",
+    parse_webhook_url: "URL",
+    _event_types: "EVENTS",
     str: "TEXT",
 }
 """What `--help` writes after each flag, by the kind of value it takes."""
@@ -163,10 +194,22 @@ def _shown(default: object) -> str:
     return "none" if default is None or default == () else str(default)
 
 
-def _setting(default: Any, parse: Callable[[str], Any], help: str, show: Callable[[Any], str] = _shown) -> Any:
-    """A `Settings` field: `parse` reads a flag or variable (ValueError: why not), `show` writes the default."""
-    metavar = getattr(parse, "metavar", None) or _METAVARS.get(parse, "VALUE")
-    return field(default=default, metadata={"parse": parse, "help": help, "show": show, "metavar": metavar})
+def _setting(
+    default: Any,
+    parse: Callable[[str], Any],
+    help: str,
+    show: Callable[[Any], str] = _shown,
+    *,
+    repeated: tuple[str, Callable[[str], Any]] | None = None,
+) -> Any:
+    """A `Settings` field: `parse` reads a flag or variable (ValueError: why not), `show` writes the default.
+
+    `repeated` (flag, parse one): a list, given by repeating that flag, one value each, while the variable
+    holds them all (read by `parse`).
+    """
+    metavar = getattr(parse, "metavar", None) or _METAVARS.get(repeated[1] if repeated else parse, "VALUE")
+    metadata = {"parse": parse, "help": help, "show": show, "metavar": metavar, "repeated": repeated}
+    return field(default=default, metadata=metadata)
 
 
 def _size(default: int, help: str) -> Any:
@@ -281,6 +324,46 @@ class Settings:
         "close connections that do not send their request (or finish TLS) in time; more than 0",
         format_duration,
     )
+    webhooks: tuple[str, ...] = _setting(
+        (),
+        _webhook_urls,
+        "POST signed JSON events to this URL (repeat for more): documents changed, created, deleted, renamed;"
+        " delivered at least once, in order per document, retried until --webhook-retry-for; needs --webhook-secret",
+        repeated=("--webhook", parse_webhook_url),
+    )
+    webhook_secret: str | None = _setting(
+        None, str, "the secret webhook events are signed with (HMAC-SHA256; prefer --webhook-secret-file)"
+    )
+    webhook_secret_file: Path | None = _setting(None, parse_path, "read the webhook secret from this file")
+    webhook_events: tuple[str, ...] = _setting(
+        ("document.changed", "document.created", "document.deleted", "document.renamed"),
+        _event_types,
+        "comma-separated events to send: document.changed, document.created, document.deleted, document.renamed,"
+        " connection.opened, connection.closed",
+        lambda types: ",".join(types),
+    )
+    webhook_quiet: float = _duration(2.0, "send document.changed once a document has not changed for this long")
+    webhook_max_wait: float = _duration(
+        10.0, "while a document keeps changing, send document.changed at least this often"
+    )
+    webhook_include: str = _setting(
+        "none", _Choice("none", "text", "json"), "put the document's text or JSON export in document.changed"
+    )
+    webhook_include_limit: int = _size(
+        64 * 2**10, "largest export put in an event; a larger one is left out (the event says so)"
+    )
+    webhook_timeout: float = _setting(
+        10.0,
+        parse_positive_duration,
+        "how long a webhook may take to answer before the delivery counts as failed and is retried",
+        format_duration,
+    )
+    webhook_retry_for: float = _setting(
+        3 * 86400.0,
+        parse_positive_duration,
+        "keep retrying a failed delivery this long (backoff up to 1 minute apart), then give up (collab webhooks)",
+        format_duration,
+    )
     log_level: str = _setting("info", _Choice("debug", "info", "warning", "error"), "log verbosity")
     log_format: str = _setting("text", _Choice("text", "json"), "log lines as text (key=value fields) or JSON objects")
 
@@ -294,21 +377,14 @@ class Settings:
 
     def secret(self) -> bytes | None:
         """The auth secret, from the setting or its file; None when access control is off."""
-        text: str | None
-        if self.auth_secret_file is not None:
-            try:
-                text = self.auth_secret_file.read_text().strip()
-            except OSError as error:
-                raise ConfigError(
-                    f"cannot read --auth-secret-file {self.auth_secret_file}: {error.strerror}"
-                ) from error
-        else:
-            text = self.auth_secret
-        if text is None:
-            return None
-        if len(text) < 16:
-            raise ConfigError("the auth secret must be at least 16 characters long")
-        return text.encode()
+        return _secret(self.auth_secret, self.auth_secret_file, "auth")
+
+    def webhook_key(self) -> bytes | None:
+        """The webhook signing secret, from the setting or its file; `ConfigError` if webhooks lack one."""
+        key = _secret(self.webhook_secret, self.webhook_secret_file, "webhook")
+        if self.webhooks and key is None:
+            raise ConfigError("--webhook needs --webhook-secret or --webhook-secret-file, to sign its events")
+        return key
 
     @classmethod
     def load(cls, flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -319,7 +395,7 @@ class Settings:
         for item in fields(cls):
             given = flags.get(item.name)
             if given is not None:
-                values[item.name] = given
+                values[item.name] = tuple(given) if isinstance(given, list) else given
                 continue
             text = environ.get(env_name(item.name))
             if text is None or (text == "" and item.name not in ACCESS_CONTROL_SETTINGS):
@@ -333,6 +409,21 @@ class Settings:
             except ValueError as error:
                 raise ConfigError(f"{env_name(item.name)}: {error}") from error
         return cls(**values)
+
+
+def _secret(value: str | None, file: Path | None, what: str) -> bytes | None:
+    """A secret given as a setting or in a file (read whole, stripped); at least 16 characters."""
+    text = value
+    if file is not None:
+        try:
+            text = file.read_text().strip()
+        except OSError as error:
+            raise ConfigError(f"cannot read --{what}-secret-file {file}: {error.strerror}") from error
+    if text is None:
+        return None
+    if len(text) < 16:
+        raise ConfigError(f"the {what} secret must be at least 16 characters long")
+    return text.encode()
 
 
 def env_name(field_name: str) -> str:

@@ -23,6 +23,10 @@
     ├── RestoreError               what a restore cannot bring back as it was         409    1
     ├── ExportError                the export cannot be done as asked                 500    1
     ├── ImportFailed               the backup cannot be imported as asked             500    1
+    ├── DeliveryError              a webhook did not take an event (it is retried)           1
+    ├── InvalidSignatureError      a webhook request is not signed with the secret           1
+    ├── ClosedError                collab.client is closed and will not reconnect            1
+    │   └── RefusedError           the server refused it (close code or HTTP status)         1
     └── ConfigError                a setting or command-line argument is wrong        400    2
 
 `close_reason_for`, `http_status_for` and `exit_code_for` are the three
@@ -50,16 +54,19 @@ __all__ = [
     "AlreadyExistsError",
     "AuthError",
     "CloseReason",
+    "ClosedError",
     "CollabError",
     "ConfigError",
     "CorruptDocumentError",
     "DatabaseInUseError",
+    "DeliveryError",
     "DocumentTooLargeError",
     "ExportError",
     "ForbiddenError",
     "HistoryError",
     "ImportFailed",
     "InvalidRoomNameError",
+    "InvalidSignatureError",
     "InvalidUTF8Error",
     "InvalidUpdateError",
     "LimitError",
@@ -67,6 +74,7 @@ __all__ = [
     "NotFoundError",
     "ProtocolError",
     "RateLimitError",
+    "RefusedError",
     "RestoreError",
     "ServerBusyError",
     "StorageError",
@@ -218,6 +226,44 @@ class ImportFailed(CollabError):
     """The backup cannot be imported as asked."""
 
     label = "ImportFailed"
+
+
+class DeliveryError(CollabError):
+    """A webhook request could not be made, or was not answered 2xx: the sender retries it (`collab.webhooks`)."""
+
+    label = "DeliveryError"
+
+
+class InvalidSignatureError(CollabError, ValueError):
+    """A webhook request that is not signed with the secret, or signed too long ago (`collab.webhooks.verify`,
+    for receivers): refuse it."""
+
+    label = "InvalidSignatureError"
+
+
+class ClosedError(CollabError):
+    """A `collab.client.Client` is closed and will not reconnect: `close()` was called, the server ended the
+    session (1000), or reconnecting gave up (the last failure is the cause); `code` and `reason` are those of its
+    last connection's close, if it had one."""
+
+    label = "ClosedError"
+
+    def __init__(self, message: str, code: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+
+
+class RefusedError(ClosedError):
+    """The server refused a `collab.client.Client` in a way no retry fixes: `code` is the close code (4401 a bad
+    token, 4403 one for another document, 4410 deleted, 1008 too fast...) or the HTTP status of a refused upgrade
+    (401, 403, 404), `reason` what the server said."""
+
+    label = "RefusedError"
+
+    def __init__(self, code: int, reason: str) -> None:
+        what = f"HTTP {code}" if code < 1000 else str(code)
+        super().__init__(f"the server refused the connection ({what}): {reason or 'no reason given'}", code, reason)
 
 
 class ConfigError(CollabError):

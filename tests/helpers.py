@@ -1,13 +1,13 @@
 """What test files share, so that no test imports another test module.
 
-URLs and synced clients; keystrokes and the text they make; checks that a client
-still works after an attack (`still_works`, `still_syncs`, `presence_still_works`);
-tokens; HTTP requests (`get`, `upgrade_status`); the CLI (`collab_cli`, `run_collab`; `collab_in_process`)
-and a server (`ServerProcess`) in a subprocess; what a database holds, on either engine (`stored_text`,
-`wait_stored`, `row_counts`), and rows changed by hand (`insert_by_hand`, `spoil_checkpoints`); a document
-with every kind of root (`write_rich_document`, `contents`); frames a room sends (`FramePeer`);
-the stock Node client. Fixtures (servers, stores) are in conftest.py, and their
-types (`StartServer`) here: test modules import this module, never conftest.py.
+URLs and synced clients (which never reconnect); keystrokes and the text they make; checks that a client still
+works after an attack (`still_works`, `still_syncs`, `presence_still_works`); tokens; a TLS certificate
+(`self_signed_certificate`); HTTP requests (`get`, `upgrade_status`); the CLI (`collab_cli`, `run_collab`;
+`collab_in_process`) and a server (`ServerProcess`) in a subprocess; what a database holds, on either engine
+(`stored_text`, `wait_stored`, `row_counts`), and rows changed by hand (`insert_by_hand`,
+`spoil_checkpoints`); a document with every kind of root (`write_rich_document`, `contents`); frames a room
+sends (`FramePeer`); the stock Node client. Fixtures (servers, stores) are in conftest.py, and their types
+(`StartServer`) here: test modules import this module, never conftest.py.
 """
 
 from __future__ import annotations
@@ -81,10 +81,12 @@ def room_url(server: CollabServer | int, room: str) -> str:
 
 @asynccontextmanager
 async def synced(url: str, doc: Doc | None = None) -> AsyncIterator[Client]:
-    """A connected client whose first sync with the server is complete."""
-    async with Client(url, doc) as client:
-        async with asyncio.timeout(10):
-            await client.synced.wait()
+    """A connected client whose first sync with the server is complete (a refusal raises `RefusedError`).
+
+    It never reconnects: a test that restarts or stops a server must not see its clients come back and resend
+    their documents unasked.
+    """
+    async with Client(url, doc, reconnect=False, sync_timeout=10) as client:
         yield client
 
 
@@ -123,6 +125,18 @@ def token(scope: str, permission: Permission = Permission.WRITE, *, ttl: float =
 
 def with_token(url: str, value: str) -> str:
     return f"{url}?token={value}"
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key (cert.pem, key.pem in `folder`), made with openssl:
+    for `--certfile`/`--keyfile`, and as the one CA a client that should trust it is given."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
 
 
 def with_password(url: str, password: str) -> str:

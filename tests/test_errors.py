@@ -29,6 +29,7 @@ from collab.errors import (
     NotFoundError,
     ProtocolError,
     RateLimitError,
+    RefusedError,
     ServerBusyError,
     StorageError,
     UnauthenticatedError,
@@ -70,7 +71,10 @@ def test_the_docstring_draws_every_class(error_class: type[CollabError]) -> None
 
 def test_metric_labels_are_fixed_names_dashboards_can_rely_on() -> None:
     """Pinned: changing one silently breaks every dashboard and alert on `collab_rejected_messages_total`."""
-    assert {error_class.__name__: metric_label(error_class("x")) for error_class in TREE} == {
+    made = {
+        error_class: error_class(4401, "x") if error_class is RefusedError else error_class("x") for error_class in TREE
+    }
+    assert {error_class.__name__: metric_label(error) for error_class, error in made.items()} == {
         "CollabError": "CollabError",
         "ProtocolError": "ProtocolError",
         "InvalidUTF8Error": "InvalidUTF8Error",
@@ -94,6 +98,10 @@ def test_metric_labels_are_fixed_names_dashboards_can_rely_on() -> None:
         "HistoryError": "HistoryError",
         "ExportError": "ExportError",
         "ImportFailed": "ImportFailed",
+        "DeliveryError": "DeliveryError",
+        "InvalidSignatureError": "InvalidSignatureError",
+        "ClosedError": "ClosedError",
+        "RefusedError": "RefusedError",
         "ConfigError": "ConfigError",
     }
 

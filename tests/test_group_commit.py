@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import pytest
 
@@ -16,8 +17,11 @@ from collab.errors import HistoryError, StorageError
 from collab.store import Commit, DocumentDump, DocumentInfo, HistoryPoint, StoredRecord, WriteOp
 from collab.store.group_commit import GroupCommitStore
 from collab.store.memory import MemoryEngine, MemoryStore
+from collab.store.outbox import OutboxTables
 
 from .helpers import keystrokes, text_of, wait_for
+
+T = TypeVar("T")
 
 
 class FailingEngine:
@@ -64,6 +68,9 @@ class FailingEngine:
 
     def restore(self, dump: DocumentDump) -> None:
         self.inner.restore(dump)
+
+    def outbox(self, work: Callable[[OutboxTables], T]) -> T:
+        return self.inner.outbox(work)
 
 
 async def text_in(store: GroupCommitStore[FailingEngine] | MemoryStore, name: str) -> str:

@@ -102,7 +102,7 @@ async def test_a_list_header_may_repeat(server: CollabServer, bystanders: tuple[
 BAD_REQUESTS = {
     "POST": (request(method="POST"), 405),
     "POST with a body": (request(method="POST", extra="Content-Length: 5\r\n") + b"hello", 405),
-    "PUT on the API": (request("/api/docs", "Content-Length: 2\r\n", method="PUT") + b"{}", 405),
+    "PUT on the API": (request("/api/history/x", "Content-Length: 2\r\n", method="PUT") + b"{}", 405),
     "DELETE": (request("/healthz", method="DELETE"), 405),
     "POST upgrade": (upgrade().replace(b"GET", b"POST", 1), 405),
     "HEAD upgrade": (upgrade().replace(b"GET", b"HEAD", 1), 405),
@@ -141,12 +141,14 @@ async def test_unservable_requests_get_an_answer(
 
 
 # Methods: the router's routes say which methods a path takes (GET, and HEAD with it; `/api/docs/<name>` also
-# DELETE and POST).
+# DELETE, POST and PUT, `/api/docs` also POST).
 
 OTHER_METHODS = ("DELETE", "POST", "PUT", "PATCH", "OPTIONS", "TRACE", "BREW")
-GET_ROUTES = ("/api/docs", "/", "/d/x", "/healthz", "/readyz", "/metrics", "/assets/app.js")
-DOCUMENT_METHODS = "DELETE, GET, HEAD, POST"
-"""What `/api/docs/<name>` takes: GET (and HEAD), DELETE (delete it), POST (`/rename`)."""
+GET_ROUTES = ("/api/history/x", "/", "/d/x", "/healthz", "/readyz", "/metrics", "/assets/app.js")
+DOCUMENT_METHODS = "DELETE, GET, HEAD, POST, PUT"
+"""What `/api/docs/<name>` takes: GET (and HEAD), DELETE (delete it), POST (`/rename`, `/update`...), PUT (its text)."""
+LIST_METHODS = "GET, HEAD, POST"
+"""What `/api/docs` takes: GET (and HEAD) lists, POST creates."""
 
 
 def http_request(port: int, method: str, path: str, headers: dict[str, str], body: bytes | None) -> Reply:
@@ -179,9 +181,16 @@ async def test_other_methods_on_a_get_route_answer_405_with_allow(server: Collab
                 assert reply.headers["allow"] == "GET, HEAD"
                 assert reply.headers["connection"] == "close"
                 assert reply.body == f"{method} is not allowed here, only GET, HEAD\n".encode()
-    for method in ("PUT", "PATCH", "OPTIONS", "TRACE", "BREW"):
-        reply = await send(server.port, method, "/api/docs/x")
-        assert (reply.status, reply.headers["allow"]) == (405, DOCUMENT_METHODS), (method, reply)
+    for method in ("PATCH", "OPTIONS", "TRACE", "BREW"):
+        for body in (None, b"text"):  # a body to a method the path lacks: the 405 still, never read
+            reply = await send(server.port, method, "/api/docs/x", body)
+            assert (reply.status, reply.headers["allow"]) == (405, DOCUMENT_METHODS), (method, body, reply)
+        for body in (None, b"text"):
+            reply = await send(server.port, method, "/api/docs", body)
+            assert (reply.status, reply.headers["allow"]) == (405, LIST_METHODS), (method, body, reply)
+    for path in ("/api/docs", "/api/docs/x/rename", "/api/docs/x/restore?at=1h"):  # they take no body
+        reply = await send(server.port, "DELETE" if path == "/api/docs" else "POST", path, b"{}")
+        assert reply.status == (405 if path == "/api/docs" else 413), (path, reply)
     reply = await get(server, "/api/docs/x?format=txt")
     assert (reply.status, reply.body) == (200, b"still here"), "nothing was deleted"
 
@@ -225,7 +234,7 @@ async def test_the_origin_policy_holds_for_every_method(server: CollabServer) ->
     for method in ("GET", "HEAD", "POST", "DELETE"):
         assert (await send(server.port, method, "/api/docs", headers={"Origin": other})).status == 403, method
         assert (await send(server.port, method, "/api/docs", headers={"Origin": own})).status == (
-            200 if method in ("GET", "HEAD") else 405
+            200 if method in ("GET", "HEAD") else 400 if method == "POST" else 405  # POST: no name to create
         )
 
 
@@ -310,8 +319,40 @@ async def test_a_route_can_take_other_methods(server: CollabServer) -> None:
     for method in ("GET", "HEAD"):
         refused = await send(port, method, "/erase")
         assert (refused.status, refused.headers["allow"]) == (405, "DELETE"), method
-    # No route reads a body yet: one sent to a method the route takes is refused, promptly, with 413.
+    # These routes read no body: one sent to a method the route takes is refused, promptly, with 413.
     assert (await send(port, "POST", "/things/a", b"{}")).status == 413
+
+
+async def test_a_route_may_read_a_body_and_a_suffix_may_have_a_handler_of_its_own(server: CollabServer) -> None:
+    """`body=`: the handler gets the body whole, up to its limit; `suffix=`: paths under a prefix ending with it
+    go to a handler of their own for its methods (as `/api/docs/<name>/update` does), and only those."""
+
+    async def echo(request: HttpRequest) -> Response:
+        return respond(200, b"echo " + request.body)
+
+    async def shout(request: HttpRequest) -> Response:
+        return respond(200, b"shout " + request.body.upper())
+
+    async def show(request: HttpRequest) -> Response:
+        return respond(200, f"{request.method} {request.path}\n")
+
+    server.http.route("/echo", echo, methods=("POST",), body=10)
+    server.http.route("/notes/", show, methods=("GET", "POST"))
+    server.http.route("/notes/", shout, methods=("POST",), body=10, suffix="/shout")
+    port = server.port
+    assert (await send(port, "POST", "/echo", b"0123456789")).body == b"echo 0123456789"
+    assert (await send(port, "POST", "/echo")).body == b"echo "
+    assert (await send(port, "POST", "/echo", b"0123456789+")).status == 413
+    assert (await send(port, "POST", "/notes/a/shout", b"hey")).body == b"shout HEY"
+    assert (await send(port, "POST", "/notes/a/b/shout", b"hey")).body == b"shout HEY"
+    assert (await send(port, "GET", "/notes/a/shout")).body == b"GET /notes/a/shout\n", "GET has no suffix handler"
+    assert (await send(port, "POST", "/notes/shout")).body == b"POST /notes/shout\n", "nothing before the suffix"
+    assert (await send(port, "POST", "/notes/a")).body == b"POST /notes/a\n"
+    assert (await send(port, "POST", "/notes/a", b"body")).status == 413, "the prefix's own POST reads no body"
+    refused = await send(port, "PUT", "/notes/a/shout", b"hey")
+    assert (refused.status, refused.headers["allow"]) == (405, "GET, HEAD, POST")
+    with pytest.raises(ValueError, match="suffix"):
+        server.http.route("/exact", echo, methods=("POST",), suffix="/x")
 
 
 async def test_pipelined_requests_get_the_first_answer_and_a_close(

@@ -102,6 +102,9 @@ def test_a_fresh_database_gets_every_migration_once_by_name_in_order(postgres_ur
         "revocations",
         "snapshots",
         "updates",
+        "webhook_deliveries",
+        "webhook_events",
+        "webhook_lease",
     }
     before = everything(postgres_url)["collab_migrations"]
     engine.open()
@@ -116,7 +119,7 @@ def test_an_older_database_gets_only_the_migrations_it_lacks(postgres_url: str) 
     engine.commit([WriteOp("append", "kept", craft.text_update(1, 0, "from before"), 1.0)])
     engine.close()
     with connect(postgres_url) as conn:  # back to what only the first migration made
-        conn.execute("DROP TABLE revocations, collab_server")
+        conn.execute("DROP TABLE revocations, collab_server, webhook_deliveries, webhook_events, webhook_lease")
         conn.execute("DELETE FROM collab_migrations WHERE name <> %s", [MIGRATION_NAMES[0]])
     engine.open()
     try:

@@ -68,12 +68,17 @@ examples:
 """
 
 IMPORT_EPILOG = """\
-Importing merges (a CRDT merge): content already in the document is not added
-twice. With a server running on the database, the import goes through it and
-connected clients see the content at once.
+Importing merges (a CRDT merge): content already in a document is not added
+twice. A directory restores a whole export: its manifest.json names every
+document, long names included. Every file is read and checked before anything
+is written. With a server running on the database, the import goes through it
+and connected clients see the content at once; otherwise all of it is written
+in one transaction.
 
-example:
-  collab import backups/meeting.ydoc --name meeting
+examples:
+  collab import backups/                       every document collab export wrote there
+  collab import backups/meeting.ydoc notes.ydoc
+  collab import old.ydoc --name meeting
 """
 
 COPY_EPILOG = """\
@@ -161,6 +166,15 @@ example:
 ROOMS_EPILOG = """\
 example:
   collab rooms --json
+"""
+
+WEBHOOKS_EPILOG = """\
+states: gathering (the document is still changing: its document.changed is not sealed yet), pending
+(sent or being retried with backoff), failed (given up after --webhook-retry-for). Delivered events
+are not kept.
+
+example:
+  collab webhooks --failed
 """
 
 
@@ -265,11 +279,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=_export)
 
     merge = command(
-        "import", "merge a ydoc backup into a document", "Merge a .ydoc backup into a document.", IMPORT_EPILOG
+        "import",
+        "merge ydoc backups into documents",
+        "Merge .ydoc backups, files or whole export directories, into their documents.",
+        IMPORT_EPILOG,
     )
     _add_db_flag(merge)
-    merge.add_argument("file", type=Path, metavar="FILE.ydoc", help="a file written by collab export --format ydoc")
-    merge.add_argument("--name", help="document to merge into [default: the name the file name stands for]")
+    merge.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="a .ydoc file, or a directory collab export --format ydoc wrote (its manifest.json names each document)",
+    )
+    merge.add_argument(
+        "--name", help="with one file: the document to merge into [default: the name the file name stands for]"
+    )
     merge.set_defaults(handler=_import)
 
     copy = command(
@@ -339,6 +364,17 @@ def build_parser() -> argparse.ArgumentParser:
     rooms.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rooms.set_defaults(handler=_rooms)
 
+    webhooks = command(
+        "webhooks",
+        "list webhook events not yet delivered",
+        "Webhook events still in the outbox: pending, retried or given up on, per URL.",
+        WEBHOOKS_EPILOG,
+    )
+    _add_db_flag(webhooks)
+    webhooks.add_argument("--failed", action="store_true", help="only the deliveries given up on")
+    webhooks.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    webhooks.set_defaults(handler=_webhooks)
+
     delete = command(
         "delete",
         "delete documents and their history",
@@ -399,12 +435,25 @@ def _db(args: argparse.Namespace) -> str:
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for item in fields(Settings):
+        help = f"{item.metadata['help']} [{env_name(item.name)}, default {item.metadata['show'](item.default)}]"
+        repeated = item.metadata["repeated"]
+        if repeated is not None:
+            flag, parse_one = repeated
+            parser.add_argument(
+                flag,
+                dest=item.name,
+                type=_flag(parse_one),
+                action="append",
+                metavar=item.metadata["metavar"],
+                help=help,
+            )
+            continue
         parser.add_argument(
             "--" + item.name.replace("_", "-"),
             type=_flag(item.metadata["parse"]),
             default=None,
             metavar=item.metadata["metavar"],
-            help=f"{item.metadata['help']} [{env_name(item.name)}, default {item.metadata['show'](item.default)}]",
+            help=help,
         )
 
 
@@ -439,17 +488,26 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from .importer import import_update
+    from .importer import Backup, Imported, import_backups, read_backups
 
-    try:
-        update = args.file.read_bytes()
-    except OSError as error:
-        raise ConfigError(f"cannot read {args.file}: {error.strerror}") from error
-    name = _document_name(args.name, "--name") if args.name is not None else _name_of_backup(args.file)
-    result = asyncio.run(import_update(Settings.load({"db": args.db}), update, name))
-    outcome = "merged into" if result.changed else "already contained in"
-    print(f"{args.file}: {outcome} {result.name!r} ({result.via})", file=sys.stderr)
-    return 0
+    name = _document_name(args.name, "--name") if args.name is not None else None
+    backups, missing = read_backups(args.paths, name)  # all read and checked before anything is written
+    for lacking in missing:
+        print(f"collab import: {lacking.name!r} is not in the backup: {lacking.error}", file=sys.stderr)
+
+    def done(backup: Backup, result: Imported) -> None:
+        outcome = "merged into" if result.changed else "already contained in"
+        print(f"{backup.source}: {outcome} {result.name!r} ({result.via})", file=sys.stderr)
+
+    imported = asyncio.run(import_backups(Settings.load({"db": args.db}), backups, done))
+    if len(imported) > 1 or missing:
+        merged = sum(result.changed for result in imported)
+        print(
+            f"imported {len(imported)} file(s): {merged} merged, {len(imported) - merged} already contained"
+            + (f"; {len(missing)} listed document(s) not in the backup" if missing else ""),
+            file=sys.stderr,
+        )
+    return EXIT_FAILURE if missing else 0
 
 
 def _copy(args: argparse.Namespace) -> int:
@@ -527,21 +585,6 @@ def _restore(args: argparse.Namespace) -> int:
     documents.restore(name, args.at)
     print(f"restored {name!r} to {format_time(args.at)} ({documents.via})", file=sys.stderr)
     return 0
-
-
-def _name_of_backup(file: Path) -> str:
-    """The document an exported file holds: its file name says, or for a generated one the manifest beside it."""
-    from ..filenames import MANIFEST, is_generated, name_from_file_name
-
-    if not is_generated(file.name):
-        return name_from_file_name(file.name)
-    try:
-        documents = json.loads((file.parent / MANIFEST).read_text())["documents"]
-        return next(str(entry["name"]) for entry in documents if entry["file"] == file.name)
-    except (OSError, ValueError, KeyError, TypeError, StopIteration):
-        raise ConfigError(
-            f"{file.name} is a generated file name: keep the export's {MANIFEST} beside it, or pass --name"
-        ) from None
 
 
 def _token_id(text: str) -> str:
@@ -629,6 +672,16 @@ def _rooms(args: argparse.Namespace) -> int:
     header: dict[str, object] = dict(zip(columns, columns, strict=True))
     for row in [header, *documents]:
         print("  ".join(str(row[column]).ljust(widths[column]) for column in columns).rstrip())
+    return 0
+
+
+def _webhooks(args: argparse.Namespace) -> int:
+    from ..store.engines import open_reader
+    from .webhooks import print_listing
+
+    with open_reader(_db(args)) as reader:
+        rows = reader.webhooks(failed_only=args.failed)
+    print_listing(rows, as_json=args.json)
     return 0
 
 

@@ -83,7 +83,7 @@ if TYPE_CHECKING:  # the server hands them in; the API does not depend on the se
     from ..server.metrics import ServerMetrics
     from ..server.rooms import Rooms
 
-__all__ = ["document_json", "error_response", "install_api", "refused", "request_token"]
+__all__ = ["document_json", "document_name", "error_response", "install_api", "refused", "request_token"]
 
 DOCS = "/api/docs"
 HISTORY = "/api/history"
@@ -159,7 +159,7 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
 
     async def get_document(request: HttpRequest) -> Response:
         try:
-            name = _document_name(request.path)
+            name = document_name(request.path)
             fmt = request.query.get("format", "json")
             if fmt not in FORMATS:
                 raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -224,7 +224,7 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
 
     async def delete_document(request: HttpRequest) -> Response:
         try:
-            name = _document_name(request.path)
+            name = document_name(request.path)
         except InvalidRoomNameError as error:
             return error_response(HTTPStatus.BAD_REQUEST, str(error))
         try:
@@ -243,7 +243,7 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
 
     async def rename_document(request: HttpRequest, path: str) -> Response:
         try:
-            old = _document_name(path)
+            old = document_name(path)
             new = validate_room_name(request.query.get("to", ""))
         except InvalidRoomNameError as error:
             return error_response(HTTPStatus.BAD_REQUEST, str(error))
@@ -256,7 +256,7 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
 
     async def restore_document(request: HttpRequest, path: str) -> Response:
         try:
-            name = _document_name(path)
+            name = document_name(path)
             if "at" not in request.query:
                 raise ValueError(f"no time: POST {DOCS}/NAME{RESTORE}?at=TIME (2h, 3d ago or ISO 8601)")
             now = time.time()
@@ -278,7 +278,7 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
 
     async def document_history(request: HttpRequest) -> Response:
         try:
-            name = _document_name(request.path, HISTORY)
+            name = document_name(request.path, HISTORY)
             limit = _whole_number(request.query.get("limit", str(DEFAULT_LIMIT)), "limit", MAX_LIMIT)
             gap = parse_duration(request.query.get("gap", format_duration(DEFAULT_GAP)))
             before = parse_time(request.query["before"], time.time()) if "before" in request.query else None
@@ -315,7 +315,7 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
     router.route(HISTORY + "/", document_history)
 
 
-def _document_name(path: str, prefix: str = DOCS) -> str:
+def document_name(path: str, prefix: str = DOCS) -> str:
     """The validated document name of a `<prefix>/<name>` path; raise `InvalidRoomNameError` saying why not."""
     encoded = path[len(prefix) + 1 :]
     if not encoded:

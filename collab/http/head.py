@@ -4,10 +4,18 @@ websockets 17 parses a request head and, on anything it does not expect, stays
 silent: a body (Content-Length, chunked) or a malformed line ends the
 connection with no response, and bytes after the head (a pipelined request)
 are parsed as WebSocket frames during the handshake. collab serves one request
-per connection, without a body: `check_head` says which answer a head earns
-instead (400, 404, 405, 413, 431, 505), or whether it asks for an upgrade.
+per connection: `check_head` says which answer a head earns instead (400, 404,
+405, 411, 413, 431, 505), or what reading the request takes (`Head`): whether it
+asks for an upgrade, and how many bytes of body follow.
 
-A body is refused, never read: no route takes one, and RFC 9110 (section 9.3.1) warns that content on a GET
+A body is read only for a route that takes one (`Router.route(..., body=LIMIT)`: the write API), and only
+framed by `Content-Length`: chunked transfer coding is refused with 411 (send `Content-Length`), a request
+framed both ways with 400 (RFC 9112 section 6.3: the ambiguity request smuggling lives on), a declared length
+above the route's limit with 413 before any of it is read. The transport then reads exactly that many bytes
+(408 if they do not come in time) and drops whatever follows. websockets' parser, which takes no body, is
+shown the head without its `Content-Length`.
+
+Everywhere else a body is refused, never read: RFC 9110 (section 9.3.1) warns that content on a GET
 "might lead some implementations to reject the request and close the connection because of its potential as a
 request smuggling attack". The refusal goes out at once, without waiting for a body that may never come (a
 declared `Content-Length: 100000` with nothing after it is answered as promptly as one that is sent), and the
@@ -21,12 +29,13 @@ from __future__ import annotations
 
 import re
 from http import HTTPStatus
+from typing import NamedTuple
 
 from websockets.http11 import Response
 
 from .router import Router, respond
 
-__all__ = ["MAX_HEAD", "check_head"]
+__all__ = ["MAX_HEAD", "Head", "check_head"]
 
 MAX_LINE = 8190
 MAX_HEADERS = 128
@@ -52,10 +61,23 @@ SINGLE_VALUED = (
 """Headers a request may carry once: two Hosts or Origins, or two framings of a body, are ambiguous (RFC 9112)."""
 
 
-def check_head(head: bytes, router: Router) -> Response | bool:
+class Head(NamedTuple):
+    """A request head that may go on, and what reading its request takes."""
+
+    upgrade: bool
+    """It asks for a WebSocket upgrade."""
+    body: int
+    """Bytes of body that follow the head, to read before answering (0: none)."""
+    parsed: bytes
+    """The head to hand websockets' parser: as received, without the `Content-Length` of a body it takes."""
+    expect_continue: bool
+    """The client waits for "100 Continue" before sending its body (`Expect: 100-continue`, RFC 9110 10.1.1)."""
+
+
+def check_head(head: bytes, router: Router) -> Response | Head:
     """Check a request head (everything up to and including the blank line) before websockets parses it.
 
-    The answer to send instead of handling the request, or, if it may go on, whether it asks for a WebSocket upgrade.
+    The answer to send instead of handling the request, or, if it may go on, what reading it takes.
     `router` is asked what it would answer a request with a body (see the module docstring).
     """
     lines = head.split(b"\r\n")
@@ -71,7 +93,7 @@ def check_head(head: bytes, router: Router) -> Response | bool:
     if parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
         return respond(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "HTTP/1.1 only\n")
     counts: dict[str, int] = {}
-    upgrade = False
+    upgrade = expect_continue = False
     content_length = b"0"
     if len(header_lines) > MAX_HEADERS or max(map(len, lines)) > MAX_LINE:
         return respond(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request header fields too large\n")
@@ -85,6 +107,8 @@ def check_head(head: bytes, router: Router) -> Response | bool:
             upgrade = value.strip().lower() == b"websocket"
         elif key == "content-length":
             content_length = value.strip()
+        elif key == "expect":
+            expect_continue = value.strip().lower() == b"100-continue" and parts[2] == b"HTTP/1.1"
     duplicated = [name for name in SINGLE_VALUED if counts.get(name.lower(), 0) > 1]
     if duplicated:
         return respond(HTTPStatus.BAD_REQUEST, f"duplicated header: {duplicated[0]}\n")
@@ -95,9 +119,24 @@ def check_head(head: bytes, router: Router) -> Response | bool:
         return respond(HTTPStatus.METHOD_NOT_ALLOWED, message, headers={"Allow": "GET"})
     if not content_length.isdigit():
         return respond(HTTPStatus.BAD_REQUEST, "malformed Content-Length\n")
-    if "transfer-encoding" in counts or content_length != b"0":  # websockets takes "0" and nothing else
-        answer = None if upgrade else router.match(method, parts[1].decode())
-        if isinstance(answer, Response):
-            return answer
+    chunked = "transfer-encoding" in counts
+    sends_body = chunked or content_length != b"0"  # websockets takes "0" and nothing else
+    if not sends_body:
+        return Head(upgrade, 0, head, expect_continue=False)
+    route = None if upgrade else router.match(method, parts[1].decode())
+    if isinstance(route, Response):
+        return route  # the router's 404 or 405 says why
+    if route is None or not route.body:
         return respond(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "a request takes no body here\n")
-    return upgrade
+    if chunked and "content-length" in counts:
+        return respond(
+            HTTPStatus.BAD_REQUEST, "both Content-Length and Transfer-Encoding: the body's length is ambiguous\n"
+        )
+    if chunked:
+        return respond(HTTPStatus.LENGTH_REQUIRED, "send the body with Content-Length (no chunked transfer coding)\n")
+    digits = content_length.lstrip(b"0") or b"0"
+    if len(digits) > len(str(route.body)) or int(digits) > route.body:  # int() refuses over 4,300 digits
+        message = f"request body too large: more than the limit of {route.body} bytes\n"
+        return respond(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, message)
+    kept = [line for line in lines[1:] if line.partition(b":")[0].lower() != b"content-length"]
+    return Head(upgrade, int(digits), b"\r\n".join([request_line, *kept]), expect_continue)

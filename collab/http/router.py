@@ -2,17 +2,26 @@
 
 collab's transport (`collab.server.transport`) hands every request that is not
 a WebSocket upgrade to `Router.handle`, once its head has passed
-`collab.http.head.check_head` (no body, no ambiguity). Handlers take the request and
-return a `Response` (use `respond` to build one); they run on the event loop,
+`collab.http.head.check_head` (no ambiguity, and a body only where the route reads one). Handlers take the
+request and return a `Response` (use `respond` to build one); they run on the event loop,
 so anything slow (rendering a large document) belongs in a thread.
+
+Bodies, per route (`Router.route(..., body=LIMIT)`, none unless told): a route given a limit reads a body
+of up to that many bytes, sent with `Content-Length` (no chunked transfer coding), and its handler finds it
+whole in `request.body`; every other route takes none, and a request that sends one is refused before
+anything of it is read (see `collab.http.head`).
+
+Suffixes (`Router.route(prefix, handler, methods=..., suffix="/update")`): under a prefix, the paths that end
+with `suffix` after something else (`/api/docs/NAME/update`) go to that handler for its methods, before the
+prefix's own handler for the method, with a body limit of their own.
 
 Methods, per route (`Router.route(path, handler, methods=...)`, GET unless told):
 
 - HEAD is answered wherever GET is, by the GET handler with the body left out (RFC 9110 section 9.3.2:
   the same status and headers, `Content-Length` included), so that `curl -I` and uptime monitors that
   probe with HEAD see what a GET would.
-- Any other method a route was not given is 405 with `Allow` listing the ones it takes (RFC 9110
-  section 15.5.6), not the GET answer: `DELETE /api/docs/x` must not look like a success.
+- Any other method a route was not given is 405 with `Allow` listing the ones it takes for that path
+  (RFC 9110 section 15.5.6), not the GET answer: `DELETE /api/docs/x` must not look like a success.
 - A path no route matches is 404 whatever the method: there is nothing there to allow.
 - OPTIONS is such another method: 405 with `Allow`. collab sends no CORS headers (its pages are served
   from its own origin and need none), so a cross-origin page's preflight fails, as the browser's refusal
@@ -26,13 +35,13 @@ import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-__all__ = ["HttpRequest", "OriginPolicy", "Router", "json_response", "respond"]
+__all__ = ["HttpRequest", "OriginPolicy", "Route", "Router", "json_response", "respond"]
 
 
 class OriginPolicy:
@@ -65,20 +74,29 @@ class OriginPolicy:
 
 
 class HttpRequest:
-    """A request for a handler: its method, its path split from its query."""
+    """A request for a handler: its method, its path split from its query, and its body (empty unless its route
+    reads one)."""
 
-    __slots__ = ("headers", "method", "path", "query", "raw")
+    __slots__ = ("body", "headers", "method", "path", "query", "raw")
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, body: bytes = b"") -> None:
         parts = urlsplit(request.path)
         self.raw = request
         self.method = request.method
         self.path = parts.path
         self.query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
         self.headers = request.headers
+        self.body = body
 
 
 Handler = Callable[[HttpRequest], Awaitable[Response]]
+
+
+class Route(NamedTuple):
+    """What serves one method on one path: the handler, and the most bytes of body it reads (0: none)."""
+
+    handler: Handler
+    body: int = 0
 
 
 def respond(
@@ -114,6 +132,10 @@ def _head_of(get: Handler) -> Handler:
     return head
 
 
+_Methods = dict[str, dict[str, Route]]
+"""A route's handlers: by method, then by suffix ("" for the paths without one of theirs)."""
+
+
 class Router:
     """Exact paths and path prefixes mapped to a handler per method; the longest prefix wins.
 
@@ -122,50 +144,80 @@ class Router:
     """
 
     def __init__(self) -> None:
-        self._exact: dict[str, dict[str, Handler]] = {}
-        self._prefixes: list[tuple[str, dict[str, Handler]]] = []
+        self._exact: dict[str, _Methods] = {}
+        self._prefixes: list[tuple[str, _Methods]] = []
 
-    def route(self, path: str, handler: Handler, methods: Sequence[str] = ("GET",)) -> None:
+    def route(
+        self, path: str, handler: Handler, methods: Sequence[str] = ("GET",), *, body: int = 0, suffix: str = ""
+    ) -> None:
         """Answer `methods` on `path` with `handler` (and HEAD too, if GET is among them and HEAD is not).
 
         `path` ending in '/' matches everything under it; otherwise the exact path only. A path routed again
-        adds the new methods to those it had (and replaces the handlers of the ones named again).
+        adds the new methods to those it had (and replaces the handlers of the ones named again). `body`: the
+        most bytes of request body the handler reads (0: it takes none, and a request sending one is refused).
+        `suffix`, under a prefix only: the handler takes the paths that end with it after something else, for
+        these methods, before the prefix's own handler for them.
         """
-        if path.endswith("/") and path != "/":
-            handlers = next((handlers for prefix, handlers in self._prefixes if prefix == path), None)
+        prefix = path.endswith("/") and path != "/"
+        if suffix and (not prefix or not suffix.startswith("/")):
+            raise ValueError(f"a suffix ({suffix!r}) starts with '/' and follows a prefix ending in '/', not {path!r}")
+        if prefix:
+            handlers = next((handlers for known, handlers in self._prefixes if known == path), None)
             if handlers is None:
                 self._prefixes.append((path, handlers := {}))
                 self._prefixes.sort(key=lambda item: len(item[0]), reverse=True)
         else:
             handlers = self._exact.setdefault(path, {})
-        for method in methods:
-            handlers[method] = handler
+        routes = {method: Route(handler, body) for method in methods}
         if "GET" in methods and "HEAD" not in methods:
-            handlers["HEAD"] = _head_of(handler)
+            routes["HEAD"] = Route(_head_of(handler))
+        for method, route in routes.items():
+            by_suffix = {**handlers.get(method, {}), suffix: route}
+            # Longest suffix first: the most specific one that a path ends with serves it.
+            handlers[method] = dict(sorted(by_suffix.items(), key=lambda item: len(item[0]), reverse=True))
 
-    def match(self, method: str, target: str) -> Handler | Response:
-        """The handler for `method` on a request target, or the answer instead: 400 for a target that does not
+    def match(self, method: str, target: str) -> Route | Response:
+        """The route for `method` on a request target, or the answer instead: 400 for a target that does not
         parse, 404 if no route matches its path (whatever the method), 405 with `Allow` if its route lacks `method`.
         """
         try:
             path = urlsplit(target).path
         except ValueError:  # urlsplit refuses some targets ("//[x/y": an unclosed IPv6 host)
             return respond(HTTPStatus.BAD_REQUEST, "malformed request target\n")
-        handlers = self._exact.get(path)
+        handlers, rest = self._exact.get(path), ""
         if handlers is None:
-            handlers = next((handlers for prefix, handlers in self._prefixes if path.startswith(prefix)), None)
-        if handlers is None:
+            for prefix, found in self._prefixes:
+                if path.startswith(prefix):
+                    handlers, rest = found, path[len(prefix) :]
+                    break
+        served = {} if handlers is None else {name: _for(by_suffix, rest) for name, by_suffix in handlers.items()}
+        allowed = sorted(name for name, route in served.items() if route is not None)
+        if not allowed:
             return respond(HTTPStatus.NOT_FOUND, "not found\n")
-        handler = handlers.get(method)
-        if handler is None:
-            allow = ", ".join(sorted(handlers))
+        route = served.get(method)
+        if route is None:
+            allow = ", ".join(allowed)
             return respond(
                 HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not allowed here, only {allow}\n", headers={"Allow": allow}
             )
-        return handler
+        return route
 
-    async def handle(self, request: Request) -> Response:
-        handler = self.match(request.method, request.path)
-        if isinstance(handler, Response):
-            return handler
-        return await handler(HttpRequest(request))
+    async def handle(self, request: Request, body: bytes = b"") -> Response:
+        """The answer to `request`, whose `body` was read (if its route takes one) by the transport."""
+        route = self.match(request.method, request.path)
+        if isinstance(route, Response):
+            return route
+        return await route.handler(HttpRequest(request, body))
+
+
+def _for(by_suffix: dict[str, Route], rest: str) -> Route | None:
+    """The route of one method for the part of a path after its prefix: the longest suffix it ends with after
+    something else, or the method's own route (suffix ""), if any."""
+    return next(
+        (
+            route
+            for suffix, route in by_suffix.items()
+            if not suffix or (rest.endswith(suffix) and len(rest) > len(suffix))
+        ),
+        None,
+    )

@@ -25,11 +25,14 @@ from ..http.api import install_api
 from ..http.router import HttpRequest, OriginPolicy, Router, respond
 from ..http.share import install_share
 from ..http.static import install_web
+from ..http.write import install_write_api
 from ..logs import fields, log_everywhere
 from ..metrics import render
 from ..store import Store
 from ..store.engines import locate, open_store, redacted
 from ..sync.connection import ConnectionRules
+from ..webhooks.describe import Describer
+from ..webhooks.sender import WebhookOptions, Webhooks
 from .metrics import ServerMetrics
 from .outbox import Backlogs
 from .rooms import Rooms
@@ -92,6 +95,7 @@ class CollabServer:
         self._lock_watch: asyncio.Task[None] | None = None
         self._lock_lost: str | None = None
         """Why the database's lock is held by another server now (then /readyz says 503), or None."""
+        self.webhooks = open_webhooks(settings, self.store, self.rooms)
         self.sessions = Sessions(self.access, database.revocations(), self._end_session)
         self.http = Router()
         self.http.route("/healthz", self._healthz)
@@ -99,6 +103,7 @@ class CollabServer:
         self.http.route("/metrics", self._metrics)
         install_api(self.http, self.store, self.rooms, self.access, self.metrics)
         install_share(self.http, self.access, self.metrics)
+        install_write_api(self.http, self.store, self.rooms, self.access, self.metrics, settings.max_message_size)
         install_web(self.http)
         self.endpoint = Endpoint(
             access=self.access,
@@ -138,6 +143,8 @@ class CollabServer:
             await self.sessions.start()  # revocations stored so far hold from the first connection on
             if self.relay is not None:
                 await self.relay.start(self.rooms)
+            if self.webhooks is not None:
+                await self.webhooks.start()
         except BaseException:
             await self.sessions.close()
             await self.store.close()
@@ -154,6 +161,8 @@ class CollabServer:
                 reuse_port=self.reuse_port,
             )
         except OSError as error:
+            if self.webhooks is not None:
+                await self.webhooks.stop()
             if self.relay is not None:
                 await self.relay.close()
             await self.sessions.close()
@@ -209,6 +218,8 @@ class CollabServer:
         await self.rooms.close()
         if self.relay is not None:
             await self.relay.close()  # after the rooms: their clients' departures reach the other processes
+        if self.webhooks is not None:
+            await self.webhooks.stop()  # what it had not sent stays in the outbox, for the next start
         await self.store.close()
         self.lock.release()
         logger.info("stopped; everything is on disk")
@@ -259,7 +270,8 @@ class CollabServer:
                 self._lock_lost = None
 
     async def _metrics(self, request: HttpRequest) -> Response:
-        return respond(HTTPStatus.OK, render(self.metrics.all()), "text/plain; version=0.0.4; charset=utf-8")
+        metrics = [*self.metrics.all(), *(self.webhooks.metrics() if self.webhooks is not None else ())]
+        return respond(HTTPStatus.OK, render(metrics), "text/plain; version=0.0.4; charset=utf-8")
 
     # WebSocket connections.
 
@@ -286,6 +298,19 @@ class CollabServer:
         """A live connection's token expired or was revoked: close it as a refusal at connect would."""
         if isinstance(peer, WebSocketConnection):  # what the transport hands Sessions
             peer.fail(error)
+
+
+def open_webhooks(settings: Settings, store: Store, rooms: Rooms) -> Webhooks | None:
+    """The webhook sender `--webhook` asks for (not started), told of connections if asked; else None."""
+    options = WebhookOptions.from_settings(settings)
+    if options is None:
+        return None
+    webhooks = Webhooks(
+        store, options, Describer(store, rooms, settings.webhook_include, settings.webhook_include_limit)
+    )
+    if any(kind.startswith("connection.") for kind in options.types):
+        rooms.on_connection = webhooks.connection_event
+    return webhooks
 
 
 def open_relay(settings: Settings) -> Relay | None:

@@ -23,11 +23,11 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..cluster import Relay, Relayed
 from ..errors import (
@@ -51,7 +51,7 @@ from ..metrics import Counter
 from ..store import Store, StoredRecord
 from ..sync.journal import Journal
 from ..sync.names import validate_room_name
-from ..sync.protocol import Awareness, parse_frame
+from ..sync.protocol import Awareness, Update, parse_frame
 from ..sync.restore import Restore, holds, restore_update
 from ..sync.room import EMPTY_STATE_VECTOR, EMPTY_UPDATE, Origin, Peer, Room
 from ..sync.yupdate import check_state_vector
@@ -125,6 +125,9 @@ class Rooms:
         self._restore_threads: ThreadPoolExecutor | None = None
         self._restore_slots = threading.BoundedSemaphore(RESTORE_THREADS)
         """Taken on the loop, given back by the thread as it finishes (a restore given up on still runs)."""
+        self.on_connection: Callable[[str, str, dict[str, Any]], None] | None = None
+        """Told ("connection.opened" or "connection.closed", room name, who) as peers join and leave: the
+        webhooks' connection events, when asked for."""
 
     def __len__(self) -> int:
         return len(self._rooms)
@@ -149,6 +152,8 @@ class Rooms:
         if unloading is not None:
             unloading.cancel()
         room.join(peer)
+        if self.on_connection is not None:
+            self.on_connection("connection.opened", name, _who(peer))
         return room
 
     async def join(self, name: str, peer: Peer) -> Room:
@@ -168,6 +173,8 @@ class Rooms:
     def leave(self, room: Room, peer: Peer) -> None:
         """Remove `peer`; schedule the room's unload if it is now empty."""
         room.leave(peer, asyncio.get_running_loop().time())  # the clock connections give Room.receive
+        if self.on_connection is not None:
+            self.on_connection("connection.closed", room.name, _who(peer))
         self._unload_if_idle(room)
 
     def _unload_if_idle(self, room: Room) -> None:
@@ -301,6 +308,37 @@ class Rooms:
             self._ending.difference_update((old, new))
         self.journal.renamed(old, new)
         logger.info("renamed the document", extra=fields(room=old, to=new))
+
+    # Writing from outside a room (the HTTP write API).
+
+    async def write(self, name: str, writer: Peer, change: Callable[[Room], Awaitable[bytes]]) -> bytes:
+        """Apply to document `name` the update `change(room)` makes, as if `writer` (a peer not in the room) had
+        sent it in a frame of its own: checked and held to the size limit as a client's update is, relayed to
+        every peer here and on the other processes, queued for the store. Returns the document's state vector
+        after it; `store.flush()` makes it durable.
+
+        The room is loaded for it if it is not, and unloaded again later if nobody joins. `change` may await
+        (work it out in a thread from `room.diff(...)`); if the room unloaded meanwhile it is read back, and
+        the update applied to it. Raises `ServerBusyError` while the name is being deleted or renamed, or if it
+        was while `change` worked (the update was made for a document that is gone); what `change` raises;
+        `InvalidUpdateError` or `DocumentTooLargeError` for an update refused (nothing of it took effect);
+        `StorageError` if the room cannot be loaded.
+        """
+        self._refuse_if_ending(name)
+        room = await self.load(name)
+        try:
+            update = await change(room)
+            if room.ended:
+                raise ServerBusyError(f"document {name!r} was deleted or renamed meanwhile; try again")
+            self._refuse_if_ending(name)
+            if self._rooms.get(name) is not room:  # unloaded meanwhile (nobody was in it): read back
+                room = await self.load(name)
+            room.receive(writer, [Update(update)])
+            return room.state_vector()
+        finally:
+            loaded = self._rooms.get(name)
+            if loaded is not None:
+                self._unload_if_idle(loaded)
 
     # Restoring.
 
@@ -511,6 +549,12 @@ class Rooms:
         finally:
             if self._reloads.get(room.name) is asyncio.current_task():
                 del self._reloads[room.name]
+
+
+def _who(peer: Peer) -> dict[str, Any]:
+    """What a connection event says of its connection: its id, and its token's subject if it names one."""
+    grant = peer.grant
+    return {"connection": {"id": peer.id, "subject": None if grant is None else grant.subject}}
 
 
 def _restore_of(name: str, records: list[StoredRecord], current: bytes, state: bytes) -> Restore:

@@ -7,9 +7,11 @@ only moves bytes between them and the socket and keeps the timers. Per connectio
 
 1. The request head is read up to its blank line and checked (`http.head.check_head`): websockets
    answers a body, a pipelined request or a malformed line with silence or a failed assertion, so
-   what it would not handle well is answered here (400, 404, 405, 413, 431, 505) and the connection
-   half-closed. A head that passes goes to websockets' parser.
-2. A plain request is answered by the router (`collab.http`), then the connection closes. An upgrade is
+   what it would not handle well is answered here (400, 404, 405, 411, 413, 431, 505) and the connection
+   half-closed. A head that passes goes to websockets' parser (without the `Content-Length` of a body).
+2. A plain request is answered by the router (`collab.http`), then the connection closes; a route that
+   takes a body gets it whole first, exactly `Content-Length` bytes (408 if they do not arrive within
+   `--handshake-timeout` plus a second per `BODY_RATE` bytes), read after the origin check. An upgrade is
    accepted at once, in the same callback (no task: see the connect rate in docs/benchmarks.md).
 3. The connection is admitted (room name, token) and joins its room: at once when the room is in
    memory, else after a load, while reading waits.
@@ -43,7 +45,7 @@ from websockets.typing import Subprotocol
 
 from ..auth import TOKEN_SUBPROTOCOL_PREFIX, Access, Grant
 from ..errors import CollabError, ServerBusyError, close_reason_for
-from ..http.head import MAX_HEAD, check_head
+from ..http.head import MAX_HEAD, Head, check_head
 from ..http.router import OriginPolicy, Router, respond
 from ..logs import fields
 from ..sync.connection import Connection, ConnectionRules
@@ -73,6 +75,27 @@ _ANSWERING = b"answering"
 """A plain request's head was read; its response is being prepared; what the client sends meanwhile is dropped."""
 _ANSWERED = b"answered"
 """A response other than 101 was sent (or the head refused): nothing more is read."""
+
+BODY_RATE = 64 * 1024
+"""Bytes per second a request body must arrive at, at least (after `--handshake-timeout`): a 64 MiB body has
+17 minutes, and a client that sends nothing, or a byte at a time, holds its connection only that long."""
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class _Body:
+    """A request whose body is being read (`WebSocketConnection._head` meanwhile): what came of it so far."""
+
+    __slots__ = ("data", "length", "request")
+
+    def __init__(self, request: Request, length: int, received: bytes) -> None:
+        self.request = request
+        self.length = length
+        self.data = bytearray(received[:length])  # what follows the body (a pipelined request) is dropped
+
+    def take(self, data: bytes) -> bool:
+        """Add what arrived of the body; whether it is complete."""
+        self.data += data[: self.length - len(self.data)]
+        return len(self.data) == self.length
 
 
 class CollabProtocol(ServerProtocol):
@@ -206,8 +229,9 @@ class WebSocketConnection(asyncio.Protocol):
         self._endpoint = endpoint
         self._transport: asyncio.Transport | None = None
         self._ws = CollabProtocol(max_size=endpoint.max_message_size)
-        self._head: bytearray | bytes | None = bytearray()
-        """The request head so far; then `_ANSWERING` or `_ANSWERED`; None once a WebSocket connection."""
+        self._head: bytearray | _Body | bytes | None = bytearray()
+        """The request head so far; then its body being read, `_ANSWERING` or `_ANSWERED`; None once a WebSocket
+        connection."""
         self.conn: Connection | None = None
         """The y-websocket rules of this connection, from the 101 response on."""
         self.id = ""
@@ -263,11 +287,17 @@ class WebSocketConnection(asyncio.Protocol):
             self._write_protocol_data()  # pongs, the close handshake, a refused frame's close
         elif isinstance(head, bytearray):
             self._read_head(head, data)
-        # else: a plain request being answered, or answered: what follows the head is dropped
+        elif isinstance(head, _Body) and head.take(data):
+            self._answer_with(head.request, bytes(head.data))
+        # else: a plain request being answered, or answered: what follows the head (and its body) is dropped
 
     def eof_received(self) -> bool | None:
         if self._head is _ANSWERING:
             return True  # a client that half-closed after its request (nc -N) still gets the answer
+        if isinstance(self._head, _Body):
+            body = self._head
+            self._respond(respond(HTTPStatus.BAD_REQUEST, f"the body ended early: {_received(body)}\n"))
+            return True
         if self._head is None:
             self._ws.receive_eof()
             self._write_protocol_data()
@@ -301,11 +331,11 @@ class WebSocketConnection(asyncio.Protocol):
                 self._refuse(respond(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large\n"))
             return
         end += 4
-        request_head = bytes(head[:end])
-        upgrade = check_head(request_head, self._endpoint.router)  # or the refusal to answer instead
-        if isinstance(upgrade, Response):
-            self._refuse(upgrade)
+        checked = check_head(bytes(head[:end]), self._endpoint.router)  # or the refusal to answer instead
+        if isinstance(checked, Response):
+            self._refuse(checked)
             return
+        upgrade = checked.upgrade
         if upgrade and len(head) > end:
             # A client must wait for the 101 before sending frames (RFC 6455 section 4.1).
             self._refuse(respond(HTTPStatus.BAD_REQUEST, "data sent before the handshake response\n"))
@@ -315,15 +345,20 @@ class WebSocketConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         ws = self._ws
-        ws.receive_data(request_head)
+        ws.receive_data(checked.parsed)
         requests = [event for event in ws.events_received() if isinstance(event, Request)]
         if not requests:  # websockets could not parse what check_head let through: answer, do not just hang up
             ws.data_to_send()  # its end of stream, without an answer
             self._refuse(respond(HTTPStatus.BAD_REQUEST, "malformed request\n"))
             return
-        self._request(requests[0], upgrade)
+        request = requests[0]
+        if checked.body:
+            request.headers["Content-Length"] = str(checked.body)  # as sent (websockets was shown none)
+        self._request(request, upgrade, checked, bytes(head[end:]))
 
-    def _request(self, request: Request, upgrade: bool) -> None:
+    def _request(self, request: Request, upgrade: bool, checked: Head, received: bytes) -> None:
+        """Answer a request whose head passed: refused by origin or shutdown, or its body read, then handled;
+        or accept its upgrade. `received`: what came after its head so far."""
         endpoint = self._endpoint
         try:
             origin = request.headers.get("Origin")
@@ -337,8 +372,10 @@ class WebSocketConnection(asyncio.Protocol):
             endpoint.metrics.auth_failures.inc("origin")
             logger.warning("refused a request from another origin", extra=fields(origin=origin, path=_logged(request)))
             self._respond(respond(HTTPStatus.FORBIDDEN, "origin not allowed (see --allowed-origin)\n"))
+        elif checked.body:
+            self._read_body(_Body(request, checked.body, received), checked.expect_continue)
         elif not upgrade:
-            endpoint.spawn(self._answer(request), name="http")
+            self._answer_with(request, b"")
         else:
             response = self._ws.accept(request)
             if response.status_code != 101:
@@ -348,9 +385,41 @@ class WebSocketConnection(asyncio.Protocol):
                 self._write_protocol_data()
                 self._open(request)
 
-    async def _answer(self, request: Request) -> None:
+    def _read_body(self, body: _Body, expect_continue: bool) -> None:
+        """Read `body` until it is whole (`data_received`), or answer 408 if it does not arrive in time."""
+        if body.take(b""):
+            self._answer_with(body.request, bytes(body.data))
+            return
+        self._head = body
+        assert self._transport is not None
+        if expect_continue and not body.data:
+            self._transport.write(CONTINUE)
+        timeout = self._endpoint.handshake_timeout + body.length / BODY_RATE
+        self._timer = asyncio.get_running_loop().call_later(timeout, self._body_timed_out, timeout)
+
+    def _body_timed_out(self, timeout: float) -> None:
+        self._timer = None
+        body = self._head
+        if isinstance(body, _Body):
+            received = _received(body)
+            logger.info(
+                "request body not received in time", extra=fields(path=_logged(body.request), received=received)
+            )
+            self._respond(
+                respond(HTTPStatus.REQUEST_TIMEOUT, f"the body did not arrive within {timeout:.1f} s: {received}\n")
+            )
+
+    def _answer_with(self, request: Request, body: bytes) -> None:
+        """Hand a request, and its body, to the router; what the client sends from now on is dropped."""
+        self._head = _ANSWERING
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._endpoint.spawn(self._answer(request, body), name="http")
+
+    async def _answer(self, request: Request, body: bytes) -> None:
         try:
-            response = await self._endpoint.router.handle(request)
+            response = await self._endpoint.router.handle(request, body)
         except MultipleValuesError as error:
             response = respond(HTTPStatus.BAD_REQUEST, f"duplicated header: {error}\n")
         except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
@@ -745,6 +814,10 @@ class WebSocketConnection(asyncio.Protocol):
 def _refused_a_frame(cause: BaseException | None) -> bool:
     """Whether websockets' parser stopped on a frame it refused (not on the stream ending too early)."""
     return cause is not None and not isinstance(cause, EOFError)
+
+
+def _received(body: _Body) -> str:
+    return f"{len(body.data)} of {body.length} bytes received"
 
 
 def _logged(request: Request) -> str:

@@ -9,8 +9,9 @@ sized to its callers:
             them in groups on one worker thread and retries a failing commit forever (a delete or
             a rename runs on that thread too, in order with the commits, and is not retried).
     Engine  what a database implements (blocking, run on that worker thread): open, commit a
-            batch, load, documents, history, check_writable, restore, delete, rename, close. `sqlite.SQLiteEngine` and
-            `postgres.PostgresEngine` are the real ones, `memory.MemoryEngine` the smallest example.
+            batch, load, documents, history, check_writable, restore, delete, rename, outbox (the
+            webhook events, see `outbox`), close. `sqlite.SQLiteEngine` and `postgres.PostgresEngine`
+            are the real ones, `memory.MemoryEngine` the smallest example.
     Reader  what the command line reads (export, rooms, history, stats, copy): one consistent
             read-only moment of a database, which a running server keeps writing.
 
@@ -23,7 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Protocol, Self
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, Self, TypeVar
+
+if TYPE_CHECKING:
+    from .outbox import OutboxRow, OutboxTables
 
 __all__ = [
     "Commit",
@@ -37,6 +41,8 @@ __all__ = [
     "StoredRow",
     "WriteOp",
 ]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +200,11 @@ class Store(Protocol):
         """Raise `StorageError` unless a commit could start right now (what `/readyz` asks)."""
         ...
 
+    async def outbox(self, work: Callable[[OutboxTables], T]) -> T:
+        """`work` on the webhook outbox (see `outbox`), in one transaction on the store's thread, in turn with
+        the commits; `StorageError` if the database fails (not retried: the webhook sender tries again)."""
+        ...
+
     @property
     def failing(self) -> bool:
         """True while commits fail (they are retried); cleared by the next successful commit."""
@@ -275,6 +286,10 @@ class Engine(Protocol):
         """
         ...
 
+    def outbox(self, work: Callable[[OutboxTables], T]) -> T:
+        """`work` on the webhook outbox tables, in one transaction: all of it or none."""
+        ...
+
     def close(self) -> None:
         """Release the connection; the engine may be opened again."""
         ...
@@ -304,4 +319,8 @@ class Reader(Protocol):
 
     def dump(self, name: str) -> DocumentDump | None:
         """Every row stored for `name`, history included (`collab copy`); None if unknown."""
+        ...
+
+    def webhooks(self, *, failed_only: bool = False) -> list[OutboxRow]:
+        """The webhook events not yet delivered everywhere, with their deliveries (`collab webhooks`)."""
         ...

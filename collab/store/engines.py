@@ -32,6 +32,7 @@ from .group_commit import GroupCommitStore
 from .history import Retention
 from .lockfile import DatabaseLock, running_server
 from .memory import MemoryEngine
+from .outbox import Recording
 from .revocations import RevocationReader, add_revocation
 from .sqlite import SQLiteEngine
 from .sqlite_read import SQLiteReader
@@ -141,6 +142,13 @@ def _retention(settings: Settings) -> Retention:
     return Retention(settings.history_recent, settings.history_hourly, settings.history_daily)
 
 
+def recording(settings: Settings) -> Recording | None:
+    """What the engine adds to the webhook outbox with each change: nothing without `--webhook`."""
+    if not settings.webhooks:
+        return None
+    return Recording(settings.webhooks, frozenset(settings.webhook_events))
+
+
 @dataclass(frozen=True, slots=True)
 class SQLiteFile:
     """A SQLite database file (and its `-wal`, `-shm` and `.lock` files beside it)."""
@@ -170,6 +178,7 @@ class SQLiteFile:
             synchronous=settings.sqlite_synchronous,
             busy_timeout=settings.sqlite_busy_timeout,
             retention=_retention(settings),
+            recording=recording(settings),
         )
 
     def reader(self) -> Reader:
@@ -225,7 +234,12 @@ class PostgresDatabase:
     def engine(self, settings: Settings) -> Engine:
         from .postgres import PostgresEngine
 
-        return PostgresEngine(self.url, lock_timeout=settings.postgres_lock_timeout, retention=_retention(settings))
+        return PostgresEngine(
+            self.url,
+            lock_timeout=settings.postgres_lock_timeout,
+            retention=_retention(settings),
+            recording=recording(settings),
+        )
 
     def reader(self) -> Reader:
         from .postgres_read import PostgresReader
@@ -280,7 +294,7 @@ class InMemory:
         return cls()
 
     def engine(self, settings: Settings) -> Engine:
-        return MemoryEngine()
+        return MemoryEngine(recording(settings))
 
     def reader(self) -> Reader:
         raise StorageError("a memory: database lives inside its server only; use the server's /api/docs")

@@ -33,6 +33,7 @@ from pycrdt import merge_updates
 
 from ..errors import CollabError, NotFoundError, StorageError
 from . import Commit, DocumentInfo, Engine, HistoryPoint, StoredRecord, WriteOp
+from .outbox import OutboxTables
 
 __all__ = ["GroupCommitStore", "coalesce"]
 
@@ -115,6 +116,9 @@ class GroupCommitStore(Generic[E]):
     async def rename(self, old: str, new: str) -> None:
         await self._flush_writes_of(old, new)
         await self._on_thread(self.engine.rename, old, new)
+
+    async def outbox(self, work: Callable[[OutboxTables], T]) -> T:
+        return await self._on_thread(self.engine.outbox, work)
 
     async def check_writable(self) -> None:
         """Raise `StorageError` unless the engine could start a commit right now (its own cheap probe)."""

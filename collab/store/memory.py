@@ -3,20 +3,31 @@
 For tests (a server or rooms with no file), and as the example to copy for a
 new engine. It keeps what the SQLite engine keeps with history turned off: a
 snapshot and the log since, so `load(name, at)` reaches back to the last
-compaction and no further. Nothing survives the process.
+compaction and no further. Its webhook outbox is an in-memory SQLite database
+running the SQL the other engines run (`outbox`). Nothing survives the process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+from sqlite_utils import Database
 
 from ..errors import AlreadyExistsError, HistoryError, NotFoundError, StorageError
 from ..units import format_time
 from . import DocumentDump, DocumentInfo, HistoryPoint, StoredRecord, WriteOp
 from .group_commit import GroupCommitStore
+from .outbox import CREATED, DELETED, RENAMED, OutboxTables, Recording, changes_of
+from .sqlite import m006_webhook_outbox
+from .sqlite_read import outbox_tables
 
 __all__ = ["MemoryEngine", "MemoryStore"]
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -30,10 +41,13 @@ class _Document:
 class MemoryEngine:
     """Documents in a dict; `commits` counts successful commits (what a test of batching looks at)."""
 
-    def __init__(self) -> None:
+    def __init__(self, recording: Recording | None = None) -> None:
         self._documents: dict[str, _Document] = {}
         self._next_id = 1
         self.commits = 0
+        self.recording = recording
+        self._outbox_db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        m006_webhook_outbox(Database(self._outbox_db))
 
     def open(self) -> None:
         pass
@@ -46,6 +60,7 @@ class MemoryEngine:
 
     def commit(self, batch: Sequence[WriteOp]) -> None:
         # Nothing here can fail halfway, so applying op by op is all or nothing.
+        created = [op for op in batch if op.name not in self._documents]
         for op in batch:
             document = self._documents.setdefault(op.name, _Document(op.at, op.at))
             if op.kind == "compact":
@@ -56,6 +71,29 @@ class MemoryEngine:
             document.updated_at = max(document.updated_at, op.at)
             self._next_id += 1
         self.commits += 1
+        if self.recording is not None:
+            recording = self.recording
+            self.outbox(lambda outbox: self._record(outbox, created, batch, recording))
+
+    def _record(
+        self, outbox: OutboxTables, created: list[WriteOp], batch: Sequence[WriteOp], recording: Recording
+    ) -> None:
+        first_at: dict[str, float] = {}
+        for op in created:
+            first_at.setdefault(op.name, op.at)
+        for name, at in first_at.items():
+            outbox.add(CREATED, name, at, {}, recording)
+        outbox.changed(changes_of(batch), recording)
+
+    def outbox(self, work: Callable[[OutboxTables], T]) -> T:
+        self._outbox_db.execute("BEGIN")
+        try:
+            result = work(outbox_tables(self._outbox_db))
+        except BaseException:
+            self._outbox_db.execute("ROLLBACK")
+            raise
+        self._outbox_db.execute("COMMIT")
+        return result
 
     def restore(self, dump: DocumentDump) -> None:
         if dump.name in self._documents:
@@ -67,7 +105,11 @@ class MemoryEngine:
                 self._next_id += 1
 
     def delete(self, name: str) -> bool:
-        return self._documents.pop(name, None) is not None
+        deleted = self._documents.pop(name, None) is not None
+        if deleted and self.recording is not None:
+            recording = self.recording
+            self.outbox(lambda outbox: outbox.add(DELETED, name, time.time(), {}, recording))
+        return deleted
 
     def rename(self, old: str, new: str) -> None:
         if old not in self._documents:
@@ -75,6 +117,9 @@ class MemoryEngine:
         if new in self._documents:
             raise AlreadyExistsError.for_name(new)
         self._documents[new] = self._documents.pop(old)
+        if self.recording is not None:
+            recording = self.recording
+            self.outbox(lambda outbox: outbox.add(RENAMED, old, time.time(), {"to": new}, recording))
 
     def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
         document = self._documents.get(name)

@@ -28,6 +28,7 @@ once the WAL is flushed).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -38,6 +39,7 @@ from ..errors import AlreadyExistsError, ConfigError, StorageError
 from . import DocumentDump, DocumentInfo, HistoryPoint, StoredRecord, WriteOp
 from .compaction import OwnRows
 from .history import Retention
+from .outbox import CREATED, DELETED, RENAMED, OutboxTables, Recording, changes_of
 from .tables import Tables
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "database_of",
     "migrate",
     "one_line",
+    "outbox_tables",
     "postgres_tables",
     "where",
 ]
@@ -127,6 +130,36 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             END IF;
         END
         $$;
+        """,
+    ),
+    (
+        "m005_webhook_outbox",
+        # See `outbox`: the events of each change, written in its transaction, until every webhook has them.
+        """
+        CREATE TABLE webhook_events (
+            id bigserial PRIMARY KEY,
+            uid text NOT NULL,
+            type text NOT NULL,
+            name text NOT NULL,
+            first_at double precision NOT NULL,
+            last_at double precision NOT NULL,
+            gathering boolean NOT NULL,
+            details text,
+            created_at double precision NOT NULL);
+        CREATE UNIQUE INDEX webhook_events_gathering ON webhook_events (name) WHERE gathering;
+        CREATE TABLE webhook_deliveries (
+            event_id bigint NOT NULL REFERENCES webhook_events(id) ON DELETE CASCADE,
+            target text NOT NULL,
+            attempts integer NOT NULL,
+            next_at double precision NOT NULL,
+            last_error text,
+            failed boolean NOT NULL,
+            PRIMARY KEY (event_id, target));
+        CREATE INDEX webhook_deliveries_queued ON webhook_deliveries (target, failed, event_id);
+        CREATE TABLE webhook_lease (
+            id integer PRIMARY KEY CHECK (id = 1),
+            holder text NOT NULL,
+            until double precision NOT NULL);
         """,
     ),
 )
@@ -275,21 +308,31 @@ def postgres_tables(conn: Connection) -> Tables:
     return Tables(execute, stream, execute_many, insert_rows, {"snapshots": "checked", "updates": "checked"})
 
 
-def _lock_documents(conn: Connection, created: dict[str, float], *, create: bool) -> dict[str, int]:
-    """Lock the documents named in `created` (first made, at those times, if `create`); their ids by name.
+def _lock_documents(conn: Connection, created: dict[str, float], *, create: bool) -> tuple[dict[str, int], list[str]]:
+    """Lock the documents named in `created` (first made, at those times, if `create`): their ids by name, and
+    the names made just now.
 
     In name order, so that two processes committing the same documents queue instead of deadlocking.
     """
     names = sorted(created)
+    made: list[str] = []
     if create:
-        conn.execute(
-            """INSERT INTO documents (name, created_at, updated_at)
-               SELECT name, at, at FROM unnest(%s::text[], %s::float8[]) AS new(name, at) ORDER BY name
-               ON CONFLICT (name) DO NOTHING""",
-            [names, [created[name] for name in names]],
-        )
+        made = [
+            name
+            for (name,) in conn.execute(
+                """INSERT INTO documents (name, created_at, updated_at)
+                   SELECT name, at, at FROM unnest(%s::text[], %s::float8[]) AS new(name, at) ORDER BY name
+                   ON CONFLICT (name) DO NOTHING RETURNING name""",
+                [names, [created[name] for name in names]],
+            ).fetchall()
+        ]
     rows = conn.execute("SELECT name, id FROM documents WHERE name = ANY(%s) ORDER BY name FOR UPDATE", [names])
-    return dict(rows.fetchall())
+    return dict(rows.fetchall()), made
+
+
+def outbox_tables(conn: Connection) -> OutboxTables:
+    tables = postgres_tables(conn)
+    return OutboxTables(tables.execute, tables.execute_many)
 
 
 def _placeholders(sql: str) -> str:
@@ -306,7 +349,14 @@ class PostgresEngine:
     history point. A delete or a rename retried so finds its work done, and says the name is unknown.
     """
 
-    def __init__(self, url: str, *, lock_timeout: float = 5.0, retention: Retention | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        lock_timeout: float = 5.0,
+        retention: Retention | None = None,
+        recording: Recording | None = None,
+    ) -> None:
         self.url = url
         self.lock_timeout = lock_timeout
         self.retention = Retention() if retention is None else retention
@@ -315,6 +365,8 @@ class PostgresEngine:
         self._doc_ids: dict[str, int] = {}
         """Documents known to exist: a commit of only those skips creating them."""
         self._own = OwnRows()
+        self.recording = recording
+        """What each change adds to the webhook outbox (see `outbox`); None: webhooks are off."""
 
     def open(self) -> None:
         conn = connect(self.url, lock_timeout=self.lock_timeout)
@@ -384,9 +436,10 @@ class PostgresEngine:
             created.setdefault(op.name, op.at)
             updated[op.name] = max(updated.get(op.name, op.at), op.at)
         names = sorted(created)
-        doc_ids = _lock_documents(conn, created, create=any(name not in self._doc_ids for name in names))
+        doc_ids, made = _lock_documents(conn, created, create=any(name not in self._doc_ids for name in names))
         if len(doc_ids) < len(names):  # deleted or renamed since we saw them (here or elsewhere): made anew
-            doc_ids = _lock_documents(conn, created, create=True)
+            doc_ids, made_now = _lock_documents(conn, created, create=True)
+            made += made_now
         if len(doc_ids) < len(names):
             raise StorageError("documents vanished during a commit; retrying")
         self._doc_ids.update(doc_ids)
@@ -405,6 +458,11 @@ class PostgresEngine:
                FROM unnest(%s::bigint[], %s::float8[]) AS changed(id, at) WHERE documents.id = changed.id""",
             [[doc_ids[name] for name in names], [updated[name] for name in names]],
         )
+        if self.recording is not None:
+            outbox = outbox_tables(conn)
+            for name in sorted(made):
+                outbox.add(CREATED, name, created[name], {}, self.recording)
+            outbox.changed(changes_of(batch), self.recording)
 
     def _append(self, tables: Tables, doc_ids: dict[str, int], appends: list[WriteOp]) -> None:
         ids = tables.insert_rows("updates", [(doc_ids[op.name], op.at, op.data) for op in appends])
@@ -428,7 +486,10 @@ class PostgresEngine:
                     # Locked as a commit locks it: one committing it meanwhile waits, then makes it anew.
                     row = conn.execute("SELECT id FROM documents WHERE name = %s FOR UPDATE", [name]).fetchone()
                     if row is not None:
-                        postgres_tables(conn).delete(row[0], self._own)
+                        tables = postgres_tables(conn)
+                        tables.delete(row[0], self._own)
+                        if self.recording is not None:
+                            outbox_tables(conn).add(DELETED, name, time.time(), {}, self.recording)
             except BaseException:
                 self._own.rolled_back()
                 raise
@@ -445,11 +506,21 @@ class PostgresEngine:
                 with conn.transaction():
                     # Both names locked in name order, as commits lock theirs: whoever comes second waits.
                     conn.execute("SELECT id FROM documents WHERE name = ANY(%s) ORDER BY name FOR UPDATE", [[old, new]])
-                    postgres_tables(conn).rename(old, new)
+                    tables = postgres_tables(conn)
+                    tables.rename(old, new)
+                    if self.recording is not None:
+                        outbox_tables(conn).add(RENAMED, old, time.time(), {"to": new}, self.recording)
             except psycopg.errors.UniqueViolation as error:  # `new` made by a commit elsewhere meanwhile
                 raise AlreadyExistsError.for_name(new) from error
 
         self._on_connection(write)
+
+    def outbox(self, work: Callable[[OutboxTables], T]) -> T:
+        def run(conn: Connection) -> T:
+            with conn.transaction():
+                return work(outbox_tables(conn))
+
+        return self._on_connection(run)
 
     def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
         return self._on_connection(lambda conn: postgres_tables(conn).records(name, at))

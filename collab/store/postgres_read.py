@@ -29,7 +29,8 @@ import psycopg
 from ..auth import Revocation
 from ..errors import DatabaseInUseError, StorageError
 from . import DocumentDump, DocumentInfo, HistoryPoint, StoredRecord
-from .postgres import KEYS, Connection, connect, migrate, one_line, postgres_tables, where
+from .outbox import OutboxRow
+from .postgres import KEYS, Connection, connect, migrate, one_line, outbox_tables, postgres_tables, where
 
 __all__ = ["PostgresLock", "PostgresReader", "PostgresRevocations", "add_revocation", "describe", "running_server"]
 
@@ -99,6 +100,12 @@ class PostgresReader:
     def dump(self, name: str) -> DocumentDump | None:
         with self._reading():
             return self._tables.dump(name)
+
+    def webhooks(self, *, failed_only: bool = False) -> list[OutboxRow]:
+        with self._reading():
+            if not _has_table(self.conn, "webhook_events"):
+                return []  # a database this collab has not migrated yet
+            return outbox_tables(self.conn).listing(failed_only=failed_only)
 
     def _reading(self) -> _DriverErrors:
         return _DriverErrors(f"cannot read {where(self.url)}")

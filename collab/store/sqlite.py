@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
@@ -31,10 +32,13 @@ from ..errors import ConfigError, StorageError
 from . import DocumentDump, DocumentInfo, HistoryPoint, StoredRecord, WriteOp
 from .compaction import OwnRows
 from .history import Retention
-from .sqlite_read import CHECKED_TABLES, first_checked_ids, sqlite_tables
+from .outbox import CREATED, DELETED, RENAMED, OutboxTables, Recording, changes_of
+from .sqlite_read import CHECKED_TABLES, first_checked_ids, outbox_tables, sqlite_tables
 from .tables import Tables
 
 __all__ = ["SQLiteEngine", "migrate", "migrations", "open_database"]
+
+T = TypeVar("T")
 
 migrations = Migrations("collab")
 MIGRATION_NAMES: list[str] = []
@@ -124,6 +128,38 @@ def m005_document_ids_never_reused(db: Database) -> None:
     db.execute("ALTER TABLE documents_new RENAME TO documents")
 
 
+@migration
+def m006_webhook_outbox(db: Database) -> None:
+    # See `outbox`: the events of each change, written in its transaction, until every webhook has them.
+    db.execute(
+        """CREATE TABLE webhook_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            uid TEXT NOT NULL,
+            type TEXT NOT NULL,
+            name TEXT NOT NULL,
+            first_at REAL NOT NULL,
+            last_at REAL NOT NULL,
+            gathering INTEGER NOT NULL,
+            details TEXT,
+            created_at REAL NOT NULL)"""
+    )
+    db.execute("CREATE UNIQUE INDEX webhook_events_gathering ON webhook_events(name) WHERE gathering")
+    db.execute(
+        """CREATE TABLE webhook_deliveries (
+            event_id INTEGER NOT NULL REFERENCES webhook_events(id) ON DELETE CASCADE,
+            target TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            next_at REAL NOT NULL,
+            last_error TEXT,
+            failed INTEGER NOT NULL,
+            PRIMARY KEY (event_id, target))"""
+    )
+    db.execute("CREATE INDEX webhook_deliveries_queued ON webhook_deliveries(target, failed, event_id)")
+    db.execute(
+        "CREATE TABLE webhook_lease (id INTEGER PRIMARY KEY CHECK (id = 1), holder TEXT NOT NULL, until REAL NOT NULL)"
+    )
+
+
 def migrate(db: Database, path: Path) -> None:
     """Bring the schema up to date; `StorageError` if a newer collab migrated it (never touch what we do not know).
 
@@ -209,6 +245,7 @@ class SQLiteEngine:
         synchronous: str = "full",
         busy_timeout: float = 5.0,
         retention: Retention = DEFAULT_RETENTION,
+        recording: Recording | None = None,
     ) -> None:
         if synchronous not in SYNCHRONOUS_MODES:
             raise ConfigError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, not {synchronous!r}")
@@ -216,6 +253,8 @@ class SQLiteEngine:
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
         self.retention = retention
+        self.recording = recording
+        """What each change adds to the webhook outbox (see `outbox`); None: webhooks are off."""
         self._db: Database | None = None
         self._first_checked: dict[str, int] = {}
         """`first_checked_ids`, read once on open: the table never changes after its migration."""
@@ -224,6 +263,8 @@ class SQLiteEngine:
         self._data_version: int | None = None
         self._own = OwnRows()
         """The rows this engine wrote, which the rooms' snapshots hold already (see `compaction`)."""
+        self._created: list[tuple[str, float]] = []
+        """Documents the commit under way made, for their document.created events."""
 
     @property
     def db(self) -> Database:
@@ -261,6 +302,7 @@ class SQLiteEngine:
                     "INSERT INTO documents (name, created_at, updated_at) VALUES (?, ?, ?)", [name, at, at]
                 )
                 doc_id = cursor.lastrowid
+                self._created.append((name, at))
             else:
                 doc_id = row[0]
             assert doc_id is not None
@@ -271,8 +313,14 @@ class SQLiteEngine:
         try:
             with self._write_transaction():
                 self._forget_ids_if_changed_elsewhere()
+                self._created = []
                 for op in batch:
                     self._write(op)
+                if self.recording is not None:
+                    outbox = self._outbox()
+                    for name, at in self._created:
+                        outbox.add(CREATED, name, at, {}, self.recording)
+                    outbox.changed(changes_of(batch), self.recording)
         except BaseException:
             # Ids of documents and rows inserted by the rolled back transaction are void.
             self._doc_ids.clear()
@@ -325,6 +373,13 @@ class SQLiteEngine:
     def _tables(self) -> Tables:
         return sqlite_tables(self.db.conn, self._first_checked)
 
+    def _outbox(self) -> OutboxTables:
+        return outbox_tables(self.db.conn)
+
+    def outbox(self, work: Callable[[OutboxTables], T]) -> T:
+        with self._write_transaction():
+            return work(self._outbox())
+
     def restore(self, dump: DocumentDump) -> None:
         with self._write_transaction():
             self._tables().restore(dump)
@@ -337,6 +392,8 @@ class SQLiteEngine:
                 doc_id = tables.doc_id(name)
                 if doc_id is not None:
                     tables.delete(doc_id, self._own)
+                    if self.recording is not None:
+                        self._outbox().add(DELETED, name, time.time(), {}, self.recording)
         except BaseException:
             self._own.rolled_back()
             raise
@@ -347,6 +404,8 @@ class SQLiteEngine:
         self._doc_ids.pop(old, None)
         with self._write_transaction():
             self._tables().rename(old, new)
+            if self.recording is not None:
+                self._outbox().add(RENAMED, old, time.time(), {"to": new}, self.recording)
 
     def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
         return self._tables().records(name, at)

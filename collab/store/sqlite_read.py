@@ -15,9 +15,10 @@ from typing import Any, Self, TypeVar
 
 from ..errors import StorageError
 from . import DocumentDump, DocumentInfo, HistoryPoint, StoredRecord
+from .outbox import OutboxRow, OutboxTables
 from .tables import Tables
 
-__all__ = ["SQLiteReader", "connect_read_only", "first_checked_ids", "sqlite_tables"]
+__all__ = ["SQLiteReader", "connect_read_only", "first_checked_ids", "outbox_tables", "sqlite_tables"]
 
 
 T = TypeVar("T")
@@ -63,6 +64,11 @@ def sqlite_tables(conn: sqlite3.Connection, first_checked: dict[str, int]) -> Ta
         return [_row_id(conn.execute(sql, row).lastrowid) for row in rows]
 
     return Tables(execute, conn.execute, conn.executemany, insert_rows, checked)
+
+
+def outbox_tables(conn: sqlite3.Connection) -> OutboxTables:
+    """The webhook outbox through `conn` (see `outbox`)."""
+    return OutboxTables(lambda sql, params=(): conn.execute(sql, params).fetchall(), conn.executemany)
 
 
 def _row_id(row_id: int | None) -> int:
@@ -113,6 +119,11 @@ class SQLiteReader:
 
     def dump(self, name: str) -> DocumentDump | None:
         return self._reading(self._tables.dump, name)
+
+    def webhooks(self, *, failed_only: bool = False) -> list[OutboxRow]:
+        if not self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'webhook_events'").fetchall():
+            return []  # a database this collab has not migrated yet
+        return self._reading(lambda: outbox_tables(self.conn).listing(failed_only=failed_only))
 
     def _reading(self, read: Callable[..., T], *args: object) -> T:
         """`read(*args)`, with the driver's errors (a damaged file, an unknown schema) as `StorageError`."""
