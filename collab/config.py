@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .keys import PublicKey
 
 __all__ = [
-    "ACCESS_CONTROL_SETTINGS",
+    "SECRET_SETTINGS",
     "Settings",
     "env_name",
     "parse_count",
@@ -38,7 +38,7 @@ __all__ = [
     "parse_workers",
 ]
 
-ACCESS_CONTROL_SETTINGS = frozenset(
+SECRET_SETTINGS = frozenset(
     {"auth_secret", "auth_secret_file", "auth_public_key", "webhook_secret", "webhook_secret_file"}
 )
 """Settings whose empty value is an error rather than "unset": see the module docstring (an empty webhook
@@ -129,18 +129,27 @@ def parse_workers(text: str) -> int:
 
 
 def parse_webhook_url(text: str) -> str:
-    """A `--webhook` value: an http:// or https:// URL with a host."""
-    url = urlsplit(text.strip())
+    """A `--webhook` value: an http:// or https:// URL with a host and, if any, a port that is one; no spaces or
+    control characters (percent-encode them), no #fragment."""
+    text = text.strip()
+    if any(not character.isprintable() or character.isspace() for character in text):
+        raise ValueError(f"a webhook URL holds no spaces or control characters (percent-encode them): {text!r}")
+    url = urlsplit(text)
     if url.scheme not in ("http", "https") or not url.hostname:
         raise ValueError(f"not an http:// or https:// URL: {text!r}")
+    try:
+        url.port  # noqa: B018 (urlsplit checks the port only when asked for it)
+    except ValueError:
+        raise ValueError(f"not a port number in {text!r}") from None
     if url.fragment:
         raise ValueError(f"a webhook URL has no #fragment: {text!r}")
-    return text.strip()
+    return text
 
 
 def _webhook_urls(text: str) -> tuple[str, ...]:
-    """COLLAB_WEBHOOKS: URLs separated by spaces or commas (a flag gives one URL each time it is repeated)."""
-    return tuple(parse_webhook_url(url) for url in text.replace(",", " ").split())
+    """COLLAB_WEBHOOKS: URLs separated by spaces or commas (a flag gives one URL each time it is repeated); each
+    once, however often given."""
+    return tuple(dict.fromkeys(parse_webhook_url(url) for url in text.replace(",", " ").split()))
 
 
 def _event_types(text: str) -> tuple[str, ...]:
@@ -398,12 +407,11 @@ class Settings:
                 values[item.name] = tuple(given) if isinstance(given, list) else given
                 continue
             text = environ.get(env_name(item.name))
-            if text is None or (text == "" and item.name not in ACCESS_CONTROL_SETTINGS):
+            if text is None or (text == "" and item.name not in SECRET_SETTINGS):
                 continue
             if text == "":
-                raise ConfigError(
-                    f"{env_name(item.name)} is empty: unset it to turn access control off, or give it a value"
-                )
+                off = "webhooks off" if item.name.startswith("webhook") else "access control off"
+                raise ConfigError(f"{env_name(item.name)} is empty: unset it to turn {off}, or give it a value")
             try:
                 values[item.name] = item.metadata["parse"](text)
             except ValueError as error:

@@ -229,9 +229,17 @@ class ImportFailed(CollabError):
 
 
 class DeliveryError(CollabError):
-    """A webhook request could not be made, or was not answered 2xx: the sender retries it (`collab.webhooks`)."""
+    """A webhook request could not be made, or was not answered 2xx: the sender retries it (`collab.webhooks`).
+
+    `status` is the answer's HTTP status, or None when there was none (no connection, no answer in time): the
+    receiver is unreachable then, rather than refusing this one event.
+    """
 
     label = "DeliveryError"
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class InvalidSignatureError(CollabError, ValueError):
@@ -264,6 +272,11 @@ class RefusedError(ClosedError):
     def __init__(self, code: int, reason: str) -> None:
         what = f"HTTP {code}" if code < 1000 else str(code)
         super().__init__(f"the server refused the connection ({what}): {reason or 'no reason given'}", code, reason)
+
+    def __reduce__(self) -> tuple[type[RefusedError], tuple[int, str], dict[str, object]]:
+        """Pickled with its own arguments (an exception is rebuilt from `args`, here the message alone, which
+        `__init__` does not take): across processes, `concurrent.futures`, `multiprocessing`."""
+        return type(self), (int(self.code or 0), self.reason), self.__dict__
 
 
 class ConfigError(CollabError):

@@ -2,12 +2,12 @@
 
 URLs and synced clients (which never reconnect); keystrokes and the text they make; checks that a client still
 works after an attack (`still_works`, `still_syncs`, `presence_still_works`); tokens; a TLS certificate
-(`self_signed_certificate`); HTTP requests (`get`, `upgrade_status`); the CLI (`collab_cli`, `run_collab`;
-`collab_in_process`) and a server (`ServerProcess`) in a subprocess; what a database holds, on either engine
-(`stored_text`, `wait_stored`, `row_counts`), and rows changed by hand (`insert_by_hand`,
-`spoil_checkpoints`); a document with every kind of root (`write_rich_document`, `contents`); frames a room
-sends (`FramePeer`); the stock Node client. Fixtures (servers, stores) are in conftest.py, and their types
-(`StartServer`) here: test modules import this module, never conftest.py.
+(`self_signed_certificate`); HTTP requests (`get`, `call`, `upgrade_status`; raw bytes: `exchange`); the CLI
+(`collab_cli`, `run_collab`; `collab_in_process`) and a server (`ServerProcess`) in a subprocess; what a
+database holds, on either engine (`stored_text`, `wait_stored`, `row_counts`), and rows changed by hand
+(`insert_by_hand`, `spoil_checkpoints`); a document with every kind of root (`write_rich_document`,
+`contents`); frames a room sends (`FramePeer`); the stock Node client. Fixtures (servers, stores) are in
+conftest.py, and their types (`StartServer`) here: test modules import this module, never conftest.py.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import io
+import ipaddress
 import json
 import os
 import re
@@ -25,6 +26,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager, closing, redirect_stderr, redirect_stdout
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from queue import Empty, Queue
 from typing import Any, NamedTuple
@@ -128,15 +130,45 @@ def with_token(url: str, value: str) -> str:
 
 
 def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key (cert.pem, key.pem in `folder`), made with openssl:
-    for `--certfile`/`--keyfile`, and as the one CA a client that should trust it is given."""
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
+    """A self-signed certificate for 127.0.0.1 and no other name, and its key (cert.pem, key.pem in `folder`):
+    for `--certfile`/`--keyfile`, and as the one CA a client that should trust it is given.
+
+    Made with `cryptography` (a test dependency), so that no openssl binary is needed; with the extensions
+    Python's strict verification (`VERIFY_X509_STRICT`, the default from 3.13) asks of a CA.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    usage = x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+        key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
     )  # fmt: skip
-    return cert, key
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(usage, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert, key_file = folder / "cert.pem", folder / "key.pem"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert, key_file
 
 
 def with_password(url: str, password: str) -> str:
@@ -332,9 +364,17 @@ def http_get(port: int, path: str, headers: dict[str, str] | None = None, method
 
     It blocks: async tests use `get` or `call`, which run it in a thread so that an in-process server can answer.
     """
+    return http_request(port, method, path, headers=headers)
+
+
+def http_request(
+    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> Reply:
+    """`method` on `path` (sent exactly as given), with `body` if any (http.client sends its Content-Length), with
+    http.client: a real client, that knows a HEAD answer has no body. It blocks, as `http_get` does."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        connection.request(method, path, headers=headers or {})
+        connection.request(method, path, body=body, headers=headers or {})
         response = connection.getresponse()
         return Reply(response.status, {key.lower(): value for key, value in response.getheaders()}, response.read())
     finally:
@@ -350,11 +390,53 @@ async def get(server: CollabServer | int, path: str, *, bearer: str | None = Non
     return await asyncio.to_thread(http_get, port, path, sent)
 
 
-async def call(server: CollabServer | int, method: str, path: str, *, bearer: str | None = None) -> Reply:
-    """`method` on `path` with no body, in a thread, `bearer` as the Authorization (the API's DELETE and POSTs)."""
+async def call(
+    server: CollabServer | int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    *,
+    bearer: str | None = None,
+    **headers: str,
+) -> Reply:
+    """`method` on `path` with `body` (none by default), in a thread, `bearer` as the Authorization (the API's
+    DELETE and POSTs, the write API); other headers as `get` takes them (`content_type="text/plain"`)."""
     port = server if isinstance(server, int) else server.port
-    headers = {} if bearer is None else {"Authorization": f"Bearer {bearer}"}
-    return await asyncio.to_thread(http_get, port, path, headers, method)
+    sent = {name.replace("_", "-"): value for name, value in headers.items()}
+    if bearer is not None:
+        sent["Authorization"] = f"Bearer {bearer}"
+    return await asyncio.to_thread(http_request, port, method, path, body, sent)
+
+
+async def exchange(port: int, data: bytes, *, then: bytes = b"", timeout: float = 10.0) -> bytes:
+    """Send raw bytes on a fresh connection, left open (as a client waiting for its answer leaves it), and read
+    until the server closes it; `then`: sent once the head of a first answer arrived (after `100 Continue`)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(timeout):
+            if then:
+                first = await reader.readuntil(b"\r\n\r\n")
+                writer.write(then)
+                await writer.drain()
+                return first + await reader.read()
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+def request_head(method: str, path: str, *lines: str, version: str = "HTTP/1.1") -> bytes:
+    """The bytes of a request head, for `exchange`: the request line, Host, then `lines` (headers)."""
+    return (
+        f"{method} {path} {version}\r\nHost: 127.0.0.1\r\n" + "".join(f"{line}\r\n" for line in lines) + "\r\n"
+    ).encode()
+
+
+def status_of(response: bytes) -> int:
+    """The status of a raw response (`exchange`)."""
+    assert response.startswith(b"HTTP/1.1 "), response[:200]
+    return int(response.split(b" ", 2)[1])
 
 
 async def upgrade_status(port: int, origin: str | None, host: str = "127.0.0.1", path: str = "/notes") -> int:

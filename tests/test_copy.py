@@ -23,7 +23,7 @@ import pytest
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 
 from collab.cli.copy import Copied, copy_databases
-from collab.cli.importer import import_update
+from collab.cli.importer import import_backups, read_backups
 from collab.config import Settings
 from collab.errors import EXIT_CORRUPT, EXIT_IN_USE, EXIT_STORAGE, EXIT_USAGE, DatabaseInUseError, StorageError
 from collab.filenames import MANIFEST
@@ -87,7 +87,8 @@ async def write_source(db: Path) -> None:
         async with synced(room_url(server, "日本語 ノート")) as writer:
             text(writer).insert(0, "こんにちは")
             await writer.resync()
-    imported = await import_update(Settings(db=str(db)), independent_update(POSTSCRIPT), "diary")
+    backups, _ = read_backups([write_backup(db.parent / "postscript.ydoc", POSTSCRIPT)], "diary")
+    [imported] = import_backups(Settings(db=str(db)), backups)
     assert imported.changed and imported.via.startswith("database ")
 
 

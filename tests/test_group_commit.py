@@ -72,6 +72,9 @@ class FailingEngine:
     def outbox(self, work: Callable[[OutboxTables], T]) -> T:
         return self.inner.outbox(work)
 
+    def read_outbox(self, work: Callable[[OutboxTables], T]) -> T:
+        return self.inner.read_outbox(work)
+
 
 async def text_in(store: GroupCommitStore[FailingEngine] | MemoryStore, name: str) -> str:
     return text_of(record.data for record in await store.load(name))

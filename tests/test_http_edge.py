@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import http.client
 import logging
 import socket
 import sqlite3
@@ -18,7 +17,19 @@ from collab.http import api
 from collab.http.router import HttpRequest, respond
 from collab.server.app import CollabServer
 
-from .helpers import Reply, StartServer, a_real_panic, get, room_url, synced, text, wait_for
+from .helpers import (
+    StartServer,
+    a_real_panic,
+    call,
+    exchange,
+    get,
+    request_head,
+    room_url,
+    status_of,
+    synced,
+    text,
+    wait_for,
+)
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -33,23 +44,6 @@ def upgrade(path: str = "/notes", extra: str = "") -> bytes:
 def request(path: str = "/healthz", extra: str = "", method: str = "GET") -> bytes:
     """The bytes of a plain request (GET unless `method`), sent raw by `exchange`."""
     return f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode()
-
-
-async def exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
-    """Send raw bytes on a fresh TCP connection and read until the server closes it."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        async with asyncio.timeout(timeout):
-            return await reader.read()
-    finally:
-        writer.close()
-
-
-def status(response: bytes) -> int:
-    assert response.startswith(b"HTTP/1.1 "), response[:200]
-    return int(response.split(b" ", 2)[1])
 
 
 @pytest.fixture
@@ -84,7 +78,7 @@ async def test_duplicated_headers_answer_400_without_a_traceback(
 ) -> None:
     with caplog.at_level(logging.INFO):
         response = await exchange(server.port, DUPLICATED[kind])
-    assert status(response) == 400, response
+    assert status_of(response) == 400, response
     assert b"duplicated header" in response
     assert not [record for record in caplog.records if record.exc_info], "no traceback logged"
 
@@ -96,7 +90,7 @@ async def test_a_list_header_may_repeat(server: CollabServer, bystanders: tuple[
     async with asyncio.timeout(10):
         response = await reader.readuntil(b"\r\n\r\n")
     writer.close()
-    assert status(response) == 101 and b"Sec-WebSocket-Protocol: collab" in response
+    assert status_of(response) == 101 and b"Sec-WebSocket-Protocol: collab" in response
 
 
 BAD_REQUESTS = {
@@ -132,7 +126,7 @@ async def test_unservable_requests_get_an_answer(
 ) -> None:
     data, expected = BAD_REQUESTS[kind]
     response = await exchange(server.port, data)
-    assert status(response) == expected, response
+    assert status_of(response) == expected, response
     assert b"\r\nConnection: close\r\n" in response
     if expected == 405:
         allow = b"GET" if b"Upgrade: websocket" in data else b"GET, HEAD"
@@ -151,23 +145,6 @@ LIST_METHODS = "GET, HEAD, POST"
 """What `/api/docs` takes: GET (and HEAD) lists, POST creates."""
 
 
-def http_request(port: int, method: str, path: str, headers: dict[str, str], body: bytes | None) -> Reply:
-    """One request with http.client, a real client that knows a HEAD answer has no body."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request(method, path, body=body, headers=headers)
-        response = connection.getresponse()
-        return Reply(response.status, {key.lower(): value for key, value in response.getheaders()}, response.read())
-    finally:
-        connection.close()
-
-
-async def send(
-    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
-) -> Reply:
-    return await asyncio.to_thread(http_request, port, method, path, headers or {}, body)
-
-
 async def test_other_methods_on_a_get_route_answer_405_with_allow(server: CollabServer) -> None:
     """`DELETE /api/docs/x` must not look like a success: every method but GET and HEAD is a 405 saying why."""
     async with synced(room_url(server, "x")) as client:
@@ -176,21 +153,28 @@ async def test_other_methods_on_a_get_route_answer_405_with_allow(server: Collab
     for path in GET_ROUTES:
         for method in OTHER_METHODS:
             for body in (None, b'{"name": "y"}'):  # with a body, the head check gives the router's answer
-                reply = await send(server.port, method, path, body)
+                reply = await call(server.port, method, path, body)
                 assert reply.status == 405, (method, path, body, reply)
                 assert reply.headers["allow"] == "GET, HEAD"
                 assert reply.headers["connection"] == "close"
                 assert reply.body == f"{method} is not allowed here, only GET, HEAD\n".encode()
     for method in ("PATCH", "OPTIONS", "TRACE", "BREW"):
         for body in (None, b"text"):  # a body to a method the path lacks: the 405 still, never read
-            reply = await send(server.port, method, "/api/docs/x", body)
+            reply = await call(server.port, method, "/api/docs/x", body)
             assert (reply.status, reply.headers["allow"]) == (405, DOCUMENT_METHODS), (method, body, reply)
         for body in (None, b"text"):
-            reply = await send(server.port, method, "/api/docs", body)
+            reply = await call(server.port, method, "/api/docs", body)
             assert (reply.status, reply.headers["allow"]) == (405, LIST_METHODS), (method, body, reply)
-    for path in ("/api/docs", "/api/docs/x/rename", "/api/docs/x/restore?at=1h"):  # they take no body
-        reply = await send(server.port, "DELETE" if path == "/api/docs" else "POST", path, b"{}")
-        assert reply.status == (405 if path == "/api/docs" else 413), (path, reply)
+    for method, path, expected in [
+        ("DELETE", "/api/docs", 405),  # the list takes GET and POST (create) only
+        ("PUT", "/api/docs", 405),  # PUT replaces one document's text, not the list
+        ("POST", "/api/docs/x/rename", 413),  # they take no body
+        ("POST", "/api/docs/x/restore?at=1h", 413),
+    ]:
+        reply = await call(server.port, method, path, b"{}")
+        assert reply.status == expected, (method, path, reply)
+        if expected == 405:
+            assert reply.headers["allow"] == LIST_METHODS
     reply = await get(server, "/api/docs/x?format=txt")
     assert (reply.status, reply.body) == (200, b"still here"), "nothing was deleted"
 
@@ -199,7 +183,7 @@ async def test_other_methods_on_a_get_route_answer_405_with_allow(server: Collab
 async def test_a_path_no_route_serves_is_404_whatever_the_method(server: CollabServer, path: str) -> None:
     for method in ("GET", "HEAD", "POST", "DELETE", "OPTIONS"):
         for body in (None, b"x" * 10) if method != "HEAD" else (None,):
-            reply = await send(server.port, method, path, body)
+            reply = await call(server.port, method, path, body)
             assert reply.status == 404 and "allow" not in reply.headers, (method, path, body, reply)
             assert reply.body == (b"" if method == "HEAD" else b"not found\n")
 
@@ -210,11 +194,11 @@ async def test_head_answers_as_get_does_without_the_body(server: CollabServer) -
         await client.resync()
     for path in ("/healthz", "/api/docs/x?format=txt", "/api/docs", "/", "/d/x", "/api/docs/missing"):
         got = await get(server, path)
-        head = await send(server.port, "HEAD", path)
+        head = await call(server.port, "HEAD", path)
         assert (head.status, head.headers, head.body) == (got.status, got.headers, b""), path
         assert int(head.headers["content-length"]) == len(got.body) > 0
     raw = await exchange(server.port, request("/healthz", method="HEAD"))
-    assert status(raw) == 200 and b"\r\nContent-Length: 3\r\n" in raw
+    assert status_of(raw) == 200 and b"\r\nContent-Length: 3\r\n" in raw
     assert raw.endswith(b"\r\n\r\n"), "no body bytes at all"
 
 
@@ -222,18 +206,18 @@ async def test_options_is_a_405_and_grants_no_cross_origin_access(server: Collab
     """collab does no CORS: a preflight fails, from its own origin (405) or another (403, the origin policy)."""
     own, other = f"http://127.0.0.1:{server.port}", "http://evil.example"
     preflight = {"Access-Control-Request-Method": "DELETE", "Access-Control-Request-Headers": "authorization"}
-    reply = await send(server.port, "OPTIONS", "/api/docs/x", headers={"Origin": own, **preflight})
+    reply = await call(server.port, "OPTIONS", "/api/docs/x", None, **{"Origin": own, **preflight})
     assert (reply.status, reply.headers["allow"]) == (405, DOCUMENT_METHODS)
     assert not [name for name in reply.headers if name.startswith("access-control-")]
-    assert (await send(server.port, "OPTIONS", "/api/docs/x", headers={"Origin": other, **preflight})).status == 403
+    assert (await call(server.port, "OPTIONS", "/api/docs/x", None, **{"Origin": other, **preflight})).status == 403
 
 
 async def test_the_origin_policy_holds_for_every_method(server: CollabServer) -> None:
     """A page of another origin is refused before any handler runs, whatever the method (no cross-site DELETE)."""
     own, other = f"http://127.0.0.1:{server.port}", "http://evil.example"
     for method in ("GET", "HEAD", "POST", "DELETE"):
-        assert (await send(server.port, method, "/api/docs", headers={"Origin": other})).status == 403, method
-        assert (await send(server.port, method, "/api/docs", headers={"Origin": own})).status == (
+        assert (await call(server.port, method, "/api/docs", Origin=other)).status == 403, method
+        assert (await call(server.port, method, "/api/docs", Origin=own)).status == (
             200 if method in ("GET", "HEAD") else 400 if method == "POST" else 405  # POST: no name to create
         )
 
@@ -273,7 +257,7 @@ async def test_a_request_body_is_answered_at_once_never_waited_for(
             response = await reader.read()  # until the server's end of stream: the connection is not reused
     finally:
         writer.close()
-    assert status(response) == expected, response
+    assert status_of(response) == expected, response
     assert b"\r\nConnection: close\r\n" in response
     if expected == 413:
         assert response.endswith(b"\r\n\r\na request takes no body here\n")
@@ -281,7 +265,7 @@ async def test_a_request_body_is_answered_at_once_never_waited_for(
 
 async def test_a_malformed_target_is_a_400(server: CollabServer) -> None:
     response = await exchange(server.port, request("//[x/y"))
-    assert status(response) == 400 and response.endswith(b"malformed request target\n")
+    assert status_of(response) == 400 and response.endswith(b"malformed request target\n")
 
 
 async def test_an_upgrade_on_a_path_the_router_serves_is_still_a_room(server: CollabServer) -> None:
@@ -307,20 +291,20 @@ async def test_a_route_can_take_other_methods(server: CollabServer) -> None:
     server.http.route("/things/deep/", show)  # the longest prefix decides alone: GET (and HEAD) only
     server.http.route("/erase", show, methods=("DELETE",))
     port = server.port
-    assert (await send(port, "DELETE", "/things/a")).body == b"DELETE /things/a\n"
-    assert (await send(port, "GET", "/things/a?x=1")).body == b"GET /things/a\n"
-    assert (await send(port, "POST", "/things/a")).status == 201
-    head = await send(port, "HEAD", "/things/a")
+    assert (await call(port, "DELETE", "/things/a")).body == b"DELETE /things/a\n"
+    assert (await call(port, "GET", "/things/a?x=1")).body == b"GET /things/a\n"
+    assert (await call(port, "POST", "/things/a")).status == 201
+    head = await call(port, "HEAD", "/things/a")
     assert (head.status, head.headers["content-length"], head.body) == (200, str(len(b"HEAD /things/a\n")), b"")
-    refused = await send(port, "PUT", "/things/a")
+    refused = await call(port, "PUT", "/things/a")
     assert (refused.status, refused.headers["allow"]) == (405, "DELETE, GET, HEAD, POST")
-    refused = await send(port, "DELETE", "/things/deep/a")
+    refused = await call(port, "DELETE", "/things/deep/a")
     assert (refused.status, refused.headers["allow"]) == (405, "GET, HEAD")
     for method in ("GET", "HEAD"):
-        refused = await send(port, method, "/erase")
+        refused = await call(port, method, "/erase")
         assert (refused.status, refused.headers["allow"]) == (405, "DELETE"), method
     # These routes read no body: one sent to a method the route takes is refused, promptly, with 413.
-    assert (await send(port, "POST", "/things/a", b"{}")).status == 413
+    assert (await call(port, "POST", "/things/a", b"{}")).status == 413
 
 
 async def test_a_route_may_read_a_body_and_a_suffix_may_have_a_handler_of_its_own(server: CollabServer) -> None:
@@ -340,26 +324,55 @@ async def test_a_route_may_read_a_body_and_a_suffix_may_have_a_handler_of_its_ow
     server.http.route("/notes/", show, methods=("GET", "POST"))
     server.http.route("/notes/", shout, methods=("POST",), body=10, suffix="/shout")
     port = server.port
-    assert (await send(port, "POST", "/echo", b"0123456789")).body == b"echo 0123456789"
-    assert (await send(port, "POST", "/echo")).body == b"echo "
-    assert (await send(port, "POST", "/echo", b"0123456789+")).status == 413
-    assert (await send(port, "POST", "/notes/a/shout", b"hey")).body == b"shout HEY"
-    assert (await send(port, "POST", "/notes/a/b/shout", b"hey")).body == b"shout HEY"
-    assert (await send(port, "GET", "/notes/a/shout")).body == b"GET /notes/a/shout\n", "GET has no suffix handler"
-    assert (await send(port, "POST", "/notes/shout")).body == b"POST /notes/shout\n", "nothing before the suffix"
-    assert (await send(port, "POST", "/notes/a")).body == b"POST /notes/a\n"
-    assert (await send(port, "POST", "/notes/a", b"body")).status == 413, "the prefix's own POST reads no body"
-    refused = await send(port, "PUT", "/notes/a/shout", b"hey")
+    assert (await call(port, "POST", "/echo", b"0123456789")).body == b"echo 0123456789"
+    assert (await call(port, "POST", "/echo")).body == b"echo "
+    assert (await call(port, "POST", "/echo", b"0123456789+")).status == 413
+    assert (await call(port, "POST", "/notes/a/shout", b"hey")).body == b"shout HEY"
+    assert (await call(port, "POST", "/notes/a/b/shout", b"hey")).body == b"shout HEY"
+    assert (await call(port, "GET", "/notes/a/shout")).body == b"GET /notes/a/shout\n", "GET has no suffix handler"
+    assert (await call(port, "POST", "/notes/shout")).body == b"POST /notes/shout\n", "nothing before the suffix"
+    assert (await call(port, "POST", "/notes/a")).body == b"POST /notes/a\n"
+    assert (await call(port, "POST", "/notes/a", b"body")).status == 413, "the prefix's own POST reads no body"
+    refused = await call(port, "PUT", "/notes/a/shout", b"hey")
     assert (refused.status, refused.headers["allow"]) == (405, "GET, HEAD, POST")
     with pytest.raises(ValueError, match="suffix"):
         server.http.route("/exact", echo, methods=("POST",), suffix="/x")
+
+
+async def test_a_route_head_check_answers_before_the_body_is_read(
+    server: CollabServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`check=`: run on the head, after the origin check; its refusal goes out at once, with no `100 Continue`, and
+    the body is never read; a request it passes gets `100 Continue`, then its handler runs; a check that raises is
+    a 500 for that request alone."""
+
+    async def echo(request: HttpRequest) -> Response:
+        return respond(200, b"echo " + request.body)
+
+    def check(request: HttpRequest) -> Response | None:
+        if "panic" in request.query:
+            raise a_real_panic()
+        return respond(403, "refused on its head\n") if "refuse" in request.query else None
+
+    server.http.route("/checked", echo, methods=("POST",), body=100, check=check)
+    waiting = ("Expect: 100-continue", "Content-Length: 100")
+    refused = await exchange(server.port, request_head("POST", "/checked?refuse=1", *waiting), timeout=3)
+    assert refused.startswith(b"HTTP/1.1 403 ") and refused.endswith(b"refused on its head\n"), refused
+    passed = await exchange(server.port, request_head("POST", "/checked", *waiting), then=b"x" * 100)
+    assert passed.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), passed
+    assert passed.endswith(b"echo " + b"x" * 100)
+    with caplog.at_level(logging.ERROR, logger="collab.server"):
+        failed = await exchange(server.port, request_head("POST", "/checked?panic=1", *waiting), timeout=3)
+    assert status_of(failed) == 500 and [record.getMessage() for record in caplog.records] == ["HTTP head check failed"]
+    assert (await call(server, "POST", "/checked?refuse=1")).status == 403, "without a body too"
+    assert (await get(server, "/healthz")).status == 200
 
 
 async def test_pipelined_requests_get_the_first_answer_and_a_close(
     server: CollabServer, bystanders: tuple[Client, Client]
 ) -> None:
     response = await exchange(server.port, request() + request("/readyz") + request("/metrics"))
-    assert status(response) == 200 and response.endswith(b"\r\n\r\nok\n"), response
+    assert status_of(response) == 200 and response.endswith(b"\r\n\r\nok\n"), response
     assert b"\r\nConnection: close\r\n" in response
     assert response.count(b"HTTP/1.1") == 1
 
@@ -376,7 +389,7 @@ async def test_a_request_head_in_small_pieces_is_served(
     async with asyncio.timeout(10):
         response = await reader.read()
     writer.close()
-    assert status(response) == 200 and response.endswith(b"ok\n")
+    assert status_of(response) == 200 and response.endswith(b"ok\n")
 
 
 async def test_an_answer_may_take_longer_than_the_handshake_timeout(start_server: StartServer) -> None:

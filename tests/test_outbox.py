@@ -33,7 +33,7 @@ def recording_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
             request.getfixturevalue("db_path") if request.param == "sqlite" else request.getfixturevalue("postgres_url")
         )
         settings = Settings(db=database, sqlite_synchronous="normal", webhooks=URLS, webhook_secret="s" * 16)
-        engine = locate(database).engine(settings)
+        engine = locate(database).engine(settings, serving=True)
     engine.open()
     yield engine
     engine.close()
@@ -44,11 +44,24 @@ def append(name: str, at: float, text: str = "x") -> WriteOp:
 
 
 def rows(engine: Engine) -> list[OutboxRow]:
-    return engine.outbox(lambda outbox: outbox.listing())
+    return engine.outbox(lambda outbox: outbox.listing()).rows
 
 
-def queued(engine: Engine, target: str = URLS[0]) -> list[Delivery]:
-    return engine.outbox(lambda outbox: outbox.queued(target, 100))
+def queued(engine: Engine, target: str = URLS[0], now: float = 1e10, recovered_at: float = 0.0) -> list[Delivery]:
+    return engine.outbox(lambda outbox: outbox.queued(target, now, recovered_at, 100))
+
+
+def describe_all(engine: Engine) -> None:
+    """Give every sealed event its details, as the sender does before sending it."""
+    for event_id, _ in engine.outbox(lambda outbox: outbox.undescribed(100)):
+        engine.outbox(lambda outbox: outbox.describe(event_id, {"state_vector": None}))  # noqa: B023
+
+
+def deliver(engine: Engine, name: str, target: str = URLS[0]) -> Delivery:
+    """Deliver the first delivery of `name` that may go now; it."""
+    head = next(item for item in queued(engine, target) if name in item.keys)
+    engine.outbox(lambda outbox: outbox.delivered(head.event_id, target))
+    return head
 
 
 def test_a_commit_records_created_then_one_gathering_change_per_document(recording_engine: Engine) -> None:
@@ -107,11 +120,30 @@ def test_delete_and_rename_seal_what_gathered_first(recording_engine: Engine) ->
         ("gone", "document.created"),
         ("old", "document.created"),
     ]
-    for _ in range(2):  # its created and its changed delivered: the rename is next
-        head = next(item for item in queued(engine) if item.name == "old")
-        engine.outbox(lambda outbox: outbox.delivered(head.event_id, URLS[0]))  # noqa: B023
+    deliver(engine, "old")  # its created: its changed is next, once described
+    assert [item.name for item in queued(engine)] == ["gone"]
+    describe_all(engine)
+    assert deliver(engine, "old").type == "document.changed"
     renamed = next(item for item in queued(engine) if item.name == "old")
-    assert (renamed.type, renamed.details) == ("document.renamed", {"to": "new"})
+    assert (renamed.type, renamed.details, renamed.keys) == ("document.renamed", {"to": "new"}, ("old", "new"))
+
+
+def test_a_rename_waits_for_the_events_of_its_new_name_before_it(recording_engine: Engine) -> None:
+    engine = recording_engine
+    engine.commit([append("taken", 100.0), append("moving", 100.0)])
+    assert engine.delete("taken")
+    engine.rename("moving", "taken")  # the deleted name, taken again
+    describe_all(engine)
+    deliver(engine, "moving")
+    deliver(engine, "moving")  # its created and changed: the rename waits for "taken"'s delete, committed before
+    assert [item.type for item in queued(engine) if "moving" in item.keys] == []
+    for _ in range(3):
+        deliver(engine, "taken")
+    assert [(item.type, item.keys) for item in queued(engine)] == [("document.renamed", ("moving", "taken"))]
+    engine.commit([append("taken", 200.0)])  # the new name's own events come after the rename
+    engine.outbox(lambda outbox: outbox.seal_due(1e10, 0.0, RECORDING))
+    describe_all(engine)
+    assert [item.type for item in queued(engine)] == ["document.renamed"]
 
 
 def test_delivered_deliveries_go_and_the_event_with_the_last(recording_engine: Engine) -> None:
@@ -122,24 +154,80 @@ def test_delivered_deliveries_go_and_the_event_with_the_last(recording_engine: E
     assert [row.target for row in rows(engine) if row.type == "document.created"] == [URLS[1]]
     engine.outbox(lambda outbox: outbox.delivered(created.event_id, URLS[1]))
     assert [row.type for row in rows(engine)] == ["document.changed"]
-    engine.outbox(lambda outbox: outbox.retry(0, URLS[0], 1, 0.0, "no such delivery", give_up=False))  # no-op
+    engine.outbox(lambda outbox: outbox.retry(0, URLS[0], 1, 0.0, 0.0, "no such delivery", give_up=False))  # no-op
 
 
 def test_retries_and_giving_up(recording_engine: Engine) -> None:
     engine = recording_engine
     engine.commit([append("doc", 100.0)])
     created = queued(engine)[0]
-    engine.outbox(lambda outbox: outbox.retry(created.event_id, URLS[0], 3, 500.0, "answered 503", give_up=False))
-    [again] = [item for item in queued(engine) if item.event_id == created.event_id]
-    assert (again.attempts, again.next_at) == (3, 500.0)
-    engine.outbox(lambda outbox: outbox.due_now(URLS[0]))
-    assert [item.next_at for item in queued(engine)] == [0.0]
-    engine.outbox(lambda outbox: outbox.retry(created.event_id, URLS[0], 4, 600.0, "answered 503", give_up=True))
+    engine.outbox(
+        lambda outbox: outbox.retry(created.event_id, URLS[0], 3, 200.0, 500.0, "answered 503", give_up=False)
+    )
+    assert queued(engine, now=499.0) == []  # backing off
+    [again] = queued(engine, now=500.0)
+    assert (again.event_id, again.attempts) == (created.event_id, 3)
+    assert [item.event_id for item in queued(engine, now=0.0, recovered_at=300.0)] == [
+        created.event_id
+    ]  # answers again
+    engine.outbox(lambda outbox: outbox.retry(created.event_id, URLS[0], 4, 300.0, 600.0, "answered 503", give_up=True))
     assert queued(engine) == []  # given up: not sent again, listed as failed
-    failed = engine.outbox(lambda outbox: outbox.listing(failed_only=True))
-    assert [(row.state, row.last_error, row.attempts) for row in failed] == [("failed", "answered 503", 4)]
+    listing = engine.outbox(lambda outbox: outbox.listing(failed_only=True))
+    assert [(row.state, row.last_error, row.attempts) for row in listing.rows] == [("failed", "answered 503", 4)]
+    assert listing.totals == {"gathering": 1, "pending": 1, "failed": 1}  # the changed, the other URL's created
     pending, failed_count, oldest, unknown = engine.outbox(lambda outbox: outbox.counts(URLS[:1]))
     assert (pending, failed_count, oldest, unknown) == (0, 1, None, 1)  # URLS[1] is not among those asked about
+    assert engine.outbox(lambda outbox: outbox.retry_failed()) == 1
+    assert [item.attempts for item in queued(engine, now=0.0)] == [0]
+    assert engine.outbox(lambda outbox: outbox.forget(URLS[:1])) == 1  # the other URL's delivery: no longer configured
+    assert {(row.type, row.target) for row in rows(engine)} == {
+        ("document.created", URLS[0]),
+        ("document.changed", None),
+    }
+
+
+def test_a_document_backing_off_hides_no_other(recording_engine: Engine) -> None:
+    engine = recording_engine
+    engine.commit([append(f"refused-{index}", 100.0) for index in range(5)])
+    for item in queued(engine):
+        engine.outbox(
+            lambda outbox: outbox.retry(item.event_id, URLS[0], 1, 100.0, 1e9, "answered 404", give_up=False)  # noqa: B023
+        )
+    engine.commit([append("fine", 101.0)])
+    assert [item.name for item in engine.outbox(lambda outbox: outbox.queued(URLS[0], 1000.0, 0.0, 2))] == ["fine"]
+
+
+def test_a_url_given_twice_is_delivered_once(db_path: object) -> None:
+    twice = Recording((URLS[0], URLS[0]), RECORDING.types)
+    engine = MemoryEngine(twice)
+    engine.commit([append("doc", 100.0)])
+    assert [row.target for row in rows(engine) if row.type == "document.created"] == [URLS[0]]
+
+
+def test_commands_without_a_server_record_what_the_last_server_stored(db_path: object) -> None:
+    database = str(db_path)
+    server = locate(database).engine(
+        Settings(db=database, sqlite_synchronous="normal", webhooks=URLS, webhook_secret="s" * 16), serving=True
+    )
+    server.open()
+    server.commit([append("doc", 100.0)])
+    server.close()
+    command = locate(database).engine(Settings(db=database, sqlite_synchronous="normal"))  # collab delete, say
+    command.open()
+    try:
+        assert command.delete("doc")
+        assert [row.type for row in rows(command) if row.target == URLS[0]][-1] == "document.deleted"
+    finally:
+        command.close()
+    quiet = locate(database).engine(Settings(db=database, sqlite_synchronous="normal"), serving=True)
+    quiet.open()  # a server started without --webhook: nothing recorded from now on, by it or by commands
+    quiet.close()
+    command.open()
+    try:
+        command.commit([append("later", 200.0)])
+        assert not [row for row in rows(command) if row.name == "later"]
+    finally:
+        command.close()
 
 
 def test_one_lease_holder_at_a_time(recording_engine: Engine) -> None:
@@ -163,6 +251,6 @@ def test_nothing_is_recorded_without_webhooks(db_path: object) -> None:
     try:
         engine.commit([append("doc", 100.0)])
         assert engine.delete("doc")
-        assert engine.outbox(OutboxTables.listing) == []
+        assert engine.outbox(OutboxTables.listing).rows == []
     finally:
         engine.close()

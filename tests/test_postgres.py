@@ -102,6 +102,7 @@ def test_a_fresh_database_gets_every_migration_once_by_name_in_order(postgres_ur
         "revocations",
         "snapshots",
         "updates",
+        "webhook_config",
         "webhook_deliveries",
         "webhook_events",
         "webhook_lease",
@@ -119,7 +120,9 @@ def test_an_older_database_gets_only_the_migrations_it_lacks(postgres_url: str) 
     engine.commit([WriteOp("append", "kept", craft.text_update(1, 0, "from before"), 1.0)])
     engine.close()
     with connect(postgres_url) as conn:  # back to what only the first migration made
-        conn.execute("DROP TABLE revocations, collab_server, webhook_deliveries, webhook_events, webhook_lease")
+        conn.execute(
+            "DROP TABLE revocations, collab_server, webhook_deliveries, webhook_events, webhook_lease, webhook_config"
+        )
         conn.execute("DELETE FROM collab_migrations WHERE name <> %s", [MIGRATION_NAMES[0]])
     engine.open()
     try:

@@ -48,10 +48,14 @@ class Receiver:
     def __init__(self, port: int | None = None) -> None:
         self.port = free_port() if port is None else port
         self.status = 200
+        self.status_for: Callable[[dict[str, Any]], int] | None = None
+        """The answer by event, if set (else `status`)."""
         self.delay = 0.0
         self.received: list[Received] = []
         self.open_requests = 0
         """Requests read and not answered yet."""
+        self.errors: list[str] = []
+        """What was wrong with requests that were not what a webhook sends (answered 400): a test checks it."""
         self._server: asyncio.Server | None = None
         self._changed = asyncio.Event()
 
@@ -93,28 +97,31 @@ class Receiver:
 
     def verify_all(self, secret: str) -> None:
         """Every request received is signed with `secret` (raises `InvalidSignatureError` otherwise)."""
+        assert not self.errors, self.errors
         for item in self.received:
             verify(secret, item.body, item.headers, now=item.at)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
-            assert len(head) < MAX_HEAD
             lines = head.decode("latin-1").split("\r\n")
-            assert lines[0].startswith("POST /hooks/collab?source=test HTTP/1.1"), lines[0]
             headers = {}
             for line in lines[1:]:
                 if line:
                     name, _, value = line.partition(":")
                     headers[name.strip().lower()] = value.strip()
-            body = await reader.readexactly(int(headers["content-length"]))
-            self.open_requests += 1
-            try:
-                await asyncio.sleep(self.delay)
-            finally:
-                self.open_requests -= 1
-            status = self.status
-            self.received.append(Received(headers, body, status, time.time()))
+            if not lines[0].startswith("POST /hooks/collab?source=test HTTP/1.1") or len(head) > MAX_HEAD:
+                self.errors.append(f"unexpected request line {lines[0]!r}")
+                status = 400
+            else:
+                body = await reader.readexactly(int(headers["content-length"]))
+                self.open_requests += 1
+                try:
+                    await asyncio.sleep(self.delay)
+                finally:
+                    self.open_requests -= 1
+                status = self.status if self.status_for is None else self.status_for(json.loads(body))
+                self.received.append(Received(headers, body, status, time.time()))
             self._changed.set()
             writer.write(f"HTTP/1.1 {status} Whatever\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
             await writer.drain()

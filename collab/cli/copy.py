@@ -15,7 +15,6 @@ that way.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from ..store import DocumentDump, Engine, Reader, WriteOp
 from ..store.engines import Backend, locate, redacted
 from ..sync.yupdate import check_update as walk_update
 from ..units import format_time
-from .importer import driver_errors, merge_through_server, server_address
+from .importer import ServerApi, driver_errors, server_address
 
 __all__ = ["Copied", "LineProgress", "Progress", "TerminalProgress", "copy_databases"]
 
@@ -133,17 +132,14 @@ def _copied(dump: DocumentDump, outcome: Outcome) -> Copied:
 def _through_server(
     reader: Reader, names: list[str], settings: Settings, server: dict[str, Any], progress: Progress
 ) -> list[Copied]:
-    """Merge each document's state as a client of `server`; the loop runs only while a merge does.
-
-    The reader's calls block, so they are made between merges, never while the loop runs.
-    """
+    """Merge each document's state through `server`'s HTTP API, each stored before the next is read."""
+    api = ServerApi.of(settings, server)
     copied = []
-    with asyncio.Runner() as runner:
-        for name in names:
-            dump = _read(reader, name)
-            merged = runner.run(merge_through_server(settings, server, _current(dump).get_update(), name))
-            copied.append(_copied(dump, "merged" if merged.changed else "unchanged"))
-            progress.copied(copied[-1])
+    for name in names:
+        dump = _read(reader, name)
+        merged = api.merge(name, _current(dump).get_update())
+        copied.append(_copied(dump, "merged" if merged.changed else "unchanged"))
+        progress.copied(copied[-1])
     return copied
 
 

@@ -8,7 +8,6 @@ never a usage screen or a traceback for a mistake collab can name.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -71,9 +70,11 @@ IMPORT_EPILOG = """\
 Importing merges (a CRDT merge): content already in a document is not added
 twice. A directory restores a whole export: its manifest.json names every
 document, long names included. Every file is read and checked before anything
-is written. With a server running on the database, the import goes through it
-and connected clients see the content at once; otherwise all of it is written
-in one transaction.
+is written. With a server running on the database, the import goes through its
+HTTP API, each document reported once the server stored it, and connected
+clients see the content at once; over TLS the server's certificate is verified
+(against --cafile if given; on a loopback address only with --cafile).
+Otherwise all of it is written in one transaction.
 
 examples:
   collab import backups/                       every document collab export wrote there
@@ -171,10 +172,12 @@ example:
 WEBHOOKS_EPILOG = """\
 states: gathering (the document is still changing: its document.changed is not sealed yet), pending
 (sent or being retried with backoff), failed (given up after --webhook-retry-for). Delivered events
-are not kept.
+are not kept. --retry and --forget change the outbox beside a running server; --forget knows the URLs
+the server last started with.
 
-example:
+examples:
   collab webhooks --failed
+  collab webhooks --retry
 """
 
 
@@ -295,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument(
         "--name", help="with one file: the document to merge into [default: the name the file name stands for]"
     )
+    merge.add_argument(
+        "--cafile",
+        type=Path,
+        metavar="FILE",
+        help="a CA certificate (PEM) to verify a running server's TLS certificate with [default: the system's]",
+    )
     merge.set_defaults(handler=_import)
 
     copy = command(
@@ -373,6 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db_flag(webhooks)
     webhooks.add_argument("--failed", action="store_true", help="only the deliveries given up on")
     webhooks.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    change = webhooks.add_mutually_exclusive_group()
+    change.add_argument("--retry", action="store_true", help="try the deliveries given up on again, now")
+    change.add_argument(
+        "--forget", action="store_true", help="drop the deliveries given up on, and those to URLs no longer configured"
+    )
     webhooks.set_defaults(handler=_webhooks)
 
     delete = command(
@@ -499,7 +513,7 @@ def _import(args: argparse.Namespace) -> int:
         outcome = "merged into" if result.changed else "already contained in"
         print(f"{backup.source}: {outcome} {result.name!r} ({result.via})", file=sys.stderr)
 
-    imported = asyncio.run(import_backups(Settings.load({"db": args.db}), backups, done))
+    imported = import_backups(Settings.load({"db": args.db}), backups, done, args.cafile)
     if len(imported) > 1 or missing:
         merged = sum(result.changed for result in imported)
         print(
@@ -676,12 +690,12 @@ def _rooms(args: argparse.Namespace) -> int:
 
 
 def _webhooks(args: argparse.Namespace) -> int:
-    from ..store.engines import open_reader
-    from .webhooks import print_listing
+    from .webhooks import change_outbox, print_listing, read_listing
 
-    with open_reader(_db(args)) as reader:
-        rows = reader.webhooks(failed_only=args.failed)
-    print_listing(rows, as_json=args.json)
+    if args.retry or args.forget:
+        print(change_outbox(_db(args), retry=args.retry), file=sys.stderr)
+        return 0
+    print_listing(read_listing(_db(args), failed_only=args.failed), as_json=args.json)
     return 0
 
 

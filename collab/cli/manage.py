@@ -36,7 +36,7 @@ from ..server.rooms import Rooms
 from ..store import Store
 from ..store.engines import Backend, locate, open_store, redacted
 from .export import select_names
-from .importer import loopback_tls, server_address, server_secret
+from .importer import server_address, server_secret, server_tls
 
 __all__ = ["PREVIEW", "Documents", "preview", "select_documents"]
 
@@ -91,7 +91,7 @@ class _Server:
         parts = urlsplit(self.url)
         tls = parts.scheme == "https"
         connection = (
-            http.client.HTTPSConnection(parts.netloc, timeout=SERVER_TIMEOUT, context=loopback_tls())
+            http.client.HTTPSConnection(parts.netloc, timeout=SERVER_TIMEOUT, context=server_tls(self.url))
             if tls
             else http.client.HTTPConnection(parts.netloc, timeout=SERVER_TIMEOUT)
         )

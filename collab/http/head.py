@@ -9,11 +9,12 @@ per connection: `check_head` says which answer a head earns instead (400, 404,
 asks for an upgrade, and how many bytes of body follow.
 
 A body is read only for a route that takes one (`Router.route(..., body=LIMIT)`: the write API), and only
-framed by `Content-Length`: chunked transfer coding is refused with 411 (send `Content-Length`), a request
-framed both ways with 400 (RFC 9112 section 6.3: the ambiguity request smuggling lives on), a declared length
-above the route's limit with 413 before any of it is read. The transport then reads exactly that many bytes
-(408 if they do not come in time) and drops whatever follows. websockets' parser, which takes no body, is
-shown the head without its `Content-Length`.
+framed by `Content-Length`: any `Transfer-Encoding` (chunked, or even identity) is refused with 411 (send
+`Content-Length`), a request framed both ways with 400 (RFC 9112 section 6.3: the ambiguity request smuggling
+lives on), a declared length above the route's limit with 413 before any of it is read. websockets' parser,
+which takes no body, is shown the head without its `Content-Length`. The transport then checks the origin and
+the route's head check (the token) and only then reads exactly that many bytes, dropping whatever follows
+(see `collab.server.transport`).
 
 Everywhere else a body is refused, never read: RFC 9110 (section 9.3.1) warns that content on a GET
 "might lead some implementations to reject the request and close the connection because of its potential as a
@@ -94,7 +95,7 @@ def check_head(head: bytes, router: Router) -> Response | Head:
         return respond(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "HTTP/1.1 only\n")
     counts: dict[str, int] = {}
     upgrade = expect_continue = False
-    content_length = b"0"
+    content_length, transfer_encoding = b"0", b""
     if len(header_lines) > MAX_HEADERS or max(map(len, lines)) > MAX_LINE:
         return respond(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request header fields too large\n")
     for line in header_lines:
@@ -107,6 +108,8 @@ def check_head(head: bytes, router: Router) -> Response | Head:
             upgrade = value.strip().lower() == b"websocket"
         elif key == "content-length":
             content_length = value.strip()
+        elif key == "transfer-encoding":
+            transfer_encoding = value.strip()
         elif key == "expect":
             expect_continue = value.strip().lower() == b"100-continue" and parts[2] == b"HTTP/1.1"
     duplicated = [name for name in SINGLE_VALUED if counts.get(name.lower(), 0) > 1]
@@ -119,8 +122,8 @@ def check_head(head: bytes, router: Router) -> Response | Head:
         return respond(HTTPStatus.METHOD_NOT_ALLOWED, message, headers={"Allow": "GET"})
     if not content_length.isdigit():
         return respond(HTTPStatus.BAD_REQUEST, "malformed Content-Length\n")
-    chunked = "transfer-encoding" in counts
-    sends_body = chunked or content_length != b"0"  # websockets takes "0" and nothing else
+    encoded = "transfer-encoding" in counts
+    sends_body = encoded or content_length != b"0"  # websockets takes "0" and nothing else
     if not sends_body:
         return Head(upgrade, 0, head, expect_continue=False)
     route = None if upgrade else router.match(method, parts[1].decode())
@@ -128,12 +131,14 @@ def check_head(head: bytes, router: Router) -> Response | Head:
         return route  # the router's 404 or 405 says why
     if route is None or not route.body:
         return respond(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "a request takes no body here\n")
-    if chunked and "content-length" in counts:
+    if encoded and "content-length" in counts:
         return respond(
             HTTPStatus.BAD_REQUEST, "both Content-Length and Transfer-Encoding: the body's length is ambiguous\n"
         )
-    if chunked:
-        return respond(HTTPStatus.LENGTH_REQUIRED, "send the body with Content-Length (no chunked transfer coding)\n")
+    if encoded:
+        coding = transfer_encoding.decode("latin-1")
+        message = f"send the body with Content-Length (Transfer-Encoding: {coding} is not read)\n"
+        return respond(HTTPStatus.LENGTH_REQUIRED, message)
     digits = content_length.lstrip(b"0") or b"0"
     if len(digits) > len(str(route.body)) or int(digits) > route.body:  # int() refuses over 4,300 digits
         message = f"request body too large: more than the limit of {route.body} bytes\n"

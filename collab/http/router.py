@@ -11,6 +11,12 @@ of up to that many bytes, sent with `Content-Length` (no chunked transfer coding
 whole in `request.body`; every other route takes none, and a request that sends one is refused before
 anything of it is read (see `collab.http.head`).
 
+Head checks, per route (`Router.route(..., check=CHECK)`): `CHECK(request)` is run on the request's head,
+after the origin check and before any of its body is read (or `100 Continue` sent), and returns the answer
+that refuses it, or None to go on (`Router.check`, which the transport calls first): a request its token
+may not make is refused without taking in a body of up to `LIMIT` bytes. The handler still checks for
+itself what it relies on; the head check only saves reading what would be refused.
+
 Suffixes (`Router.route(prefix, handler, methods=..., suffix="/update")`): under a prefix, the paths that end
 with `suffix` after something else (`/api/docs/NAME/update`) go to that handler for its methods, before the
 prefix's own handler for the method, with a body limit of their own.
@@ -41,7 +47,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-__all__ = ["HttpRequest", "OriginPolicy", "Route", "Router", "json_response", "respond"]
+__all__ = ["HeadCheck", "HttpRequest", "OriginPolicy", "Route", "Router", "json_response", "respond"]
 
 
 class OriginPolicy:
@@ -90,13 +96,18 @@ class HttpRequest:
 
 
 Handler = Callable[[HttpRequest], Awaitable[Response]]
+HeadCheck = Callable[[HttpRequest], Response | None]
+"""A route's check of a request's head, its body not read yet (`request.body` is empty): the answer that
+refuses it, or None."""
 
 
 class Route(NamedTuple):
-    """What serves one method on one path: the handler, and the most bytes of body it reads (0: none)."""
+    """What serves one method on one path: the handler, the most bytes of body it reads (0: none), and the
+    check its requests' heads pass before their body is read (None: none)."""
 
     handler: Handler
     body: int = 0
+    check: HeadCheck | None = None
 
 
 def respond(
@@ -148,7 +159,14 @@ class Router:
         self._prefixes: list[tuple[str, _Methods]] = []
 
     def route(
-        self, path: str, handler: Handler, methods: Sequence[str] = ("GET",), *, body: int = 0, suffix: str = ""
+        self,
+        path: str,
+        handler: Handler,
+        methods: Sequence[str] = ("GET",),
+        *,
+        body: int = 0,
+        suffix: str = "",
+        check: HeadCheck | None = None,
     ) -> None:
         """Answer `methods` on `path` with `handler` (and HEAD too, if GET is among them and HEAD is not).
 
@@ -156,7 +174,8 @@ class Router:
         adds the new methods to those it had (and replaces the handlers of the ones named again). `body`: the
         most bytes of request body the handler reads (0: it takes none, and a request sending one is refused).
         `suffix`, under a prefix only: the handler takes the paths that end with it after something else, for
-        these methods, before the prefix's own handler for them.
+        these methods, before the prefix's own handler for them. `check`: run on each request's head before its
+        body is read (see the module docstring).
         """
         prefix = path.endswith("/") and path != "/"
         if suffix and (not prefix or not suffix.startswith("/")):
@@ -168,7 +187,7 @@ class Router:
                 self._prefixes.sort(key=lambda item: len(item[0]), reverse=True)
         else:
             handlers = self._exact.setdefault(path, {})
-        routes = {method: Route(handler, body) for method in methods}
+        routes = {method: Route(handler, body, check) for method in methods}
         if "GET" in methods and "HEAD" not in methods:
             routes["HEAD"] = Route(_head_of(handler))
         for method, route in routes.items():
@@ -202,8 +221,17 @@ class Router:
             )
         return route
 
+    def check(self, request: Request) -> Response | None:
+        """The answer refusing `request` on its head alone, before its body is read: its route's head check's
+        (None if it passes, if its route has none, or if no route takes it: `handle` answers that)."""
+        route = self.match(request.method, request.path)
+        if isinstance(route, Response) or route.check is None:
+            return None
+        return route.check(HttpRequest(request))
+
     async def handle(self, request: Request, body: bytes = b"") -> Response:
-        """The answer to `request`, whose `body` was read (if its route takes one) by the transport."""
+        """The answer to `request`, whose `body` was read (if its route takes one) by the transport, once
+        `check` passed it."""
         route = self.match(request.method, request.path)
         if isinstance(route, Response):
             return route

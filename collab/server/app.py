@@ -66,7 +66,7 @@ class CollabServer:
         if (settings.certfile is None) != (settings.keyfile is None):
             raise ConfigError("TLS needs both --certfile and --keyfile")
         database = locate(settings.db)
-        self.store: Store = open_store(settings)
+        self.store: Store = open_store(settings, serving=True)
         self.relay: Relay | None = open_relay(settings)
         self.lock = database.lock(shared=self.relay is not None)
         self.metrics = ServerMetrics(
@@ -308,7 +308,7 @@ def open_webhooks(settings: Settings, store: Store, rooms: Rooms) -> Webhooks | 
     webhooks = Webhooks(
         store, options, Describer(store, rooms, settings.webhook_include, settings.webhook_include_limit)
     )
-    if any(kind.startswith("connection.") for kind in options.types):
+    if any(kind.startswith("connection.") for kind in options.recording.types):
         rooms.on_connection = webhooks.connection_event
     return webhooks
 

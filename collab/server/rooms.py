@@ -120,8 +120,10 @@ class Rooms:
         """Names being deleted or renamed: joins are refused (try again) until the store has done it."""
         self.journal = Journal()
         """Who was there while each document was edited, and its restores (`collab.sync.journal`)."""
-        self._restoring: dict[str, tuple[asyncio.Lock, list[int]]] = {}
-        """Per document name being restored: the lock its restores take in turn, and how many hold or want it."""
+        self._turns: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        """Per document name taking turns (`turn`): the lock, and how many hold or want it."""
+        self._writes: dict[str, int] = {}
+        """Per document name, the writes (`write`) under way: its room stays loaded for them."""
         self._restore_threads: ThreadPoolExecutor | None = None
         self._restore_slots = threading.BoundedSemaphore(RESTORE_THREADS)
         """Taken on the loop, given back by the thread as it finishes (a restore given up on still runs)."""
@@ -178,9 +180,12 @@ class Rooms:
         self._unload_if_idle(room)
 
     def _unload_if_idle(self, room: Room) -> None:
-        """Schedule the unload of `room` if nobody is in it (and none is scheduled yet)."""
-        if not room.peers and room.name not in self._unloading and self._rooms.get(room.name) is room:
-            self._unloading[room.name] = asyncio.create_task(self._unload_when_idle(room), name=f"unload {room.name}")
+        """Schedule the unload of `room` if nobody is in it, no write holds it (and none is scheduled yet)."""
+        name = room.name
+        if room.peers or name in self._unloading or name in self._writes:
+            return
+        if self._rooms.get(name) is room:
+            self._unloading[name] = asyncio.create_task(self._unload_when_idle(room), name=f"unload {name}")
 
     async def load(self, name: str) -> Room:
         """The room `name`, loaded once even when many ask at the same time; `join` it to keep it."""
@@ -317,28 +322,48 @@ class Rooms:
         every peer here and on the other processes, queued for the store. Returns the document's state vector
         after it; `store.flush()` makes it durable.
 
-        The room is loaded for it if it is not, and unloaded again later if nobody joins. `change` may await
-        (work it out in a thread from `room.diff(...)`); if the room unloaded meanwhile it is read back, and
-        the update applied to it. Raises `ServerBusyError` while the name is being deleted or renamed, or if it
-        was while `change` worked (the update was made for a document that is gone); what `change` raises;
-        `InvalidUpdateError` or `DocumentTooLargeError` for an update refused (nothing of it took effect);
-        `StorageError` if the room cannot be loaded.
+        The room is loaded for it if it is not, and stays loaded until it is applied (`change` may await: work
+        it out in a thread from `room.diff(...)`), then unloads again later if nobody joins. Raises
+        `ServerBusyError` while the name is being deleted or renamed, or if it was while `change` worked (the
+        update was made for a document that is gone); what `change` raises; `InvalidUpdateError` or
+        `DocumentTooLargeError` for an update refused (nothing of it took effect); `StorageError` if the room
+        cannot be loaded.
         """
         self._refuse_if_ending(name)
-        room = await self.load(name)
+        room = await self._hold(name)
         try:
             update = await change(room)
             if room.ended:
                 raise ServerBusyError(f"document {name!r} was deleted or renamed meanwhile; try again")
             self._refuse_if_ending(name)
-            if self._rooms.get(name) is not room:  # unloaded meanwhile (nobody was in it): read back
-                room = await self.load(name)
             room.receive(writer, [Update(update)])
+            room.flush()  # queued for the store now, not a loop turn later: the caller's store.flush() covers it
             return room.state_vector()
         finally:
-            loaded = self._rooms.get(name)
-            if loaded is not None:
-                self._unload_if_idle(loaded)
+            self._release(name)
+
+    async def _hold(self, name: str) -> Room:
+        """Room `name`, loaded, kept so for a write (`_release` lets it unload again): as a join does, so that a
+        change worked out from it is never applied to another copy of the document."""
+        for _ in range(MAX_JOIN_ATTEMPTS):
+            room = await self.load(name)
+            if self._rooms.get(name) is room:  # not unloaded (nor ended) since the load
+                self._writes[name] = self._writes.get(name, 0) + 1
+                unloading = self._unloading.pop(name, None)
+                if unloading is not None:
+                    unloading.cancel()
+                return room
+            self._refuse_if_ending(name)
+        raise ServerBusyError(f"document {name!r} keeps unloading; try again")
+
+    def _release(self, name: str) -> None:
+        """A write `_hold` kept room `name` for is done: the room unloads later if nobody is in it."""
+        writes = self._writes.pop(name) - 1
+        if writes:
+            self._writes[name] = writes
+        room = self._rooms.get(name)
+        if room is not None:
+            self._unload_if_idle(room)
 
     # Restoring.
 
@@ -348,17 +373,17 @@ class Rooms:
         (this returns once it is durable). The room is loaded for it if it is not (and unloaded again later if
         nobody joins).
 
-        Restores of one document take turns. The change is worked out in a thread from the room's state; if the
-        document changed meanwhile it is worked out again (`RESTORE_ATTEMPTS`), and at last applied merged with
-        what came, as any concurrent change is. Raises `NotFoundError` if there is no such document or none yet
-        at `at`, `HistoryError` if no state so old is kept, `StorageError` (`CorruptDocumentError`) if it cannot
-        be read, `RestoreError` if it holds what cannot be restored, if the result would pass the size limit,
-        or if the document was deleted or renamed meanwhile (the version is not of its past: restoring would
-        bring a deleted document back); `ServerBusyError` while it is being deleted or renamed, or while
-        `RESTORE_THREADS` restores are being worked out; `InvalidUpdateError` (logged) if its own change does
-        not apply, a bug.
+        Restores of one document take turns (`turn`, with the write API's texts). The change is worked out in a
+        thread from the room's state; if the document changed meanwhile it is worked out again
+        (`RESTORE_ATTEMPTS`), and at last applied merged with what came, as any concurrent change is. Raises
+        `NotFoundError` if there is no such document or none yet at `at`, `HistoryError` if no state so old is
+        kept, `StorageError` (`CorruptDocumentError`) if it cannot be read, `RestoreError` if it holds what
+        cannot be restored, if the result would pass the size limit, or if the document was deleted or renamed
+        meanwhile (the version is not of its past: restoring would bring a deleted document back);
+        `ServerBusyError` while it is being deleted or renamed, or while `RESTORE_THREADS` restores are being
+        worked out; `InvalidUpdateError` (logged) if its own change does not apply, a bug.
         """
-        async with self._restore_turn(name):
+        async with self.turn(name):
             self._refuse_if_ending(name)
             infos = await self.store.documents(name)
             if not infos and name not in self._rooms:  # a room nothing is stored for yet is a document too
@@ -423,10 +448,11 @@ class Rooms:
             raise
 
     @asynccontextmanager
-    async def _restore_turn(self, name: str) -> AsyncIterator[None]:
-        """Hold the restore lock of document `name` (two restores worked out from one state would both
-        insert what it lacks: the text twice)."""
-        lock, users = self._restoring.setdefault(name, (asyncio.Lock(), [0]))
+    async def turn(self, name: str) -> AsyncIterator[None]:
+        """Hold the turn of document `name`: changes worked out from its state (restores, and the write API's
+        texts and creations) take turns, first come first served, since two worked out from one state would
+        both insert what it lacks: the text twice."""
+        lock, users = self._turns.setdefault(name, (asyncio.Lock(), [0]))
         users[0] += 1
         try:
             async with lock:
@@ -434,7 +460,7 @@ class Rooms:
         finally:
             users[0] -= 1
             if not users[0]:
-                del self._restoring[name]
+                del self._turns[name]
 
     async def _end_everywhere(self, *ends: tuple[str, int, str]) -> None:
         """End rooms (name, close code, reason) here, then on the other processes; returns once those have

@@ -9,10 +9,14 @@ only moves bytes between them and the socket and keeps the timers. Per connectio
    answers a body, a pipelined request or a malformed line with silence or a failed assertion, so
    what it would not handle well is answered here (400, 404, 405, 411, 413, 431, 505) and the connection
    half-closed. A head that passes goes to websockets' parser (without the `Content-Length` of a body).
-2. A plain request is answered by the router (`collab.http`), then the connection closes; a route that
-   takes a body gets it whole first, exactly `Content-Length` bytes (408 if they do not arrive within
-   `--handshake-timeout` plus a second per `BODY_RATE` bytes), read after the origin check. An upgrade is
-   accepted at once, in the same callback (no task: see the connect rate in docs/benchmarks.md).
+2. A plain request is answered by the router (`collab.http`), then the connection closes. A route that
+   takes a body gets it whole first, exactly `Content-Length` bytes, read only once the origin check and
+   the route's head check (`Router.check`: the token) have passed, and `100 Continue` is sent only then;
+   a refusal goes out without reading any of it. Bodies held at once (being read or answered) are bounded
+   in bytes (`BODY_BUDGET` largest messages) and count under `--max-connections`: past either, 503 with
+   `Retry-After` before reading. A body stalled for `--handshake-timeout`, or arriving slower than
+   `BODY_RATE` after it, is 408. An upgrade is accepted at once, in the same callback (no task: see the
+   connect rate in docs/benchmarks.md).
 3. The connection is admitted (room name, token) and joins its room: at once when the room is in
    memory, else after a load, while reading waits.
 4. Each binary message goes to `Connection.receive`. When it says to wait (the rate limit), reading
@@ -29,6 +33,7 @@ server-wide keepalive (`Endpoint.keepalive`) pings the silent ones.
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import logging
 import math
@@ -77,25 +82,54 @@ _ANSWERED = b"answered"
 """A response other than 101 was sent (or the head refused): nothing more is read."""
 
 BODY_RATE = 64 * 1024
-"""Bytes per second a request body must arrive at, at least (after `--handshake-timeout`): a 64 MiB body has
-17 minutes, and a client that sends nothing, or a byte at a time, holds its connection only that long."""
+"""Bytes per second a request body must arrive at, on average, once `--handshake-timeout` has passed: a 64 MiB
+body may take 17 minutes, but only while it keeps coming (see `_Body.deadline`)."""
+BODY_BUDGET = 4
+"""Bodies of `--max-message-size` bytes the server holds at once, counted from the head that declares one
+(its whole length, before any of it arrives) to its answer: 256 MiB at the defaults. Past it, a request with
+a body is refused (503) before any of it is read."""
+TIMER_SLACK = 0.001
+"""Seconds early asyncio may run a timer (its clock resolution, rounded up): a deadline that close is reached."""
+RETRY_AFTER = 5
+"""Seconds a request refused for the body budget or the connection limit is told to wait (`Retry-After`)."""
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class _Body:
     """A request whose body is being read (`WebSocketConnection._head` meanwhile): what came of it so far."""
 
-    __slots__ = ("data", "length", "request")
+    __slots__ = ("_data", "heard", "length", "request", "size", "started")
 
-    def __init__(self, request: Request, length: int, received: bytes) -> None:
+    def __init__(self, request: Request, length: int, received: bytes, now: float) -> None:
         self.request = request
         self.length = length
-        self.data = bytearray(received[:length])  # what follows the body (a pipelined request) is dropped
+        # BytesIO, not a bytearray: getvalue() hands over its buffer, where bytes(bytearray) would copy it.
+        self._data = io.BytesIO()
+        self.size = 0
+        """Bytes of it received."""
+        self.started = self.heard = now
+        """When reading it began, and when the last of it arrived (event-loop time)."""
+        self.take(received, now)  # what follows the body (a pipelined request) is dropped
 
-    def take(self, data: bytes) -> bool:
-        """Add what arrived of the body; whether it is complete."""
-        self.data += data[: self.length - len(self.data)]
-        return len(self.data) == self.length
+    def take(self, data: bytes, now: float) -> bool:
+        """Add what arrived of the body at `now`; whether it is complete."""
+        if data:
+            needed = self.length - self.size
+            self.size += self._data.write(data[:needed] if len(data) > needed else data)
+            self.heard = now
+        return self.size == self.length
+
+    def value(self) -> bytes:
+        """The body, once complete (no copy)."""
+        return self._data.getvalue()
+
+    def deadline(self, idle: float) -> float:
+        """When it is late: `idle` seconds after the last bytes came, or once it arrives slower than `BODY_RATE`
+        on average after its first `idle` seconds, whichever is first."""
+        return min(self.heard + idle, self.started + idle + self.size / BODY_RATE)
+
+    def received(self) -> str:
+        return f"{self.size} of {self.length} bytes received"
 
 
 class CollabProtocol(ServerProtocol):
@@ -143,6 +177,12 @@ class Endpoint:
         """Every TCP connection, from accept to close."""
         self.peers: set[WebSocketConnection] = set()
         """The WebSocket connections, from the 101 response to close."""
+        self.bodies: dict[WebSocketConnection, int] = {}
+        """The connections holding a request body (being read, or answered), and its length: they count
+        under `max_connections` as `peers` do."""
+        self.body_bytes = 0
+        """The lengths in `bodies`, summed: at most `body_budget`."""
+        self.body_budget = BODY_BUDGET * max_message_size
         self.tasks: set[asyncio.Task[None]] = set()
         """HTTP answers and room loads in flight."""
         self._ids = itertools.count(1)
@@ -173,9 +213,32 @@ class Endpoint:
             elif peer.last_heard < silent_since and not peer.pinged_at:
                 peer.ping(now)
 
+    def hold_body(self, connection: WebSocketConnection, length: int) -> Response | None:
+        """Let `connection` read a body of `length` bytes (until `release_body`), or the 503 refusing it: the
+        connection limit (WebSocket connections and bodies together) or the body budget is reached."""
+        if len(self.peers) + len(self.bodies) >= self.max_connections:
+            label, reason = "ServerBusyError", f"server is at its limit of {self.max_connections} connections"
+        elif self.body_bytes + length > self.body_budget:
+            label = "body_budget"
+            reason = f"the request bodies under way fill the server's budget of {self.body_budget} bytes"
+        else:
+            self.bodies[connection] = length
+            self.body_bytes += length
+            return None
+        self.metrics.rejected.inc(label)
+        logger.info("refused a request body", extra=fields(reason=reason, length=length))
+        return respond(
+            HTTPStatus.SERVICE_UNAVAILABLE, f"{reason}: try again\n", headers={"Retry-After": str(RETRY_AFTER)}
+        )
+
+    def release_body(self, connection: WebSocketConnection) -> None:
+        """The body `hold_body` let `connection` read is answered, or its connection gone."""
+        self.body_bytes -= self.bodies.pop(connection, 0)
+
     def lost(self, connection: WebSocketConnection) -> None:
         self.connections.discard(connection)
         self.peers.discard(connection)
+        self.release_body(connection)
         if not self.connections and self._all_closed is not None and not self._all_closed.done():
             self._all_closed.set_result(None)
 
@@ -287,8 +350,8 @@ class WebSocketConnection(asyncio.Protocol):
             self._write_protocol_data()  # pongs, the close handshake, a refused frame's close
         elif isinstance(head, bytearray):
             self._read_head(head, data)
-        elif isinstance(head, _Body) and head.take(data):
-            self._answer_with(head.request, bytes(head.data))
+        elif isinstance(head, _Body) and head.take(data, asyncio.get_running_loop().time()):
+            self._answer_with(head.request, head.value())
         # else: a plain request being answered, or answered: what follows the head (and its body) is dropped
 
     def eof_received(self) -> bool | None:
@@ -296,7 +359,7 @@ class WebSocketConnection(asyncio.Protocol):
             return True  # a client that half-closed after its request (nc -N) still gets the answer
         if isinstance(self._head, _Body):
             body = self._head
-            self._respond(respond(HTTPStatus.BAD_REQUEST, f"the body ended early: {_received(body)}\n"))
+            self._respond(respond(HTTPStatus.BAD_REQUEST, f"the body ended early: {body.received()}\n"))
             return True
         if self._head is None:
             self._ws.receive_eof()
@@ -335,8 +398,7 @@ class WebSocketConnection(asyncio.Protocol):
         if isinstance(checked, Response):
             self._refuse(checked)
             return
-        upgrade = checked.upgrade
-        if upgrade and len(head) > end:
+        if checked.upgrade and len(head) > end:
             # A client must wait for the 101 before sending frames (RFC 6455 section 4.1).
             self._refuse(respond(HTTPStatus.BAD_REQUEST, "data sent before the handshake response\n"))
             return
@@ -354,11 +416,12 @@ class WebSocketConnection(asyncio.Protocol):
         request = requests[0]
         if checked.body:
             request.headers["Content-Length"] = str(checked.body)  # as sent (websockets was shown none)
-        self._request(request, upgrade, checked, bytes(head[end:]))
+        self._request(request, checked, bytes(head[end:]))
 
-    def _request(self, request: Request, upgrade: bool, checked: Head, received: bytes) -> None:
-        """Answer a request whose head passed: refused by origin or shutdown, or its body read, then handled;
-        or accept its upgrade. `received`: what came after its head so far."""
+    def _request(self, request: Request, checked: Head, received: bytes) -> None:
+        """Answer a request whose head passed: refused (shutdown, origin, its route's head check, the body
+        budget) before any of its body is read; else its body read, then handled; or accept its upgrade.
+        `received`: what came after its head so far."""
         endpoint = self._endpoint
         try:
             origin = request.headers.get("Origin")
@@ -372,11 +435,7 @@ class WebSocketConnection(asyncio.Protocol):
             endpoint.metrics.auth_failures.inc("origin")
             logger.warning("refused a request from another origin", extra=fields(origin=origin, path=_logged(request)))
             self._respond(respond(HTTPStatus.FORBIDDEN, "origin not allowed (see --allowed-origin)\n"))
-        elif checked.body:
-            self._read_body(_Body(request, checked.body, received), checked.expect_continue)
-        elif not upgrade:
-            self._answer_with(request, b"")
-        else:
+        elif checked.upgrade:
             response = self._ws.accept(request)
             if response.status_code != 101:
                 self._respond(response)
@@ -384,30 +443,61 @@ class WebSocketConnection(asyncio.Protocol):
                 self._ws.send_response(response)
                 self._write_protocol_data()
                 self._open(request)
+        elif (refusal := self._refusal(request, checked.body)) is not None:
+            self._respond(refusal)  # what the client sends of its body meanwhile is dropped, never read
+        elif checked.body:
+            self._read_body(request, checked.body, received, checked.expect_continue)
+        else:
+            self._answer_with(request, b"")
 
-    def _read_body(self, body: _Body, expect_continue: bool) -> None:
-        """Read `body` until it is whole (`data_received`), or answer 408 if it does not arrive in time."""
-        if body.take(b""):
-            self._answer_with(body.request, bytes(body.data))
+    def _refusal(self, request: Request, length: int) -> Response | None:
+        """What refuses a plain request before its body of `length` bytes is read: its route's head check
+        (`Router.check`), or the body budget and connection limit (`Endpoint.hold_body`); None if it goes on."""
+        try:
+            refusal = self._endpoint.router.check(request)
+        except MultipleValuesError as error:  # a header the check reads with .get() sent twice
+            return respond(HTTPStatus.BAD_REQUEST, f"duplicated header: {error}\n")
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:  # a bug: this request alone fails
+            logger.exception("HTTP head check failed", extra=fields(path=_logged(request)))
+            return respond(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
+        if refusal is None and length:
+            refusal = self._endpoint.hold_body(self, length)
+        return refusal
+
+    def _read_body(self, request: Request, length: int, received: bytes, expect_continue: bool) -> None:
+        """Read the body of `request` until it is whole (`data_received`), or answer 408 if it stalls or comes
+        too slowly (`_Body.deadline`). `expect_continue`: the client waits for "100 Continue" to send it."""
+        loop = asyncio.get_running_loop()
+        body = _Body(request, length, received, loop.time())
+        if body.size == length:
+            self._answer_with(request, body.value())
             return
         self._head = body
         assert self._transport is not None
-        if expect_continue and not body.data:
+        if expect_continue and not body.size:
             self._transport.write(CONTINUE)
-        timeout = self._endpoint.handshake_timeout + body.length / BODY_RATE
-        self._timer = asyncio.get_running_loop().call_later(timeout, self._body_timed_out, timeout)
+        self._timer = loop.call_at(body.deadline(self._endpoint.handshake_timeout), self._body_late)
 
-    def _body_timed_out(self, timeout: float) -> None:
+    def _body_late(self) -> None:
+        """At the body's deadline as it was when this was scheduled: 408 if it is still late, else wait on."""
         self._timer = None
         body = self._head
-        if isinstance(body, _Body):
-            received = _received(body)
-            logger.info(
-                "request body not received in time", extra=fields(path=_logged(body.request), received=received)
-            )
-            self._respond(
-                respond(HTTPStatus.REQUEST_TIMEOUT, f"the body did not arrive within {timeout:.1f} s: {received}\n")
-            )
+        if not isinstance(body, _Body):
+            return
+        idle = self._endpoint.handshake_timeout
+        loop = asyncio.get_running_loop()
+        now, deadline = loop.time(), body.deadline(idle)
+        if deadline - now > TIMER_SLACK:  # more came since
+            self._timer = loop.call_at(deadline, self._body_late)
+            return
+        if now + TIMER_SLACK >= body.heard + idle:
+            why = f"nothing of the body came for {idle:g} s"
+        else:
+            why = f"the body comes slower than {BODY_RATE // 1024} KiB/s"
+        logger.info("request body not received in time", extra=fields(path=_logged(body.request), reason=why))
+        self._respond(respond(HTTPStatus.REQUEST_TIMEOUT, f"{why}: {body.received()}\n"))
 
     def _answer_with(self, request: Request, body: bytes) -> None:
         """Hand a request, and its body, to the router; what the client sends from now on is dropped."""
@@ -434,6 +524,7 @@ class WebSocketConnection(asyncio.Protocol):
         if self._transport is None or self._head is _ANSWERED:
             return
         self._head = _ANSWERED
+        self._endpoint.release_body(self)
         self._ws.send_response(response)
         self._write_protocol_data()
 
@@ -464,7 +555,7 @@ class WebSocketConnection(asyncio.Protocol):
         conn = self.conn = Connection(self.id, self._queue, endpoint.rules, endpoint.metrics, self.close)
         endpoint.peers.add(self)
         try:
-            if len(endpoint.peers) > endpoint.max_connections:
+            if len(endpoint.peers) + len(endpoint.bodies) > endpoint.max_connections:
                 raise ServerBusyError(f"server is at its limit of {endpoint.max_connections} connections")
             offered = [
                 p.strip() for header in request.headers.get_all("Sec-WebSocket-Protocol") for p in header.split(",")
@@ -814,10 +905,6 @@ class WebSocketConnection(asyncio.Protocol):
 def _refused_a_frame(cause: BaseException | None) -> bool:
     """Whether websockets' parser stopped on a frame it refused (not on the stream ending too early)."""
     return cause is not None and not isinstance(cause, EOFError)
-
-
-def _received(body: _Body) -> str:
-    return f"{len(body.data)} of {body.length} bytes received"
 
 
 def _logged(request: Request) -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, Self, TypeVar
 
 if TYPE_CHECKING:
-    from .outbox import OutboxRow, OutboxTables
+    from .outbox import Listing, OutboxTables
 
 __all__ = [
     "Commit",
@@ -205,6 +205,11 @@ class Store(Protocol):
         the commits; `StorageError` if the database fails (not retried: the webhook sender tries again)."""
         ...
 
+    async def read_outbox(self, work: Callable[[OutboxTables], T]) -> T:
+        """`work` reading the outbox in one transaction of a connection of its own, beside the commits (the
+        sender's heavy reads: what to send next); it must not write."""
+        ...
+
     @property
     def failing(self) -> bool:
         """True while commits fail (they are retried); cleared by the next successful commit."""
@@ -290,6 +295,11 @@ class Engine(Protocol):
         """`work` on the webhook outbox tables, in one transaction: all of it or none."""
         ...
 
+    def read_outbox(self, work: Callable[[OutboxTables], T]) -> T:
+        """`work` reading the outbox, in one transaction of a connection other than the one commits use; called
+        from a thread of its own, one call at a time, while commits run on theirs."""
+        ...
+
     def close(self) -> None:
         """Release the connection; the engine may be opened again."""
         ...
@@ -321,6 +331,6 @@ class Reader(Protocol):
         """Every row stored for `name`, history included (`collab copy`); None if unknown."""
         ...
 
-    def webhooks(self, *, failed_only: bool = False) -> list[OutboxRow]:
+    def webhooks(self, *, failed_only: bool = False) -> Listing:
         """The webhook events not yet delivered everywhere, with their deliveries (`collab webhooks`)."""
         ...

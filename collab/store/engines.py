@@ -32,7 +32,7 @@ from .group_commit import GroupCommitStore
 from .history import Retention
 from .lockfile import DatabaseLock, running_server
 from .memory import MemoryEngine
-from .outbox import Recording
+from .outbox import STORED, Recording, RecordingSetting
 from .revocations import RevocationReader, add_revocation
 from .sqlite import SQLiteEngine
 from .sqlite_read import SQLiteReader
@@ -105,8 +105,12 @@ class Backend(Protocol):
         """Whether what is written outlives the process (False for `memory:`: nothing to import into)."""
         ...
 
-    def engine(self, settings: Settings) -> Engine:
-        """The engine for the server's store, tuned by `settings`; not opened yet."""
+    def engine(self, settings: Settings, *, serving: bool = False) -> Engine:
+        """An engine on this database, tuned by `settings`; not opened yet.
+
+        `serving`: for a server, which records in the webhook outbox what its settings say (and stores that);
+        otherwise (a command writing the database) it records what the last server started there stored.
+        """
         ...
 
     def reader(self) -> Reader:
@@ -143,10 +147,17 @@ def _retention(settings: Settings) -> Retention:
 
 
 def recording(settings: Settings) -> Recording | None:
-    """What the engine adds to the webhook outbox with each change: nothing without `--webhook`."""
+    """What a server's engine adds to the webhook outbox with each change: nothing without `--webhook`.
+
+    The one place a `Recording` is made from settings (the sender's too): each URL once, however often given.
+    """
     if not settings.webhooks:
         return None
-    return Recording(settings.webhooks, frozenset(settings.webhook_events))
+    return Recording(tuple(dict.fromkeys(settings.webhooks)), frozenset(settings.webhook_events))
+
+
+def _recording(settings: Settings, serving: bool) -> RecordingSetting:
+    return recording(settings) if serving else STORED
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,13 +183,13 @@ class SQLiteFile:
             raise ConfigError(f"--db sqlite: names no file; use {ACCEPTED}")
         return cls(Path(path))
 
-    def engine(self, settings: Settings) -> Engine:
+    def engine(self, settings: Settings, *, serving: bool = False) -> Engine:
         return SQLiteEngine(
             self.path,
             synchronous=settings.sqlite_synchronous,
             busy_timeout=settings.sqlite_busy_timeout,
             retention=_retention(settings),
-            recording=recording(settings),
+            recording=_recording(settings, serving),
         )
 
     def reader(self) -> Reader:
@@ -231,14 +242,14 @@ class PostgresDatabase:
             ) from None
         return cls("postgresql:" + location)
 
-    def engine(self, settings: Settings) -> Engine:
+    def engine(self, settings: Settings, *, serving: bool = False) -> Engine:
         from .postgres import PostgresEngine
 
         return PostgresEngine(
             self.url,
             lock_timeout=settings.postgres_lock_timeout,
             retention=_retention(settings),
-            recording=recording(settings),
+            recording=_recording(settings, serving),
         )
 
     def reader(self) -> Reader:
@@ -293,8 +304,8 @@ class InMemory:
             )
         return cls()
 
-    def engine(self, settings: Settings) -> Engine:
-        return MemoryEngine(recording(settings))
+    def engine(self, settings: Settings, *, serving: bool = False) -> Engine:
+        return MemoryEngine(_recording(settings, serving))
 
     def reader(self) -> Reader:
         raise StorageError("a memory: database lives inside its server only; use the server's /api/docs")
@@ -382,9 +393,10 @@ def locate(db: str | os.PathLike[str]) -> Backend:
     return opener(db[match.end() :])
 
 
-def open_store(settings: Settings) -> GroupCommitStore[Engine]:
-    """The store for `settings.db`, not started yet (`await store.start()`)."""
-    engine = locate(settings.db).engine(settings)
+def open_store(settings: Settings, *, serving: bool = False) -> GroupCommitStore[Engine]:
+    """The store for `settings.db`, not started yet (`await store.start()`); `serving`: a server's (see
+    `Backend.engine`)."""
+    engine = locate(settings.db).engine(settings, serving=serving)
     return GroupCommitStore(engine, commit_interval=settings.commit_interval)
 
 

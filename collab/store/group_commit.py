@@ -62,6 +62,8 @@ class GroupCommitStore(Generic[E]):
         self._committed = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collab-store")
+        self._reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collab-outbox-reads")
+        """Where `read_outbox` runs: beside the commits, not queued behind them."""
         self._wake: asyncio.Event | None = None
         self._urgent: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -120,6 +122,9 @@ class GroupCommitStore(Generic[E]):
     async def outbox(self, work: Callable[[OutboxTables], T]) -> T:
         return await self._on_thread(self.engine.outbox, work)
 
+    async def read_outbox(self, work: Callable[[OutboxTables], T]) -> T:
+        return await self._on_thread(self.engine.read_outbox, work, executor=self._reads)
+
     async def check_writable(self) -> None:
         """Raise `StorageError` unless the engine could start a commit right now (its own cheap probe)."""
         if self._writer is None:
@@ -137,6 +142,7 @@ class GroupCommitStore(Generic[E]):
             await self.flush()
         writer.cancel()
         self._writer = None
+        self._reads.shutdown(wait=True)
         await self._on_thread(self.engine.close)
         self._executor.shutdown(wait=True)
         if self.pending:
@@ -166,9 +172,11 @@ class GroupCommitStore(Generic[E]):
         assert self._wake is not None
         self._wake.set()
 
-    async def _on_thread(self, function: Callable[..., T], *args: object) -> T:
+    async def _on_thread(
+        self, function: Callable[..., T], *args: object, executor: ThreadPoolExecutor | None = None
+    ) -> T:
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+            return await asyncio.get_running_loop().run_in_executor(executor or self._executor, function, *args)
         except CollabError:
             raise
         except Exception as error:

@@ -10,6 +10,7 @@ running the SQL the other engines run (`outbox`). Nothing survives the process.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from ..errors import AlreadyExistsError, HistoryError, NotFoundError, StorageErr
 from ..units import format_time
 from . import DocumentDump, DocumentInfo, HistoryPoint, StoredRecord, WriteOp
 from .group_commit import GroupCommitStore
-from .outbox import CREATED, DELETED, RENAMED, OutboxTables, Recording, changes_of
+from .outbox import CREATED, DELETED, RENAMED, OutboxTables, Recording, RecordingSetting, changes_of, resolve
 from .sqlite import m006_webhook_outbox
 from .sqlite_read import outbox_tables
 
@@ -41,13 +42,14 @@ class _Document:
 class MemoryEngine:
     """Documents in a dict; `commits` counts successful commits (what a test of batching looks at)."""
 
-    def __init__(self, recording: Recording | None = None) -> None:
+    def __init__(self, recording: RecordingSetting = None) -> None:
         self._documents: dict[str, _Document] = {}
         self._next_id = 1
         self.commits = 0
-        self.recording = recording
         self._outbox_db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        self._outbox_lock = threading.Lock()
         m006_webhook_outbox(Database(self._outbox_db))
+        self.recording: Recording | None = self.outbox(lambda outbox: resolve(outbox, recording))
 
     def open(self) -> None:
         pass
@@ -59,8 +61,12 @@ class MemoryEngine:
         pass
 
     def commit(self, batch: Sequence[WriteOp]) -> None:
-        # Nothing here can fail halfway, so applying op by op is all or nothing.
-        created = [op for op in batch if op.name not in self._documents]
+        # The outbox first, in its own transaction: if it fails, nothing changed and the batch is retried whole.
+        # What follows cannot fail halfway, so applying op by op is all or nothing.
+        if self.recording is not None:
+            recording = self.recording
+            created = [op for op in batch if op.name not in self._documents]
+            self.outbox(lambda outbox: self._record(outbox, created, batch, recording))
         for op in batch:
             document = self._documents.setdefault(op.name, _Document(op.at, op.at))
             if op.kind == "compact":
@@ -71,9 +77,6 @@ class MemoryEngine:
             document.updated_at = max(document.updated_at, op.at)
             self._next_id += 1
         self.commits += 1
-        if self.recording is not None:
-            recording = self.recording
-            self.outbox(lambda outbox: self._record(outbox, created, batch, recording))
 
     def _record(
         self, outbox: OutboxTables, created: list[WriteOp], batch: Sequence[WriteOp], recording: Recording
@@ -86,14 +89,18 @@ class MemoryEngine:
         outbox.changed(changes_of(batch), recording)
 
     def outbox(self, work: Callable[[OutboxTables], T]) -> T:
-        self._outbox_db.execute("BEGIN")
-        try:
-            result = work(outbox_tables(self._outbox_db))
-        except BaseException:
-            self._outbox_db.execute("ROLLBACK")
-            raise
-        self._outbox_db.execute("COMMIT")
-        return result
+        with self._outbox_lock:  # `read_outbox` comes from another thread
+            self._outbox_db.execute("BEGIN")
+            try:
+                result = work(outbox_tables(self._outbox_db))
+            except BaseException:
+                self._outbox_db.execute("ROLLBACK")
+                raise
+            self._outbox_db.execute("COMMIT")
+            return result
+
+    def read_outbox(self, work: Callable[[OutboxTables], T]) -> T:
+        return self.outbox(work)
 
     def restore(self, dump: DocumentDump) -> None:
         if dump.name in self._documents:

@@ -1,18 +1,22 @@
 """The webhook outbox: events written in the same transaction as the change that caused them.
 
-    webhook_events(id, uid, type, name, first_at, last_at, gathering, details, created_at)
+    webhook_events(id, uid, type, name, also, first_at, last_at, gathering, details, created_at)
         -- one row per event, until every webhook got it; a document.changed row is `gathering` while its
-           document keeps changing (one per document at most), then sealed by the sender's debounce
-    webhook_deliveries(event_id, target, attempts, next_at, last_error, failed)
+           document keeps changing (one per document at most), then sealed by the sender's debounce;
+           `also`: a rename's new name, whose events it must come before too
+    webhook_deliveries(event_id, target, attempts, next_at, failed_at, last_error, failed)
         -- one row per event and webhook URL, deleted once that URL answered 2xx; `failed` once given up
     webhook_lease(id = 1, holder, until)
         -- the one process that sends, so that each document's events go out one at a time, in order
+    webhook_config(id = 1, targets, types)
+        -- what the server last started with: what commands writing the database without a server record
 
-An engine that records (`Recording`, given when webhooks are configured) adds to
-these tables inside its commit, its delete and its rename: a change committed
-is an event committed, and a crash between the two cannot happen. A commit
-only ever inserts events or stretches the gathering one of its document; the
-sender (`collab.webhooks`), holding the lease, seals, delivers and deletes.
+An engine that records (`Recording`: the server's, when webhooks are configured,
+or the stored one for a command run without a server) adds to these tables
+inside its commit, its delete and its rename: a change committed is an event
+committed, and a crash between the two cannot happen. A commit only ever
+inserts events or stretches the gathering one of its document; the sender
+(`collab.webhooks`), holding the lease, seals, describes, delivers and deletes.
 The SQL here runs on SQLite and PostgreSQL alike (the memory engine runs it on
 an in-memory SQLite database); each engine creates the tables in a migration.
 """
@@ -23,7 +27,7 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from .tables import Execute, ExecuteMany
 
@@ -35,11 +39,15 @@ __all__ = [
     "DOCUMENT_EVENTS",
     "EVENT_TYPES",
     "RENAMED",
+    "STORED",
     "Delivery",
+    "Listing",
     "OutboxRow",
     "OutboxTables",
     "Recording",
+    "RecordingSetting",
     "changes_of",
+    "resolve",
 ]
 
 CHANGED = "document.changed"
@@ -56,8 +64,25 @@ class Recording:
     """What an engine adds to the outbox with each change: the webhooks configured, and the events they take."""
 
     targets: tuple[str, ...]
-    """Webhook URLs: each sealed event gets one delivery row per URL."""
+    """Webhook URLs, each once: each sealed event gets one delivery row per URL."""
     types: frozenset[str]
+
+
+STORED: Literal["stored"] = "stored"
+"""An engine's `recording` for a command that writes the database without a server (`collab delete`, `import`...):
+record as the server last started on it said (`webhook_config`), so that its changes have their events too."""
+
+RecordingSetting = Recording | Literal["stored"] | None
+"""What an engine is told to record: a server's own (None: webhooks off), or `STORED`."""
+
+
+def resolve(outbox: OutboxTables, setting: RecordingSetting) -> Recording | None:
+    """What an engine opening records: for `STORED`, what the database says; a server's own is stored for the
+    commands run while it does not run (None clears it: webhooks are off then)."""
+    if setting == STORED:
+        return outbox.configured()
+    outbox.configure(setting)
+    return setting
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +94,19 @@ class Delivery:
     """The idempotency id: the same for every attempt and every URL."""
     type: str
     name: str
+    also: str | None
+    """A rename's new name: its events wait for this one too."""
     first_at: float
     last_at: float
     created_at: float
-    details: Mapping[str, Any] | None
-    """What the event says besides its name and times; None for a document.changed not described yet."""
+    details: Mapping[str, Any]
+    """What the event says besides its name and times."""
     attempts: int
-    next_at: float
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The names whose order this delivery keeps: one at a time per name."""
+        return (self.name,) if self.also is None else (self.name, self.also)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +125,14 @@ class OutboxRow:
     last_error: str | None
     state: str
     """gathering (changes still coming), pending (being delivered or retried) or failed (given up)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """What `collab webhooks` shows: the first rows, and how many there are per state in all."""
+
+    rows: list[OutboxRow]
+    totals: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +164,13 @@ class OutboxTables:
         """An event complete at once (created, deleted, renamed, a connection), with its deliveries."""
         if type not in recording.types:
             return
+        also = details.get("to") if type == RENAMED else None
         if type in (DELETED, RENAMED):
             self._seal_gathering(name, recording)  # what changed before comes first
         [(event_id,)] = self.execute(
-            """INSERT INTO webhook_events (uid, type, name, first_at, last_at, gathering, details, created_at)
-               VALUES (?, ?, ?, ?, ?, FALSE, ?, ?) RETURNING id""",
-            [_uid(), type, name, at, at, json.dumps(details), at],
+            """INSERT INTO webhook_events (uid, type, name, also, first_at, last_at, gathering, details, created_at)
+               VALUES (?, ?, ?, ?, ?, ?, FALSE, ?, ?) RETURNING id""",
+            [_uid(), type, name, also, at, at, json.dumps(details), at],
         )
         self._deliver(event_id, at, recording)
 
@@ -144,9 +184,29 @@ class OutboxTables:
 
     def _deliver(self, event_id: int, at: float, recording: Recording) -> None:
         self.write(
-            "INSERT INTO webhook_deliveries (event_id, target, attempts, next_at, failed) VALUES (?, ?, 0, ?, FALSE)",
-            [[event_id, target, at] for target in recording.targets],
+            """INSERT INTO webhook_deliveries (event_id, target, attempts, next_at, failed) VALUES (?, ?, 0, ?, FALSE)
+               ON CONFLICT (event_id, target) DO NOTHING""",
+            [[event_id, target, at] for target in dict.fromkeys(recording.targets)],
         )
+
+    # The configuration commands without a server record by.
+
+    def configure(self, recording: Recording | None) -> None:
+        """Store what the server starting records (None: nothing), for commands run while none runs."""
+        self.write("DELETE FROM webhook_config", [[]])
+        if recording is not None:
+            self.write(
+                "INSERT INTO webhook_config (id, targets, types) VALUES (1, ?, ?)",
+                [[json.dumps(list(recording.targets)), json.dumps(sorted(recording.types))]],
+            )
+
+    def configured(self) -> Recording | None:
+        """What the server last started with recorded; None if it recorded nothing (or none ever started)."""
+        rows = list(self.execute("SELECT targets, types FROM webhook_config"))
+        if not rows:
+            return None
+        targets, types = rows[0]
+        return Recording(tuple(json.loads(targets)), frozenset(json.loads(types)))
 
     # What the sender does, holding the lease.
 
@@ -179,7 +239,8 @@ class OutboxTables:
         return sealed
 
     def undescribed(self, limit: int) -> list[tuple[int, str]]:
-        """Sealed events whose details are still to be written (a document.changed's state vector): (id, name)."""
+        """Sealed events whose details are still to be written (a document.changed's state vector): (id, name),
+        oldest first."""
         rows = self.execute(
             "SELECT id, name FROM webhook_events WHERE NOT gathering AND details IS NULL ORDER BY id LIMIT ?",
             [limit],
@@ -187,23 +248,32 @@ class OutboxTables:
         return [(int(event_id), str(name)) for event_id, name in rows]
 
     def describe(self, event_id: int, details: Mapping[str, Any]) -> None:
+        """Write a sealed event's details: from now on it can be sent."""
         self.write(
             "UPDATE webhook_events SET details = ? WHERE id = ? AND details IS NULL", [[json.dumps(details), event_id]]
         )
 
-    def queued(self, target: str, limit: int) -> list[Delivery]:
-        """The first delivery to `target` of each document, not given up, oldest first, at most `limit`: what may
-        go now without breaking any document's order (and without one document's backlog hiding the others')."""
+    def queued(self, target: str, now: float, recovered_at: float, limit: int) -> list[Delivery]:
+        """What may go to `target` now, oldest first, at most `limit`: for each name, its first delivery not given
+        up, if described and due (its backoff over, or its last failure before `recovered_at`, when the URL
+        answered again). A rename is first for both of its names, or waits."""
         rows = self.execute(
-            """SELECT d.event_id, e.uid, e.type, e.name, e.first_at, e.last_at, e.created_at, e.details,
-                      d.attempts, d.next_at
+            """WITH pending AS (
+                   SELECT d.event_id, e.name, e.also FROM webhook_deliveries d
+                   JOIN webhook_events e ON e.id = d.event_id WHERE d.target = ? AND NOT d.failed),
+               keyed AS (
+                   SELECT event_id, name AS key FROM pending
+                   UNION ALL SELECT event_id, also FROM pending WHERE also IS NOT NULL),
+               firsts AS (SELECT key, min(event_id) AS first FROM keyed GROUP BY key)
+               SELECT d.event_id, e.uid, e.type, e.name, e.also, e.first_at, e.last_at, e.created_at, e.details,
+                      d.attempts
                FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id
-               WHERE d.target = ? AND d.event_id IN (
-                   SELECT min(first.event_id) FROM webhook_deliveries first
-                   JOIN webhook_events event ON event.id = first.event_id
-                   WHERE first.target = ? AND NOT first.failed GROUP BY event.name)
+               JOIN firsts own ON own.key = e.name AND own.first = d.event_id
+               LEFT JOIN firsts other ON other.key = e.also
+               WHERE d.target = ? AND NOT d.failed AND e.details IS NOT NULL
+                 AND (d.next_at <= ? OR d.failed_at <= ?) AND (e.also IS NULL OR other.first = d.event_id)
                ORDER BY d.event_id LIMIT ?""",
-            [target, target, limit],
+            [target, target, now, recovered_at, limit],
         )
         return [
             Delivery(
@@ -211,14 +281,14 @@ class OutboxTables:
                 str(uid),
                 str(type),
                 str(name),
+                None if also is None else str(also),
                 float(first_at),
                 float(last_at),
                 float(created_at),
-                None if details is None else json.loads(details),
+                json.loads(details),
                 int(attempts),
-                float(next_at),
             )
-            for event_id, uid, type, name, first_at, last_at, created_at, details, attempts, next_at in rows
+            for event_id, uid, type, name, also, first_at, last_at, created_at, details, attempts in rows
         ]
 
     def delivered(self, event_id: int, target: str) -> None:
@@ -230,16 +300,37 @@ class OutboxTables:
             [[event_id, event_id]],
         )
 
-    def due_now(self, target: str) -> None:
-        """Make every delivery to `target` not given up due at once (it answers again)."""
-        self.write("UPDATE webhook_deliveries SET next_at = 0 WHERE target = ? AND NOT failed", [[target]])
-
-    def retry(self, event_id: int, target: str, attempts: int, next_at: float, error: str, *, give_up: bool) -> None:
+    def retry(
+        self, event_id: int, target: str, attempts: int, at: float, next_at: float, error: str, *, give_up: bool
+    ) -> None:
+        """Record a failed attempt made at `at`: try again at `next_at`, or never (`give_up`: kept, listed)."""
         self.write(
-            """UPDATE webhook_deliveries SET attempts = ?, next_at = ?, last_error = ?, failed = ?
+            """UPDATE webhook_deliveries SET attempts = ?, failed_at = ?, next_at = ?, last_error = ?, failed = ?
                WHERE event_id = ? AND target = ?""",
-            [[attempts, next_at, error[:500], give_up, event_id, target]],
+            [[attempts, at, next_at, error[:500], give_up, event_id, target]],
         )
+
+    def retry_failed(self) -> int:
+        """Make every delivery given up on pending again, due now (`collab webhooks --retry`); how many."""
+        [(count,)] = self.execute("SELECT count(*) FROM webhook_deliveries WHERE failed")
+        self.write("UPDATE webhook_deliveries SET failed = FALSE, attempts = 0, next_at = 0 WHERE failed", [[]])
+        return int(count)
+
+    def forget(self, targets: Iterable[str] | None) -> int:
+        """Drop the deliveries given up on, and those to URLs not among `targets` (None: keep those), then the
+        events no URL waits for any more (`collab webhooks --forget`); how many deliveries went."""
+        kept = list(dict.fromkeys(targets or ()))
+        where = "failed" if targets is None else f"failed OR target NOT IN ({', '.join('?' * len(kept))})"
+        if targets is not None and not kept:
+            where = "TRUE"
+        [(count,)] = self.execute(f"SELECT count(*) FROM webhook_deliveries WHERE {where}", kept)
+        self.write(f"DELETE FROM webhook_deliveries WHERE {where}", [kept])
+        self.write(
+            """DELETE FROM webhook_events WHERE NOT gathering
+               AND NOT EXISTS (SELECT 1 FROM webhook_deliveries WHERE event_id = webhook_events.id)""",
+            [[]],
+        )
+        return int(count)
 
     def counts(self, targets: Iterable[str]) -> tuple[int, int, float | None, int]:
         """Deliveries pending and failed, the oldest pending one's event time, and those to URLs not in `targets`."""
@@ -258,8 +349,18 @@ class OutboxTables:
 
     # What `collab webhooks` reads.
 
-    def listing(self, *, failed_only: bool = False, limit: int = 1000) -> list[OutboxRow]:
-        """Events not yet delivered everywhere, oldest first, one row per delivery (one for a gathering event)."""
+    def totals(self) -> dict[str, int]:
+        """How many rows `listing` would give per state, however many that is."""
+        [(gathering,)] = self.execute("SELECT count(*) FROM webhook_events WHERE gathering")
+        rows = self.execute("SELECT failed, count(*) FROM webhook_deliveries GROUP BY failed")
+        by_state = {"gathering": int(gathering), "pending": 0, "failed": 0}
+        for failed, count in rows:
+            by_state["failed" if failed else "pending"] += int(count)
+        return by_state
+
+    def listing(self, *, failed_only: bool = False, limit: int = 1000) -> Listing:
+        """Events not yet delivered everywhere, oldest first, one row per delivery (one for a gathering event):
+        the first `limit` (`totals` counts them all)."""
         rows = self.execute(
             f"""SELECT e.id, e.uid, e.type, e.name, e.first_at, e.last_at, e.gathering,
                        d.target, d.attempts, d.next_at, d.last_error, d.failed
@@ -268,7 +369,7 @@ class OutboxTables:
                 ORDER BY e.id, d.target LIMIT ?""",
             [limit],
         )
-        return [
+        listed = [
             OutboxRow(
                 int(event_id),
                 str(uid),
@@ -291,6 +392,7 @@ class OutboxTables:
             ) in ((row[:7], row[7:]) for row in rows)
             if target is not None or gathering
         ]
+        return Listing(listed, self.totals())
 
 
 def changes_of(ops: Sequence[Any]) -> dict[str, tuple[float, float]]:

@@ -39,7 +39,7 @@ from ..errors import AlreadyExistsError, ConfigError, StorageError
 from . import DocumentDump, DocumentInfo, HistoryPoint, StoredRecord, WriteOp
 from .compaction import OwnRows
 from .history import Retention
-from .outbox import CREATED, DELETED, RENAMED, OutboxTables, Recording, changes_of
+from .outbox import CREATED, DELETED, RENAMED, OutboxTables, Recording, RecordingSetting, changes_of, resolve
 from .tables import Tables
 
 __all__ = [
@@ -141,17 +141,20 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             uid text NOT NULL,
             type text NOT NULL,
             name text NOT NULL,
+            also text,
             first_at double precision NOT NULL,
             last_at double precision NOT NULL,
             gathering boolean NOT NULL,
             details text,
             created_at double precision NOT NULL);
         CREATE UNIQUE INDEX webhook_events_gathering ON webhook_events (name) WHERE gathering;
+        CREATE INDEX webhook_events_undescribed ON webhook_events (id) WHERE details IS NULL;
         CREATE TABLE webhook_deliveries (
             event_id bigint NOT NULL REFERENCES webhook_events(id) ON DELETE CASCADE,
             target text NOT NULL,
             attempts integer NOT NULL,
             next_at double precision NOT NULL,
+            failed_at double precision,
             last_error text,
             failed boolean NOT NULL,
             PRIMARY KEY (event_id, target));
@@ -160,6 +163,10 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             id integer PRIMARY KEY CHECK (id = 1),
             holder text NOT NULL,
             until double precision NOT NULL);
+        CREATE TABLE webhook_config (
+            id integer PRIMARY KEY CHECK (id = 1),
+            targets text NOT NULL,
+            types text NOT NULL);
         """,
     ),
 )
@@ -355,7 +362,7 @@ class PostgresEngine:
         *,
         lock_timeout: float = 5.0,
         retention: Retention | None = None,
-        recording: Recording | None = None,
+        recording: RecordingSetting = None,
     ) -> None:
         self.url = url
         self.lock_timeout = lock_timeout
@@ -365,8 +372,11 @@ class PostgresEngine:
         self._doc_ids: dict[str, int] = {}
         """Documents known to exist: a commit of only those skips creating them."""
         self._own = OwnRows()
-        self.recording = recording
-        """What each change adds to the webhook outbox (see `outbox`); None: webhooks are off."""
+        self._outbox_reader: Connection | None = None
+        """`read_outbox`'s own connection, so that its reads never wait for (or hold up) a commit."""
+        self._recording_setting = recording
+        self.recording: Recording | None = None
+        """What each change adds to the webhook outbox (see `outbox`), once open; None: webhooks are off."""
 
     def open(self) -> None:
         conn = connect(self.url, lock_timeout=self.lock_timeout)
@@ -376,9 +386,13 @@ class PostgresEngine:
             conn.close()
             raise
         self._conn, self._open = conn, True
+        self.recording = self.outbox(lambda outbox: resolve(outbox, self._recording_setting))
 
     def close(self) -> None:
         self._open = False
+        if self._outbox_reader is not None:
+            self._outbox_reader.close()
+            self._outbox_reader = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -521,6 +535,15 @@ class PostgresEngine:
                 return work(outbox_tables(conn))
 
         return self._on_connection(run)
+
+    def read_outbox(self, work: Callable[[OutboxTables], T]) -> T:
+        conn = self._outbox_reader
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                conn.close()
+            conn = self._outbox_reader = connect(self.url)
+        with conn.transaction():
+            return work(outbox_tables(conn))
 
     def load(self, name: str, at: float | None = None) -> list[StoredRecord]:
         return self._on_connection(lambda conn: postgres_tables(conn).records(name, at))

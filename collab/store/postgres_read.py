@@ -29,7 +29,7 @@ import psycopg
 from ..auth import Revocation
 from ..errors import DatabaseInUseError, StorageError
 from . import DocumentDump, DocumentInfo, HistoryPoint, StoredRecord
-from .outbox import OutboxRow
+from .outbox import Listing
 from .postgres import KEYS, Connection, connect, migrate, one_line, outbox_tables, postgres_tables, where
 
 __all__ = ["PostgresLock", "PostgresReader", "PostgresRevocations", "add_revocation", "describe", "running_server"]
@@ -101,10 +101,10 @@ class PostgresReader:
         with self._reading():
             return self._tables.dump(name)
 
-    def webhooks(self, *, failed_only: bool = False) -> list[OutboxRow]:
+    def webhooks(self, *, failed_only: bool = False) -> Listing:
         with self._reading():
             if not _has_table(self.conn, "webhook_events"):
-                return []  # a database this collab has not migrated yet
+                return Listing([], {})  # a database this collab has not migrated yet
             return outbox_tables(self.conn).listing(failed_only=failed_only)
 
     def _reading(self) -> _DriverErrors:

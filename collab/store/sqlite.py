@@ -32,8 +32,8 @@ from ..errors import ConfigError, StorageError
 from . import DocumentDump, DocumentInfo, HistoryPoint, StoredRecord, WriteOp
 from .compaction import OwnRows
 from .history import Retention
-from .outbox import CREATED, DELETED, RENAMED, OutboxTables, Recording, changes_of
-from .sqlite_read import CHECKED_TABLES, first_checked_ids, outbox_tables, sqlite_tables
+from .outbox import CREATED, DELETED, RENAMED, OutboxTables, Recording, RecordingSetting, changes_of, resolve
+from .sqlite_read import CHECKED_TABLES, connect_read_only, first_checked_ids, outbox_tables, sqlite_tables
 from .tables import Tables
 
 __all__ = ["SQLiteEngine", "migrate", "migrations", "open_database"]
@@ -137,6 +137,7 @@ def m006_webhook_outbox(db: Database) -> None:
             uid TEXT NOT NULL,
             type TEXT NOT NULL,
             name TEXT NOT NULL,
+            also TEXT,
             first_at REAL NOT NULL,
             last_at REAL NOT NULL,
             gathering INTEGER NOT NULL,
@@ -144,12 +145,14 @@ def m006_webhook_outbox(db: Database) -> None:
             created_at REAL NOT NULL)"""
     )
     db.execute("CREATE UNIQUE INDEX webhook_events_gathering ON webhook_events(name) WHERE gathering")
+    db.execute("CREATE INDEX webhook_events_undescribed ON webhook_events(id) WHERE details IS NULL")
     db.execute(
         """CREATE TABLE webhook_deliveries (
             event_id INTEGER NOT NULL REFERENCES webhook_events(id) ON DELETE CASCADE,
             target TEXT NOT NULL,
             attempts INTEGER NOT NULL,
             next_at REAL NOT NULL,
+            failed_at REAL,
             last_error TEXT,
             failed INTEGER NOT NULL,
             PRIMARY KEY (event_id, target))"""
@@ -157,6 +160,10 @@ def m006_webhook_outbox(db: Database) -> None:
     db.execute("CREATE INDEX webhook_deliveries_queued ON webhook_deliveries(target, failed, event_id)")
     db.execute(
         "CREATE TABLE webhook_lease (id INTEGER PRIMARY KEY CHECK (id = 1), holder TEXT NOT NULL, until REAL NOT NULL)"
+    )
+    db.execute(
+        """CREATE TABLE webhook_config (
+            id INTEGER PRIMARY KEY CHECK (id = 1), targets TEXT NOT NULL, types TEXT NOT NULL)"""
     )
 
 
@@ -245,7 +252,7 @@ class SQLiteEngine:
         synchronous: str = "full",
         busy_timeout: float = 5.0,
         retention: Retention = DEFAULT_RETENTION,
-        recording: Recording | None = None,
+        recording: RecordingSetting = None,
     ) -> None:
         if synchronous not in SYNCHRONOUS_MODES:
             raise ConfigError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, not {synchronous!r}")
@@ -253,8 +260,9 @@ class SQLiteEngine:
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
         self.retention = retention
-        self.recording = recording
-        """What each change adds to the webhook outbox (see `outbox`); None: webhooks are off."""
+        self._recording_setting = recording
+        self.recording: Recording | None = None
+        """What each change adds to the webhook outbox (see `outbox`), once open; None: webhooks are off."""
         self._db: Database | None = None
         self._first_checked: dict[str, int] = {}
         """`first_checked_ids`, read once on open: the table never changes after its migration."""
@@ -265,6 +273,8 @@ class SQLiteEngine:
         """The rows this engine wrote, which the rooms' snapshots hold already (see `compaction`)."""
         self._created: list[tuple[str, float]] = []
         """Documents the commit under way made, for their document.created events."""
+        self._outbox_reader: sqlite3.Connection | None = None
+        """`read_outbox`'s own read-only connection (WAL: it reads while the store's connection writes)."""
 
     @property
     def db(self) -> Database:
@@ -280,6 +290,7 @@ class SQLiteEngine:
             db.conn.close()
             raise
         self._db = db
+        self.recording = self.outbox(lambda outbox: resolve(outbox, self._recording_setting))
 
     def check_writable(self) -> None:
         # Taking the write lock (and giving it back) is what a commit needs first.
@@ -287,6 +298,9 @@ class SQLiteEngine:
         self.db.execute("ROLLBACK")
 
     def close(self) -> None:
+        if self._outbox_reader is not None:
+            self._outbox_reader.close()
+            self._outbox_reader = None
         if self._db is not None:
             self._db.conn.close()
             self._db = None
@@ -379,6 +393,16 @@ class SQLiteEngine:
     def outbox(self, work: Callable[[OutboxTables], T]) -> T:
         with self._write_transaction():
             return work(self._outbox())
+
+    def read_outbox(self, work: Callable[[OutboxTables], T]) -> T:
+        if self._outbox_reader is None:
+            self._outbox_reader = connect_read_only(self.path, check_same_thread=False)
+        conn = self._outbox_reader
+        conn.execute("BEGIN")
+        try:
+            return work(outbox_tables(conn))
+        finally:
+            conn.execute("COMMIT")
 
     def restore(self, dump: DocumentDump) -> None:
         with self._write_transaction():

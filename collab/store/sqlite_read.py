@@ -15,7 +15,7 @@ from typing import Any, Self, TypeVar
 
 from ..errors import StorageError
 from . import DocumentDump, DocumentInfo, HistoryPoint, StoredRecord
-from .outbox import OutboxRow, OutboxTables
+from .outbox import Listing, OutboxTables
 from .tables import Tables
 
 __all__ = ["SQLiteReader", "connect_read_only", "first_checked_ids", "outbox_tables", "sqlite_tables"]
@@ -120,9 +120,9 @@ class SQLiteReader:
     def dump(self, name: str) -> DocumentDump | None:
         return self._reading(self._tables.dump, name)
 
-    def webhooks(self, *, failed_only: bool = False) -> list[OutboxRow]:
+    def webhooks(self, *, failed_only: bool = False) -> Listing:
         if not self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'webhook_events'").fetchall():
-            return []  # a database this collab has not migrated yet
+            return Listing([], {})  # a database this collab has not migrated yet
         return self._reading(lambda: outbox_tables(self.conn).listing(failed_only=failed_only))
 
     def _reading(self, read: Callable[..., T], *args: object) -> T:

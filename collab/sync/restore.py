@@ -46,7 +46,7 @@ from ..formats import Pause, Root, doc_from_updates, to_json, typed_roots
 from .textdiff import edit_text, edits_for
 from .yupdate import EMPTY_UPDATE, MAX_CLIENT_ID, check_state_vector
 
-__all__ = ["Restore", "holds", "restore_update"]
+__all__ = ["Restore", "fresh_client_id", "holds", "restore_update"]
 
 MAX_ATTEMPTS = 100
 """Random client ids tried before giving up on finding one the document has not used (it has at most
@@ -72,7 +72,7 @@ def restore_update(current: bytes, version: bytes, pause: Pause | None = None) -
     """
     now_roots, then_roots = typed_roots(current, pause), typed_roots(version, pause)
     kinds = {name: _root_type(name, now_roots.get(name), then_roots.get(name)) for name in now_roots | then_roots}
-    doc = doc_from_updates([current], pause, client_id=_fresh_client_id(current))
+    doc = doc_from_updates([current], pause, client_id=fresh_client_id(current))
     most = edits_for(len(current))
     made: list[bytes] = []
     subscription = doc.observe(lambda event: made.append(_update_of(event)))
@@ -120,8 +120,10 @@ def _a(kind: type) -> str:
     return f"{'an' if kind.__name__[0] in 'AEIOUX' else 'a'} {kind.__name__}"
 
 
-def _fresh_client_id(update: bytes) -> int:
-    """A client id the document has no change from: the restore's change must not continue anyone's clock."""
+def fresh_client_id(update: bytes) -> int:
+    """A client id document `update` (a whole update, checked) has no change from, for a change the server makes
+    (a restore, a text the write API replaces): it must not continue anyone's clock. Raises `RestoreError` in
+    the unlikely case that none of `MAX_ATTEMPTS` random ids is free."""
     used = check_state_vector(get_state(update))
     for _ in range(MAX_ATTEMPTS):
         client_id = 1 + secrets.randbelow(min(2**32, MAX_CLIENT_ID) - 1)

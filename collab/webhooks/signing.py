@@ -46,9 +46,9 @@ def verify(
     lower = {name.lower(): value for name, value in headers.items()}
     stamp = lower.get(TIMESTAMP_HEADER.lower(), "")
     given = lower.get(SIGNATURE_HEADER.lower(), "")
-    if not stamp.isdigit():
+    if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12:
         raise InvalidSignatureError(f"no {TIMESTAMP_HEADER}, or not a number")
     if abs((time.time() if now is None else now) - int(stamp)) > tolerance:
         raise InvalidSignatureError(f"{TIMESTAMP_HEADER} is more than {tolerance:g}s away: a replay, or a clock off")
-    if not hmac.compare_digest(sign(key, int(stamp), body), given):
+    if not hmac.compare_digest(sign(key, int(stamp), body).encode(), given.encode("utf-8", "replace")):
         raise InvalidSignatureError(f"{SIGNATURE_HEADER} does not match the body")

@@ -8,7 +8,7 @@ It is a client like any editor: it reconnects by itself when the server restarts
 as "time bot", and answers a `/time` line only once, however often it looks: a
 `/time` line already followed by an answer is left alone. What it does goes to
 stdout; a refused token ends it at once with one line on stderr and exit
-status 1.
+status 1, and so does a read-only one, once the server says it kept no answer.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import sys
 from datetime import UTC, datetime
 
 from pycrdt import Text
+from websockets.exceptions import WebSocketException
 
 from collab.client import Client, ClosedError, State
 
@@ -46,6 +47,10 @@ def answer_commands(content: Text) -> int:
     return answered
 
 
+class NotSaved(Exception):
+    """The server keeps none of the bot's answers: its token is read-only."""
+
+
 async def watch(url: str, token: str | None, cafile: str | None) -> None:
     def say(state: State) -> None:
         print(f"bot: {state.value}", flush=True)
@@ -57,6 +62,11 @@ async def watch(url: str, token: str | None, cafile: str | None) -> None:
             with client.doc.transaction():  # all of one look's answers go out as one update
                 answered = answer_commands(content)
             if answered:
+                # Answered by the server only once it has handled our edit: a read-only token's edit is
+                # dropped, and the server says so first (`permission_denied`).
+                await client.resync(timeout=None)
+                if client.permission_denied is not None:
+                    raise NotSaved(f"the server did not keep the answer: {client.permission_denied}")
                 print(f"bot: answered {answered} {COMMAND}", flush=True)
             await client.wait_for_change(timeout=None)  # while disconnected too: it reconnects by itself
 
@@ -71,7 +81,9 @@ def main() -> int:
         asyncio.run(watch(args.url, args.token, args.cafile))
     except KeyboardInterrupt:
         return 130
-    except (ClosedError, OSError, TimeoutError) as error:  # refused, gave up, TLS not trusted, never reached
+    # Refused, gave up, a read-only token; TLS not trusted, never reached; not a WebSocket URL, --cafile with
+    # ws://; a ws:// URL to a TLS port, a server that does not speak WebSocket.
+    except (ClosedError, NotSaved, OSError, TimeoutError, ValueError, WebSocketException) as error:
         print(f"bot: {error}", file=sys.stderr)
         return 1
     return 0
