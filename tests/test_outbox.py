@@ -8,6 +8,7 @@ engine's commits, deletes and renames are checked to write the events they must
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -177,8 +178,8 @@ def test_retries_and_giving_up(recording_engine: Engine) -> None:
     assert listing.totals == {"gathering": 1, "pending": 1, "failed": 1}  # the changed, the other URL's created
     pending, failed_count, oldest, unknown = engine.outbox(lambda outbox: outbox.counts(URLS[:1]))
     assert (pending, failed_count, oldest, unknown) == (0, 1, None, 1)  # URLS[1] is not among those asked about
-    assert engine.outbox(lambda outbox: outbox.retry_failed()) == 1
-    assert [item.attempts for item in queued(engine, now=0.0)] == [0]
+    assert engine.outbox(lambda outbox: outbox.retry_failed(1000.0)) == 1
+    assert [(item.attempts, item.since) for item in queued(engine, now=0.0)] == [(0, 1000.0)]  # retried anew
     assert engine.outbox(lambda outbox: outbox.forget(URLS[:1])) == 1  # the other URL's delivery: no longer configured
     assert {(row.type, row.target) for row in rows(engine)} == {
         ("document.created", URLS[0]),
@@ -191,10 +192,12 @@ def test_a_document_backing_off_hides_no_other(recording_engine: Engine) -> None
     engine.commit([append(f"refused-{index}", 100.0) for index in range(5)])
     for item in queued(engine):
         engine.outbox(
-            lambda outbox: outbox.retry(item.event_id, URLS[0], 1, 100.0, 1e9, "answered 404", give_up=False)  # noqa: B023
+            lambda outbox: outbox.retry(item.event_id, URLS[0], 1, None, 1e9, "answered 404", give_up=False)  # noqa: B023
         )
     engine.commit([append("fine", 101.0)])
     assert [item.name for item in engine.outbox(lambda outbox: outbox.queued(URLS[0], 1000.0, 0.0, 2))] == ["fine"]
+    # Answered (refused), not unreachable: the URL answering another event does not cut their backoff short.
+    assert [item.name for item in engine.outbox(lambda outbox: outbox.queued(URLS[0], 1000.0, 1e9, 10))] == ["fine"]
 
 
 def test_a_url_given_twice_is_delivered_once(db_path: object) -> None:
@@ -254,3 +257,15 @@ def test_nothing_is_recorded_without_webhooks(db_path: object) -> None:
         assert engine.outbox(OutboxTables.listing).rows == []
     finally:
         engine.close()
+
+
+def test_the_servers_of_a_cluster_store_their_webhooks_at_once(postgres_url: str) -> None:
+    settings = Settings(db=postgres_url, webhooks=URLS, webhook_secret="s" * 16)
+    engines = [locate(postgres_url).engine(settings, serving=True) for _ in range(8)]
+    with ThreadPoolExecutor(max_workers=8) as pool:  # the workers of `--workers 8`, starting together
+        list(pool.map(lambda engine: engine.open(), engines))
+    try:
+        assert all(engine.outbox(OutboxTables.configured) == RECORDING for engine in engines)
+    finally:
+        for engine in engines:
+            engine.close()

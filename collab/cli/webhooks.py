@@ -11,6 +11,7 @@ next look.
 from __future__ import annotations
 
 import json
+import time
 
 from ..config import Settings
 from ..store.engines import locate, open_reader
@@ -66,8 +67,10 @@ def print_listing(listing: Listing, *, as_json: bool) -> None:
     print(line)
 
 
-def _targets(configured: Recording | None) -> tuple[str, ...]:
-    return () if configured is None else configured.targets
+def _targets(configured: Recording | None) -> tuple[str, ...] | None:
+    """The URLs deliveries may still wait for; None (keep them all) when the last server started without any: a
+    server run once without `--webhook` must not make `--forget` drop the backlog."""
+    return None if configured is None else configured.targets
 
 
 def change_outbox(db: str, *, retry: bool) -> str:
@@ -77,7 +80,8 @@ def change_outbox(db: str, *, retry: bool) -> str:
     engine.open()
     try:
         if retry:
-            count = engine.outbox(lambda outbox: outbox.retry_failed())
+            now = time.time()
+            count = engine.outbox(lambda outbox: outbox.retry_failed(now))
             return f"{count} delivery(ies) given up on will be tried again"
         count = engine.outbox(lambda outbox: outbox.forget(_targets(outbox.configured())))
         return f"forgot {count} delivery(ies): given up on, or to URLs no longer configured"

@@ -4,8 +4,9 @@
         -- one row per event, until every webhook got it; a document.changed row is `gathering` while its
            document keeps changing (one per document at most), then sealed by the sender's debounce;
            `also`: a rename's new name, whose events it must come before too
-    webhook_deliveries(event_id, target, attempts, next_at, failed_at, last_error, failed)
+    webhook_deliveries(event_id, target, attempts, next_at, since, unreachable_at, last_error, failed)
         -- one row per event and webhook URL, deleted once that URL answered 2xx; `failed` once given up
+           (`--webhook-retry-for` after `since`, or the event); `unreachable_at`: its last failure got no answer
     webhook_lease(id = 1, holder, until)
         -- the one process that sends, so that each document's events go out one at a time, in order
     webhook_config(id = 1, targets, types)
@@ -102,6 +103,8 @@ class Delivery:
     details: Mapping[str, Any]
     """What the event says besides its name and times."""
     attempts: int
+    since: float
+    """Since when it is retried: its event's time, or when `collab webhooks --retry` made it pending again."""
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -160,19 +163,34 @@ class OutboxTables:
                 [[_uid(), CHANGED, name, first_at, last_at, first_at]],
             )
 
-    def add(self, type: str, name: str, at: float, details: Mapping[str, Any], recording: Recording) -> None:
-        """An event complete at once (created, deleted, renamed, a connection), with its deliveries."""
+    def add(
+        self,
+        type: str,
+        name: str,
+        at: float,
+        details: Mapping[str, Any],
+        recording: Recording,
+        uid: str | None = None,
+    ) -> None:
+        """An event complete at once (created, deleted, renamed, a connection), with its deliveries; an event of
+        `uid` already stored is not added again (a connection event written twice at a shutdown)."""
+        also = details.get("to") if type == RENAMED else None
+        if type in (DELETED, RENAMED):  # what changed before comes first, whether this one is sent or not
+            self._seal_gathering(name, recording)
+            if also is not None:
+                self._seal_gathering(also, recording)
         if type not in recording.types:
             return
-        also = details.get("to") if type == RENAMED else None
-        if type in (DELETED, RENAMED):
-            self._seal_gathering(name, recording)  # what changed before comes first
-        [(event_id,)] = self.execute(
-            """INSERT INTO webhook_events (uid, type, name, also, first_at, last_at, gathering, details, created_at)
-               VALUES (?, ?, ?, ?, ?, ?, FALSE, ?, ?) RETURNING id""",
-            [_uid(), type, name, also, at, at, json.dumps(details), at],
+        rows = list(
+            self.execute(
+                """INSERT INTO webhook_events
+                       (uid, type, name, also, first_at, last_at, gathering, details, created_at)
+                   VALUES (?, ?, ?, ?, ?, ?, FALSE, ?, ?) ON CONFLICT (uid) DO NOTHING RETURNING id""",
+                [uid or _uid(), type, name, also, at, at, json.dumps(details), at],
+            )
         )
-        self._deliver(event_id, at, recording)
+        if rows:
+            self._deliver(rows[0][0], at, recording)
 
     def _seal_gathering(self, name: str, recording: Recording) -> None:
         for (event_id,) in list(
@@ -193,12 +211,14 @@ class OutboxTables:
 
     def configure(self, recording: Recording | None) -> None:
         """Store what the server starting records (None: nothing), for commands run while none runs."""
-        self.write("DELETE FROM webhook_config", [[]])
-        if recording is not None:
-            self.write(
-                "INSERT INTO webhook_config (id, targets, types) VALUES (1, ?, ?)",
-                [[json.dumps(list(recording.targets)), json.dumps(sorted(recording.types))]],
-            )
+        if recording is None:
+            self.write("DELETE FROM webhook_config", [[]])
+            return
+        self.write(  # an upsert: the processes of a cluster start (and store this) at the same time
+            """INSERT INTO webhook_config (id, targets, types) VALUES (1, ?, ?)
+               ON CONFLICT (id) DO UPDATE SET targets = excluded.targets, types = excluded.types""",
+            [[json.dumps(list(recording.targets)), json.dumps(sorted(recording.types))]],
+        )
 
     def configured(self) -> Recording | None:
         """What the server last started with recorded; None if it recorded nothing (or none ever started)."""
@@ -255,8 +275,8 @@ class OutboxTables:
 
     def queued(self, target: str, now: float, recovered_at: float, limit: int) -> list[Delivery]:
         """What may go to `target` now, oldest first, at most `limit`: for each name, its first delivery not given
-        up, if described and due (its backoff over, or its last failure before `recovered_at`, when the URL
-        answered again). A rename is first for both of its names, or waits."""
+        up, if described and due (its backoff over, or, if its last attempt got no answer, that was before
+        `recovered_at`, when the URL answered again). A rename is first for both of its names, or waits."""
         rows = self.execute(
             """WITH pending AS (
                    SELECT d.event_id, e.name, e.also FROM webhook_deliveries d
@@ -266,12 +286,12 @@ class OutboxTables:
                    UNION ALL SELECT event_id, also FROM pending WHERE also IS NOT NULL),
                firsts AS (SELECT key, min(event_id) AS first FROM keyed GROUP BY key)
                SELECT d.event_id, e.uid, e.type, e.name, e.also, e.first_at, e.last_at, e.created_at, e.details,
-                      d.attempts
+                      d.attempts, coalesce(d.since, e.created_at)
                FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id
                JOIN firsts own ON own.key = e.name AND own.first = d.event_id
                LEFT JOIN firsts other ON other.key = e.also
                WHERE d.target = ? AND NOT d.failed AND e.details IS NOT NULL
-                 AND (d.next_at <= ? OR d.failed_at <= ?) AND (e.also IS NULL OR other.first = d.event_id)
+                 AND (d.next_at <= ? OR d.unreachable_at <= ?) AND (e.also IS NULL OR other.first = d.event_id)
                ORDER BY d.event_id LIMIT ?""",
             [target, target, now, recovered_at, limit],
         )
@@ -287,8 +307,9 @@ class OutboxTables:
                 float(created_at),
                 json.loads(details),
                 int(attempts),
+                float(since),
             )
-            for event_id, uid, type, name, also, first_at, last_at, created_at, details, attempts in rows
+            for event_id, uid, type, name, also, first_at, last_at, created_at, details, attempts, since in rows
         ]
 
     def delivered(self, event_id: int, target: str) -> None:
@@ -301,19 +322,31 @@ class OutboxTables:
         )
 
     def retry(
-        self, event_id: int, target: str, attempts: int, at: float, next_at: float, error: str, *, give_up: bool
+        self,
+        event_id: int,
+        target: str,
+        attempts: int,
+        unreachable_at: float | None,
+        next_at: float,
+        error: str,
+        *,
+        give_up: bool,
     ) -> None:
-        """Record a failed attempt made at `at`: try again at `next_at`, or never (`give_up`: kept, listed)."""
+        """Record a failed attempt: try again at `next_at`, or never (`give_up`: kept, listed). `unreachable_at`:
+        when, if it got no answer at all (then it is due again as soon as the URL answers another)."""
         self.write(
-            """UPDATE webhook_deliveries SET attempts = ?, failed_at = ?, next_at = ?, last_error = ?, failed = ?
+            """UPDATE webhook_deliveries SET attempts = ?, unreachable_at = ?, next_at = ?, last_error = ?, failed = ?
                WHERE event_id = ? AND target = ?""",
-            [[attempts, at, next_at, error[:500], give_up, event_id, target]],
+            [[attempts, unreachable_at, next_at, error[:500], give_up, event_id, target]],
         )
 
-    def retry_failed(self) -> int:
-        """Make every delivery given up on pending again, due now (`collab webhooks --retry`); how many."""
+    def retry_failed(self, now: float) -> int:
+        """Make every delivery given up on pending again, due now and retried for `--webhook-retry-for` from `now`
+        (`collab webhooks --retry`); how many."""
         [(count,)] = self.execute("SELECT count(*) FROM webhook_deliveries WHERE failed")
-        self.write("UPDATE webhook_deliveries SET failed = FALSE, attempts = 0, next_at = 0 WHERE failed", [[]])
+        self.write(
+            "UPDATE webhook_deliveries SET failed = FALSE, attempts = 0, next_at = 0, since = ? WHERE failed", [[now]]
+        )
         return int(count)
 
     def forget(self, targets: Iterable[str] | None) -> int:

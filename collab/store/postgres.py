@@ -149,12 +149,14 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             created_at double precision NOT NULL);
         CREATE UNIQUE INDEX webhook_events_gathering ON webhook_events (name) WHERE gathering;
         CREATE INDEX webhook_events_undescribed ON webhook_events (id) WHERE details IS NULL;
+        CREATE UNIQUE INDEX webhook_events_uid ON webhook_events (uid);
         CREATE TABLE webhook_deliveries (
             event_id bigint NOT NULL REFERENCES webhook_events(id) ON DELETE CASCADE,
             target text NOT NULL,
             attempts integer NOT NULL,
             next_at double precision NOT NULL,
-            failed_at double precision,
+            since double precision,
+            unreachable_at double precision,
             last_error text,
             failed boolean NOT NULL,
             PRIMARY KEY (event_id, target));

@@ -146,13 +146,15 @@ def m006_webhook_outbox(db: Database) -> None:
     )
     db.execute("CREATE UNIQUE INDEX webhook_events_gathering ON webhook_events(name) WHERE gathering")
     db.execute("CREATE INDEX webhook_events_undescribed ON webhook_events(id) WHERE details IS NULL")
+    db.execute("CREATE UNIQUE INDEX webhook_events_uid ON webhook_events(uid)")
     db.execute(
         """CREATE TABLE webhook_deliveries (
             event_id INTEGER NOT NULL REFERENCES webhook_events(id) ON DELETE CASCADE,
             target TEXT NOT NULL,
             attempts INTEGER NOT NULL,
             next_at REAL NOT NULL,
-            failed_at REAL,
+            since REAL,
+            unreachable_at REAL,
             last_error TEXT,
             failed INTEGER NOT NULL,
             PRIMARY KEY (event_id, target))"""
@@ -400,9 +402,12 @@ class SQLiteEngine:
         conn = self._outbox_reader
         conn.execute("BEGIN")
         try:
-            return work(outbox_tables(conn))
-        finally:
-            conn.execute("COMMIT")
+            result = work(outbox_tables(conn))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
 
     def restore(self, dump: DocumentDump) -> None:
         with self._write_transaction():

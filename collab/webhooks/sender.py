@@ -33,6 +33,7 @@ import os
 import secrets
 import socket
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -147,7 +148,8 @@ class Webhooks:
         """URLs whose last attempt got no answer at all, and why: tried one delivery at a time until one succeeds."""
         self._recovered_at: dict[str, float] = {}
         """Per URL, when it answered again after being unreachable: what failed before is due at once."""
-        self._connections: deque[tuple[str, str, float, dict[str, Any]]] = deque()
+        self._connections: deque[tuple[str, str, float, dict[str, Any], str]] = deque()
+        """connection.* events not written yet: type, name, time, details, uid (one written twice stays one)."""
         self._outbox_failing = False
         self.deliveries = Counter(
             "collab_webhook_deliveries_total",
@@ -212,7 +214,7 @@ class Webhooks:
         if len(self._connections) >= MAX_CONNECTION_EVENTS:
             self.dropped.inc()
             return
-        self._connections.append((type, name, time.time(), details))
+        self._connections.append((type, name, time.time(), details, str(uuid.uuid4())))
 
     def metrics(self) -> list[Metric]:
         return [
@@ -250,6 +252,8 @@ class Webhooks:
                 if held != was_holding:
                     logger.info("webhooks: %s", "this process sends" if held else "another process sends")
                     self._wake.set()
+            if not self.holding:
+                self._cancel_deliveries()
             await asyncio.sleep(LEASE_RENEWAL)
 
     # The looks.
@@ -268,6 +272,8 @@ class Webhooks:
                     self._outbox_failing = True
             except Exception:
                 logger.exception("webhook sender failed a look at the outbox; trying again")
+            if not self.holding:
+                self._cancel_deliveries()  # another process may take the lease: none of ours may still run then
             gap = max(MIN_GAP, 10 * spent)
             await asyncio.sleep(gap)
             if not self._wake.is_set() and gap < POLL_INTERVAL:
@@ -277,6 +283,13 @@ class Webhooks:
                     pass
             self._wake.clear()
 
+    def _cancel_deliveries(self) -> None:
+        """Cancel the deliveries under way (sent again by whoever sends next: at least once)."""
+        for waiting in self._next.values():
+            waiting.clear()
+        for task in {task for by_name in self._in_flight.values() for task in by_name.values()}:
+            task.cancel()
+
     async def _look(self) -> float:
         """One look: write what happened and seal in one transaction on the store's thread; read what may go next
         on the outbox's own connection; start deliveries; describe.
@@ -285,6 +298,8 @@ class Webhooks:
         """
         now = time.time()
         holding = self.holding
+        for waiting in self._next.values():  # what the last look found may be sent already: this look says anew
+            waiting.clear()
         outcomes, connections = self._take_writes()
         started = time.perf_counter()
         try:
@@ -322,12 +337,12 @@ class Webhooks:
         self,
         outbox: OutboxTables,
         outcomes: list[tuple[tuple[int, str] | None, Outcome]],
-        connections: list[tuple[str, str, float, dict[str, Any]]],
+        connections: list[tuple[str, str, float, dict[str, Any], str]],
     ) -> None:
         for _, outcome in outcomes:
             outcome(outbox)
-        for type, name, at, details in connections:
-            outbox.add(type, name, at, details, self.options.recording)
+        for type, name, at, details, uid in connections:
+            outbox.add(type, name, at, details, self.options.recording, uid)
 
     def _write_and_seal(
         self,
@@ -335,7 +350,7 @@ class Webhooks:
         now: float,
         holding: bool,
         outcomes: list[tuple[tuple[int, str] | None, Outcome]],
-        connections: list[tuple[str, str, float, dict[str, Any]]],
+        connections: list[tuple[str, str, float, dict[str, Any], str]],
     ) -> list[tuple[int, str]]:
         """The look's transaction, on the store's thread: what is to describe, if this process sends."""
         self._write(outbox, outcomes, connections)
@@ -464,13 +479,16 @@ class Webhooks:
     def _failed_to(self, target: str, delivery: Delivery, error: DeliveryError) -> None:
         attempts = delivery.attempts + 1
         now = time.time()
-        give_up = now - delivery.created_at >= self.options.retry_for
+        give_up = now - delivery.since >= self.options.retry_for
         next_at = now + retry_delay(attempts)
         event_id, message = delivery.event_id, "".join(c if c.isprintable() else "?" for c in str(error))
+        unreachable = error.status is None
         self._settle(
             target,
             delivery,
-            lambda outbox: outbox.retry(event_id, target, attempts, now, next_at, message, give_up=give_up),
+            lambda outbox: outbox.retry(
+                event_id, target, attempts, now if unreachable else None, next_at, message, give_up=give_up
+            ),
         )
         what = f"{delivery.type} of {delivery.name!r} (event {delivery.uid})"
         if give_up:
