@@ -434,6 +434,13 @@ class Access:
             raise UnauthenticatedError("token revoked", "revoked")
         return grant
 
+    def check_write(self, token: str | None, name: str) -> Grant | None:
+        """The grant for changing `name`, as `check` gives it; `ForbiddenError` ("read_only") for a read-only one."""
+        grant = self.check(token, name)
+        if grant is not None and not grant.can_write:
+            raise ForbiddenError(f"a read-only token cannot change {name!r}", "read_only")
+        return grant
+
     def allows(self, grant: Grant | None, name: str) -> bool:
         """Whether a grant `check` returned earlier gives `name` now: it covers it and is not revoked for it.
 

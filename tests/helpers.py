@@ -19,6 +19,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -33,6 +34,7 @@ from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
+import pytest
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 
 from collab.auth import Permission, mint_token
@@ -48,6 +50,12 @@ from . import craft
 
 ROOT = Path(__file__).resolve().parent.parent
 INTEROP = ROOT / "tests" / "interop"
+
+needs_node = pytest.mark.skipif(
+    shutil.which("node") is None or not (INTEROP / "node_modules" / "y-websocket").is_dir(),
+    reason="needs node and the npm packages scripts/test installs",
+)
+"""For tests that drive the stock y-websocket client (`NodeClient`): skipped where Node or its packages are not."""
 
 SECRET = "a-test-secret-of-enough-length"
 """The HMAC secret of servers started with access control (`secured` in conftest.py)."""

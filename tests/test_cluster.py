@@ -12,7 +12,6 @@ import asyncio
 import os
 import random
 import re
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -26,11 +25,11 @@ from collab.auth import Permission
 
 from .cluster import Balancer, Cluster, metric
 from .helpers import (
-    INTEROP,
     SECRET,
     NodeClient,
     ServerProcess,
     http_get,
+    needs_node,
     refused,
     room_url,
     stored_text,
@@ -42,10 +41,7 @@ from .helpers import (
 )
 from .redis import PrivateRedis
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or not (INTEROP / "node_modules" / "y-websocket").is_dir(),
-    reason="needs node and the npm packages scripts/test installs",
-)
+pytestmark = needs_node
 
 ROOM = "team/plan"
 

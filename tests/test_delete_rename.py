@@ -5,10 +5,7 @@ The store's side (every engine) is tests/test_store_delete.py."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
-
-import pytest
 
 from collab.auth import Permission
 from collab.client import Client
@@ -16,11 +13,11 @@ from collab.errors import DOCUMENT_DELETED, DOCUMENT_RENAMED, TRY_AGAIN_LATER
 from collab.server.app import CollabServer
 
 from .helpers import (
-    INTEROP,
     NodeClient,
     StartServer,
     call,
     get,
+    needs_node,
     room_url,
     servers_on,
     stored_text,
@@ -85,12 +82,6 @@ async def test_deleting_and_renaming_need_write_access_to_every_name(secured: Co
     path = f"/api/docs/team%2Fa/rename?to=elsewhere&to_token={token('elsewhere', Permission.WRITE)}"
     assert (await call(secured, "POST", path, bearer=only_a)).status == 200  # one token for each name
     assert (await call(secured, "DELETE", "/api/docs/elsewhere", bearer=token("elsewhere"))).status == 200
-
-
-needs_node = pytest.mark.skipif(
-    shutil.which("node") is None or not (INTEROP / "node_modules" / "y-websocket").is_dir(),
-    reason="needs node and the npm packages scripts/test installs",
-)
 
 
 @needs_node

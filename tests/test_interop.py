@@ -6,7 +6,6 @@ then a fresh PostgreSQL database); the whole file takes a few seconds.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,12 +13,9 @@ from pycrdt import Text
 
 from collab.server.app import CollabServer
 
-from .helpers import INTEROP, NodeClient, StartServer, room_url, servers_on, synced, text
+from .helpers import NodeClient, StartServer, needs_node, room_url, servers_on, synced, text
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or not (INTEROP / "node_modules" / "y-websocket").is_dir(),
-    reason="needs node and the npm packages scripts/test installs",
-)
+pytestmark = needs_node
 
 
 def base_url(server: CollabServer) -> str:

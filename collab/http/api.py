@@ -61,7 +61,6 @@ from ..errors import (
     AlreadyExistsError,
     AuthError,
     CorruptDocumentError,
-    ForbiddenError,
     InvalidRoomNameError,
     NotFoundError,
     ProtocolError,
@@ -186,12 +185,6 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
             )
         return respond(200, body, content_type, headers)
 
-    def may_write(token: str | None, name: str) -> None:
-        """Raise `AuthError` unless `token` may write `name`."""
-        grant = access.check(token, name)
-        if grant is not None and not grant.can_write:
-            raise ForbiddenError(f"a read-only token cannot change {name!r}", "read_only")
-
     async def changed(
         change: Awaitable[None], answer: dict[str, str], timeout: float = STORE_TIMEOUT, late: str | None = None
     ) -> Response:
@@ -228,7 +221,7 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
         except InvalidRoomNameError as error:
             return error_response(HTTPStatus.BAD_REQUEST, str(error))
         try:
-            may_write(request_token(request), name)
+            access.check_write(request_token(request), name)
         except AuthError as error:
             return refused(metrics, error)
         return await changed(rooms.delete(name), {"deleted": name})
@@ -248,8 +241,8 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
         except InvalidRoomNameError as error:
             return error_response(HTTPStatus.BAD_REQUEST, str(error))
         try:
-            may_write(request_token(request), old)
-            may_write(request.query.get("to_token") or request_token(request), new)
+            access.check_write(request_token(request), old)
+            access.check_write(request.query.get("to_token") or request_token(request), new)
         except AuthError as error:
             return refused(metrics, error)
         return await changed(rooms.rename(old, new), {"renamed": old, "to": new})
@@ -266,7 +259,7 @@ def install_api(router: Router, store: Store, rooms: Rooms, access: Access, metr
         except (ValueError, InvalidRoomNameError) as error:
             return error_response(HTTPStatus.BAD_REQUEST, str(error))
         try:
-            may_write(request_token(request), name)
+            access.check_write(request_token(request), name)
         except AuthError as error:
             return refused(metrics, error)
         answer = {"restored": name, "at": format_time(at)}

@@ -68,7 +68,6 @@ from ..errors import (
     AuthError,
     CollabError,
     CorruptDocumentError,
-    ForbiddenError,
     InvalidRoomNameError,
     InvalidUpdateError,
     LimitError,
@@ -81,7 +80,7 @@ from ..formats import CONTENT_ROOT, doc_from_updates, typed_roots
 from ..logs import fields
 from ..store import Store
 from ..sync.names import validate_room_name
-from ..sync.restore import fresh_client_id
+from ..sync.restore import fresh_client_id, with_article
 from ..sync.room import EMPTY_STATE_VECTOR, EMPTY_UPDATE, Room
 from ..sync.textdiff import edit_text, edits_for
 from .api import DOCS, document_name, error_response, refused, request_token
@@ -182,9 +181,7 @@ def install_write_api(
     def target(request: HttpRequest, name: str) -> _Target | Response:
         """`name` and the writer the request's token makes; the refusal (401, 403) unless it may write `name`."""
         try:
-            grant = access.check(request_token(request), name)
-            if grant is not None and not grant.can_write:
-                raise ForbiddenError(f"a read-only token cannot change {name!r}", "read_only")
+            grant = access.check_write(request_token(request), name)
         except AuthError as error:
             return refused(metrics, error)
         return _Target(name, _Writer(grant))
@@ -417,7 +414,7 @@ def replaced_text(current: bytes, new: str) -> TextChange:
     if not any(isinstance(content, str) for content, _ in chunks):  # empty, or another type viewed as a text
         root = typed_roots(current).get(CONTENT_ROOT)
         if root is not None and not isinstance(root, Text):
-            return TextChange(EMPTY_UPDATE, f"its {CONTENT_ROOT!r} is {_a(type(root).__name__)}, not a text")
+            return TextChange(EMPTY_UPDATE, f"its {CONTENT_ROOT!r} is {with_article(type(root))}, not a text")
     if any(not isinstance(content, str) for content, _ in chunks):
         return TextChange(
             EMPTY_UPDATE, f"its {CONTENT_ROOT!r} text holds embedded objects, which plain text cannot say"
@@ -430,11 +427,6 @@ def replaced_text(current: bytes, new: str) -> TextChange:
     finally:
         doc.unobserve(subscription)
     return TextChange(made[0] if made else EMPTY_UPDATE)
-
-
-def _a(type_name: str) -> str:
-    """A pycrdt type's name with its indefinite article, as it is read aloud: "a Map", "an Array", "an XmlText"."""
-    return f"{'an' if type_name[:1] in 'AEIOUX' else 'a'} {type_name}"  # X: "ex", as in "an XML fragment"
 
 
 def _content_type(request: HttpRequest) -> str:

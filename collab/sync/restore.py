@@ -46,7 +46,7 @@ from ..formats import Pause, Root, doc_from_updates, to_json, typed_roots
 from .textdiff import edit_text, edits_for
 from .yupdate import EMPTY_UPDATE, MAX_CLIENT_ID, check_state_vector
 
-__all__ = ["Restore", "fresh_client_id", "holds", "restore_update"]
+__all__ = ["Restore", "fresh_client_id", "holds", "restore_update", "with_article"]
 
 MAX_ATTEMPTS = 100
 """Random client ids tried before giving up on finding one the document has not used (it has at most
@@ -110,14 +110,15 @@ def _update_of(event: TransactionEvent) -> bytes:
 def _root_type(name: str, now: Root | None, then: Root | None) -> type[Root] | None:
     """The type to restore root `name` as: the one it has (None: empty in both, nothing to do)."""
     if now is not None and then is not None and type(now) is not type(then):
-        raise RestoreError(f"root {name!r} is {_a(type(now))} now but was {_a(type(then))} then: it cannot be restored")
+        now_kind, then_kind = with_article(type(now)), with_article(type(then))
+        raise RestoreError(f"root {name!r} is {now_kind} now but was {then_kind} then: it cannot be restored")
     found = now if now is not None else then
     return None if found is None else type(found)
 
 
-def _a(kind: type) -> str:
-    """'a Map', 'an Array', 'an XmlFragment'."""
-    return f"{'an' if kind.__name__[0] in 'AEIOUX' else 'a'} {kind.__name__}"
+def with_article(kind: type) -> str:
+    """A pycrdt type's name with its indefinite article, as read aloud: 'a Map', 'an Array', 'an XmlText'."""
+    return f"{'an' if kind.__name__[0] in 'AEIOUX' else 'a'} {kind.__name__}"  # X: "ex", as in "an XML fragment"
 
 
 def fresh_client_id(update: bytes) -> int:
